@@ -1,0 +1,16 @@
+//! `edge-protocol`: the wire formats every part of edge-ingest shares.
+//!
+//! `no_std`, no allocator: the same code runs in sensor firmware (see `firmware-sim`), in the
+//! gateway agent and in the server-side consumer. CI builds it for `thumbv7em-none-eabihf`.
+//!
+//! # Map
+//!
+//! | module | holds |
+//! | --- | --- |
+//! | `link` (sensor-link issue) | serial link frames (`Hello`, `Readings`, `Ack`, `TimeSync`), CRC, COBS framing, the streaming decoder |
+//! | `aggregate` (windowing issue) | mergeable aggregate state: count, sum, min, max, mean/variance, first/last, quantile sketch |
+//! | `partial` (windowing issue) | the versioned partial-aggregate envelope the agent sends to Kafka |
+//!
+//! Every format is written down beside its code with golden byte vectors checked by tests.
+#![no_std]
+#![forbid(unsafe_code)]

@@ -1,0 +1,2 @@
+//! `edge-tests`: shared helpers for the end-to-end suites in `tests/tests/`.
+#![forbid(unsafe_code)]
