@@ -1,0 +1,142 @@
+//! Where the test brokers are: `KAFKA_BOOTSTRAP`, `MQTT_URL`, `MQTTS_URL`, `MQTT_CA`.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Addresses of the brokers the end-to-end suites use.
+#[derive(Debug, Clone)]
+pub struct Services {
+    /// Kafka bootstrap servers, `host:port[,host:port...]`.
+    pub kafka_bootstrap: String,
+    /// Plain MQTT, `mqtt://127.0.0.1:18830`.
+    pub mqtt_url: String,
+    /// MQTT over TLS, `mqtts://127.0.0.1:18831`.
+    pub mqtts_url: String,
+    /// PEM file of the throw-away CA that signed the broker's TLS certificate.
+    pub mqtt_ca: PathBuf,
+}
+
+const KEYS: [&str; 4] = ["KAFKA_BOOTSTRAP", "MQTT_URL", "MQTTS_URL", "MQTT_CA"];
+
+impl Services {
+    /// Reads the addresses from the environment, falling back to `.services/env`, and checks
+    /// that each broker accepts TCP connections. Panics with instructions when one is missing:
+    /// a suite that needs a broker must fail loudly, never pass by skipping.
+    pub fn from_env() -> Services {
+        let file = env_file_path();
+        let from_file = std::fs::read_to_string(&file)
+            .map(|text| parse_env_file(&text))
+            .unwrap_or_default();
+        let get = |key: &str| -> String {
+            std::env::var(key)
+                .ok()
+                .or_else(|| from_file.get(key).cloned())
+                .unwrap_or_else(|| {
+                    panic!(
+                        "{key} is not set and {} does not define it: start the test brokers with \
+                         `tests/services/services.sh start` (or export {KEYS:?})",
+                        file.display()
+                    )
+                })
+        };
+        let services = Services {
+            kafka_bootstrap: get("KAFKA_BOOTSTRAP"),
+            mqtt_url: get("MQTT_URL"),
+            mqtts_url: get("MQTTS_URL"),
+            mqtt_ca: PathBuf::from(get("MQTT_CA")),
+        };
+        for (what, addr) in [
+            ("Kafka", first_addr(&services.kafka_bootstrap)),
+            ("MQTT", url_addr(&services.mqtt_url)),
+            ("MQTT over TLS", url_addr(&services.mqtts_url)),
+        ] {
+            require_listening(what, &addr);
+        }
+        services
+    }
+
+    /// `(host, port)` of the plain MQTT listener.
+    pub fn mqtt_host_port(&self) -> (String, u16) {
+        host_port(&url_addr(&self.mqtt_url))
+    }
+
+    /// `(host, port)` of the TLS MQTT listener.
+    pub fn mqtts_host_port(&self) -> (String, u16) {
+        host_port(&url_addr(&self.mqtts_url))
+    }
+}
+
+/// `.services/env` at the workspace root (this crate lives in `tests/`).
+pub fn env_file_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(".services")
+        .join("env")
+}
+
+/// Parses `export KEY=value` / `KEY=value` lines; `#` starts a comment line.
+fn parse_env_file(text: &str) -> HashMap<String, String> {
+    text.lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .filter_map(|line| {
+            let line = line.strip_prefix("export ").unwrap_or(line);
+            let (key, value) = line.split_once('=')?;
+            Some((key.trim().to_owned(), value.trim().trim_matches('"').to_owned()))
+        })
+        .collect()
+}
+
+fn first_addr(bootstrap: &str) -> String {
+    bootstrap.split(',').next().unwrap_or_default().to_owned()
+}
+
+fn url_addr(url: &str) -> String {
+    url.split_once("://").map_or(url, |(_, rest)| rest).trim_end_matches('/').to_owned()
+}
+
+fn host_port(addr: &str) -> (String, u16) {
+    let (host, port) = addr
+        .rsplit_once(':')
+        .unwrap_or_else(|| panic!("address {addr:?} has no port"));
+    let port = port
+        .parse()
+        .unwrap_or_else(|_| panic!("address {addr:?} has a bad port"));
+    (host.to_owned(), port)
+}
+
+fn require_listening(what: &str, addr: &str) {
+    let resolved: Vec<SocketAddr> = addr
+        .to_socket_addrs()
+        .unwrap_or_else(|e| panic!("{what} address {addr:?} does not resolve: {e}"))
+        .collect();
+    let reachable = resolved
+        .iter()
+        .any(|a| TcpStream::connect_timeout(a, Duration::from_secs(2)).is_ok());
+    assert!(
+        reachable,
+        "{what} is not listening on {addr}: start the test brokers with \
+         `tests/services/services.sh start`"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_file_lines_parse_with_and_without_export() {
+        let parsed = parse_env_file("# comment\nexport A=1\nB=\"two\"\n\n");
+        assert_eq!(parsed.get("A").map(String::as_str), Some("1"));
+        assert_eq!(parsed.get("B").map(String::as_str), Some("two"));
+        assert_eq!(parsed.len(), 2);
+    }
+
+    #[test]
+    fn url_addresses_lose_their_scheme() {
+        assert_eq!(url_addr("mqtts://127.0.0.1:18831"), "127.0.0.1:18831");
+        assert_eq!(host_port("127.0.0.1:18830"), ("127.0.0.1".to_owned(), 18830));
+    }
+}
