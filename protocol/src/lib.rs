@@ -7,10 +7,12 @@
 //!
 //! | module | holds |
 //! | --- | --- |
-//! | `link` (sensor-link issue) | serial link frames (`Hello`, `Readings`, `Ack`, `TimeSync`), CRC, COBS framing, the streaming decoder |
+//! | `link` | serial link frames (`Hello`, `Readings`, `Ack`, `TimeSync`), CRC, COBS framing, the streaming decoder |
 //! | `aggregate` (windowing issue) | mergeable aggregate state: count, sum, min, max, mean/variance, first/last, quantile sketch |
 //! | `partial` (windowing issue) | the versioned partial-aggregate envelope the agent sends to Kafka |
 //!
 //! Every format is written down beside its code with golden byte vectors checked by tests.
 #![no_std]
 #![forbid(unsafe_code)]
+
+pub mod link;
