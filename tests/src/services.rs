@@ -84,7 +84,10 @@ fn parse_env_file(text: &str) -> HashMap<String, String> {
         .filter_map(|line| {
             let line = line.strip_prefix("export ").unwrap_or(line);
             let (key, value) = line.split_once('=')?;
-            Some((key.trim().to_owned(), value.trim().trim_matches('"').to_owned()))
+            Some((
+                key.trim().to_owned(),
+                value.trim().trim_matches('"').to_owned(),
+            ))
         })
         .collect()
 }
@@ -94,7 +97,10 @@ fn first_addr(bootstrap: &str) -> String {
 }
 
 fn url_addr(url: &str) -> String {
-    url.split_once("://").map_or(url, |(_, rest)| rest).trim_end_matches('/').to_owned()
+    url.split_once("://")
+        .map_or(url, |(_, rest)| rest)
+        .trim_end_matches('/')
+        .to_owned()
 }
 
 fn host_port(addr: &str) -> (String, u16) {
@@ -137,6 +143,9 @@ mod tests {
     #[test]
     fn url_addresses_lose_their_scheme() {
         assert_eq!(url_addr("mqtts://127.0.0.1:18831"), "127.0.0.1:18831");
-        assert_eq!(host_port("127.0.0.1:18830"), ("127.0.0.1".to_owned(), 18830));
+        assert_eq!(
+            host_port("127.0.0.1:18830"),
+            ("127.0.0.1".to_owned(), 18830)
+        );
     }
 }

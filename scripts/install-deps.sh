@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs what the tests and the demo need on a fresh Debian machine, skipping what is there:
+# Mosquitto, kcat, OpenSSL, a JDK 17+ and Maven (for the Kafka test broker), and the Rust
+# components and targets the checks use. Needs root (or sudo) for apt-get.
+set -euo pipefail
+
+need=()
+command -v mosquitto >/dev/null || [[ -x /usr/sbin/mosquitto ]] || need+=(mosquitto)
+command -v mosquitto_pub >/dev/null || need+=(mosquitto-clients)
+command -v kcat >/dev/null || need+=(kcat)
+command -v openssl >/dev/null || need+=(openssl)
+command -v java >/dev/null || need+=(openjdk-17-jre-headless)
+command -v mvn >/dev/null || need+=(maven)
+command -v cc >/dev/null || need+=(build-essential)
+command -v cmake >/dev/null || need+=(cmake)
+
+if ((${#need[@]})); then
+  sudo=""
+  [[ $(id -u) == 0 ]] || sudo=sudo
+  echo "install-deps: apt-get install ${need[*]}" >&2
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >&2
+fi
+
+if command -v rustup >/dev/null; then
+  rustup component add rustfmt clippy >/dev/null 2>&1 || true
+  rustup target list --installed | grep -qx thumbv7em-none-eabihf \
+    || rustup target add thumbv7em-none-eabihf >&2
+fi

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# The test command: every check the project has, against real brokers.
+#
+#   tests/run.sh              install missing packages, start the test brokers, then:
+#                             cargo fmt --check, clippy -D warnings, no_std builds for a
+#                             bare-metal target, all tests, a short fuzz run
+#
+# Brokers started here are stopped at the end (set EDGE_KEEP_SERVICES=1 to keep them); brokers
+# that were already running are left running. EDGE_FUZZ_SECONDS (default 20) bounds each fuzz
+# target. The last line sums up every `cargo test` result: "tests: N passed, N failed".
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+services=tests/services/services.sh
+
+step() { printf '\n== %s\n' "$*" >&2; }
+
+step "dependencies"
+bash scripts/install-deps.sh
+
+step "test brokers"
+started_here=0
+if ! bash "$services" status >/dev/null 2>&1; then started_here=1; fi
+bash "$services" start
+if ((started_here)) && [[ ${EDGE_KEEP_SERVICES:-0} != 1 ]]; then
+  trap 'bash "$services" stop' EXIT
+fi
+
+step "format"
+cargo fmt --all --check
+
+step "clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "no_std builds for thumbv7em-none-eabihf (firmware-ready)"
+cargo build --locked -p edge-protocol --target thumbv7em-none-eabihf
+cargo build --locked -p firmware-sim --no-default-features --lib --target thumbv7em-none-eabihf
+
+step "tests"
+log=$(mktemp)
+set +e
+cargo test --workspace --locked 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+
+if [[ -x protocol/fuzz/run.sh || -f protocol/fuzz/run.sh ]]; then
+  step "fuzz (${EDGE_FUZZ_SECONDS:-20} s per target)"
+  bash protocol/fuzz/run.sh "${EDGE_FUZZ_SECONDS:-20}" || status=1
+fi
+
+read -r passed failed < <(awk '/^test result: /{for(i=1;i<=NF;i++){if($i~/^passed;?$/)p+=$(i-1);if($i~/^failed;?$/)f+=$(i-1)}} END{print p+0, f+0}' "$log")
+rm -f "$log"
+echo "tests: $passed passed, $failed failed"
+exit "$status"

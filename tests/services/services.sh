@@ -1,0 +1,330 @@
+#!/usr/bin/env bash
+# Test brokers on loopback: Apache Kafka (KRaft, from Maven Central) and Mosquitto (Debian).
+#
+#   tests/services/services.sh start [kafka|mqtt] [--nodes 3]   start (idempotent), wait until ready
+#   tests/services/services.sh stop  [kafka|mqtt]               stop by PID (SIGTERM, then SIGKILL)
+#   tests/services/services.sh kill  kafka                      SIGKILL the broker(s): a crash, for fault tests
+#   tests/services/services.sh clean                            stop all, delete broker data
+#   tests/services/services.sh status                           what runs, where its logs are
+#   tests/services/services.sh env                              print the env file
+#
+# Addresses (written to .services/env at the workspace root, sourceable, read by edge-tests):
+#   KAFKA_BOOTSTRAP=127.0.0.1:19092      (3 nodes: 127.0.0.1:19092,127.0.0.1:29092,127.0.0.1:39092)
+#   MQTT_URL=mqtt://127.0.0.1:18830      anonymous, plain
+#   MQTTS_URL=mqtts://127.0.0.1:18831    TLS, certificate signed by a throw-away CA made at start
+#   MQTT_CA=.services/mqtt/tls/ca.crt
+#
+# Kafka's jars are assembled by Maven from tests/services/pom.xml into a cache
+# (EDGE_CACHE, default ~/.cache/edge-ingest) and reused. Broker data survives stop/start (a
+# restarted broker keeps its topics); `clean` stops everything and deletes it. Mosquitto starts
+# empty each time. Needs: java 17+, mvn, mosquitto, openssl.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+root=$(cd "$here/../.." && pwd)
+state="${EDGE_SERVICES_DIR:-$root/.services}"
+cache="${EDGE_CACHE:-$HOME/.cache/edge-ingest}"
+kafka_version=$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$here/pom.xml")
+jars="$cache/kafka-$kafka_version/libs"
+mqtt_port=18830
+mqtts_port=18831
+ready_timeout=${EDGE_READY_TIMEOUT:-90}
+
+log() { printf 'services: %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+pid_alive() { [[ -f "$1" ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+wait_port() { # port seconds what logfile
+  local deadline=$((SECONDS + $2))
+  until port_open "$1"; do
+    ((SECONDS < deadline)) || { tail -n 30 "$4" >&2 || true; die "$3 not ready on 127.0.0.1:$1 after $2 s (log: $4)"; }
+    sleep 0.2
+  done
+}
+
+stop_pid() { # pidfile what
+  local pidfile=$1 pid
+  [[ -f "$pidfile" ]] || return 0
+  pid=$(cat "$pidfile")
+  if kill -0 "$pid" 2>/dev/null; then
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    if kill -0 "$pid" 2>/dev/null; then log "$2 did not stop in 10 s; SIGKILL"; kill -9 "$pid" 2>/dev/null || true; fi
+    log "stopped $2 (pid $pid)"
+  fi
+  rm -f "$pidfile"
+}
+
+# ---------------------------------------------------------------- Kafka
+
+kafka_jars() {
+  if [[ -f "$jars/.complete" ]]; then return; fi
+  command -v mvn >/dev/null || die "mvn not found: install Maven (apt-get install maven)"
+  log "assembling Kafka $kafka_version jars from Maven Central into $jars"
+  rm -rf "$jars" && mkdir -p "$jars"
+  mvn -B -q -f "$here/pom.xml" dependency:copy-dependencies \
+    -DincludeScope=runtime -DoutputDirectory="$jars" >&2
+  touch "$jars/.complete"
+}
+
+kafka_nodes_file="$state/kafka/nodes"
+
+kafka_props() { # node_id nodes dir
+  local id=$1 nodes=$2 dir=$3 port=$(( $1 * 10000 + 9092 )) cport=$(( $1 * 10000 + 9093 )) rf=1 isr=1
+  if ((nodes == 3)); then rf=3; isr=2; fi
+  cat <<PROPS
+process.roles=broker,controller
+node.id=$id
+listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport
+advertised.listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+log.dirs=$dir/data
+num.partitions=1
+default.replication.factor=$rf
+min.insync.replicas=$isr
+offsets.topic.replication.factor=$rf
+offsets.topic.num.partitions=1
+transaction.state.log.replication.factor=$rf
+transaction.state.log.min.isr=$isr
+transaction.state.log.num.partitions=1
+share.coordinator.state.topic.replication.factor=$rf
+share.coordinator.state.topic.min.isr=$isr
+group.initial.rebalance.delay.ms=0
+log.cleaner.dedupe.buffer.size=2097152
+auto.create.topics.enable=false
+PROPS
+  if ((nodes == 3)); then
+    echo "controller.quorum.voters=1@127.0.0.1:19093,2@127.0.0.1:29093,3@127.0.0.1:39093"
+  else
+    echo "controller.quorum.bootstrap.servers=127.0.0.1:19093"
+  fi
+}
+
+kafka_log4j() {
+  cat <<'XML'
+<?xml version="1.0" encoding="UTF-8"?>
+<Configuration status="WARN">
+  <Appenders>
+    <Console name="STDOUT" target="SYSTEM_OUT">
+      <PatternLayout pattern="[%d] %p %m (%c)%n"/>
+    </Console>
+  </Appenders>
+  <Loggers>
+    <Logger name="kafka" level="INFO"/>
+    <Logger name="org.apache.kafka" level="WARN"/>
+    <Logger name="state.change.logger" level="WARN"/>
+    <Root level="WARN"><AppenderRef ref="STDOUT"/></Root>
+  </Loggers>
+</Configuration>
+XML
+}
+
+kafka_bootstrap() {
+  local nodes=$1 list=()
+  for id in $(seq 1 "$nodes"); do list+=("127.0.0.1:$((id * 10000 + 9092))"); done
+  (IFS=,; echo "${list[*]}")
+}
+
+kafka_start() {
+  local nodes=$1
+  command -v java >/dev/null || die "java not found: install a JDK 17+ (apt-get install openjdk-17-jre-headless)"
+  if [[ -f "$kafka_nodes_file" ]] && pid_alive "$state/kafka/node1/pid"; then
+    local running; running=$(cat "$kafka_nodes_file")
+    ((running == nodes)) || die "Kafka runs with $running node(s); stop it before starting $nodes"
+    # Restart any node that died (a test may have killed one); the others keep running.
+  fi
+  kafka_jars
+  mkdir -p "$state/kafka"
+  # One cluster id for the life of .services/kafka: a restarted node keeps its data and rejoins
+  # (broker-restart fault tests rely on that). `clean` throws it all away.
+  [[ -f "$state/kafka/cluster-id" ]] \
+    || java -cp "$jars/*" kafka.tools.StorageTool random-uuid 2>/dev/null | tail -n 1 > "$state/kafka/cluster-id"
+  local cluster_id; cluster_id=$(cat "$state/kafka/cluster-id")
+  echo "$nodes" > "$kafka_nodes_file"
+  kafka_log4j > "$state/kafka/log4j2.xml"
+  local t0=$SECONDS started=()
+  for id in $(seq 1 "$nodes"); do
+    local dir="$state/kafka/node$id" port=$((id * 10000 + 9092))
+    if pid_alive "$dir/pid"; then continue; fi
+    mkdir -p "$dir"
+    kafka_props "$id" "$nodes" "$dir" > "$dir/server.properties"
+    if [[ ! -f "$dir/data/meta.properties" ]]; then
+      rm -rf "$dir/data"
+      local quorum=(); ((nodes == 1)) && quorum=(--standalone)
+      java -cp "$jars/*" kafka.tools.StorageTool format -t "$cluster_id" \
+        -c "$dir/server.properties" "${quorum[@]}" > "$dir/format.log" 2>&1 \
+        || { cat "$dir/format.log" >&2; die "formatting Kafka node $id failed"; }
+    fi
+    # New process group (setsid), so a test's Ctrl-C does not reach the broker.
+    setsid java -Xms256m -Xmx512m -XX:+UseSerialGC -XX:TieredStopAtLevel=1 \
+      -Dlog4j2.configurationFile="$state/kafka/log4j2.xml" \
+      -cp "$jars/*" kafka.Kafka "$dir/server.properties" \
+      > "$dir/server.log" 2>&1 < /dev/null &
+    echo $! > "$dir/pid"
+    started+=("$id")
+  done
+  for id in "${started[@]}"; do
+    wait_port $((id * 10000 + 9092)) "$ready_timeout" "Kafka node $id" "$state/kafka/node$id/server.log"
+  done
+  if ((${#started[@]})); then
+    log "Kafka $kafka_version ready on $(kafka_bootstrap "$nodes") in $((SECONDS - t0)) s (logs: $state/kafka/node*/server.log)"
+  else
+    log "Kafka already running on $(kafka_bootstrap "$nodes")"
+  fi
+}
+
+kafka_stop() { # signal: TERM or KILL
+  local nodes=1
+  [[ -f "$kafka_nodes_file" ]] && nodes=$(cat "$kafka_nodes_file")
+  for id in $(seq 1 "$nodes"); do
+    local pidfile="$state/kafka/node$id/pid"
+    if [[ $1 == KILL ]]; then
+      if pid_alive "$pidfile"; then kill -9 "$(cat "$pidfile")"; log "killed Kafka node $id (SIGKILL)"; fi
+      rm -f "$pidfile"
+    else
+      stop_pid "$pidfile" "Kafka node $id"
+    fi
+  done
+}
+
+# ---------------------------------------------------------------- Mosquitto
+
+mqtt_tls() {
+  local tls="$state/mqtt/tls"
+  [[ -f "$tls/server.crt" ]] && return
+  command -v openssl >/dev/null || die "openssl not found (apt-get install openssl)"
+  mkdir -p "$tls"
+  openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj "/CN=edge-ingest test CA" \
+    -keyout "$tls/ca.key" -out "$tls/ca.crt" 2>/dev/null
+  openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" \
+    -keyout "$tls/server.key" -out "$tls/server.csr" 2>/dev/null
+  printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n' > "$tls/ext.cnf"
+  openssl x509 -req -in "$tls/server.csr" -CA "$tls/ca.crt" -CAkey "$tls/ca.key" \
+    -CAcreateserial -days 30 -extfile "$tls/ext.cnf" -out "$tls/server.crt" 2>/dev/null
+  chmod 644 "$tls"/*
+}
+
+mqtt_conf() {
+  local dir="$state/mqtt"
+  cat <<CONF
+# Test broker for edge-ingest. The queue limits are set on purpose: Mosquitto's default
+# max_queued_messages (1000) silently drops QoS 1 messages for a subscriber that falls behind,
+# which is exactly what an agent applying backpressure is. 0 = no limit (bounded by memory).
+per_listener_settings false
+allow_anonymous true
+persistence true
+persistence_location $dir/data/
+autosave_interval 1
+max_queued_messages 0
+max_queued_bytes 0
+max_inflight_messages 20
+log_dest file $dir/mosquitto.log
+log_type error
+log_type warning
+log_type notice
+connection_messages true
+
+listener $mqtt_port 127.0.0.1
+
+listener $mqtts_port 127.0.0.1
+cafile $dir/tls/ca.crt
+certfile $dir/tls/server.crt
+keyfile $dir/tls/server.key
+CONF
+}
+
+mqtt_start() {
+  local dir="$state/mqtt"
+  if pid_alive "$dir/pid"; then log "Mosquitto already running on $mqtt_port/$mqtts_port"; return; fi
+  command -v mosquitto >/dev/null || [[ -x /usr/sbin/mosquitto ]] \
+    || die "mosquitto not found: apt-get install mosquitto"
+  local bin; bin=$(command -v mosquitto || echo /usr/sbin/mosquitto)
+  rm -rf "$dir/data" && mkdir -p "$dir/data"
+  mqtt_tls
+  mqtt_conf > "$dir/mosquitto.conf"
+  : > "$dir/mosquitto.log"
+  # Mosquitto drops privileges to user "mosquitto" when started as root; it then needs to read
+  # its config and write its data dir.
+  if [[ $(id -u) == 0 ]] && id mosquitto >/dev/null 2>&1; then chown -R mosquitto "$dir"; fi
+  local t0=$SECONDS
+  setsid "$bin" -c "$dir/mosquitto.conf" > "$dir/stdout.log" 2>&1 < /dev/null &
+  echo $! > "$dir/pid"
+  wait_port "$mqtt_port" 20 "Mosquitto" "$dir/mosquitto.log"
+  wait_port "$mqtts_port" 20 "Mosquitto (TLS)" "$dir/mosquitto.log"
+  log "Mosquitto $("$bin" -h 2>/dev/null | sed -n 's/^mosquitto version //p') ready on 127.0.0.1:$mqtt_port and TLS :$mqtts_port in $((SECONDS - t0)) s (log: $dir/mosquitto.log)"
+}
+
+# ---------------------------------------------------------------- env and status
+
+write_env() {
+  local nodes=1
+  [[ -f "$kafka_nodes_file" ]] && nodes=$(cat "$kafka_nodes_file")
+  mkdir -p "$state"
+  cat > "$state/env" <<ENV
+# Written by tests/services/services.sh; source it: . .services/env
+export KAFKA_BOOTSTRAP=$(kafka_bootstrap "$nodes")
+export MQTT_URL=mqtt://127.0.0.1:$mqtt_port
+export MQTTS_URL=mqtts://127.0.0.1:$mqtts_port
+export MQTT_CA=$state/mqtt/tls/ca.crt
+ENV
+}
+
+status() {
+  local nodes=1 rc=0
+  [[ -f "$kafka_nodes_file" ]] && nodes=$(cat "$kafka_nodes_file")
+  for id in $(seq 1 "$nodes"); do
+    local port=$((id * 10000 + 9092))
+    if pid_alive "$state/kafka/node$id/pid" && port_open "$port"; then
+      echo "kafka node $id: up on 127.0.0.1:$port (pid $(cat "$state/kafka/node$id/pid"), log $state/kafka/node$id/server.log)"
+    else echo "kafka node $id: down"; rc=1; fi
+  done
+  if pid_alive "$state/mqtt/pid" && port_open "$mqtt_port"; then
+    echo "mosquitto: up on 127.0.0.1:$mqtt_port, TLS :$mqtts_port (pid $(cat "$state/mqtt/pid"), log $state/mqtt/mosquitto.log)"
+  else echo "mosquitto: down"; rc=1; fi
+  return $rc
+}
+
+cmd=${1:-status}; shift || true
+what=all nodes=1
+while (($#)); do
+  case $1 in
+    kafka|mqtt|all) what=$1 ;;
+    --nodes) nodes=${2:?--nodes needs 1 or 3}; shift ;;
+    --nodes=*) nodes=${1#--nodes=} ;;
+    *) die "unknown argument: $1 (see the header of $0)" ;;
+  esac
+  shift
+done
+[[ $nodes == 1 || $nodes == 3 ]] || die "--nodes must be 1 or 3"
+
+case $cmd in
+  start)
+    mkdir -p "$state"
+    [[ $what == mqtt ]] || kafka_start "$nodes"
+    [[ $what == kafka ]] || mqtt_start
+    write_env
+    log "addresses in $state/env"
+    ;;
+  stop)
+    [[ $what == mqtt ]] || kafka_stop TERM
+    [[ $what == kafka ]] || stop_pid "$state/mqtt/pid" "Mosquitto"
+    ;;
+  kill)
+    [[ $what == kafka ]] || die "kill takes: kafka"
+    kafka_stop KILL
+    ;;
+  clean)
+    kafka_stop TERM
+    stop_pid "$state/mqtt/pid" "Mosquitto"
+    rm -rf "$state/kafka" "$state/mqtt" "$state/env"
+    log "removed broker data in $state"
+    ;;
+  status) status ;;
+  env) cat "$state/env" ;;
+  *) die "unknown command: $cmd (start|stop|kill|clean|status|env)" ;;
+esac
