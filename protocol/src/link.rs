@@ -4,7 +4,7 @@
 //! `tests/link_golden.rs` checks those vectors byte for byte. In short, one frame on the wire is
 //!
 //! ```text
-//! COBS( version:u8 = 1 | postcard(Frame) | crc32:u32 LE ) 0x00
+//! 0x00 COBS( version:u8 = 1 | postcard(Frame) | crc32:u32 LE ) 0x00
 //! ```
 //!
 //! with CRC-32/ISO-HDLC (the zlib/Ethernet CRC) over the version byte and the postcard body.
@@ -22,9 +22,11 @@
 //!
 //! - [`encode`] never writes more than [`MAX_FRAME_LEN`] bytes, and every frame it writes decodes
 //!   to an equal `Frame` (bit-equal for `f32` values, NaN payloads included).
-//! - The only `0x00` in an encoded frame is its last byte, so a receiver can always resynchronize
-//!   at the next `0x00`.
-//! - [`Decoder`] never panics and holds at most [`MAX_FRAME_LEN`] bytes, whatever it is fed.
+//! - An encoded frame has a `0x00` at both ends and none inside, so a receiver can always
+//!   resynchronize at the next `0x00`, and garbage *between* frames (noise on an idle line, half a
+//!   frame sent before a reset) is cut off by the next frame's leading `0x00` instead of being glued
+//!   to it.
+//! - [`Decoder`] never panics and holds at most [`MAX_COBS_LEN`] bytes, whatever it is fed.
 //!   Garbage, a bad CRC, an unknown version, a malformed body or an oversized run each cost exactly
 //!   one reported error and are counted in [`DecoderStats`]; the decoder then resumes at the next
 //!   `0x00`, so a valid frame that follows garbage is never lost. Empty frames (`0x00 0x00`) are
@@ -34,6 +36,10 @@
 //!
 //! # Refinements to the first sketch
 //!
+//! - [`encode`] writes a leading `0x00` as well as the trailing one (one byte per frame). Without
+//!   it, any bytes that reach the line between two frames would be prepended to the next frame and
+//!   cost it; with it, a valid frame is lost only if its own bytes are damaged. Back-to-back frames
+//!   show `00 00` between them, which the decoder skips as an empty frame.
 //! - [`DecoderStats`] also counts `unsupported_version`: a frame with a good CRC but a version this
 //!   build does not speak is a peer running newer firmware, which an operator should see apart from
 //!   line noise.
@@ -61,8 +67,11 @@ pub const MAX_BODY_LEN: usize = 1 + 4 * 5 + 1 + MAX_READINGS * (1 + 10 + 4);
 /// Largest frame before COBS: version byte, body, CRC-32.
 pub const MAX_RAW_LEN: usize = 1 + MAX_BODY_LEN + 4;
 
-/// Largest frame on the wire: COBS-encoded raw frame plus the `0x00` delimiter (270 bytes).
-pub const MAX_FRAME_LEN: usize = cobs::max_encoding_length(MAX_RAW_LEN) + 1;
+/// Largest frame on the wire: the COBS-encoded raw frame between two `0x00` (271 bytes).
+pub const MAX_FRAME_LEN: usize = cobs::max_encoding_length(MAX_RAW_LEN) + 2;
+
+/// Most bytes a receiver holds between two `0x00` before it calls the run oversized.
+pub const MAX_COBS_LEN: usize = cobs::max_encoding_length(MAX_RAW_LEN);
 
 /// The CRC every frame carries: CRC-32/ISO-HDLC (poly 0x04C11DB7 reflected, init and xorout
 /// 0xFFFFFFFF; check value of `"123456789"` is 0xCBF43926).
@@ -147,7 +156,7 @@ pub enum LinkError {
         /// Bytes the frame needs.
         needed: usize,
     },
-    /// More than `MAX_FRAME_LEN` bytes arrived without a `0x00`; discarded up to the next one.
+    /// More than `MAX_COBS_LEN` bytes arrived without a `0x00`; discarded up to the next one.
     Oversized,
     /// The bytes between two delimiters are not valid COBS.
     Cobs,
@@ -176,7 +185,7 @@ impl core::fmt::Display for LinkError {
             Self::BufferTooSmall { needed } => {
                 write!(f, "output buffer too small: {needed} bytes needed")
             }
-            Self::Oversized => write!(f, "frame longer than {MAX_FRAME_LEN} bytes"),
+            Self::Oversized => write!(f, "frame longer than {MAX_COBS_LEN} bytes"),
             Self::Cobs => write!(f, "invalid COBS encoding"),
             Self::TooShort { len } => write!(f, "frame too short ({len} bytes decoded)"),
             Self::Crc { received, computed } => {
@@ -193,8 +202,8 @@ impl core::fmt::Display for LinkError {
 
 impl core::error::Error for LinkError {}
 
-/// Encodes `frame` into `out` as complete wire bytes, trailing `0x00` included; returns the
-/// length. Needs at most [`MAX_FRAME_LEN`] bytes of `out`.
+/// Encodes `frame` into `out` as complete wire bytes, both `0x00` delimiters included; returns
+/// the length. Needs at most [`MAX_FRAME_LEN`] bytes of `out`.
 pub fn encode(frame: &Frame, out: &mut [u8]) -> Result<usize, LinkError> {
     let mut raw = [0u8; MAX_RAW_LEN];
     raw[0] = VERSION;
@@ -206,13 +215,15 @@ pub fn encode(frame: &Frame, out: &mut [u8]) -> Result<usize, LinkError> {
     raw[crc_at..crc_at + 4].copy_from_slice(&crc.to_le_bytes());
     let raw = &raw[..crc_at + 4];
 
-    let needed = cobs::max_encoding_length(raw.len()) + 1;
-    if out.len() < needed {
+    let needed = cobs::max_encoding_length(raw.len()) + 2;
+    let Some(out) = out.get_mut(..needed) else {
         return Err(LinkError::BufferTooSmall { needed });
-    }
-    let n = cobs::try_encode(raw, out).map_err(|_| LinkError::BufferTooSmall { needed })?;
-    out[n] = 0;
-    Ok(n + 1)
+    };
+    out[0] = 0;
+    let n =
+        cobs::try_encode(raw, &mut out[1..]).map_err(|_| LinkError::BufferTooSmall { needed })?;
+    out[1 + n] = 0;
+    Ok(n + 2)
 }
 
 /// Encodes `frame` into a fresh buffer (convenience over [`encode`]).
@@ -255,7 +266,7 @@ pub struct DecoderStats {
     pub crc_errors: u64,
     /// Invalid COBS, too short, or a body that did not parse.
     pub malformed: u64,
-    /// Runs longer than [`MAX_FRAME_LEN`] without a delimiter.
+    /// Runs longer than [`MAX_COBS_LEN`] without a delimiter.
     pub oversized: u64,
     /// Good CRC, unknown version byte.
     pub unsupported_version: u64,
@@ -263,10 +274,10 @@ pub struct DecoderStats {
 
 /// Streaming decoder: feed it byte chunks of any size, it hands back whole frames.
 ///
-/// Holds one partial frame (at most `MAX_FRAME_LEN - 1` bytes) between calls; no allocation.
+/// Holds one partial frame (at most [`MAX_COBS_LEN`] bytes) between calls; no allocation.
 #[derive(Debug, Clone)]
 pub struct Decoder {
-    buf: [u8; MAX_FRAME_LEN],
+    buf: [u8; MAX_COBS_LEN],
     len: usize,
     /// An oversized run was reported; drop bytes up to the next `0x00`.
     discarding: bool,
@@ -283,7 +294,7 @@ impl Decoder {
     /// An empty decoder.
     pub const fn new() -> Self {
         Self {
-            buf: [0; MAX_FRAME_LEN],
+            buf: [0; MAX_COBS_LEN],
             len: 0,
             discarding: false,
             stats: DecoderStats {
@@ -311,8 +322,7 @@ impl Decoder {
             };
 
             if !self.discarding {
-                // The COBS bytes of one frame never exceed MAX_FRAME_LEN - 1.
-                let room = MAX_FRAME_LEN - 1 - self.len;
+                let room = MAX_COBS_LEN - self.len;
                 if segment.len() > room {
                     self.len = 0;
                     self.discarding = true;
@@ -427,7 +437,7 @@ mod tests {
         );
         let wire = encode_to_vec(&frame).unwrap();
         assert!(wire.len() <= MAX_FRAME_LEN);
-        assert_eq!(MAX_FRAME_LEN, 270);
+        assert_eq!(MAX_FRAME_LEN, 271);
     }
 
     #[test]
@@ -480,8 +490,8 @@ mod tests {
         let crc = CRC.checksum(&raw[..2]);
         raw[2..].copy_from_slice(&crc.to_le_bytes());
         let mut wire = [0u8; 16];
-        let n = cobs::encode(&raw, &mut wire);
-        let (out, stats) = decode_all(&wire[..n + 1]);
+        let n = cobs::encode(&raw, &mut wire[1..]);
+        let (out, stats) = decode_all(&wire[..n + 2]);
         assert_eq!(out, [Err(LinkError::UnsupportedVersion(2))]);
         assert_eq!(stats.unsupported_version, 1);
     }
@@ -492,8 +502,8 @@ mod tests {
         let crc = CRC.checksum(&raw[..4]);
         raw[4..].copy_from_slice(&crc.to_le_bytes());
         let mut wire = [0u8; 16];
-        let n = cobs::encode(&raw, &mut wire);
-        let (out, stats) = decode_all(&wire[..n + 1]);
+        let n = cobs::encode(&raw, &mut wire[1..]);
+        let (out, stats) = decode_all(&wire[..n + 2]);
         assert_eq!(out, [Err(LinkError::Postcard)]);
         assert_eq!(stats.malformed, 1);
     }
