@@ -37,12 +37,20 @@ port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 pid_alive() { [[ -f "$1" ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
-wait_port() { # port seconds what logfile
+wait_port() { # port seconds what logfile pidfile
   local deadline=$((SECONDS + $2))
   until port_open "$1"; do
+    pid_alive "$5" || { tail -n 30 "$4" >&2 || true; die "$3 exited during start-up (log: $4)"; }
     ((SECONDS < deadline)) || { tail -n 30 "$4" >&2 || true; die "$3 not ready on 127.0.0.1:$1 after $2 s (log: $4)"; }
     sleep 0.2
   done
+  pid_alive "$5" || { tail -n 30 "$4" >&2 || true; die "$3 exited during start-up (log: $4)"; }
+}
+
+require_free() { # port what
+  if port_open "$1"; then
+    die "port 127.0.0.1:$1 for $2 is taken by another process (another broker? \`ss -ltnp | grep $1\`)"
+  fi
 }
 
 stop_pid() { # pidfile what
@@ -151,6 +159,8 @@ kafka_start() {
   for id in $(seq 1 "$nodes"); do
     local dir="$state/kafka/node$id" port=$((id * 10000 + 9092))
     if pid_alive "$dir/pid"; then continue; fi
+    require_free "$port" "Kafka node $id"
+    require_free $((id * 10000 + 9093)) "Kafka node $id (controller)"
     mkdir -p "$dir"
     kafka_props "$id" "$nodes" "$dir" > "$dir/server.properties"
     if [[ ! -f "$dir/data/meta.properties" ]]; then
@@ -169,7 +179,8 @@ kafka_start() {
     started+=("$id")
   done
   for id in "${started[@]}"; do
-    wait_port $((id * 10000 + 9092)) "$ready_timeout" "Kafka node $id" "$state/kafka/node$id/server.log"
+    wait_port $((id * 10000 + 9092)) "$ready_timeout" "Kafka node $id" \
+      "$state/kafka/node$id/server.log" "$state/kafka/node$id/pid"
   done
   if ((${#started[@]})); then
     log "Kafka $kafka_version ready on $(kafka_bootstrap "$nodes") in $((SECONDS - t0)) s (logs: $state/kafka/node*/server.log)"
@@ -244,6 +255,8 @@ mqtt_start() {
   command -v mosquitto >/dev/null || [[ -x /usr/sbin/mosquitto ]] \
     || die "mosquitto not found: apt-get install mosquitto"
   local bin; bin=$(command -v mosquitto || echo /usr/sbin/mosquitto)
+  require_free "$mqtt_port" "Mosquitto"
+  require_free "$mqtts_port" "Mosquitto (TLS)"
   rm -rf "$dir/data" && mkdir -p "$dir/data"
   mqtt_tls
   mqtt_conf > "$dir/mosquitto.conf"
@@ -254,8 +267,8 @@ mqtt_start() {
   local t0=$SECONDS
   setsid "$bin" -c "$dir/mosquitto.conf" > "$dir/stdout.log" 2>&1 < /dev/null &
   echo $! > "$dir/pid"
-  wait_port "$mqtt_port" 20 "Mosquitto" "$dir/mosquitto.log"
-  wait_port "$mqtts_port" 20 "Mosquitto (TLS)" "$dir/mosquitto.log"
+  wait_port "$mqtt_port" 20 "Mosquitto" "$dir/mosquitto.log" "$dir/pid"
+  wait_port "$mqtts_port" 20 "Mosquitto (TLS)" "$dir/mosquitto.log" "$dir/pid"
   log "Mosquitto $("$bin" -h 2>/dev/null | sed -n 's/^mosquitto version //p') ready on 127.0.0.1:$mqtt_port and TLS :$mqtts_port in $((SECONDS - t0)) s (log: $dir/mosquitto.log)"
 }
 
@@ -290,7 +303,7 @@ status() {
 }
 
 cmd=${1:-status}; shift || true
-what=all nodes=1
+what=all nodes=""
 while (($#)); do
   case $1 in
     kafka|mqtt|all) what=$1 ;;
@@ -300,6 +313,8 @@ while (($#)); do
   esac
   shift
 done
+# Without --nodes: as many as run now, else 1.
+[[ -n $nodes ]] || { [[ -f "$kafka_nodes_file" ]] && nodes=$(cat "$kafka_nodes_file") || nodes=1; }
 [[ $nodes == 1 || $nodes == 3 ]] || die "--nodes must be 1 or 3"
 
 case $cmd in
