@@ -11,12 +11,25 @@
 //!
 //! # Directions and meaning
 //!
-//! - device -> agent: [`Hello`] once after every boot (before any `Readings`), then [`Readings`]
-//!   frames numbered `seq = 1, 2, ...` per `(device_id, boot_id)`. `dropped` counts readings the
-//!   device had to discard (ring overflow) since the previous `Readings` it built.
+//! - device -> agent: [`Hello`] first after every boot, repeated until an `Ack` for that boot
+//!   arrives, and [`Readings`] frames numbered `seq = 1, 2, ...` per `(device_id, boot_id)`.
+//!   `dropped` counts readings the device had to discard (ring overflow) since the previous
+//!   `Readings` it built. `oldest_unacked` is the lowest `seq` the device still holds: every
+//!   lower `seq` is either acknowledged or discarded for good.
 //! - agent -> device: [`Ack`] is cumulative: it acknowledges every `Readings` frame of that
-//!   `(device_id, boot_id)` with a sequence number `<= seq`. [`TimeSync`] gives the device the
-//!   gateway's clock (unix milliseconds).
+//!   `(device_id, boot_id)` with a sequence number `<= seq`; `seq = 0` acknowledges only the
+//!   `Hello`. [`TimeSync`] gives the device the gateway's clock (unix milliseconds).
+//!
+//! # The receiver's ack rule
+//!
+//! Per `(device_id, boot_id)` the receiver keeps a watermark `W` (initially 0): every `seq <= W`
+//! is settled, i.e. durable or known to be discarded. On a `Readings` frame it raises `W` to at
+//! least `oldest_unacked - 1`, then, once the frame is durable, advances `W` over every
+//! consecutive `seq` it holds, and sends `Ack { seq: W }`. It must never ack a `seq` it has neither
+//! received nor been told is discarded: the device frees acked frames. On a `Hello` it sends
+//! `Ack { seq: W }` too (0 for a new boot). Frames with `seq <= W` are duplicates: re-ack, drop.
+//! Without `oldest_unacked` a frame discarded by the device would leave a hole that a cumulative
+//! ack could never pass.
 //!
 //! # Invariants
 //!
@@ -36,6 +49,9 @@
 //!
 //! # Refinements to the first sketch
 //!
+//! - `Readings::oldest_unacked` (see the ack rule above) is new: with overflow discarding whole
+//!   frames and acks cumulative, the receiver needs to learn which holes will never fill.
+//! - `Ack { seq: 0 }` acknowledges the `Hello`, so the `Hello` is delivered reliably too.
 //! - [`encode`] writes a leading `0x00` as well as the trailing one (one byte per frame). Without
 //!   it, any bytes that reach the line between two frames would be prepended to the next frame and
 //!   cost it; with it, a valid frame is lost only if its own bytes are damaged. Back-to-back frames
@@ -60,14 +76,14 @@ pub const VERSION: u8 = 1;
 pub const MAX_READINGS: usize = 16;
 
 /// Largest postcard encoding of a [`Frame`]: a `Readings` frame with 16 readings and every varint
-/// at its widest: variant tag 1 + 4 x u32 varint 5 + length 1 + 16 x (channel 1 + u64 varint 10
+/// at its widest: variant tag 1 + 5 x u32 varint 5 + length 1 + 16 x (channel 1 + u64 varint 10
 /// + f32 4).
-pub const MAX_BODY_LEN: usize = 1 + 4 * 5 + 1 + MAX_READINGS * (1 + 10 + 4);
+pub const MAX_BODY_LEN: usize = 1 + 5 * 5 + 1 + MAX_READINGS * (1 + 10 + 4);
 
 /// Largest frame before COBS: version byte, body, CRC-32.
 pub const MAX_RAW_LEN: usize = 1 + MAX_BODY_LEN + 4;
 
-/// Largest frame on the wire: the COBS-encoded raw frame between two `0x00` (271 bytes).
+/// Largest frame on the wire: the COBS-encoded raw frame between two `0x00` (276 bytes).
 pub const MAX_FRAME_LEN: usize = cobs::max_encoding_length(MAX_RAW_LEN) + 2;
 
 /// Most bytes a receiver holds between two `0x00` before it calls the run oversized.
@@ -88,7 +104,7 @@ pub struct Reading {
     pub value: f32,
 }
 
-/// Sent by a device once after every boot, before its first `Readings`.
+/// Sent by a device first after every boot, and again until an `Ack` for the boot arrives.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Hello {
     /// The device.
@@ -108,6 +124,9 @@ pub struct Readings {
     pub boot_id: u32,
     /// Frame sequence number, 1, 2, ... per boot. Retransmits repeat it.
     pub seq: u32,
+    /// Lowest `seq` the device still held when it sent this copy (`<= seq`): every lower `seq`
+    /// of this boot is acknowledged or discarded (and counted in some frame's `dropped`).
+    pub oldest_unacked: u32,
     /// Readings the device discarded (ring overflow) since the previous `Readings` it built.
     pub dropped: u32,
     /// The readings, oldest first.
@@ -121,7 +140,7 @@ pub struct Ack {
     pub device_id: u32,
     /// The boot acknowledged; a device ignores acks for any other boot.
     pub boot_id: u32,
-    /// Highest sequence number acknowledged (cumulative).
+    /// Highest sequence number acknowledged (cumulative); 0 acknowledges only the `Hello`.
     pub seq: u32,
 }
 
@@ -388,6 +407,7 @@ mod tests {
             device_id: 7,
             boot_id: 42,
             seq: 1,
+            oldest_unacked: 1,
             dropped: 0,
             readings,
         })
@@ -428,6 +448,7 @@ mod tests {
             device_id: u32::MAX,
             boot_id: u32::MAX,
             seq: u32::MAX,
+            oldest_unacked: u32::MAX,
             dropped: u32::MAX,
             readings,
         });
@@ -437,7 +458,7 @@ mod tests {
         );
         let wire = encode_to_vec(&frame).unwrap();
         assert!(wire.len() <= MAX_FRAME_LEN);
-        assert_eq!(MAX_FRAME_LEN, 271);
+        assert_eq!(MAX_FRAME_LEN, 276);
     }
 
     #[test]

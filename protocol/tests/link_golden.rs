@@ -33,9 +33,9 @@ fn golden() -> Vec<(Frame, Vec<u8>)> {
             hex("00 02 01 0e 07 80 84 04 ef fd b6 f5 0d 5b 7f ba 72 00"),
         ),
         (
-            Frame::Readings(Readings { device_id: 7, boot_id: 0xDEAD_BEEF, seq: 1, dropped: 0, readings }),
-            hex("00 0a 01 01 07 ef fd b6 f5 0d 01 02 02 07 80 d0 95 ff bc 31 01 0a ac 41 03 fa d1 95 ff bc 31 01 01
-                 06 be 46 0b 28 06 00"),
+            Frame::Readings(Readings { device_id: 7, boot_id: 0xDEAD_BEEF, seq: 1, oldest_unacked: 1, dropped: 0, readings }),
+            hex("00 0b 01 01 07 ef fd b6 f5 0d 01 01 02 02 07 80 d0 95 ff bc 31 01 0a ac 41 03 fa d1 95 ff bc 31 01 01
+                 06 be 42 49 ad 48 00"),
         ),
         (
             Frame::Ack(Ack { device_id: 7, boot_id: 0xDEAD_BEEF, seq: 1 }),

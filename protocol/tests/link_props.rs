@@ -28,15 +28,16 @@ fn frame() -> impl Strategy<Value = Frame> {
             }
         ),
         (
-            any::<[u32; 4]>(),
+            any::<[u32; 5]>(),
             proptest::collection::vec(reading(), 0..=MAX_READINGS)
         )
-            .prop_map(|([device_id, boot_id, seq, dropped], rs)| {
+            .prop_map(|([device_id, boot_id, seq, oldest_unacked, dropped], rs)| {
                 let readings = heapless::Vec::from_slice(&rs).expect("at most MAX_READINGS");
                 Frame::Readings(Readings {
                     device_id,
                     boot_id,
                     seq,
+                    oldest_unacked,
                     dropped,
                     readings,
                 })
