@@ -7,14 +7,20 @@
 //!
 //! | module | stage |
 //! | --- | --- |
-//! | `config` | the TOML file: sources, sensor mapping, pipelines, quota; `check-config` |
-//! | `source::mqtt`, `source::serial` | turn bytes into readings, owe an ack to the source |
-//! | `ingest` | group-committing redb writer; acks released only after commit; dedupe |
-//! | `window` | event-time windows, watermarks, partial aggregates |
-//! | `outbox` | dense-sequence records waiting for Kafka |
-//! | `forward` | transactional Kafka producer, progress marker, trim after commit |
-//! | `ops` | metrics, health, systemd notify and watchdog, `inspect` |
+//! | [`config`] | the TOML file: sources, sensor mapping, pipelines, quota; `check-config` |
+//! | [`mapping`] | topic patterns, id templates, calibration and range checks (no I/O) |
+//! | [`reading`] | the `Reading` value and its stored encoding |
+//! | [`source`] | `payload` parsers |
+//! | `window` (windowing issue) | event-time windows, watermarks, partial aggregates |
+//! | `outbox` (forwarding issue) | dense-sequence records waiting for Kafka |
+//! | `forward` (forwarding issue) | transactional Kafka producer, progress marker, trim after commit |
+//! | `ops` (operations issue) | metrics, health, systemd notify and watchdog, `inspect` |
 #![forbid(unsafe_code)]
+
+pub mod config;
+pub mod mapping;
+pub mod reading;
+pub mod source;
 
 /// The agent's version, as reported by `--version` and in logs.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

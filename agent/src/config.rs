@@ -1,0 +1,320 @@
+//! The agent's configuration: one TOML file, documented key by key in
+//! `configs/agent.example.toml` (a test parses that file, so the example cannot rot).
+//!
+//! # Shape
+//!
+//! | table | holds |
+//! | --- | --- |
+//! | `[agent]` | `id` (names the agent in Kafka headers and the transactional id), `data_dir` (the redb file lives there) |
+//! | `[buffer]` | `quota_bytes`, `on_full = "backpressure" \| "drop_oldest"`, group-commit limits, dedupe bounds, payload cap |
+//! | `[[mqtt]]` | one broker connection: `url` (`mqtt://` or `mqtts://`), credentials, `[[mqtt.subscribe]]`, `[mqtt.payload]` |
+//! | `[[serial]]` | one serial line: `path`, `baud`, `framing = "link" \| "line"` |
+//! | `[[sensor]]` | the sensor mapping: a topic pattern with `{captures}` (MQTT) or a device channel (serial) to an `id` template, `unit`, `scale`, `offset`, `min`/`max` |
+//! | `[[pipeline]]` | which sensors (`*` globs over sensor ids) go to which pipeline; windows arrive with the windowing issue |
+//!
+//! # Invariants
+//!
+//! - Every table rejects unknown keys (`deny_unknown_fields`): a misspelt key is an error naming
+//!   the line and the keys that are allowed, never silently ignored.
+//! - A [`Config`] that [`Config::from_toml`] returned has passed [`validate`]: source names are
+//!   unique, every `[[sensor]]` names a source that exists, every `{placeholder}` in an `id`
+//!   template is defined for that source, topic patterns and subscriptions are well formed,
+//!   `min <= max`, QoS is 0, 1 or 2. The rest of the agent relies on this and does not re-check.
+//! - Every error is fatal for start-up (a configuration does not get better by retrying) and
+//!   names the file, the line and column, the field and what is allowed.
+//!
+//! Template and topic-pattern syntax live in [`crate::mapping`], which also applies them.
+
+mod error;
+mod validate;
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+pub use error::{ConfigError, Invalid, Location};
+pub use validate::validate;
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub agent: AgentSection,
+    #[serde(default)]
+    pub buffer: BufferSection,
+    #[serde(default)]
+    pub mqtt: Vec<MqttSource>,
+    #[serde(default)]
+    pub serial: Vec<SerialSource>,
+    #[serde(default)]
+    pub sensor: Vec<SensorMapping>,
+    #[serde(default)]
+    pub pipeline: Vec<Pipeline>,
+}
+
+/// `[agent]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentSection {
+    /// Stable name of this gateway; must be non-empty, `[A-Za-z0-9._-]`.
+    pub id: Spanned<String>,
+    /// Directory holding `ingest.redb`; created when missing.
+    pub data_dir: PathBuf,
+}
+
+/// What the writer does when the ingest log reaches its quota.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnFull {
+    /// Stop committing and acknowledging; sources keep their connections alive and the
+    /// broker / firmware hold the data.
+    Backpressure,
+    /// Evict the oldest readings to make room, counting each in `dropped`.
+    DropOldest,
+}
+
+/// `[buffer]`: the ingest log's limits. Every key has a default.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BufferSection {
+    /// Upper bound on the ingest log's readings, in estimated bytes (see `ingest` for the
+    /// estimate).
+    pub quota_bytes: Spanned<u64>,
+    pub on_full: OnFull,
+    /// Group commit: at most this many readings per write transaction.
+    pub batch_max_readings: Spanned<usize>,
+    /// Group commit: wait at most this long for more readings once one is waiting.
+    pub batch_max_ms: u64,
+    /// Capacity (in messages) of the channel from the sources to the writer.
+    pub channel_capacity: Spanned<usize>,
+    /// The dedupe index keeps at most this many keys ...
+    pub dedupe_max_entries: Spanned<u64>,
+    /// ... and forgets keys older than this.
+    pub dedupe_max_age_s: u64,
+    /// Payloads larger than this are rejected (dead-lettered) without parsing.
+    pub max_payload_bytes: Spanned<usize>,
+}
+
+impl Default for BufferSection {
+    fn default() -> Self {
+        BufferSection {
+            quota_bytes: Spanned::new(0..0, 256 * 1024 * 1024),
+            on_full: OnFull::Backpressure,
+            batch_max_readings: Spanned::new(0..0, 1000),
+            batch_max_ms: 5,
+            channel_capacity: Spanned::new(0..0, 1024),
+            dedupe_max_entries: Spanned::new(0..0, 1_000_000),
+            dedupe_max_age_s: 7 * 24 * 3600,
+            max_payload_bytes: Spanned::new(0..0, 64 * 1024),
+        }
+    }
+}
+
+/// `[[mqtt]]`: one broker connection.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttSource {
+    /// Unique among all sources; `[[sensor]]` tables refer to it.
+    pub name: Spanned<String>,
+    /// `mqtt://host[:port]` (default 1883) or `mqtts://host[:port]` (default 8883).
+    pub url: Spanned<String>,
+    pub client_id: Spanned<String>,
+    pub username: Option<String>,
+    /// Name of an environment variable holding the password.
+    pub password_env: Option<Spanned<String>>,
+    /// File whose contents (trailing newline removed) are the password.
+    pub password_file: Option<PathBuf>,
+    /// PEM CA bundle for `mqtts://`; the system roots when absent.
+    pub ca_file: Option<Spanned<PathBuf>>,
+    #[serde(default = "default_keep_alive_s")]
+    pub keep_alive_s: u64,
+    /// `clean_session = false`: the broker keeps subscriptions and unacknowledged messages while
+    /// the agent is away. Turning it off gives up redelivery after a crash.
+    #[serde(default = "default_true")]
+    pub persistent_session: bool,
+    /// How redeliveries are recognised.
+    #[serde(default)]
+    pub idempotency: Idempotency,
+    pub payload: PayloadConfig,
+    pub subscribe: Vec<Subscription>,
+}
+
+fn default_keep_alive_s() -> u64 {
+    30
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// The dedupe key of an MQTT reading.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Idempotency {
+    /// (sensor id, timestamp): a sensor reports one value per instant.
+    #[default]
+    SensorTs,
+    /// (sensor id, the payload's `seq` field): requires `payload.seq`.
+    PayloadSeq,
+}
+
+/// `[[mqtt.subscribe]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Subscription {
+    /// An MQTT topic filter (`+` and `#` wildcards).
+    pub topic: Spanned<String>,
+    /// 0, 1 or 2. Only QoS 1 and 2 are redelivered after a crash.
+    #[serde(default = "default_qos")]
+    pub qos: Spanned<u8>,
+}
+
+fn default_qos() -> Spanned<u8> {
+    Spanned::new(0..0, 1)
+}
+
+/// `[mqtt.payload]`: how a message body becomes readings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PayloadConfig {
+    pub format: PayloadFormat,
+    /// JSON pointer (RFC 6901) to the value; `json` only.
+    pub value: Option<Spanned<String>>,
+    /// JSON pointer to the timestamp; receive time when absent or missing.
+    pub timestamp: Option<Spanned<String>>,
+    /// Unit of the JSON timestamp.
+    #[serde(default)]
+    pub timestamp_unit: TimestampUnit,
+    /// JSON pointer to a sensor name, available as `{payload}` in `id` templates.
+    pub sensor: Option<Spanned<String>>,
+    /// JSON pointer to a device sequence number (dedupe key and gap counting).
+    pub seq: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PayloadFormat {
+    /// A JSON object; pointers pick value, timestamp, sensor and seq.
+    Json,
+    /// SenML JSON (RFC 8428): a pack of records; each record's resolved name is `{payload}`.
+    Senml,
+    /// The body is one decimal number in UTF-8; the timestamp is the receive time.
+    Number,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimestampUnit {
+    #[default]
+    Ms,
+    S,
+}
+
+/// `[[serial]]`: one serial line.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SerialSource {
+    pub name: Spanned<String>,
+    pub path: PathBuf,
+    #[serde(default = "default_baud")]
+    pub baud: u32,
+    pub framing: SerialFraming,
+}
+
+fn default_baud() -> u32 {
+    115_200
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SerialFraming {
+    /// `edge_protocol::link` frames: Hello, Readings, Ack after commit, TimeSync.
+    Link,
+    /// Text lines `sensor,ts_ms,value`.
+    Line,
+}
+
+/// `[[sensor]]`: maps what a source delivers to a sensor id and calibrates the value.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SensorMapping {
+    /// Name of an `[[mqtt]]` or `[[serial]]` source.
+    pub source: Spanned<String>,
+    /// MQTT: a topic pattern; `{name}` captures one level, `+` matches one, a final `#` the rest.
+    pub topic: Option<Spanned<String>>,
+    /// Serial: only this device id (any device when absent).
+    pub device: Option<u32>,
+    /// Serial (`link` framing): only this channel (any channel when absent).
+    pub channel: Option<u8>,
+    /// Sensor id template: `{capture}` from the topic, `{payload}` (sensor from the payload),
+    /// `{source}`; serial adds `{device}` and `{channel}`.
+    pub id: Spanned<String>,
+    pub unit: Option<String>,
+    /// `value * scale + offset` is stored.
+    #[serde(default = "default_scale")]
+    pub scale: f64,
+    #[serde(default)]
+    pub offset: f64,
+    /// Valid range of the calibrated value (inclusive); outside it a reading is rejected.
+    pub min: Option<Spanned<f64>>,
+    pub max: Option<Spanned<f64>>,
+}
+
+fn default_scale() -> f64 {
+    1.0
+}
+
+/// `[[pipeline]]`: which sensors go where. Windows come with the windowing issue.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pipeline {
+    pub name: Spanned<String>,
+    /// Globs over sensor ids; `*` matches any run of characters.
+    pub sensors: Vec<Spanned<String>>,
+}
+
+impl Config {
+    /// Reads, parses and validates `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::from_toml(path, &text)
+    }
+
+    /// Parses and validates `text`; `path` is only used to name the file in errors.
+    pub fn from_toml(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|source| {
+            let at = Location::of(text, source.span().map_or(0, |s| s.start));
+            ConfigError::Syntax {
+                path: path.to_owned(),
+                at,
+                source: Box::new(source),
+            }
+        })?;
+        validate(&config).map_err(|(span, problem)| ConfigError::Invalid {
+            path: path.to_owned(),
+            at: Location::of(text, span.start),
+            problem: Box::new(problem),
+        })?;
+        Ok(config)
+    }
+
+    /// All source names, MQTT first.
+    pub fn source_names(&self) -> impl Iterator<Item = &str> {
+        self.mqtt
+            .iter()
+            .map(|m| m.name.get_ref().as_str())
+            .chain(self.serial.iter().map(|s| s.name.get_ref().as_str()))
+    }
+
+    /// `data_dir/ingest.redb`.
+    pub fn ingest_path(&self) -> PathBuf {
+        self.agent.data_dir.join("ingest.redb")
+    }
+}
+
+#[cfg(test)]
+mod tests;

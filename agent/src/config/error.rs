@@ -1,0 +1,156 @@
+//! Configuration errors: every one names the file, line, column, field and what is allowed.
+
+use std::fmt;
+use std::path::PathBuf;
+
+/// Why a configuration file was refused. All variants are fatal: retrying cannot help.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{}: cannot read the configuration: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// TOML syntax, a wrong type, an unknown key or a missing one (toml's message says which
+    /// keys or values are allowed).
+    #[error("{}:{at}: {}", path.display(), source.message())]
+    Syntax {
+        path: PathBuf,
+        at: Location,
+        #[source]
+        source: Box<toml::de::Error>,
+    },
+    /// Well-formed TOML that breaks a rule of [`super::validate`].
+    #[error("{}:{at}: {problem}", path.display())]
+    Invalid {
+        path: PathBuf,
+        at: Location,
+        #[source]
+        problem: Box<Invalid>,
+    },
+}
+
+impl ConfigError {
+    /// The broken rule, for [`ConfigError::Invalid`].
+    pub fn problem(&self) -> Option<&Invalid> {
+        match self {
+            ConfigError::Invalid { problem, .. } => Some(problem),
+            _ => None,
+        }
+    }
+
+    /// Where in the file, when the error has a place.
+    pub fn location(&self) -> Option<&Location> {
+        match self {
+            ConfigError::Read { .. } => None,
+            ConfigError::Syntax { at, .. } | ConfigError::Invalid { at, .. } => Some(at),
+        }
+    }
+}
+
+/// A broken rule, with what would be allowed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Invalid {
+    #[error("`{field}` must not be empty")]
+    Empty { field: &'static str },
+    #[error("`{field}` may only hold letters, digits, `.`, `_` and `-`")]
+    BadName { field: &'static str },
+    #[error("source name `{name}` is used twice; source names must be unique")]
+    DuplicateSource { name: String },
+    #[error("`source = \"{name}\"` names no source; defined sources: {defined:?}")]
+    UnknownSource { name: String, defined: Vec<String> },
+    #[error("`url` must be `mqtt://host[:port]` or `mqtts://host[:port]`")]
+    BadUrl,
+    #[error("`ca_file` needs an `mqtts://` url")]
+    CaWithoutTls,
+    #[error("`password_env` and `password_file` are alternatives: set at most one")]
+    TwoPasswords,
+    #[error("`qos` must be 0, 1 or 2, not {qos}")]
+    BadQos { qos: u8 },
+    #[error("`{field}` is not a valid {what}: {reason}")]
+    BadPattern {
+        field: &'static str,
+        what: &'static str,
+        reason: &'static str,
+    },
+    #[error("`id` uses `{{{name}}}`, which is not defined here; allowed: {allowed:?}")]
+    UnknownPlaceholder { name: String, allowed: Vec<String> },
+    #[error("`{field}` must be a JSON pointer: empty or starting with `/`")]
+    BadPointer { field: &'static str },
+    #[error("`payload.value` is required for `format = \"json\"`")]
+    MissingValuePointer,
+    #[error("`idempotency = \"payload_seq\"` needs `payload.seq`")]
+    SeqKeyWithoutSeq,
+    #[error("`min` ({min}) is greater than `max` ({max})")]
+    EmptyRange { min: f64, max: f64 },
+    #[error("`{field}` must be a finite number")]
+    NotFinite { field: &'static str },
+    #[error("`{field}` must be at least {least}")]
+    TooSmall { field: &'static str, least: u64 },
+    #[error("`{field}` is for {kind} sources; source `{source_name}` is {actual}")]
+    WrongSourceKind {
+        field: &'static str,
+        kind: &'static str,
+        source_name: String,
+        actual: &'static str,
+    },
+    #[error("a `[[sensor]]` for MQTT source `{source_name}` needs `topic`")]
+    MissingTopic { source_name: String },
+    #[error("pipeline name `{name}` is used twice")]
+    DuplicatePipeline { name: String },
+}
+
+/// A place in the file: 1-based line and column, and the table and key found there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    pub line: usize,
+    pub column: usize,
+    /// The `[table]` or `[[array]]` header the line is under, e.g. `[[mqtt.subscribe]]`.
+    pub table: Option<String>,
+    /// The key on that line, when the line is `key = value`.
+    pub key: Option<String>,
+}
+
+impl Location {
+    /// Locates byte `offset` in `text` (clamped to the text).
+    pub fn of(text: &str, offset: usize) -> Location {
+        let mut offset = offset.min(text.len());
+        while !text.is_char_boundary(offset) {
+            offset -= 1;
+        }
+        let before = &text[..offset];
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        let line = before.matches('\n').count() + 1;
+        let column = before[line_start..].chars().count() + 1;
+        let line_text = text[line_start..].lines().next().unwrap_or("");
+        let key = line_text
+            .split_once('=')
+            .map(|(k, _)| k.trim())
+            .filter(|k| !k.is_empty() && !k.starts_with('['))
+            .map(str::to_owned);
+        let table = text[..line_start]
+            .lines()
+            .chain(std::iter::once(line_text))
+            .rfind(|l| l.trim_start().starts_with('['))
+            .map(|l| l.trim().to_owned());
+        Location {
+            line,
+            column,
+            table,
+            key,
+        }
+    }
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.line, self.column)?;
+        match (&self.table, &self.key) {
+            (Some(t), Some(k)) => write!(f, ": in {t}, field `{k}`"),
+            (None, Some(k)) => write!(f, ": field `{k}`"),
+            (Some(t), None) => write!(f, ": in {t}"),
+            (None, None) => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,292 @@
+//! The rules a parsed [`Config`] must keep; see the module doc of [`crate::config`].
+
+use std::collections::HashSet;
+use std::ops::Range;
+
+use toml::Spanned;
+
+use super::{Config, Idempotency, Invalid, MqttSource, PayloadFormat};
+use crate::mapping::{BrokerUrl, Glob, Template, TopicFilter, TopicPattern};
+
+type Failure = (Range<usize>, Invalid);
+
+fn at<T>(spanned: &Spanned<T>, problem: Invalid) -> Failure {
+    (spanned.span(), problem)
+}
+
+/// Checks every cross-field rule; the first broken one is returned with its place.
+pub fn validate(config: &Config) -> Result<(), Failure> {
+    name(&config.agent.id, "agent.id")?;
+    let buffer = &config.buffer;
+    at_least(&buffer.quota_bytes, "quota_bytes", 4096)?;
+    at_least(&buffer.batch_max_readings, "batch_max_readings", 1)?;
+    at_least(&buffer.channel_capacity, "channel_capacity", 1)?;
+    at_least(&buffer.dedupe_max_entries, "dedupe_max_entries", 1)?;
+    at_least(&buffer.max_payload_bytes, "max_payload_bytes", 16)?;
+
+    let mut seen = HashSet::new();
+    for source_name in config
+        .mqtt
+        .iter()
+        .map(|m| &m.name)
+        .chain(config.serial.iter().map(|s| &s.name))
+    {
+        name(source_name, "name")?;
+        if !seen.insert(source_name.get_ref().as_str()) {
+            return Err(at(
+                source_name,
+                Invalid::DuplicateSource {
+                    name: source_name.get_ref().clone(),
+                },
+            ));
+        }
+    }
+    config.mqtt.iter().try_for_each(mqtt)?;
+    for mapping in &config.sensor {
+        sensor(config, mapping)?;
+    }
+    let mut pipelines = HashSet::new();
+    for pipeline in &config.pipeline {
+        name(&pipeline.name, "pipeline.name")?;
+        if !pipelines.insert(pipeline.name.get_ref().as_str()) {
+            return Err(at(
+                &pipeline.name,
+                Invalid::DuplicatePipeline {
+                    name: pipeline.name.get_ref().clone(),
+                },
+            ));
+        }
+        for glob in &pipeline.sensors {
+            Glob::parse(glob.get_ref()).map_err(|reason| {
+                at(
+                    glob,
+                    Invalid::BadPattern {
+                        field: "sensors",
+                        what: "sensor glob",
+                        reason,
+                    },
+                )
+            })?;
+        }
+    }
+    Ok(())
+}
+
+fn name(value: &Spanned<String>, field: &'static str) -> Result<(), Failure> {
+    let text = value.get_ref();
+    if text.is_empty() {
+        return Err(at(value, Invalid::Empty { field }));
+    }
+    if !text
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    {
+        return Err(at(value, Invalid::BadName { field }));
+    }
+    Ok(())
+}
+
+fn at_least<T: Copy + TryInto<u64>>(
+    value: &Spanned<T>,
+    field: &'static str,
+    least: u64,
+) -> Result<(), Failure> {
+    let wide: u64 = (*value.get_ref()).try_into().unwrap_or(u64::MAX);
+    if wide < least {
+        return Err(at(value, Invalid::TooSmall { field, least }));
+    }
+    Ok(())
+}
+
+fn mqtt(source: &MqttSource) -> Result<(), Failure> {
+    let url =
+        BrokerUrl::parse(source.url.get_ref()).map_err(|_| at(&source.url, Invalid::BadUrl))?;
+    if let Some(ca) = &source.ca_file {
+        if !url.tls {
+            return Err((ca.span(), Invalid::CaWithoutTls));
+        }
+    }
+    if source.client_id.get_ref().is_empty() {
+        return Err(at(&source.client_id, Invalid::Empty { field: "client_id" }));
+    }
+    if let (Some(env), Some(_)) = (&source.password_env, &source.password_file) {
+        return Err(at(env, Invalid::TwoPasswords));
+    }
+    for sub in &source.subscribe {
+        TopicFilter::parse(sub.topic.get_ref()).map_err(|reason| {
+            at(
+                &sub.topic,
+                Invalid::BadPattern {
+                    field: "topic",
+                    what: "MQTT topic filter",
+                    reason,
+                },
+            )
+        })?;
+        if *sub.qos.get_ref() > 2 {
+            return Err(at(
+                &sub.qos,
+                Invalid::BadQos {
+                    qos: *sub.qos.get_ref(),
+                },
+            ));
+        }
+    }
+    let payload = &source.payload;
+    for (pointer, field) in [
+        (&payload.value, "payload.value"),
+        (&payload.timestamp, "payload.timestamp"),
+        (&payload.sensor, "payload.sensor"),
+        (&payload.seq, "payload.seq"),
+    ] {
+        if let Some(p) = pointer {
+            if !(p.get_ref().is_empty() || p.get_ref().starts_with('/')) {
+                return Err(at(p, Invalid::BadPointer { field }));
+            }
+        }
+    }
+    if payload.format == PayloadFormat::Json && payload.value.is_none() {
+        return Err(at(&source.name, Invalid::MissingValuePointer));
+    }
+    if source.idempotency == Idempotency::PayloadSeq && payload.seq.is_none() {
+        return Err(at(&source.name, Invalid::SeqKeyWithoutSeq));
+    }
+    Ok(())
+}
+
+enum Kind {
+    Mqtt,
+    Serial,
+}
+
+fn sensor(config: &Config, mapping: &super::SensorMapping) -> Result<(), Failure> {
+    let wanted = mapping.source.get_ref();
+    let kind = config
+        .mqtt
+        .iter()
+        .find(|m| m.name.get_ref() == wanted)
+        .map(|_| Kind::Mqtt)
+        .or_else(|| {
+            config
+                .serial
+                .iter()
+                .find(|s| s.name.get_ref() == wanted)
+                .map(|_| Kind::Serial)
+        })
+        .ok_or_else(|| {
+            at(
+                &mapping.source,
+                Invalid::UnknownSource {
+                    name: wanted.clone(),
+                    defined: config.source_names().map(str::to_owned).collect(),
+                },
+            )
+        })?;
+    let mut allowed: Vec<String> = vec!["source".into(), "payload".into()];
+    match kind {
+        Kind::Mqtt => {
+            if mapping.device.is_some() || mapping.channel.is_some() {
+                return Err(wrong_kind(mapping, "device/channel", "serial", "MQTT"));
+            }
+            let topic = mapping.topic.as_ref().ok_or_else(|| {
+                at(
+                    &mapping.source,
+                    Invalid::MissingTopic {
+                        source_name: wanted.clone(),
+                    },
+                )
+            })?;
+            let pattern = TopicPattern::parse(topic.get_ref()).map_err(|reason| {
+                at(
+                    topic,
+                    Invalid::BadPattern {
+                        field: "topic",
+                        what: "topic pattern",
+                        reason,
+                    },
+                )
+            })?;
+            allowed.extend(pattern.capture_names().map(str::to_owned));
+        }
+        Kind::Serial => {
+            if let Some(topic) = &mapping.topic {
+                return Err(at(
+                    topic,
+                    Invalid::WrongSourceKind {
+                        field: "topic",
+                        kind: "MQTT",
+                        source_name: wanted.clone(),
+                        actual: "serial",
+                    },
+                ));
+            }
+            allowed.extend(["device".into(), "channel".into()]);
+        }
+    }
+    let template = Template::parse(mapping.id.get_ref()).map_err(|reason| {
+        at(
+            &mapping.id,
+            Invalid::BadPattern {
+                field: "id",
+                what: "sensor id template",
+                reason,
+            },
+        )
+    })?;
+    if let Some(unknown) = template
+        .placeholders()
+        .find(|p| !allowed.iter().any(|a| a == p))
+    {
+        return Err(at(
+            &mapping.id,
+            Invalid::UnknownPlaceholder {
+                name: unknown.to_owned(),
+                allowed,
+            },
+        ));
+    }
+    for (bound, field) in [(&mapping.min, "min"), (&mapping.max, "max")] {
+        if let Some(b) = bound {
+            if !b.get_ref().is_finite() {
+                return Err(at(b, Invalid::NotFinite { field }));
+            }
+        }
+    }
+    if let (Some(min), Some(max)) = (&mapping.min, &mapping.max) {
+        if min.get_ref() > max.get_ref() {
+            return Err(at(
+                max,
+                Invalid::EmptyRange {
+                    min: *min.get_ref(),
+                    max: *max.get_ref(),
+                },
+            ));
+        }
+    }
+    if !mapping.scale.is_finite() || !mapping.offset.is_finite() {
+        return Err(at(
+            &mapping.id,
+            Invalid::NotFinite {
+                field: "scale/offset",
+            },
+        ));
+    }
+    Ok(())
+}
+
+fn wrong_kind(
+    mapping: &super::SensorMapping,
+    field: &'static str,
+    kind: &'static str,
+    actual: &'static str,
+) -> Failure {
+    at(
+        &mapping.source,
+        Invalid::WrongSourceKind {
+            field,
+            kind,
+            source_name: mapping.source.get_ref().clone(),
+            actual,
+        },
+    )
+}

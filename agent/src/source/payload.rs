@@ -1,0 +1,257 @@
+//! Payload parsers: a message body to [`RawReading`]s, before the sensor mapping. No I/O.
+//!
+//! | format | body | value | timestamp | `{payload}` (sensor) |
+//! | --- | --- | --- | --- | --- |
+//! | `json` | one JSON value | number at `value` pointer | number at `timestamp` pointer, in `timestamp_unit`; receive time when absent | string or number at `sensor` pointer |
+//! | `senml` | SenML JSON pack (RFC 8428) | `bv + v` (`vb` as 1/0) | `bt + t` seconds, relative to now when below 2^28 | `bn + n` |
+//! | `number` | a decimal number in UTF-8 | the number | receive time | none |
+//!
+//! # Invariants
+//!
+//! - No input panics or allocates without bound: the body is capped at `max_payload_bytes`
+//!   before parsing, serde_json limits nesting depth (128), and a SenML pack yields at most one
+//!   reading per record of that capped body.
+//! - Every produced value is finite; every timestamp fits `u64` milliseconds.
+//! - Every failure is a [`PayloadError`] that says what was wrong, for the dead-letter record.
+
+use serde_json::Value;
+
+use crate::config::{PayloadConfig, PayloadFormat, TimestampUnit};
+
+/// A value as the payload delivered it: before mapping, calibration and range check.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RawReading {
+    pub sensor: Option<String>,
+    pub ts_ms: Option<u64>,
+    pub value: f64,
+    pub seq: Option<u64>,
+}
+
+/// Why a payload yielded no readings. None is retryable: the same bytes fail the same way.
+#[derive(Debug, thiserror::Error)]
+pub enum PayloadError {
+    #[error("payload of {len} bytes exceeds the limit of {max}")]
+    TooLarge { len: usize, max: usize },
+    #[error("payload is not UTF-8")]
+    NotUtf8,
+    #[error("payload is not a number")]
+    NotNumber,
+    #[error("payload is not JSON: {0}")]
+    NotJson(#[from] serde_json::Error),
+    #[error("JSON has nothing at `{pointer}`")]
+    Missing { pointer: String },
+    #[error("JSON at `{pointer}` is not {expected}")]
+    WrongType {
+        pointer: String,
+        expected: &'static str,
+    },
+    #[error("value is not a finite number")]
+    NotFinite,
+    #[error("timestamp is negative, not finite or out of range")]
+    BadTimestamp,
+    #[error("SenML pack must be a non-empty JSON array of objects")]
+    SenmlShape,
+    #[error("SenML record {index} has no numeric value (`v` or `vb`)")]
+    SenmlNoValue { index: usize },
+    #[error("SenML record {index} field `{field}` has the wrong type")]
+    SenmlField { index: usize, field: &'static str },
+}
+
+/// A compiled `[mqtt.payload]`.
+#[derive(Debug, Clone)]
+pub struct PayloadParser {
+    format: PayloadFormat,
+    value: String,
+    timestamp: Option<String>,
+    unit: TimestampUnit,
+    sensor: Option<String>,
+    seq: Option<String>,
+    max_bytes: usize,
+}
+
+/// SenML times below this are relative to now (RFC 8428 section 4.5.3).
+const SENML_RELATIVE_LIMIT: f64 = 268_435_456.0;
+
+impl PayloadParser {
+    pub fn new(config: &PayloadConfig, max_bytes: usize) -> PayloadParser {
+        let pointer = |p: &Option<toml::Spanned<String>>| p.as_ref().map(|s| s.get_ref().clone());
+        PayloadParser {
+            format: config.format,
+            value: pointer(&config.value).unwrap_or_default(),
+            timestamp: pointer(&config.timestamp),
+            unit: config.timestamp_unit,
+            sensor: pointer(&config.sensor),
+            seq: pointer(&config.seq),
+            max_bytes,
+        }
+    }
+
+    /// Parses `body`; `now_ms` (wall clock) resolves SenML relative times.
+    pub fn parse(&self, body: &[u8], now_ms: u64) -> Result<Vec<RawReading>, PayloadError> {
+        if body.len() > self.max_bytes {
+            return Err(PayloadError::TooLarge {
+                len: body.len(),
+                max: self.max_bytes,
+            });
+        }
+        match self.format {
+            PayloadFormat::Number => parse_number(body).map(|r| vec![r]),
+            PayloadFormat::Json => self.parse_json(body).map(|r| vec![r]),
+            PayloadFormat::Senml => parse_senml(body, now_ms),
+        }
+    }
+
+    fn parse_json(&self, body: &[u8]) -> Result<RawReading, PayloadError> {
+        let doc: Value = serde_json::from_slice(body)?;
+        let value = number_at(&doc, &self.value)?.ok_or_else(|| missing(&self.value))?;
+        if !value.is_finite() {
+            return Err(PayloadError::NotFinite);
+        }
+        let ts_ms = match &self.timestamp {
+            Some(p) => match number_at(&doc, p)? {
+                Some(t) => Some(to_ms(t, self.unit == TimestampUnit::S)?),
+                None => None,
+            },
+            None => None,
+        };
+        let sensor = match &self.sensor {
+            Some(p) => Some(match doc.pointer(p) {
+                Some(Value::String(s)) => s.clone(),
+                Some(Value::Number(n)) => n.to_string(),
+                Some(_) => return Err(wrong(p, "a string or number")),
+                None => return Err(missing(p)),
+            }),
+            None => None,
+        };
+        let seq = match &self.seq {
+            Some(p) => match doc.pointer(p) {
+                Some(v) => Some(v.as_u64().ok_or_else(|| wrong(p, "an unsigned integer"))?),
+                None => None,
+            },
+            None => None,
+        };
+        Ok(RawReading {
+            sensor,
+            ts_ms,
+            value,
+            seq,
+        })
+    }
+}
+
+fn missing(pointer: &str) -> PayloadError {
+    PayloadError::Missing {
+        pointer: pointer.to_owned(),
+    }
+}
+
+fn wrong(pointer: &str, expected: &'static str) -> PayloadError {
+    PayloadError::WrongType {
+        pointer: pointer.to_owned(),
+        expected,
+    }
+}
+
+/// The number at `pointer`, `None` when absent; a non-number is an error.
+fn number_at(doc: &Value, pointer: &str) -> Result<Option<f64>, PayloadError> {
+    match doc.pointer(pointer) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => n.as_f64().map(Some).ok_or(PayloadError::NotFinite),
+        Some(_) => Err(wrong(pointer, "a number")),
+    }
+}
+
+/// Converts a timestamp in ms (or s when `seconds`) to whole milliseconds.
+fn to_ms(t: f64, seconds: bool) -> Result<u64, PayloadError> {
+    let ms = if seconds { t * 1000.0 } else { t };
+    // 2^63 keeps the cast exact-enough and far beyond any real clock.
+    if !ms.is_finite() || !(0.0..9.2e18).contains(&ms) {
+        return Err(PayloadError::BadTimestamp);
+    }
+    Ok(ms.round() as u64)
+}
+
+fn parse_number(body: &[u8]) -> Result<RawReading, PayloadError> {
+    let text = std::str::from_utf8(body).map_err(|_| PayloadError::NotUtf8)?;
+    let value: f64 = text.trim().parse().map_err(|_| PayloadError::NotNumber)?;
+    if !value.is_finite() {
+        return Err(PayloadError::NotFinite);
+    }
+    Ok(RawReading {
+        sensor: None,
+        ts_ms: None,
+        value,
+        seq: None,
+    })
+}
+
+fn parse_senml(body: &[u8], now_ms: u64) -> Result<Vec<RawReading>, PayloadError> {
+    let doc: Value = serde_json::from_slice(body)?;
+    let records = match doc {
+        Value::Array(records) if !records.is_empty() => records,
+        _ => return Err(PayloadError::SenmlShape),
+    };
+    let mut base_name = String::new();
+    let mut base_time = 0.0f64;
+    let mut base_value = 0.0f64;
+    let mut out = Vec::with_capacity(records.len());
+    for (index, record) in records.iter().enumerate() {
+        let Value::Object(fields) = record else {
+            return Err(PayloadError::SenmlShape);
+        };
+        let field = |name: &'static str| fields.get(name);
+        let num = |name: &'static str| -> Result<Option<f64>, PayloadError> {
+            match field(name) {
+                None => Ok(None),
+                Some(v) => v
+                    .as_f64()
+                    .filter(|f| f.is_finite())
+                    .map(Some)
+                    .ok_or(PayloadError::SenmlField { index, field: name }),
+            }
+        };
+        let text = |name: &'static str| -> Result<Option<&str>, PayloadError> {
+            match field(name) {
+                None => Ok(None),
+                Some(Value::String(s)) => Ok(Some(s.as_str())),
+                Some(_) => Err(PayloadError::SenmlField { index, field: name }),
+            }
+        };
+        if let Some(bn) = text("bn")? {
+            base_name = bn.to_owned();
+        }
+        if let Some(bt) = num("bt")? {
+            base_time = bt;
+        }
+        if let Some(bv) = num("bv")? {
+            base_value = bv;
+        }
+        let value = match (num("v")?, field("vb")) {
+            (Some(v), _) => base_value + v,
+            (None, Some(Value::Bool(b))) => f64::from(u8::from(*b)),
+            (None, Some(_)) => return Err(PayloadError::SenmlField { index, field: "vb" }),
+            (None, None) => return Err(PayloadError::SenmlNoValue { index }),
+        };
+        if !value.is_finite() {
+            return Err(PayloadError::NotFinite);
+        }
+        let name = format!("{base_name}{}", text("n")?.unwrap_or(""));
+        let t = base_time + num("t")?.unwrap_or(0.0);
+        let ts_ms = if t.abs() < SENML_RELATIVE_LIMIT {
+            let abs = now_ms as f64 + t * 1000.0;
+            to_ms(abs, false)?
+        } else {
+            to_ms(t, true)?
+        };
+        out.push(RawReading {
+            sensor: (!name.is_empty()).then_some(name),
+            ts_ms: Some(ts_ms),
+            value,
+            seq: None,
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests;
