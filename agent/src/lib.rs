@@ -11,6 +11,7 @@
 //! | [`mapping`] | topic patterns, id templates, calibration and range checks (no I/O) |
 //! | [`reading`] | the `Reading` value and its stored encoding |
 //! | [`source`] | `payload` parsers |
+//! | [`ingest`] | the redb ingest log (`IngestLog`) and its group-committing `writer`; acks released only after commit; dedupe; quota |
 //! | `window` (windowing issue) | event-time windows, watermarks, partial aggregates |
 //! | `outbox` (forwarding issue) | dense-sequence records waiting for Kafka |
 //! | `forward` (forwarding issue) | transactional Kafka producer, progress marker, trim after commit |
@@ -18,6 +19,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod ingest;
 pub mod mapping;
 pub mod reading;
 pub mod source;

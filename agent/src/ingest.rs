@@ -1,0 +1,444 @@
+//! The ingest log: every reading the agent acknowledges, durable in redb, deduplicated.
+//!
+//! [`IngestLog`] is the synchronous core (tables, dedupe, quota); [`writer`] is the task that
+//! group-commits into it and releases acks. Table layouts and byte encodings: `ingest/FORMAT.md`.
+//!
+//! # Invariants and crash reasoning
+//!
+//! 1. **Ack after commit.** A [`Submission`]'s ack runs only after the write transaction that
+//!    holds all of its readings (or its dead letter) has committed with
+//!    `Durability::Immediate` (fsync). `kill -9` or power loss at any instant therefore loses
+//!    nothing that was acknowledged: before the commit nothing was acked and the source still
+//!    owns the data (MQTT redelivers unacked QoS 1, firmware retransmits unacked frames).
+//! 2. **Atomic submissions.** A submission (one MQTT message, one serial frame) commits whole or
+//!    not at all, so a SenML pack is never half in the log.
+//! 3. **Dedupe in the same transaction.** The dedupe key of a reading is checked and inserted in
+//!    the transaction that stores the reading, so after a crash the index and the log agree: a
+//!    reading redelivered because its ack was lost in the crash is found and dropped. The index
+//!    lives in the same file and survives restarts; it is bounded by `dedupe_max_entries` and
+//!    `dedupe_max_age_s`, evicting oldest first.
+//! 4. **Dense, increasing sequence.** Readings get `next_seq, next_seq + 1, ...`; `next_seq` is
+//!    stored in `meta` in the same transaction, so a sequence number is never reused even after
+//!    trimming the whole log.
+//! 5. **Quota.** `log_bytes` (readings + dead letters, estimated per FORMAT.md) is updated in
+//!    the same transaction as the rows it counts. Under `backpressure` a submission that would
+//!    pass the quota is not committed (and not acked) unless the log is empty (so one
+//!    submission larger than the quota cannot wedge the agent; the quota may be exceeded by
+//!    at most one submission). Under `drop_oldest` the oldest readings are evicted first and
+//!    counted as `dropped`.
+//! 6. **No partial state on error.** A failed commit leaves the previous committed state (redb
+//!    is copy-on-write); the caller keeps the batch and its acks and retries.
+
+pub mod writer;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use redb::{Database, Durability, ReadableDatabase, ReadableTableMetadata, TableDefinition};
+
+use crate::config::OnFull;
+use crate::reading::{DecodeError, Reading};
+
+const READINGS: TableDefinition<u64, &[u8]> = TableDefinition::new("readings");
+const DEAD_LETTERS: TableDefinition<u64, &[u8]> = TableDefinition::new("dead_letters");
+const DEDUPE: TableDefinition<&[u8], u64> = TableDefinition::new("dedupe");
+const DEDUPE_AGE: TableDefinition<u64, &[u8]> = TableDefinition::new("dedupe_age");
+const UPSTREAM_SEQ: TableDefinition<&str, u64> = TableDefinition::new("upstream_seq");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+/// Estimated B-tree bytes per row besides key and value (FACTS: 71 bytes on disk for a
+/// 40-byte record with an 8-byte key).
+pub const ROW_OVERHEAD: u64 = 32;
+/// Dead letters keep at most this many bytes of the original payload.
+pub const DEAD_LETTER_PAYLOAD_CAP: usize = 1024;
+
+/// How a reading's redeliveries are recognised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dedupe {
+    /// Not deduplicated (QoS 0 sources, line serial without timestamps).
+    None,
+    /// (sensor, ts_ms).
+    SensorTs,
+    /// (sensor, payload seq); falls back to (sensor, ts_ms) when the reading has no seq.
+    SensorSeq,
+    /// Serial link: (device, boot, frame seq, index of the reading in the frame).
+    Frame {
+        device: u32,
+        boot: u32,
+        seq: u32,
+        index: u16,
+    },
+}
+
+impl Dedupe {
+    /// The key bytes (FORMAT.md, `dedupe`): a tag, then big-endian integers so keys sort by
+    /// their fields.
+    pub fn key(&self, reading: &Reading) -> Option<Vec<u8>> {
+        let sensor_key = |tag: u8, n: u64| {
+            let mut k = Vec::with_capacity(11 + reading.sensor.len());
+            k.push(tag);
+            k.extend_from_slice(&(reading.sensor.len() as u16).to_be_bytes());
+            k.extend_from_slice(reading.sensor.as_bytes());
+            k.extend_from_slice(&n.to_be_bytes());
+            k
+        };
+        match *self {
+            Dedupe::None => None,
+            Dedupe::SensorTs => Some(sensor_key(2, reading.ts_ms)),
+            Dedupe::SensorSeq => Some(match reading.seq {
+                Some(seq) => sensor_key(3, seq),
+                None => sensor_key(2, reading.ts_ms),
+            }),
+            Dedupe::Frame {
+                device,
+                boot,
+                seq,
+                index,
+            } => {
+                let mut k = Vec::with_capacity(15);
+                k.push(1);
+                k.extend_from_slice(&device.to_be_bytes());
+                k.extend_from_slice(&boot.to_be_bytes());
+                k.extend_from_slice(&seq.to_be_bytes());
+                k.extend_from_slice(&index.to_be_bytes());
+                Some(k)
+            }
+        }
+    }
+}
+
+/// Input that could not become a reading, kept with its reason for the forwarder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    pub received_ms: u64,
+    pub source: String,
+    pub reason: String,
+    /// The original bytes, capped at [`DEAD_LETTER_PAYLOAD_CAP`].
+    pub payload: Vec<u8>,
+}
+
+impl DeadLetter {
+    pub fn new(
+        received_ms: u64,
+        source: &str,
+        reason: &dyn std::fmt::Display,
+        payload: &[u8],
+    ) -> Self {
+        DeadLetter {
+            received_ms,
+            source: source.to_owned(),
+            reason: reason.to_string(),
+            payload: payload[..payload.len().min(DEAD_LETTER_PAYLOAD_CAP)].to_vec(),
+        }
+    }
+
+    /// FORMAT.md, `dead_letters` value.
+    pub fn encode(&self) -> Vec<u8> {
+        let cap = |s: &str| -> Vec<u8> {
+            let mut end = s.len().min(u16::MAX as usize);
+            while !s.is_char_boundary(end) {
+                end -= 1;
+            }
+            s.as_bytes()[..end].to_vec()
+        };
+        let (source, reason) = (cap(&self.source), cap(&self.reason));
+        let payload = &self.payload[..self.payload.len().min(DEAD_LETTER_PAYLOAD_CAP)];
+        let mut out = Vec::with_capacity(17 + source.len() + reason.len() + payload.len());
+        out.push(1);
+        out.extend_from_slice(&self.received_ms.to_le_bytes());
+        for field in [&source, &reason] {
+            out.extend_from_slice(&(field.len() as u16).to_le_bytes());
+            out.extend_from_slice(field);
+        }
+        out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        out.extend_from_slice(payload);
+        out
+    }
+}
+
+/// What a source hands the writer: readings of one message or frame, dead letters, one ack.
+pub struct Submission {
+    pub readings: Vec<(Reading, Dedupe)>,
+    pub dead_letters: Vec<DeadLetter>,
+    /// Run once, after the commit that holds everything above. Dropped unrun if the agent
+    /// stops first: the source then redelivers.
+    pub ack: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl std::fmt::Debug for Submission {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Submission")
+            .field("readings", &self.readings.len())
+            .field("dead_letters", &self.dead_letters.len())
+            .field("ack", &self.ack.is_some())
+            .finish()
+    }
+}
+
+impl Submission {
+    /// Estimated bytes this adds to `log_bytes` if nothing is a duplicate.
+    pub fn estimated_bytes(&self) -> u64 {
+        let readings: u64 = self
+            .readings
+            .iter()
+            .map(|(r, _)| row_bytes(r.encoded_len()))
+            .sum();
+        let dead: u64 = self
+            .dead_letters
+            .iter()
+            .map(|d| row_bytes(17 + d.source.len() + d.reason.len() + d.payload.len()))
+            .sum();
+        readings + dead
+    }
+}
+
+fn row_bytes(value_len: usize) -> u64 {
+    8 + value_len as u64 + ROW_OVERHEAD
+}
+
+/// Why the log could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("cannot create the data directory: {0}")]
+    DataDir(#[from] std::io::Error),
+    #[error("ingest log: {0}")]
+    Redb(#[from] redb::Error),
+    #[error("the ingest writer's blocking thread failed")]
+    WriterThread,
+    #[error("stopped before the ingest log could be reopened")]
+    Stopped,
+    #[error("ingest log record {seq} is corrupt: {source}")]
+    Corrupt {
+        seq: u64,
+        #[source]
+        source: DecodeError,
+    },
+}
+
+impl IngestError {
+    /// Whether retrying (after a backoff) can succeed: I/O trouble such as a full disk is;
+    /// corruption and a database held by another process are not.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            IngestError::DataDir(_) => true,
+            IngestError::Redb(e) => matches!(
+                e,
+                redb::Error::Io(_) | redb::Error::PreviousIo | redb::Error::LockPoisoned(_)
+            ),
+            IngestError::Corrupt { .. } | IngestError::WriterThread | IngestError::Stopped => false,
+        }
+    }
+
+    /// Whether the database must be closed and opened again before retrying (redb latches
+    /// an I/O failure until then).
+    pub fn needs_reopen(&self) -> bool {
+        matches!(
+            self,
+            IngestError::Redb(redb::Error::PreviousIo | redb::Error::Io(_))
+        )
+    }
+}
+
+macro_rules! from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for IngestError {
+            fn from(e: $t) -> Self {
+                IngestError::Redb(e.into())
+            }
+        }
+    )*};
+}
+from_redb!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    redb::SetDurabilityError
+);
+
+/// Limits the log keeps.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub quota_bytes: u64,
+    pub on_full: OnFull,
+    pub dedupe_max_entries: u64,
+    pub dedupe_max_age_ms: u64,
+}
+
+/// Counters since the database was created (persisted in `meta`).
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub accepted: AtomicU64,
+    pub duplicate: AtomicU64,
+    /// Dead-lettered: failed parsing or mapping.
+    pub rejected: AtomicU64,
+    /// Evicted by `drop_oldest`.
+    pub dropped: AtomicU64,
+    /// Missing device sequence numbers seen (upstream loss).
+    pub upstream_gaps: AtomicU64,
+    /// Failed commits (retried); not persisted.
+    pub write_errors: AtomicU64,
+}
+
+/// A snapshot of `meta`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub next_seq: u64,
+    pub next_dead_letter: u64,
+    pub log_bytes: u64,
+    pub readings: u64,
+    pub dead_letters: u64,
+    pub accepted: u64,
+    pub duplicate: u64,
+    pub rejected: u64,
+    pub dropped: u64,
+    pub upstream_gaps: u64,
+}
+
+/// What one [`IngestLog::commit`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Committed {
+    /// How many submissions, from the front of the batch, are now durable.
+    pub submissions: usize,
+    pub accepted: u64,
+    pub duplicate: u64,
+    pub rejected: u64,
+    pub dropped: u64,
+}
+
+/// The redb database behind the ingest log.
+pub struct IngestLog {
+    db: Database,
+    limits: Limits,
+}
+
+mod meta;
+
+impl IngestLog {
+    /// Opens (or creates) the database at `path` and its tables.
+    pub fn open(path: &Path, limits: Limits) -> Result<IngestLog, IngestError> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let db = Database::create(path)?;
+        let txn = db.begin_write()?;
+        for table in [READINGS, DEAD_LETTERS, DEDUPE_AGE] {
+            txn.open_table(table)?;
+        }
+        txn.open_table(DEDUPE)?;
+        txn.open_table(UPSTREAM_SEQ)?;
+        txn.open_table(META)?;
+        txn.commit()?;
+        Ok(IngestLog { db, limits })
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// Commits as many submissions from the front of `batch` as the quota allows, in one
+    /// fsync'd transaction. `now_ms` ages the dedupe index. Does not run acks.
+    pub fn commit(&mut self, batch: &[Submission], now_ms: u64) -> Result<Committed, IngestError> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(Durability::Immediate)?;
+        let done = {
+            let mut t = meta::Tables::open(&txn)?;
+            let done = t.apply(batch, &self.limits, now_ms)?;
+            t.evict_dedupe(&self.limits, now_ms)?;
+            t.store_meta()?;
+            done
+        };
+        txn.commit()?;
+        Ok(done)
+    }
+
+    /// Removes readings with sequence numbers up to `through`; returns how many. For the stage
+    /// that consumed them (windows), and frees quota.
+    pub fn trim_readings_through(&mut self, through: u64) -> Result<u64, IngestError> {
+        let txn = self.db.begin_write()?;
+        let n = {
+            let mut t = meta::Tables::open(&txn)?;
+            let n = t.trim(through)?;
+            t.store_meta()?;
+            n
+        };
+        txn.commit()?;
+        Ok(n)
+    }
+
+    /// Up to `limit` readings with sequence numbers from `from`, in order. Bounded, so a
+    /// backlog of any size is read in bounded memory.
+    pub fn readings_from(
+        &self,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Reading)>, IngestError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(READINGS)?;
+        let mut out = Vec::new();
+        for row in table.range(from..)?.take(limit) {
+            let (k, v) = row?;
+            let seq = k.value();
+            let reading = Reading::decode(v.value())
+                .map_err(|source| IngestError::Corrupt { seq, source })?;
+            out.push((seq, reading));
+        }
+        Ok(out)
+    }
+
+    /// Up to `limit` dead letters from `from`, as stored bytes (FORMAT.md).
+    pub fn dead_letters_from(
+        &self,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, IngestError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(DEAD_LETTERS)?;
+        let mut out = Vec::new();
+        for row in table.range(from..)?.take(limit) {
+            let (k, v) = row?;
+            out.push((k.value(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// The persisted counters and sizes.
+    pub fn stats(&self) -> Result<Stats, IngestError> {
+        let txn = self.db.begin_read()?;
+        let meta = txn.open_table(META)?;
+        let get =
+            |k: &str| -> Result<u64, IngestError> { Ok(meta.get(k)?.map_or(0, |v| v.value())) };
+        Ok(Stats {
+            next_seq: get(meta::NEXT_SEQ)?,
+            next_dead_letter: get(meta::NEXT_DEAD_LETTER)?,
+            log_bytes: get(meta::LOG_BYTES)?,
+            readings: txn.open_table(READINGS)?.len()?,
+            dead_letters: txn.open_table(DEAD_LETTERS)?.len()?,
+            accepted: get(meta::ACCEPTED)?,
+            duplicate: get(meta::DUPLICATE)?,
+            rejected: get(meta::REJECTED)?,
+            dropped: get(meta::DROPPED)?,
+            upstream_gaps: get(meta::UPSTREAM_GAPS)?,
+        })
+    }
+
+    /// Number of keys in the dedupe index.
+    pub fn dedupe_len(&self) -> Result<u64, IngestError> {
+        let txn = self.db.begin_read()?;
+        Ok(txn.open_table(DEDUPE)?.len()?)
+    }
+}
+
+impl Counters {
+    /// Adds what one commit did.
+    pub fn add(&self, c: &Committed) {
+        self.accepted.fetch_add(c.accepted, Ordering::Relaxed);
+        self.duplicate.fetch_add(c.duplicate, Ordering::Relaxed);
+        self.rejected.fetch_add(c.rejected, Ordering::Relaxed);
+        self.dropped.fetch_add(c.dropped, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests;

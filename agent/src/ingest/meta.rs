@@ -1,0 +1,214 @@
+//! The body of one write transaction: the open tables, the `meta` values, and the rules of the
+//! module doc applied row by row. Everything here happens inside one uncommitted transaction,
+//! so an error anywhere leaves the committed state untouched.
+
+use redb::{ReadableTable, ReadableTableMetadata, Table, WriteTransaction};
+
+use super::{
+    row_bytes, Committed, IngestError, Limits, Submission, DEAD_LETTERS, DEDUPE, DEDUPE_AGE, META,
+    READINGS, UPSTREAM_SEQ,
+};
+use crate::config::OnFull;
+
+pub const NEXT_SEQ: &str = "next_seq";
+pub const NEXT_DEAD_LETTER: &str = "next_dead_letter";
+pub const LOG_BYTES: &str = "log_bytes";
+pub const ACCEPTED: &str = "accepted";
+pub const DUPLICATE: &str = "duplicate";
+pub const REJECTED: &str = "rejected";
+pub const DROPPED: &str = "dropped";
+pub const UPSTREAM_GAPS: &str = "upstream_gaps";
+
+const KEYS: [&str; 8] = [
+    NEXT_SEQ,
+    NEXT_DEAD_LETTER,
+    LOG_BYTES,
+    ACCEPTED,
+    DUPLICATE,
+    REJECTED,
+    DROPPED,
+    UPSTREAM_GAPS,
+];
+
+pub struct Tables<'t> {
+    readings: Table<'t, u64, &'static [u8]>,
+    dead: Table<'t, u64, &'static [u8]>,
+    dedupe: Table<'t, &'static [u8], u64>,
+    dedupe_age: Table<'t, u64, &'static [u8]>,
+    upstream: Table<'t, &'static str, u64>,
+    meta: Table<'t, &'static str, u64>,
+    /// Values of `KEYS`, in order.
+    values: [u64; 8],
+}
+
+impl<'t> Tables<'t> {
+    pub fn open(txn: &'t WriteTransaction) -> Result<Tables<'t>, IngestError> {
+        let meta = txn.open_table(META)?;
+        let mut values = [0u64; 8];
+        for (value, key) in values.iter_mut().zip(KEYS) {
+            *value = meta.get(key)?.map_or(0, |v| v.value());
+        }
+        Ok(Tables {
+            readings: txn.open_table(READINGS)?,
+            dead: txn.open_table(DEAD_LETTERS)?,
+            dedupe: txn.open_table(DEDUPE)?,
+            dedupe_age: txn.open_table(DEDUPE_AGE)?,
+            upstream: txn.open_table(UPSTREAM_SEQ)?,
+            meta,
+            values,
+        })
+    }
+
+    fn get(&self, key: &str) -> u64 {
+        KEYS.iter()
+            .position(|k| *k == key)
+            .map_or(0, |i| self.values[i])
+    }
+
+    fn add(&mut self, key: &str, n: u64) {
+        if let Some(i) = KEYS.iter().position(|k| *k == key) {
+            self.values[i] = self.values[i].saturating_add(n);
+        }
+    }
+
+    fn sub(&mut self, key: &str, n: u64) {
+        if let Some(i) = KEYS.iter().position(|k| *k == key) {
+            self.values[i] = self.values[i].saturating_sub(n);
+        }
+    }
+
+    pub fn store_meta(&mut self) -> Result<(), IngestError> {
+        for (key, value) in KEYS.iter().zip(self.values) {
+            self.meta.insert(*key, value)?;
+        }
+        Ok(())
+    }
+
+    /// Writes submissions from the front of `batch` while the quota allows.
+    pub fn apply(
+        &mut self,
+        batch: &[Submission],
+        limits: &Limits,
+        now_ms: u64,
+    ) -> Result<Committed, IngestError> {
+        let mut done = Committed::default();
+        for sub in batch {
+            let need = sub.estimated_bytes();
+            let log_bytes = self.get(LOG_BYTES);
+            if log_bytes.saturating_add(need) > limits.quota_bytes {
+                match limits.on_full {
+                    OnFull::Backpressure => {
+                        let empty = self.readings.len()? == 0 && self.dead.len()? == 0;
+                        if !empty {
+                            break;
+                        }
+                    }
+                    OnFull::DropOldest => {
+                        done.dropped += self.evict_for(need, limits.quota_bytes)?;
+                    }
+                }
+            }
+            for (reading, how) in &sub.readings {
+                if let Some(key) = how.key(reading) {
+                    if self.dedupe.get(key.as_slice())?.is_some() {
+                        done.duplicate += 1;
+                        continue;
+                    }
+                    let seq = self.get(NEXT_SEQ);
+                    self.dedupe.insert(key.as_slice(), seq)?;
+                    let mut aged = Vec::with_capacity(8 + key.len());
+                    aged.extend_from_slice(&now_ms.to_le_bytes());
+                    aged.extend_from_slice(&key);
+                    self.dedupe_age.insert(seq, aged.as_slice())?;
+                }
+                if let Some(seq) = reading.seq {
+                    let last = self
+                        .upstream
+                        .insert(reading.sensor.as_str(), seq)?
+                        .map(|v| v.value());
+                    if let Some(last) = last.filter(|last| seq > last.saturating_add(1)) {
+                        self.add(UPSTREAM_GAPS, seq - last - 1);
+                    }
+                }
+                let seq = self.get(NEXT_SEQ);
+                let bytes = reading.encode();
+                self.readings.insert(seq, bytes.as_slice())?;
+                self.add(NEXT_SEQ, 1);
+                self.add(LOG_BYTES, row_bytes(bytes.len()));
+                done.accepted += 1;
+            }
+            for dead in &sub.dead_letters {
+                let seq = self.get(NEXT_DEAD_LETTER);
+                let bytes = dead.encode();
+                self.dead.insert(seq, bytes.as_slice())?;
+                self.add(NEXT_DEAD_LETTER, 1);
+                self.add(LOG_BYTES, row_bytes(bytes.len()));
+                done.rejected += 1;
+            }
+            done.submissions += 1;
+        }
+        self.add(ACCEPTED, done.accepted);
+        self.add(DUPLICATE, done.duplicate);
+        self.add(REJECTED, done.rejected);
+        self.add(DROPPED, done.dropped);
+        Ok(done)
+    }
+
+    /// `drop_oldest`: evicts oldest readings (then dead letters) until `need` more bytes fit.
+    /// Returns how many were evicted.
+    fn evict_for(&mut self, need: u64, quota: u64) -> Result<u64, IngestError> {
+        let mut evicted = 0;
+        while self.get(LOG_BYTES).saturating_add(need) > quota {
+            let freed = match self.readings.pop_first()? {
+                Some((_, v)) => row_bytes(v.value().len()),
+                None => match self.dead.pop_first()? {
+                    Some((_, v)) => row_bytes(v.value().len()),
+                    None => break,
+                },
+            };
+            self.sub(LOG_BYTES, freed);
+            evicted += 1;
+        }
+        Ok(evicted)
+    }
+
+    /// Forgets dedupe keys past the entry bound or older than the age bound, oldest first.
+    pub fn evict_dedupe(&mut self, limits: &Limits, now_ms: u64) -> Result<(), IngestError> {
+        let horizon = now_ms.saturating_sub(limits.dedupe_max_age_ms);
+        loop {
+            let over = self.dedupe_age.len()? > limits.dedupe_max_entries;
+            let (ordinal, key) = match self.dedupe_age.first()? {
+                Some((k, v)) => {
+                    let aged = v.value();
+                    let inserted = aged
+                        .first_chunk::<8>()
+                        .map_or(0, |b| u64::from_le_bytes(*b));
+                    if !over && inserted >= horizon {
+                        break;
+                    }
+                    (k.value(), aged.get(8..).unwrap_or_default().to_vec())
+                }
+                None => break,
+            };
+            self.dedupe_age.remove(ordinal)?;
+            let points_here = self.dedupe.get(key.as_slice())?.map(|v| v.value()) == Some(ordinal);
+            if points_here {
+                self.dedupe.remove(key.as_slice())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes readings up to `through`, freeing their bytes.
+    pub fn trim(&mut self, through: u64) -> Result<u64, IngestError> {
+        let mut n = 0;
+        let mut freed = 0;
+        for row in self.readings.extract_from_if(..=through, |_, _| true)? {
+            let (_, v) = row?;
+            freed += row_bytes(v.value().len());
+            n += 1;
+        }
+        self.sub(LOG_BYTES, freed);
+        Ok(n)
+    }
+}

@@ -1,0 +1,347 @@
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::writer::{BatchLimits, Writer};
+use super::*;
+
+fn limits(quota_bytes: u64, on_full: OnFull) -> Limits {
+    Limits {
+        quota_bytes,
+        on_full,
+        dedupe_max_entries: 1_000,
+        dedupe_max_age_ms: 3_600_000,
+    }
+}
+
+fn reading(sensor: &str, ts_ms: u64) -> Reading {
+    Reading {
+        sensor: sensor.into(),
+        ts_ms,
+        value: ts_ms as f64,
+        seq: None,
+    }
+}
+
+fn sub(readings: Vec<(Reading, Dedupe)>) -> Submission {
+    Submission {
+        readings,
+        dead_letters: Vec::new(),
+        ack: None,
+    }
+}
+
+fn one(sensor: &str, ts_ms: u64) -> Submission {
+    sub(vec![(reading(sensor, ts_ms), Dedupe::SensorTs)])
+}
+
+fn open(dir: &tempfile::TempDir, limits: Limits) -> IngestLog {
+    IngestLog::open(&dir.path().join("ingest.redb"), limits).expect("open")
+}
+
+#[test]
+fn committed_readings_get_dense_increasing_sequence_numbers() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(&dir, limits(1 << 20, OnFull::Backpressure));
+    let done = log
+        .commit(&[one("a", 1), one("a", 2), one("b", 1)], 0)
+        .unwrap();
+    assert_eq!((done.submissions, done.accepted), (3, 3));
+    let rows = log.readings_from(0, 10).unwrap();
+    assert_eq!(rows.iter().map(|(s, _)| *s).collect::<Vec<_>>(), [0, 1, 2]);
+    assert_eq!(rows[2].1, reading("b", 1));
+}
+
+#[test]
+fn a_redelivered_reading_is_dropped_in_the_same_transaction_and_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let l = limits(1 << 20, OnFull::Backpressure);
+    {
+        let mut log = open(&dir, l);
+        let done = log.commit(&[one("a", 1), one("a", 1)], 0).unwrap();
+        assert_eq!((done.accepted, done.duplicate), (1, 1));
+    }
+    let mut log = open(&dir, l);
+    let done = log.commit(&[one("a", 1), one("a", 2)], 0).unwrap();
+    assert_eq!((done.accepted, done.duplicate), (1, 1));
+    let stats = log.stats().unwrap();
+    assert_eq!(
+        (
+            stats.readings,
+            stats.accepted,
+            stats.duplicate,
+            stats.next_seq
+        ),
+        (2, 2, 2, 2)
+    );
+}
+
+#[test]
+fn serial_frames_dedupe_by_device_boot_seq_and_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(&dir, limits(1 << 20, OnFull::Backpressure));
+    let frame = |boot, seq, index| Dedupe::Frame {
+        device: 7,
+        boot,
+        seq,
+        index,
+    };
+    let batch = [
+        sub(vec![
+            (reading("x", 1), frame(1, 1, 0)),
+            (reading("y", 1), frame(1, 1, 1)),
+        ]),
+        sub(vec![
+            (reading("x", 1), frame(1, 1, 0)),
+            (reading("y", 1), frame(1, 1, 1)),
+        ]),
+        sub(vec![(reading("x", 1), frame(2, 1, 0))]),
+    ];
+    let done = log.commit(&batch, 0).unwrap();
+    assert_eq!((done.accepted, done.duplicate), (3, 2));
+}
+
+#[test]
+fn dedupe_keys_are_big_endian_and_tagged() {
+    let key = Dedupe::Frame {
+        device: 1,
+        boot: 2,
+        seq: 3,
+        index: 4,
+    }
+    .key(&reading("s", 0))
+    .unwrap();
+    assert_eq!(key, [1, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 3, 0, 4]);
+    let key = Dedupe::SensorTs.key(&reading("ab", 258)).unwrap();
+    assert_eq!(key, [2, 0, 2, b'a', b'b', 0, 0, 0, 0, 0, 0, 1, 2]);
+    assert_eq!(Dedupe::None.key(&reading("ab", 1)), None);
+}
+
+#[test]
+fn the_dedupe_index_forgets_the_oldest_keys_past_its_bounds() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut l = limits(1 << 20, OnFull::Backpressure);
+    l.dedupe_max_entries = 3;
+    l.dedupe_max_age_ms = 1_000;
+    let mut log = open(&dir, l);
+    log.commit(
+        &[one("a", 1), one("a", 2), one("a", 3), one("a", 4)],
+        10_000,
+    )
+    .unwrap();
+    assert_eq!(log.dedupe_len().unwrap(), 3);
+    // The oldest key was forgotten, so its redelivery is accepted again (documented bound).
+    assert_eq!(log.commit(&[one("a", 1)], 10_000).unwrap().accepted, 1);
+    assert_eq!(log.commit(&[one("a", 4)], 10_000).unwrap().duplicate, 1);
+    // Past the age bound, everything old goes; the new key stays.
+    log.commit(&[one("b", 1)], 20_000).unwrap();
+    assert_eq!(log.dedupe_len().unwrap(), 1);
+}
+
+#[test]
+fn backpressure_commits_nothing_past_the_quota_until_a_trim_frees_space() {
+    let dir = tempfile::tempdir().unwrap();
+    let per = one("a", 0).estimated_bytes();
+    let mut log = open(&dir, limits(per * 3, OnFull::Backpressure));
+    let batch: Vec<_> = (0..5).map(|i| one("a", i)).collect();
+    let done = log.commit(&batch, 0).unwrap();
+    assert_eq!(done.submissions, 3);
+    assert_eq!(log.commit(&batch[3..], 0).unwrap().submissions, 0);
+    assert_eq!(log.stats().unwrap().log_bytes, per * 3);
+    assert_eq!(log.trim_readings_through(1).unwrap(), 2);
+    assert_eq!(log.commit(&batch[3..], 0).unwrap().submissions, 2);
+    assert_eq!(log.stats().unwrap().dropped, 0);
+}
+
+#[test]
+fn drop_oldest_evicts_and_counts_the_oldest_readings() {
+    let dir = tempfile::tempdir().unwrap();
+    let per = one("a", 0).estimated_bytes();
+    let mut log = open(&dir, limits(per * 3, OnFull::DropOldest));
+    let batch: Vec<_> = (0..5).map(|i| one("a", i)).collect();
+    let done = log.commit(&batch, 0).unwrap();
+    assert_eq!((done.submissions, done.accepted, done.dropped), (5, 5, 2));
+    let seqs: Vec<u64> = log
+        .readings_from(0, 10)
+        .unwrap()
+        .iter()
+        .map(|(s, _)| *s)
+        .collect();
+    assert_eq!(seqs, [2, 3, 4]);
+    assert_eq!(log.stats().unwrap().dropped, 2);
+}
+
+#[test]
+fn one_submission_larger_than_the_quota_cannot_wedge_an_empty_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(&dir, limits(10, OnFull::Backpressure));
+    assert_eq!(log.commit(&[one("a", 1)], 0).unwrap().submissions, 1);
+    assert_eq!(log.commit(&[one("a", 2)], 0).unwrap().submissions, 0);
+}
+
+#[test]
+fn dead_letters_are_stored_capped_and_counted_as_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(&dir, limits(1 << 20, OnFull::Backpressure));
+    let big = vec![b'x'; 5000];
+    let dl = DeadLetter::new(5, "broker", &"payload is not JSON", &big);
+    let s = Submission {
+        readings: Vec::new(),
+        dead_letters: vec![dl],
+        ack: None,
+    };
+    assert_eq!(log.commit(&[s], 0).unwrap().rejected, 1);
+    let rows = log.dead_letters_from(0, 10).unwrap();
+    assert_eq!(rows.len(), 1);
+    let bytes = &rows[0].1;
+    assert_eq!(bytes[0], 1);
+    assert_eq!(&bytes[9..11], &6u16.to_le_bytes());
+    assert_eq!(&bytes[11..17], b"broker");
+    assert_eq!(
+        bytes.len(),
+        1 + 8 + 2 + 6 + 2 + 19 + 4 + DEAD_LETTER_PAYLOAD_CAP
+    );
+    assert_eq!(log.stats().unwrap().rejected, 1);
+}
+
+#[test]
+fn gaps_in_a_sensors_device_sequence_count_as_upstream_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(&dir, limits(1 << 20, OnFull::Backpressure));
+    let with_seq = |ts, seq| {
+        let mut r = reading("a", ts);
+        r.seq = Some(seq);
+        sub(vec![(r, Dedupe::SensorSeq)])
+    };
+    log.commit(
+        &[
+            with_seq(1, 1),
+            with_seq(2, 2),
+            with_seq(3, 5),
+            with_seq(4, 5),
+        ],
+        0,
+    )
+    .unwrap();
+    let stats = log.stats().unwrap();
+    assert_eq!((stats.upstream_gaps, stats.duplicate), (2, 1));
+}
+
+fn acked(counter: &Arc<AtomicUsize>, s: &str, ts: u64) -> Submission {
+    let c = counter.clone();
+    let mut s = one(s, ts);
+    s.ack = Some(Box::new(move || {
+        c.fetch_add(1, Ordering::SeqCst);
+    }));
+    s
+}
+
+struct Running {
+    submissions: mpsc::Sender<Submission>,
+    trims: mpsc::Sender<u64>,
+    cancel: CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), IngestError>>,
+}
+
+fn start(log: IngestLog, dir: &tempfile::TempDir, capacity: usize) -> Running {
+    let (submissions, rx) = mpsc::channel(capacity);
+    let (trims, trims_rx) = mpsc::channel(4);
+    let cancel = CancellationToken::new();
+    let writer = Writer {
+        log,
+        path: dir.path().join("ingest.redb"),
+        batch: BatchLimits {
+            max_readings: 100,
+            max_wait: Duration::from_millis(5),
+        },
+        counters: Arc::new(Counters::default()),
+        submissions: rx,
+        trims: trims_rx,
+        cancel: cancel.clone(),
+    };
+    Running {
+        submissions,
+        trims,
+        cancel,
+        task: tokio::spawn(writer.run()),
+    }
+}
+
+#[tokio::test]
+async fn the_writer_acks_every_submission_after_its_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(&dir, limits(1 << 20, OnFull::Backpressure));
+    let acks = Arc::new(AtomicUsize::new(0));
+    let w = start(log, &dir, 64);
+    for i in 0..250 {
+        w.submissions
+            .send(acked(&acks, "a", i % 200))
+            .await
+            .unwrap();
+    }
+    drop(w.submissions);
+    w.task.await.unwrap().unwrap();
+    assert_eq!(acks.load(Ordering::SeqCst), 250, "duplicates are acked too");
+    let log = open(&dir, limits(1 << 20, OnFull::Backpressure));
+    let stats = log.stats().unwrap();
+    assert_eq!((stats.readings, stats.duplicate), (200, 50));
+}
+
+#[tokio::test]
+async fn under_backpressure_the_writer_withholds_acks_until_a_trim() {
+    let dir = tempfile::tempdir().unwrap();
+    let per = one("a", 0).estimated_bytes();
+    let log = open(&dir, limits(per * 4, OnFull::Backpressure));
+    let acks = Arc::new(AtomicUsize::new(0));
+    let w = start(log, &dir, 2);
+    for i in 0..4 {
+        w.submissions.send(acked(&acks, "a", i)).await.unwrap();
+    }
+    // More than one batch (100) plus the channel (2) can hold.
+    let blocked: Vec<_> = (4..300).map(|i| acked(&acks, "a", i)).collect();
+    let sender = w.submissions.clone();
+    let feeder = tokio::spawn(async move {
+        for s in blocked {
+            sender.send(s).await.unwrap();
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        acks.load(Ordering::SeqCst),
+        4,
+        "nothing past the quota is acked"
+    );
+    assert!(
+        !feeder.is_finished(),
+        "the channel is full: sources feel the backpressure"
+    );
+    for _ in 0..2000 {
+        if acks.load(Ordering::SeqCst) == 300 {
+            break;
+        }
+        w.trims.send(u64::MAX).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    feeder.await.unwrap();
+    assert_eq!(acks.load(Ordering::SeqCst), 300);
+    w.cancel.cancel();
+    w.task.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn a_cancelled_writer_never_acks_what_it_did_not_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let per = one("a", 0).estimated_bytes();
+    let log = open(&dir, limits(per, OnFull::Backpressure));
+    let acks = Arc::new(AtomicUsize::new(0));
+    let w = start(log, &dir, 8);
+    w.submissions.send(acked(&acks, "a", 1)).await.unwrap();
+    w.submissions.send(acked(&acks, "a", 2)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    w.cancel.cancel();
+    w.task.await.unwrap().unwrap();
+    assert_eq!(acks.load(Ordering::SeqCst), 1);
+}
