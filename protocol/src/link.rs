@@ -13,9 +13,9 @@
 //!
 //! - device -> agent: [`Hello`] first after every boot, repeated until an `Ack` for that boot
 //!   arrives, and [`Readings`] frames numbered `seq = 1, 2, ...` per `(device_id, boot_id)`.
-//!   `dropped` counts readings the device had to discard (ring overflow) since the previous
-//!   `Readings` it built. `oldest_unacked` is the lowest `seq` the device still holds: every
-//!   lower `seq` is either acknowledged or discarded for good.
+//!   `dropped` is the running total of readings the device has discarded (ring overflow) in this
+//!   boot; the receiver keeps the largest value it sees. `oldest_unacked` is the lowest `seq` the
+//!   device still holds: every lower `seq` is either acknowledged or discarded for good.
 //! - agent -> device: [`Ack`] is cumulative: it acknowledges every `Readings` frame of that
 //!   `(device_id, boot_id)` with a sequence number `<= seq`; `seq = 0` acknowledges only the
 //!   `Hello`. [`TimeSync`] gives the device the gateway's clock (unix milliseconds).
@@ -52,6 +52,11 @@
 //! - `Readings::oldest_unacked` (see the ack rule above) is new: with overflow discarding whole
 //!   frames and acks cumulative, the receiver needs to learn which holes will never fill.
 //! - `Ack { seq: 0 }` acknowledges the `Hello`, so the `Hello` is delivered reliably too.
+//! - `dropped` is a running total per boot, not a count since the previous frame: a delta would
+//!   have to be carried forward when the frame carrying it is itself discarded, and would then be
+//!   counted twice if that frame had in fact arrived; a total is robust to loss and reordering
+//!   (the largest value seen wins). It counts readings, not frames: frame losses already show as
+//!   `seq` gaps, and readings are what the agent's accounting adds up.
 //! - [`encode`] writes a leading `0x00` as well as the trailing one (one byte per frame). Without
 //!   it, any bytes that reach the line between two frames would be prepended to the next frame and
 //!   cost it; with it, a valid frame is lost only if its own bytes are damaged. Back-to-back frames
@@ -125,9 +130,10 @@ pub struct Readings {
     /// Frame sequence number, 1, 2, ... per boot. Retransmits repeat it.
     pub seq: u32,
     /// Lowest `seq` the device still held when it sent this copy (`<= seq`): every lower `seq`
-    /// of this boot is acknowledged or discarded (and counted in some frame's `dropped`).
+    /// of this boot is acknowledged or discarded (and counted in `dropped`).
     pub oldest_unacked: u32,
-    /// Readings the device discarded (ring overflow) since the previous `Readings` it built.
+    /// Readings this boot has discarded so far (ring overflow), as of sending this copy: a running
+    /// total, so the receiver keeps the largest value it sees.
     pub dropped: u32,
     /// The readings, oldest first.
     pub readings: heapless::Vec<Reading, MAX_READINGS>,
