@@ -322,6 +322,22 @@ impl<const CAP: usize> Device<CAP> {
         self.ring.len()
     }
 
+    /// The readings of the open (not yet sealed) frame, oldest first.
+    pub fn open_readings(&self) -> &[Reading] {
+        &self.open
+    }
+
+    /// The sealed frames waiting for an ack, oldest first (consecutive `seq`s). Their
+    /// `oldest_unacked` and `dropped` are as of sealing; each transmission carries fresh values.
+    pub fn unacked_frames(&self) -> impl Iterator<Item = &Readings> + '_ {
+        self.ring.iter().map(|s| &s.frame)
+    }
+
+    /// Readings this boot has discarded so far: the `dropped` the next transmission carries.
+    pub fn dropped_total(&self) -> u32 {
+        self.dropped_total
+    }
+
     /// Readings not yet acknowledged: in the open frame and in the ring.
     pub fn pending_readings(&self) -> usize {
         self.open.len()
@@ -368,12 +384,13 @@ impl<const CAP: usize> Device<CAP> {
                 self.evict(&old.frame);
             }
         }
+        // `oldest_unacked` and `dropped` are refreshed on every transmission.
         let frame = Readings {
             device_id: self.config.device_id,
             boot_id: self.boot_id,
             seq,
-            oldest_unacked: seq, // set again on every transmission
-            dropped: 0,          // set on every transmission
+            oldest_unacked: self.ring.front().map_or(seq, |s| s.frame.seq),
+            dropped: self.dropped_total,
             readings: core::mem::take(&mut self.open),
         };
         let slot = Slot {

@@ -522,3 +522,20 @@ fn a_lossy_link_with_an_outage_delivers_each_reading_once_or_reports_it_in_dropp
         );
     }
 }
+
+#[test]
+fn the_accessors_show_the_open_frame_the_ring_and_the_dropped_total() {
+    let mut dev: Device<2> = booted();
+    for t in 0..3 {
+        dev.sample(t, 0, t as f32).unwrap();
+        dev.flush(t);
+    }
+    dev.sample(3, 1, 9.0).unwrap();
+    assert_eq!(dev.open_readings().len(), 1);
+    let held: Vec<(u32, u32, u32)> = dev
+        .unacked_frames()
+        .map(|r| (r.seq, r.oldest_unacked, r.dropped))
+        .collect();
+    assert_eq!(held, [(2, 1, 0), (3, 2, 1)], "as of sealing");
+    assert_eq!((dev.dropped_total(), dev.pending_readings()), (1, 3));
+}
