@@ -10,8 +10,9 @@
 //! | [`config`] | the TOML file: sources, sensor mapping, pipelines, quota; `check-config` |
 //! | [`mapping`] | topic patterns, id templates, calibration and range checks (no I/O) |
 //! | [`reading`] | the `Reading` value and its stored encoding |
-//! | [`source`] | `payload` parsers |
+//! | [`source`] | `payload` parsers; `mqtt` (rumqttc, persistent session, manual acks after commit) |
 //! | [`ingest`] | the redb ingest log (`IngestLog`) and its group-committing `writer`; acks released only after commit; dedupe; quota |
+//! | [`service`] | wiring for `edge-agent run`: writer + sources, one cancellation token, one tracker |
 //! | `window` (windowing issue) | event-time windows, watermarks, partial aggregates |
 //! | `outbox` (forwarding issue) | dense-sequence records waiting for Kafka |
 //! | `forward` (forwarding issue) | transactional Kafka producer, progress marker, trim after commit |
@@ -22,6 +23,7 @@ pub mod config;
 pub mod ingest;
 pub mod mapping;
 pub mod reading;
+pub mod service;
 pub mod source;
 
 /// The agent's version, as reported by `--version` and in logs.

@@ -3,5 +3,7 @@
 //! | module | does |
 //! | --- | --- |
 //! | `payload` | message bodies (JSON, SenML, number) to raw values; no I/O |
+//! | `mqtt` | one broker connection: poller task + acker task; acks only from the ingest commit |
 
+pub mod mqtt;
 pub mod payload;

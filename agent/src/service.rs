@@ -1,0 +1,110 @@
+//! Wiring: opens the ingest log, starts the writer and every source, and stops them together.
+//!
+//! One shutdown path: a [`CancellationToken`] cloned into every task and a [`TaskTracker`]
+//! awaited until they drain. The writer stops between commits and the sources stop polling;
+//! whatever was not committed was not acked, so the brokers redeliver it on the next start.
+//!
+//! Only ingest exists so far: nothing downstream trims the log yet, so under `backpressure`
+//! the agent stops acknowledging once the quota is reached (the windowing issue adds the
+//! consumer of the log).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::ingest::writer::{BatchLimits, Writer};
+use crate::ingest::{Counters, IngestError, IngestLog, Limits};
+use crate::mapping::Mapper;
+use crate::source::mqtt::{MqttSourceTask, SourceCounters};
+use crate::source::payload::PayloadParser;
+
+/// Why the agent stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("ingest log: {0}")]
+    Ingest(#[from] IngestError),
+}
+
+/// The ingest limits a configuration asks for.
+pub fn limits(config: &Config) -> Limits {
+    Limits {
+        quota_bytes: *config.buffer.quota_bytes.get_ref(),
+        on_full: config.buffer.on_full,
+        dedupe_max_entries: *config.buffer.dedupe_max_entries.get_ref(),
+        dedupe_max_age_ms: config.buffer.dedupe_max_age_s.saturating_mul(1000),
+    }
+}
+
+/// Runs the ingest path until `cancel` fires (or the writer fails fatally).
+pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), ServiceError> {
+    run_with_counters(config, cancel, Arc::new(Counters::default())).await
+}
+
+/// [`run`], publishing the ingest counters into `counters` as it goes.
+pub async fn run_with_counters(
+    config: Config,
+    cancel: CancellationToken,
+    counters: Arc<Counters>,
+) -> Result<(), ServiceError> {
+    let path = config.ingest_path();
+    let log = IngestLog::open(&path, limits(&config))?;
+    let (submissions, submissions_rx) = mpsc::channel(*config.buffer.channel_capacity.get_ref());
+    // No downstream stage trims yet; the sender is kept so the writer's trim input stays open.
+    let (_trims, trims_rx) = mpsc::channel(16);
+    let tracker = TaskTracker::new();
+    let writer = Writer {
+        log,
+        path,
+        batch: BatchLimits {
+            max_readings: *config.buffer.batch_max_readings.get_ref(),
+            max_wait: Duration::from_millis(config.buffer.batch_max_ms),
+        },
+        counters: counters.clone(),
+        submissions: submissions_rx,
+        trims: trims_rx,
+        cancel: cancel.clone(),
+    };
+    let writer = tracker.spawn(writer.run());
+
+    let mapper = Arc::new(Mapper::new(&config));
+    let max_payload_bytes = *config.buffer.max_payload_bytes.get_ref();
+    for source in &config.mqtt {
+        let task = MqttSourceTask {
+            parser: PayloadParser::new(&source.payload, max_payload_bytes),
+            config: source.clone(),
+            mapper: mapper.clone(),
+            max_payload_bytes,
+            submissions: submissions.clone(),
+            counters: Arc::new(SourceCounters::default()),
+            cancel: cancel.clone(),
+        };
+        let name = source.name.get_ref().clone();
+        tracker.spawn(async move {
+            if let Err(error) = task.run().await {
+                // One failing source does not stop the others.
+                tracing::error!(source = name, %error, "MQTT source did not start");
+            }
+        });
+    }
+    if !config.serial.is_empty() {
+        tracing::warn!("serial sources are configured but not built yet; they are ignored");
+    }
+    drop(submissions);
+    tracker.close();
+    tracing::info!(
+        agent = config.agent.id.get_ref().as_str(),
+        "edge-agent ingesting"
+    );
+
+    let result = match writer.await {
+        Ok(result) => result.map_err(ServiceError::from),
+        Err(_) => Err(ServiceError::Ingest(IngestError::WriterThread)),
+    };
+    cancel.cancel();
+    tracker.wait().await;
+    result
+}

@@ -1,0 +1,398 @@
+//! The agent's MQTT ingest path against the real Mosquitto (`tests/services/services.sh`; the
+//! test broker sets `max_queued_messages 0`, as operators must, see
+//! `configs/agent.example.toml`).
+//!
+//! Every test counts: each published reading must be in the redb ingest log exactly once.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use edge_agent::config::Config;
+use edge_agent::ingest::{Counters, IngestLog};
+use edge_tests::Services;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, Transport};
+use tokio_util::sync::CancellationToken;
+
+/// A name no other run shares, for client ids and topics.
+fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{prefix}-{}-{nanos}", std::process::id())
+}
+
+struct Setup {
+    dir: tempfile::TempDir,
+    config_path: PathBuf,
+    client_id: String,
+    root: String,
+}
+
+/// Writes a config for one MQTT source subscribed to `<root>/+/v` (JSON `{"v":..,"ts":..}`),
+/// sensor id = the device level of the topic.
+fn setup(url: &str, ca: Option<&Path>, extra_buffer: &str) -> Setup {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = unique("edge-test");
+    let client_id = unique("agent");
+    let ca = ca.map_or(String::new(), |p| {
+        format!("ca_file = {:?}\n", p.display().to_string())
+    });
+    let text = format!(
+        r#"
+[agent]
+id = "test-agent"
+data_dir = {data_dir:?}
+
+[buffer]
+batch_max_ms = 5
+{extra_buffer}
+
+[[mqtt]]
+name = "broker"
+url = "{url}"
+client_id = "{client_id}"
+keep_alive_s = 5
+{ca}payload = {{ format = "json", value = "/v", timestamp = "/ts" }}
+subscribe = [{{ topic = "{root}/+/v", qos = 1 }}]
+
+[[sensor]]
+source = "broker"
+topic = "{root}/{{dev}}/v"
+id = "{{dev}}"
+"#,
+        data_dir = dir.path().display().to_string(),
+    );
+    let config_path = dir.path().join("agent.toml");
+    std::fs::write(&config_path, text).expect("write config");
+    Setup {
+        dir,
+        config_path,
+        client_id,
+        root,
+    }
+}
+
+fn options(client_id: &str, url: &str, ca: Option<&Path>) -> MqttOptions {
+    let (tls, rest) = match url.strip_prefix("mqtts://") {
+        Some(rest) => (true, rest),
+        None => (false, url.trim_start_matches("mqtt://")),
+    };
+    let (host, port) = rest.rsplit_once(':').expect("url has a port");
+    let mut options = MqttOptions::new(client_id, host, port.parse().expect("port"));
+    options.set_keep_alive(Duration::from_secs(5));
+    if tls {
+        let pem = std::fs::read(ca.expect("TLS needs the CA")).expect("read CA");
+        options.set_transport(Transport::tls(pem, None, None));
+    }
+    options
+}
+
+/// Creates the agent's persistent session (same client id, `clean_session = false`) with its
+/// subscription, so the broker queues everything published from now on for the agent.
+async fn create_session(setup: &Setup, url: &str, ca: Option<&Path>) {
+    let mut opts = options(&setup.client_id, url, ca);
+    opts.set_clean_session(false);
+    let (client, mut eventloop) = AsyncClient::new(opts, 10);
+    client
+        .subscribe(format!("{}/+/v", setup.root), QoS::AtLeastOnce)
+        .await
+        .expect("subscribe queued");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        assert!(Instant::now() < deadline, "no SUBACK within 10 s");
+        match tokio::time::timeout(Duration::from_secs(10), eventloop.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::SubAck(_)))) => break,
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => panic!("session set-up failed: {e}"),
+            Err(_) => panic!("no SUBACK within 10 s"),
+        }
+    }
+    client.disconnect().await.expect("disconnect queued");
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while eventloop.poll().await.is_ok() {}
+    })
+    .await;
+}
+
+/// The message for reading `i`: device `d{i % devices}`, timestamp `BASE_TS + i`, value `i`.
+const BASE_TS: u64 = 1_700_000_000_000;
+const DEVICES: u64 = 10;
+
+fn message(root: &str, i: u64) -> (String, String) {
+    (
+        format!("{root}/d{}/v", i % DEVICES),
+        format!(r#"{{"v":{i},"ts":{}}}"#, BASE_TS + i),
+    )
+}
+
+/// Publishes readings `0..n` at QoS 1 (plus `extra` raw bodies to the same topics) and returns
+/// how many PUBACKs the broker sent: a reading the broker acked must end up in the log.
+async fn publish(
+    url: &str,
+    ca: Option<&Path>,
+    root: &str,
+    n: u64,
+    extra: &[&str],
+    pace: Duration,
+) -> u64 {
+    let (client, mut eventloop) = AsyncClient::new(options(&unique("pub"), url, ca), 1000);
+    let total = n + extra.len() as u64;
+    let acks = tokio::spawn(async move {
+        let mut acked = 0;
+        while acked < total {
+            match tokio::time::timeout(Duration::from_secs(30), eventloop.poll()).await {
+                Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => acked += 1,
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => panic!("publisher connection failed: {e}"),
+                Err(_) => panic!("publisher: no progress for 30 s ({acked}/{total} acked)"),
+            }
+        }
+        acked
+    });
+    for i in 0..n {
+        let (topic, body) = message(root, i);
+        client
+            .publish(topic, QoS::AtLeastOnce, false, body)
+            .await
+            .expect("publish queued");
+        if i % 100 == 99 {
+            tokio::time::sleep(pace).await;
+        }
+    }
+    for body in extra {
+        let topic = format!("{root}/d0/v");
+        client
+            .publish(topic, QoS::AtLeastOnce, false, body.as_bytes().to_vec())
+            .await
+            .expect("publish queued");
+    }
+    let acked = acks.await.expect("publisher task");
+    let _ = client.disconnect().await;
+    acked
+}
+
+/// Reads the whole log (in bounded batches) and returns (sensor, ts) -> copies.
+fn log_contents(setup: &Setup) -> (BTreeMap<(String, u64), u64>, edge_agent::ingest::Stats) {
+    let config = Config::load(&setup.config_path).expect("config");
+    let log = IngestLog::open(&config.ingest_path(), edge_agent::service::limits(&config))
+        .expect("open log");
+    let mut copies = BTreeMap::new();
+    let mut from = 0;
+    loop {
+        let batch = log.readings_from(from, 1000).expect("read log");
+        let Some((last, _)) = batch.last() else { break };
+        from = last + 1;
+        for (_, r) in batch {
+            *copies.entry((r.sensor, r.ts_ms)).or_insert(0) += 1;
+        }
+    }
+    (copies, log.stats().expect("stats"))
+}
+
+fn assert_exactly_once(copies: &BTreeMap<(String, u64), u64>, n: u64) {
+    let twice: Vec<_> = copies.iter().filter(|(_, c)| **c != 1).take(5).collect();
+    assert!(
+        twice.is_empty(),
+        "readings stored more than once: {twice:?}"
+    );
+    let missing: Vec<u64> = (0..n)
+        .filter(|i| !copies.contains_key(&(format!("d{}", i % DEVICES), BASE_TS + i)))
+        .take(10)
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "acked readings missing from the log (first 10): {missing:?}"
+    );
+    assert_eq!(
+        copies.len() as u64,
+        n,
+        "the log holds exactly the published readings"
+    );
+}
+
+/// Runs the agent in-process until `done` says so (or 60 s pass), then stops it.
+async fn run_in_process(setup: &Setup, done: impl Fn(&Counters) -> bool) -> Arc<Counters> {
+    let config = Config::load(&setup.config_path).unwrap_or_else(|e| panic!("{e}"));
+    let counters = Arc::new(Counters::default());
+    let cancel = CancellationToken::new();
+    let agent = tokio::spawn(edge_agent::service::run_with_counters(
+        config,
+        cancel.clone(),
+        counters.clone(),
+    ));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !done(&counters) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Let acks of the last commit reach the broker before stopping.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cancel.cancel();
+    agent
+        .await
+        .expect("agent task")
+        .expect("agent stopped cleanly");
+    counters
+}
+
+async fn ingest_all(url: &str, ca: Option<&Path>) {
+    const N: u64 = 2_000;
+    let setup = setup(url, ca, "");
+    create_session(&setup, url, ca).await;
+    assert_eq!(
+        publish(url, ca, &setup.root, N, &[], Duration::ZERO).await,
+        N
+    );
+    let counters = run_in_process(&setup, |c| c.accepted.load(Ordering::Relaxed) >= N).await;
+    assert_eq!(counters.accepted.load(Ordering::Relaxed), N);
+    let (copies, stats) = log_contents(&setup);
+    assert_exactly_once(&copies, N);
+    assert_eq!((stats.accepted, stats.rejected), (N, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_published_qos1_reading_lands_in_the_log_exactly_once() {
+    let services = Services::from_env();
+    ingest_all(&services.mqtt_url, None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mqtts_source_with_a_ca_file_ingests_every_reading() {
+    let services = Services::from_env();
+    ingest_all(&services.mqtts_url, Some(&services.mqtt_ca)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_messages_are_dead_lettered_and_the_rest_still_lands() {
+    const N: u64 = 300;
+    let services = Services::from_env();
+    let url = &services.mqtt_url;
+    let setup = setup(url, None, "max_payload_bytes = 1024");
+    create_session(&setup, url, None).await;
+    let oversize = format!(r#"{{"v":1,"ts":1,"pad":"{}"}}"#, "x".repeat(2000));
+    let bad = [
+        "{not json",
+        r#"{"v":"hot","ts":1}"#,
+        r#"{"ts":5}"#,
+        "",
+        oversize.as_str(),
+    ];
+    assert_eq!(
+        publish(url, None, &setup.root, N, &bad, Duration::ZERO).await,
+        N + bad.len() as u64
+    );
+    let counters = run_in_process(&setup, |c| {
+        c.accepted.load(Ordering::Relaxed) >= N
+            && c.rejected.load(Ordering::Relaxed) >= bad.len() as u64
+    })
+    .await;
+    assert_eq!(counters.rejected.load(Ordering::Relaxed), bad.len() as u64);
+    let (copies, stats) = log_contents(&setup);
+    assert_exactly_once(&copies, N);
+    assert_eq!(stats.dead_letters, bad.len() as u64);
+}
+
+/// `target/debug/edge-agent`, built on demand (the binary under test, not a stand-in).
+fn agent_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test exe");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>");
+    let status = Command::new(env!("CARGO"))
+        .args([
+            "build",
+            "--quiet",
+            "-p",
+            "edge-agent",
+            "--bin",
+            "edge-agent",
+        ])
+        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
+        .env(
+            "CARGO_TARGET_DIR",
+            profile_dir.parent().expect("target dir"),
+        )
+        .status()
+        .expect("run cargo build");
+    assert!(status.success(), "building edge-agent failed");
+    let bin = profile_dir.join("edge-agent");
+    assert!(bin.exists(), "{} missing after build", bin.display());
+    bin
+}
+
+fn spawn_agent(bin: &Path, setup: &Setup) -> Child {
+    Command::new(bin)
+        .args(["run", "--config"])
+        .arg(&setup.config_path)
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .expect("spawn edge-agent")
+}
+
+/// A tiny deterministic PRNG (xorshift) for kill moments; the seed is printed.
+fn next(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_killed_with_sigkill_mid_stream_loses_and_duplicates_nothing() {
+    const N: u64 = 5_000;
+    const KILLS: usize = 6;
+    let services = Services::from_env();
+    let url = services.mqtt_url.clone();
+    let bin = agent_binary();
+    let setup = setup(&url, None, "");
+    create_session(&setup, &url, None).await;
+    let root = setup.root.clone();
+    let publisher = tokio::spawn(async move {
+        publish(&url, None, &root, N, &[], Duration::from_millis(100)).await
+    });
+
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64)
+        | 1;
+    println!("kill schedule seed: {seed}");
+    for kill in 0..KILLS {
+        let mut agent = spawn_agent(&bin, &setup);
+        let alive_ms = 200 + next(&mut seed) % 1200;
+        tokio::time::sleep(Duration::from_millis(alive_ms)).await;
+        agent.kill().expect("SIGKILL the agent"); // Child::kill is SIGKILL on Unix
+        let status = agent.wait().expect("reap agent");
+        println!("kill {kill}: after {alive_ms} ms ({status})");
+    }
+    assert_eq!(
+        publisher.await.expect("publisher"),
+        N,
+        "the broker acked every publish"
+    );
+
+    // Quiet period: run to completion, stopping gracefully to read the log, until all is in.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let mut agent = spawn_agent(&bin, &setup);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(agent.id().to_string())
+            .status();
+        agent.wait().expect("reap agent");
+        let (copies, stats) = log_contents(&setup);
+        if copies.len() as u64 >= N || Instant::now() > deadline {
+            println!(
+                "log: {} readings, {} duplicates dropped by the dedupe index",
+                stats.readings, stats.duplicate
+            );
+            assert_exactly_once(&copies, N);
+            break;
+        }
+    }
+    drop(setup.dir);
+}
