@@ -37,8 +37,8 @@
 //!
 //! 1. Within a boot, every reading accepted by `sample` is, at any moment, in exactly one of: the
 //!    open frame, one frame in the ring, acknowledged, or counted in the `dropped` total (which
-//!    equals `stats().evicted_readings`). Nothing is silently lost: the last frame of the boot to
-//!    arrive carries the final total. (A discarded frame may already have reached the agent if
+//!    equals `stats().evicted_readings`). Nothing is silently lost: every frame transmitted after
+//!    the last discard carries the final total. (A discarded frame may already have reached the agent if
 //!    its ack was late, so `dropped` is an upper bound on readings lost; it is exact when the
 //!    link was down, the usual cause.)
 //! 2. `seq` is dense: 1, 2, 3, ... per boot; each sealed frame keeps its `seq` and readings for
@@ -47,8 +47,10 @@
 //! 3. A frame leaves the ring only by an ack for its boot with `seq >=` its own, or by overflow
 //!    (then counted as above).
 //! 4. Memory is fixed at compile time (`CAP` frames); no call panics, whatever the input frames,
-//!    times or values (arithmetic saturates or wraps by design).
-//! 5. After `u32::MAX` frames in one boot (146 days at the line rate of 921600 baud), `sample`
+//!    times or values (arithmetic saturates or wraps by design). Times are expected to stay below
+//!    `u64::MAX - max_backoff_ms` (half a billion years of uptime); beyond that every deadline
+//!    saturates and each `poll` returns a frame.
+//! 5. After `u32::MAX` frames in one boot (49 days even at 1,000 frames a second), `sample`
 //!    refuses with [`SampleError::SeqExhausted`]: the firmware must restart with a new boot id.
 use edge_protocol::link::{Frame, Hello, Reading, Readings, MAX_READINGS};
 use heapless::{Deque, Vec};

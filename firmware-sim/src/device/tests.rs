@@ -539,3 +539,16 @@ fn the_accessors_show_the_open_frame_the_ring_and_the_dropped_total() {
     assert_eq!(held, [(2, 1, 0), (3, 2, 1)], "as of sealing");
     assert_eq!((dev.dropped_total(), dev.pending_readings()), (1, 3));
 }
+
+#[test]
+fn sequence_numbers_run_out_with_an_error_not_a_wrap() {
+    let mut dev: Device<4> = booted();
+    dev.next_seq = u32::MAX;
+    dev.sample(0, 0, 1.0).unwrap();
+    dev.flush(0);
+    let sent = drain(&mut dev, 0);
+    assert_eq!(readings(&sent)[0].seq, u32::MAX);
+    assert_eq!(dev.sample(1, 0, 1.0), Err(SampleError::SeqExhausted));
+    dev.on_frame(2, &ack(42, u32::MAX));
+    assert_eq!(dev.unacked(), 0);
+}
