@@ -299,7 +299,12 @@ pub struct Rule {
 #[derive(Debug, Clone, Copy)]
 pub enum Origin<'a> {
     Topic(&'a str),
-    Device { device: u32, channel: u8 },
+    Device {
+        device: u32,
+        channel: u8,
+    },
+    /// A text line: matches rules without topic, device and channel.
+    Line,
 }
 
 /// All rules of a configuration, compiled.
@@ -345,6 +350,12 @@ impl Mapper {
                         ("channel".to_owned(), channel.to_string()),
                     ]
                 }
+                (Origin::Line, None) => {
+                    if rule.device.is_some() || rule.channel.is_some() {
+                        continue;
+                    }
+                    Vec::new()
+                }
                 _ => continue,
             };
             return rule.apply(&captures, raw, received_ms);
@@ -354,6 +365,7 @@ impl Mapper {
             what: match origin {
                 Origin::Topic(t) => t.to_owned(),
                 Origin::Device { device, channel } => format!("device {device} channel {channel}"),
+                Origin::Line => "a text line".to_owned(),
             },
         })
     }

@@ -21,6 +21,7 @@ use crate::ingest::{Counters, IngestError, IngestLog, Limits};
 use crate::mapping::Mapper;
 use crate::source::mqtt::{MqttSourceTask, SourceCounters};
 use crate::source::payload::PayloadParser;
+use crate::source::serial::{SerialCounters, SerialSourceTask};
 
 /// Why the agent stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -90,8 +91,15 @@ pub async fn run_with_counters(
             }
         });
     }
-    if !config.serial.is_empty() {
-        tracing::warn!("serial sources are configured but not built yet; they are ignored");
+    for source in &config.serial {
+        let task = SerialSourceTask {
+            config: source.clone(),
+            mapper: mapper.clone(),
+            submissions: submissions.clone(),
+            counters: Arc::new(SerialCounters::default()),
+            cancel: cancel.clone(),
+        };
+        tracker.spawn(task.run());
     }
     drop(submissions);
     tracker.close();
