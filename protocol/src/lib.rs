@@ -8,11 +8,18 @@
 //! | module | holds |
 //! | --- | --- |
 //! | `link` | serial link frames (`Hello`, `Readings`, `Ack`, `TimeSync`), CRC, COBS framing, the streaming decoder |
-//! | `aggregate` (windowing issue) | mergeable aggregate state: count, sum, min, max, mean/variance, first/last, quantile sketch |
-//! | `partial` (windowing issue) | the versioned partial-aggregate envelope the agent sends to Kafka |
+//! | `aggregate` | mergeable aggregate state: count, sum, min, max, mean/variance, first/last, quantile sketch |
+//! | `sketch` | the DDSketch-style quantile sketch inside an aggregate (1 % relative error, bounded size) |
+//! | `partial` | the versioned partial-aggregate envelope the agent sends to Kafka |
 //!
 //! Every format is written down beside its code with golden byte vectors checked by tests.
 #![no_std]
 #![forbid(unsafe_code)]
 
+#[cfg(test)]
+extern crate std;
+
+pub mod aggregate;
 pub mod link;
+pub mod partial;
+pub mod sketch;
