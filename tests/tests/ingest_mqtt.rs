@@ -12,7 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use edge_agent::config::Config;
-use edge_agent::ingest::{Counters, IngestLog};
+use edge_agent::ingest::{Counters, Dedupe, IngestLog, Submission};
+use edge_agent::reading::Reading;
 use edge_tests::Services;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, Transport};
 use tokio_util::sync::CancellationToken;
@@ -293,6 +294,98 @@ async fn malformed_messages_are_dead_lettered_and_the_rest_still_lands() {
     let (copies, stats) = log_contents(&setup);
     assert_exactly_once(&copies, N);
     assert_eq!(stats.dead_letters, bad.len() as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readings_committed_but_never_acked_before_a_crash_are_redelivered_and_dropped_once() {
+    // The crash window of the ack-after-commit rule: the commit landed, the PUBACK did not. The
+    // broker redelivers; the dedupe index (same file, survives restart) must drop the copies.
+    const N: u64 = 500;
+    const COMMITTED: u64 = 200;
+    let services = Services::from_env();
+    let url = &services.mqtt_url;
+    let setup = setup(url, None, "");
+    create_session(&setup, url, None).await;
+    assert_eq!(
+        publish(url, None, &setup.root, N, &[], Duration::ZERO).await,
+        N
+    );
+    {
+        let config = Config::load(&setup.config_path).expect("config");
+        let mut log = IngestLog::open(&config.ingest_path(), edge_agent::service::limits(&config))
+            .expect("log");
+        let batch: Vec<Submission> = (0..COMMITTED)
+            .map(|i| Submission {
+                readings: vec![(
+                    Reading {
+                        sensor: format!("d{}", i % DEVICES),
+                        ts_ms: BASE_TS + i,
+                        value: i as f64,
+                        seq: None,
+                    },
+                    Dedupe::SensorTs,
+                )],
+                dead_letters: Vec::new(),
+                ack: None,
+            })
+            .collect();
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        assert_eq!(
+            log.commit(&batch, now_ms).expect("commit").accepted,
+            COMMITTED
+        );
+    }
+    let counters = run_in_process(&setup, |c| {
+        c.accepted.load(Ordering::Relaxed) + c.duplicate.load(Ordering::Relaxed) >= N
+    })
+    .await;
+    assert_eq!(counters.duplicate.load(Ordering::Relaxed), COMMITTED);
+    assert_eq!(counters.accepted.load(Ordering::Relaxed), N - COMMITTED);
+    let (copies, _) = log_contents(&setup);
+    assert_exactly_once(&copies, N);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_a_tiny_quota_the_agent_stops_acking_and_mosquitto_holds_the_rest() {
+    const N: u64 = 1_000;
+    let services = Services::from_env();
+    let url = &services.mqtt_url;
+    let setup = setup(url, None, "quota_bytes = 4096\non_full = \"backpressure\"");
+    create_session(&setup, url, None).await;
+    assert_eq!(
+        publish(url, None, &setup.root, N, &[], Duration::ZERO).await,
+        N
+    );
+    // Nothing drains the log: ingest stops at the quota and stays there.
+    let started = Instant::now();
+    let first = run_in_process(&setup, |_| started.elapsed() > Duration::from_secs(3)).await;
+    let accepted = first.accepted.load(Ordering::Relaxed);
+    let (_, stats) = log_contents(&setup);
+    assert!(
+        accepted > 0 && accepted < 100,
+        "stopped at the quota: {accepted} accepted"
+    );
+    assert!(
+        stats.log_bytes <= 4096,
+        "log within its quota: {} bytes",
+        stats.log_bytes
+    );
+    assert_eq!(stats.dropped, 0);
+    // Space frees (here: the operator raises the quota): every reading arrives, exactly once.
+    let text = std::fs::read_to_string(&setup.config_path).expect("config");
+    std::fs::write(
+        &setup.config_path,
+        text.replace("quota_bytes = 4096", "quota_bytes = 67108864"),
+    )
+    .expect("config");
+    run_in_process(&setup, |c| {
+        c.accepted.load(Ordering::Relaxed) >= N - accepted
+    })
+    .await;
+    let (copies, _) = log_contents(&setup);
+    assert_exactly_once(&copies, N);
 }
 
 /// `target/debug/edge-agent`, built on demand (the binary under test, not a stand-in).
