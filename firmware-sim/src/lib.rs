@@ -1,13 +1,21 @@
 //! `firmware-sim`: sensor firmware simulated on a PC.
 //!
 //! The core is `no_std` and allocation-free, as it would be on a microcontroller; the runner
-//! (feature `std`) drives many simulated devices over a serial port or MQTT.
+//! (feature `std`, on by default) drives many simulated devices over a serial port, a
+//! pseudo-terminal or MQTT. `cargo build -p firmware-sim --no-default-features --lib --target
+//! thumbv7em-none-eabihf` builds the core alone.
 //!
-//! # Map (modules arrive with the sensor-link issue)
+//! # Map
 //!
 //! | module | holds |
 //! | --- | --- |
-//! | `device` | the device state machine, no I/O: sample, pack frames, ring of unacked frames, retransmit |
-//! | `runner` (std) | sensor models, serial and MQTT transports, fault injection, the ledger of what was sent |
+//! | [`device`] | the device state machine, no I/O: sample, pack frames, ring of unacked frames, retransmit |
+//! | [`runner`] (std) | sensor models, serial and MQTT transports, fault injection, the ledger of what was sent, a minimal link peer |
+//!
+//! The binary (`src/bin/firmware-sim.rs`) only parses the command line and picks a transport.
 #![cfg_attr(not(feature = "std"), no_std)]
 #![forbid(unsafe_code)]
+
+pub mod device;
+#[cfg(feature = "std")]
+pub mod runner;
