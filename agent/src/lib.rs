@@ -22,6 +22,7 @@
 pub mod config;
 pub mod ingest;
 pub mod mapping;
+pub mod outbox;
 pub mod reading;
 pub mod service;
 pub mod source;
