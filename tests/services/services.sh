@@ -2,8 +2,9 @@
 # Test brokers on loopback: Apache Kafka (KRaft, from Maven Central) and Mosquitto (Debian).
 #
 #   tests/services/services.sh start [kafka|mqtt] [--nodes 3]   start (idempotent), wait until ready
-#   tests/services/services.sh stop  [kafka|mqtt]               stop by PID (SIGTERM, then SIGKILL)
-#   tests/services/services.sh kill  kafka                      SIGKILL the broker(s): a crash, for fault tests
+#   tests/services/services.sh stop  [kafka|mqtt] [--node N]    stop by PID (SIGTERM, then SIGKILL)
+#   tests/services/services.sh kill  kafka [--node N]           SIGKILL the broker(s): a crash, for fault tests
+#   (start again restarts stopped nodes with their data: a broker restart)
 #   tests/services/services.sh clean                            stop all, delete broker data
 #   tests/services/services.sh status                           what runs, where its logs are
 #   tests/services/services.sh env                              print the env file
@@ -79,9 +80,16 @@ kafka_jars() {
 }
 
 kafka_nodes_file="$state/kafka/nodes"
+# Node N listens on 127.0.0.1:(N*10000 + 9092 + offset), its controller on the next port. A
+# second cluster (a fault test's own) runs beside the shared one with its own state dir and
+# EDGE_KAFKA_PORT_OFFSET (e.g. 100: 19192, 29192, 39192).
+port_offset=${EDGE_KAFKA_PORT_OFFSET:-0}
+kport() { echo $(( $1 * 10000 + 9092 + port_offset )); }
+cport() { echo $(( $1 * 10000 + 9093 + port_offset )); }
 
 kafka_props() { # node_id nodes dir
-  local id=$1 nodes=$2 dir=$3 port=$(( $1 * 10000 + 9092 )) cport=$(( $1 * 10000 + 9093 )) rf=1 isr=1
+  local id=$1 nodes=$2 dir=$3 port cport rf=1 isr=1
+  port=$(kport "$id"); cport=$(cport "$id")
   if ((nodes == 3)); then rf=3; isr=2; fi
   cat <<PROPS
 process.roles=broker,controller
@@ -107,9 +115,9 @@ log.cleaner.dedupe.buffer.size=2097152
 auto.create.topics.enable=false
 PROPS
   if ((nodes == 3)); then
-    echo "controller.quorum.voters=1@127.0.0.1:19093,2@127.0.0.1:29093,3@127.0.0.1:39093"
+    echo "controller.quorum.voters=1@127.0.0.1:$(cport 1),2@127.0.0.1:$(cport 2),3@127.0.0.1:$(cport 3)"
   else
-    echo "controller.quorum.bootstrap.servers=127.0.0.1:19093"
+    echo "controller.quorum.bootstrap.servers=127.0.0.1:$(cport 1)"
   fi
 }
 
@@ -134,7 +142,7 @@ XML
 
 kafka_bootstrap() {
   local nodes=$1 list=()
-  for id in $(seq 1 "$nodes"); do list+=("127.0.0.1:$((id * 10000 + 9092))"); done
+  for id in $(seq 1 "$nodes"); do list+=("127.0.0.1:$(kport "$id")"); done
   (IFS=,; echo "${list[*]}")
 }
 
@@ -157,10 +165,10 @@ kafka_start() {
   kafka_log4j > "$state/kafka/log4j2.xml"
   local t0=$SECONDS started=()
   for id in $(seq 1 "$nodes"); do
-    local dir="$state/kafka/node$id" port=$((id * 10000 + 9092))
+    local dir="$state/kafka/node$id" port; port=$(kport "$id")
     if pid_alive "$dir/pid"; then continue; fi
     require_free "$port" "Kafka node $id"
-    require_free $((id * 10000 + 9093)) "Kafka node $id (controller)"
+    require_free "$(cport "$id")" "Kafka node $id (controller)"
     mkdir -p "$dir"
     kafka_props "$id" "$nodes" "$dir" > "$dir/server.properties"
     if [[ ! -f "$dir/data/meta.properties" ]]; then
@@ -179,7 +187,7 @@ kafka_start() {
     started+=("$id")
   done
   for id in "${started[@]}"; do
-    wait_port $((id * 10000 + 9092)) "$ready_timeout" "Kafka node $id" \
+    wait_port "$(kport "$id")" "$ready_timeout" "Kafka node $id" \
       "$state/kafka/node$id/server.log" "$state/kafka/node$id/pid"
   done
   if ((${#started[@]})); then
@@ -189,10 +197,11 @@ kafka_start() {
   fi
 }
 
-kafka_stop() { # signal: TERM or KILL
-  local nodes=1
+kafka_stop() { # signal: TERM or KILL; node id, or empty for all
+  local nodes=1 ids
   [[ -f "$kafka_nodes_file" ]] && nodes=$(cat "$kafka_nodes_file")
-  for id in $(seq 1 "$nodes"); do
+  ids=${2:-$(seq 1 "$nodes")}
+  for id in $ids; do
     local pidfile="$state/kafka/node$id/pid"
     if [[ $1 == KILL ]]; then
       if pid_alive "$pidfile"; then kill -9 "$(cat "$pidfile")"; log "killed Kafka node $id (SIGKILL)"; fi
@@ -291,7 +300,7 @@ status() {
   local nodes=1 rc=0
   [[ -f "$kafka_nodes_file" ]] && nodes=$(cat "$kafka_nodes_file")
   for id in $(seq 1 "$nodes"); do
-    local port=$((id * 10000 + 9092))
+    local port; port=$(kport "$id")
     if pid_alive "$state/kafka/node$id/pid" && port_open "$port"; then
       echo "kafka node $id: up on 127.0.0.1:$port (pid $(cat "$state/kafka/node$id/pid"), log $state/kafka/node$id/server.log)"
     else echo "kafka node $id: down"; rc=1; fi
@@ -303,12 +312,13 @@ status() {
 }
 
 cmd=${1:-status}; shift || true
-what=all nodes=""
+what=all nodes="" node=""
 while (($#)); do
   case $1 in
     kafka|mqtt|all) what=$1 ;;
     --nodes) nodes=${2:?--nodes needs 1 or 3}; shift ;;
     --nodes=*) nodes=${1#--nodes=} ;;
+    --node) node=${2:?--node needs a node id}; shift ;;
     *) die "unknown argument: $1 (see the header of $0)" ;;
   esac
   shift
@@ -326,12 +336,12 @@ case $cmd in
     log "addresses in $state/env"
     ;;
   stop)
-    [[ $what == mqtt ]] || kafka_stop TERM
+    [[ $what == mqtt ]] || kafka_stop TERM "$node"
     [[ $what == kafka ]] || stop_pid "$state/mqtt/pid" "Mosquitto"
     ;;
   kill)
-    [[ $what == kafka ]] || die "kill takes: kafka"
-    kafka_stop KILL
+    [[ $what == kafka ]] || die "kill takes: kafka [--node N]"
+    kafka_stop KILL "$node"
     ;;
   clean)
     kafka_stop TERM

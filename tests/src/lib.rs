@@ -6,6 +6,7 @@
 //! **fails with a message saying how to start it**: it never skips silently.
 #![forbid(unsafe_code)]
 
+pub mod cluster;
 pub mod kafka;
 pub mod services;
 

@@ -119,3 +119,26 @@ fn a_broker_that_is_not_there_fails_within_seconds_with_a_clear_message() {
         started.elapsed()
     );
 }
+
+#[test]
+fn a_private_three_node_cluster_survives_one_broker_killed() {
+    // The harness fault tests use: a cluster of their own, where a broker can be killed without
+    // disturbing the shared one. With min.insync.replicas=2, a transaction still commits with one
+    // of three brokers down.
+    let cluster = edge_tests::cluster::KafkaCluster::start(3);
+    let bootstrap = cluster.bootstrap();
+    let topic = unique_topic("smoke-three");
+    create_topic(&bootstrap, &topic, 3).unwrap_or_else(|e| panic!("{e}"));
+    cluster.kill_node(3);
+    let producer = transactional_producer(&bootstrap);
+    producer
+        .init_transactions(TXN_TIMEOUT)
+        .map_err(|e| classify(&bootstrap, "initialising transactions", TXN_TIMEOUT, e))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let values: Vec<String> = (0..20).map(|i| format!("v{i}")).collect();
+    transaction(&producer, &bootstrap, &topic, &values, true).unwrap_or_else(|e| panic!("{e}"));
+    cluster.restart_stopped();
+    let records = read_committed(&bootstrap, &topic, Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(records.len(), values.len(), "every committed record, once");
+}
