@@ -223,6 +223,11 @@ impl MqttSourceTask {
                             continue;
                         }
                         let submission = self.submission(publish, dedupe, &commands);
+                        if !waiting.is_empty() {
+                            // Keep arrival order behind those already waiting.
+                            waiting.push_back(submission);
+                            continue;
+                        }
                         match self.submissions.try_send(submission) {
                             Ok(()) => {}
                             Err(mpsc::error::TrySendError::Full(s)) => waiting.push_back(s),

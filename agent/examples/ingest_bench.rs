@@ -1,0 +1,246 @@
+//! Ingest benchmark: prints figures, asserts nothing.
+//!
+//! ```text
+//! cargo run --release -p edge-agent --example ingest_bench -- [READINGS] [MQTT_URL]
+//! ```
+//!
+//! 1. **Writer only** (no broker): `READINGS` one-reading submissions (default 200,000) from 4
+//!    producers through the group-committing writer into a fresh redb file; durable readings/s
+//!    (committed with fsync and acked), commits made, and submit-to-ack latency p50/p99.
+//! 2. **MQTT** (with `MQTT_URL`, e.g. `mqtt://127.0.0.1:18830`): `READINGS / 4` QoS 1 messages
+//!    queued in a persistent session, drained once by a bare manual-ack rumqttc subscriber
+//!    (acks on receipt) and once by the agent (`service::run`: parsed, mapped, committed, then
+//!    acked); both receive rates and their ratio.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use edge_agent::config::{Config, OnFull};
+use edge_agent::ingest::writer::{BatchLimits, Writer};
+use edge_agent::ingest::{Counters, Dedupe, IngestLog, Limits, Submission};
+use edge_agent::reading::Reading;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+#[tokio::main]
+async fn main() {
+    let mut args = std::env::args().skip(1);
+    let readings: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(200_000);
+    let linger_ms: u64 = std::env::var("LINGER_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let mqtt = args.next();
+    writer_only(readings, linger_ms).await;
+    if let Some(url) = mqtt {
+        mqtt_side_by_side(&url, readings / 4, linger_ms).await;
+    }
+}
+
+async fn writer_only(n: u64, linger_ms: u64) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("ingest.redb");
+    let limits = Limits {
+        quota_bytes: 1 << 34,
+        on_full: OnFull::Backpressure,
+        dedupe_max_entries: 10_000_000,
+        dedupe_max_age_ms: 3_600_000,
+    };
+    let log = IngestLog::open(&path, limits).expect("open");
+    let (tx, rx) = mpsc::channel(1024);
+    let (_trims, trims) = mpsc::channel(1);
+    let counters = Arc::new(Counters::default());
+    let cancel = CancellationToken::new();
+    let writer = tokio::spawn(
+        Writer {
+            log,
+            path: path.clone(),
+            batch: BatchLimits {
+                max_readings: 1000,
+                max_wait: Duration::from_millis(linger_ms),
+            },
+            counters: counters.clone(),
+            submissions: rx,
+            trims,
+            cancel: cancel.clone(),
+        }
+        .run(),
+    );
+    let latencies = Arc::new(Mutex::new(Vec::with_capacity(n as usize)));
+    let started = Instant::now();
+    let producers: Vec<_> = (0..4u64)
+        .map(|p| {
+            let tx = tx.clone();
+            let latencies = latencies.clone();
+            tokio::spawn(async move {
+                for i in (p..n).step_by(4) {
+                    let sent = Instant::now();
+                    let latencies = latencies.clone();
+                    let reading = Reading {
+                        sensor: format!("sensor-{}", i % 1000),
+                        ts_ms: 1_700_000_000_000 + i,
+                        value: i as f64,
+                        seq: None,
+                    };
+                    let submission = Submission {
+                        readings: vec![(reading, Dedupe::SensorTs)],
+                        dead_letters: Vec::new(),
+                        ack: Some(Box::new(move || {
+                            if let Ok(mut l) = latencies.lock() {
+                                l.push(sent.elapsed());
+                            }
+                        })),
+                    };
+                    if tx.send(submission).await.is_err() {
+                        return;
+                    }
+                }
+            })
+        })
+        .collect();
+    drop(tx);
+    for p in producers {
+        let _ = p.await;
+    }
+    let _ = writer.await;
+    let elapsed = started.elapsed();
+    let mut l = latencies.lock().map(|l| l.clone()).unwrap_or_default();
+    l.sort();
+    let pct = |q: f64| {
+        l.get(((l.len() as f64 * q) as usize).min(l.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    };
+    let size = std::fs::metadata(&path).map_or(0, |m| m.len());
+    println!("writer only: {n} readings, 4 producers, batch <= 1000 readings / {linger_ms} ms linger, Durability::Immediate");
+    println!(
+        "  {:.0} readings/s durable and acked ({:.2} s); accepted {}; file {} bytes ({:.0} B/reading)",
+        n as f64 / elapsed.as_secs_f64(),
+        elapsed.as_secs_f64(),
+        counters.accepted.load(Ordering::Relaxed),
+        size,
+        size as f64 / n as f64
+    );
+    println!(
+        "  submit->ack latency p50 {:?}, p99 {:?}, max {:?}",
+        pct(0.5),
+        pct(0.99),
+        l.last().copied().unwrap_or_default()
+    );
+}
+
+fn options(url: &str, id: &str) -> MqttOptions {
+    let rest = url.trim_start_matches("mqtt://");
+    let (host, port) = rest.rsplit_once(':').unwrap_or((rest, "1883"));
+    let mut o = MqttOptions::new(id, host, port.parse().unwrap_or(1883));
+    o.set_keep_alive(Duration::from_secs(10))
+        .set_clean_session(false)
+        .set_manual_acks(true);
+    o
+}
+
+/// Subscribes `id` persistently to `topic`, then publishes `n` messages into its queue.
+async fn queue(url: &str, id: &str, topic: &str, n: u64) {
+    let (client, mut ev) = AsyncClient::new(options(url, id), 10);
+    client
+        .subscribe(format!("{topic}/+/v"), QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
+    while !matches!(ev.poll().await, Ok(Event::Incoming(Packet::SubAck(_)))) {}
+    let _ = client.disconnect().await;
+    while ev.poll().await.is_ok() {}
+    let mut popts = options(url, &format!("{id}-pub"));
+    popts.set_clean_session(true).set_manual_acks(false);
+    let (publisher, mut pev) = AsyncClient::new(popts, 1000);
+    let acker = tokio::spawn(async move {
+        let mut acked = 0;
+        while acked < n {
+            match pev.poll().await {
+                Ok(Event::Incoming(Packet::PubAck(_))) => acked += 1,
+                Ok(_) => {}
+                Err(e) => panic!("publisher: {e}"),
+            }
+        }
+    });
+    for i in 0..n {
+        let body = format!(r#"{{"v":{i},"ts":{}}}"#, 1_700_000_000_000 + i);
+        publisher
+            .publish(
+                format!("{topic}/d{}/v", i % 100),
+                QoS::AtLeastOnce,
+                false,
+                body,
+            )
+            .await
+            .expect("publish");
+    }
+    acker.await.expect("publisher acks");
+    let _ = publisher.disconnect().await;
+}
+
+async fn mqtt_side_by_side(url: &str, n: u64, linger_ms: u64) {
+    let run = format!("{}", std::process::id());
+    let bare_id = format!("bench-bare-{run}");
+    let topic = format!("bench/{run}");
+    queue(url, &bare_id, &format!("{topic}/bare"), n).await;
+    let (client, mut ev) = AsyncClient::new(options(url, &bare_id), 1000);
+    let (ack_tx, mut ack_rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(p) = ack_rx.recv().await {
+            let _ = client.ack(&p).await;
+        }
+    });
+    let started = Instant::now();
+    let mut got = 0;
+    while got < n {
+        if let Ok(Event::Incoming(Packet::Publish(p))) = ev.poll().await {
+            got += 1;
+            let _ = ack_tx.send(p);
+        }
+    }
+    let bare = n as f64 / started.elapsed().as_secs_f64();
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let agent_id = format!("bench-agent-{run}");
+    queue(url, &agent_id, &format!("{topic}/agent"), n).await;
+    let text = format!(
+        r#"
+[agent]
+id = "bench"
+data_dir = {:?}
+[buffer]
+batch_max_ms = {linger_ms}
+[[mqtt]]
+name = "b"
+url = "{url}"
+client_id = "{agent_id}"
+payload = {{ format = "json", value = "/v", timestamp = "/ts" }}
+subscribe = [{{ topic = "{topic}/agent/+/v", qos = 1 }}]
+[[sensor]]
+source = "b"
+topic = "{topic}/agent/{{dev}}/v"
+id = "{{dev}}"
+"#,
+        dir.path().display().to_string()
+    );
+    let config = Config::from_toml(std::path::Path::new("bench.toml"), &text).expect("config");
+    let counters = Arc::new(Counters::default());
+    let cancel = CancellationToken::new();
+    let started = Instant::now();
+    let agent = tokio::spawn(edge_agent::service::run_with_counters(
+        config,
+        cancel.clone(),
+        counters.clone(),
+    ));
+    while counters.accepted.load(Ordering::Relaxed) < n {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let durable = n as f64 / started.elapsed().as_secs_f64();
+    cancel.cancel();
+    let _ = agent.await;
+    println!("MQTT QoS 1, {n} messages queued in a persistent session, drained:");
+    println!("  bare rumqttc subscriber (ack on receipt): {bare:.0} msg/s");
+    println!("  edge-agent (parse, map, commit with fsync, then ack): {durable:.0} readings/s = {:.2} of bare", durable / bare);
+}
