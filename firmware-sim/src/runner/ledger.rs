@@ -13,20 +13,28 @@
 //! | `evicted` | `device`, `boot_id`, `seq`, `readings` | an unacknowledged frame fell out of the device's ring; its readings are counted in the boot's `dropped` total from then on (serial) |
 //! | `reboot` | `device`, `old_boot_id`, `new_boot_id`, `lost: [seq]`, `unsealed` | a rebooted device lost its unacknowledged frames `lost` and `unsealed` readings not yet in any frame (never in the ledger) with its RAM (serial) |
 //! | `mqtt` | `device`, `channel`, `topic`, `qos`, `ts_ms`, `value` | a reading was handed to the MQTT client (once per reading, also when a fault publishes it twice) |
-//! | `end` | `readings`, `frames`, `retransmits`, `evicted_readings`, `unix_ms`, `clean` | once, last, on a clean shutdown (`clean: false` if a transport failed) |
+//! | `end` | `readings`, `frames`, `retransmits`, `evicted_readings`, `unix_ms`, `clean` | once, last, when the run ends (also on Ctrl-C/SIGTERM); `clean` is false if the transport failed or something was still unacknowledged after `--drain-timeout` |
 //!
-//! Values are `f32`, printed in their shortest round-trip form (compare as `f32`). Timestamps are
-//! Unix milliseconds on the device's clock, skew included.
+//! Values are `f32`, printed in their shortest round-trip form (compare as `f32`). Timestamps
+//! are milliseconds on the device's clock, skew included: over MQTT always Unix milliseconds;
+//! over serial the device core's own stamp, Unix milliseconds once its boot has taken a
+//! `TimeSync` and, before that, the device clock (milliseconds since the runner started).
 //!
 //! # Identity and accounting
 //!
 //! A reading's identity is `(device, channel, ts_ms)`: the runner keeps each channel's
-//! timestamps strictly increasing (also across reboots and under clock skew), so the key is
-//! unique in a run. Over serial, every reading of every `frame` record either reaches the agent
-//! exactly once (deduplicated by `(device, boot_id, seq)`), or its frame has an `evicted` record
-//! (and the boot's `dropped` total, carried by every later frame, covers it), or its frame is in
-//! a `reboot` record's `lost` list. Over MQTT, every `mqtt` record is one message: at QoS 1 and 2 the broker holds
-//! it once the run ends cleanly; at QoS 1 a reconnect may deliver it more than once.
+//! timestamps strictly increasing (Unix-stamped and clock-stamped ones each, also across
+//! reboots and under clock skew), so the key is unique in a run.
+//!
+//! Over serial, every reading of every `frame` record reaches the agent exactly once
+//! (deduplicated by `(device, boot_id, seq)`), unless its frame has an `evicted` record (then it
+//! is counted in the boot's `dropped` total, which every later frame carries, and may still have
+//! arrived once if it was evicted while its ack was on the way) or is in a `reboot` record's
+//! `lost` list (then it arrived at most once).
+//!
+//! Over MQTT, every `mqtt` record is one reading: once the run ends with `clean: true` the
+//! broker has acknowledged every publish. At QoS 2 each arrives once; at QoS 1 a reconnect may
+//! deliver it again; `--duplicate-rate` publishes it twice on purpose.
 //!
 //! Frame records are written when the frame is sealed, before its first byte is sent, so a run
 //! cut short by `kill -9` can have a record whose frame never left; a clean shutdown (with an

@@ -9,7 +9,7 @@
 //!
 //! One task owns every device (no shared mutable state); every millisecond it applies due
 //! faults (reboots), samples the readings due by the rate schedule, hands the devices the frames
-//! the reader decoded, and, while the writer's backlog is below two frames (a UART's transmit
+//! the reader decoded, and, while the writer's backlog is below four frames (a UART's transmit
 //! FIFO), polls the devices round-robin for frames to send. Frames are encoded with
 //! `edge_protocol::link`, then corrupted, duplicated or reordered when those faults are on, and
 //! queued to the writer ([`super::serial_io`]).
@@ -236,7 +236,7 @@ where
     let mut next_device = 0usize;
     let mut tick = tokio::time::interval(Duration::from_millis(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let fifo = 2 * MAX_FRAME_LEN;
+    let fifo = 4 * MAX_FRAME_LEN;
     let mut outcome: Result<(), RunError> = Ok(());
 
     loop {

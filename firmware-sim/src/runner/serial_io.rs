@@ -1,4 +1,4 @@
-//! Serial I/O for the serial transport: opening a port or a pty, the paced writer, the reader.
+//! Serial I/O for the serial transport: the paced writer task and the reader task.
 //!
 //! Only these tasks touch the port. The writer receives whole wire frames over a bounded
 //! channel and keeps a shared count of bytes queued but not yet written (`backlog`), which the
@@ -6,9 +6,10 @@
 //! backlog is small, so frames never wait in a queue long enough to time out.
 //!
 //! Pacing (`--pace`): the writer treats the line as a token bucket of `baud / 10` bytes per
-//! second (8N1: 10 bits per byte) whose depth is one maximal frame. A pty does not throttle by
-//! itself; pacing makes it behave like a line of that speed. A real port is throttled by its
-//! UART, so pacing is off by default.
+//! second (8N1: 10 bits per byte) two maximal frames deep (so a timer that wakes a millisecond
+//! late does not waste line time; over any window of `T` seconds at most `rate * T` plus two
+//! frames are written). A pty does not throttle by itself; pacing makes it behave like a line
+//! of that speed. A real port is throttled by its UART, so pacing is off by default.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -35,7 +36,7 @@ pub struct IoStats {
     pub decode_errors: AtomicU64,
 }
 
-/// A token bucket of `bytes_per_s` with a depth of one maximal frame.
+/// A token bucket of `bytes_per_s`, two maximal frames deep.
 #[derive(Debug)]
 struct Pacer {
     bytes_per_s: f64,
@@ -53,9 +54,9 @@ impl Pacer {
 
     /// Waits until `n` more bytes fit the line's budget.
     async fn take(&mut self, n: usize) {
-        let depth = Duration::from_secs_f64(MAX_FRAME_LEN as f64 / self.bytes_per_s);
+        let depth = Duration::from_secs_f64(2.0 * MAX_FRAME_LEN as f64 / self.bytes_per_s);
         let now = Instant::now();
-        // An idle line does not bank more than one frame of credit.
+        // An idle line does not bank more than the bucket's depth of credit.
         let floor = now.checked_sub(depth).unwrap_or(now);
         let start = self.free_at.max(floor);
         self.free_at = start + Duration::from_secs_f64(n as f64 / self.bytes_per_s);
