@@ -221,3 +221,52 @@ async fn qos2_senml_over_tls_with_duplicates_and_reordering_delivers_every_ledge
     assert!(received.len() > sent.len(), "some duplicates were injected");
     let _ = std::fs::remove_file(ledger);
 }
+
+#[tokio::test]
+async fn dropped_connections_at_qos1_lose_nothing_from_the_ledger() {
+    let services = Services::from_env();
+    let (host, port) = services.mqtt_host_port();
+    let prefix = unique("fwsim-drop");
+    let mut rx = subscribe(&host, port, None, &format!("{prefix}/#")).await;
+
+    let ledger = ledger_path("fwsim-drop");
+    let mut run = RunConfig::new(2, 400.0, 13);
+    run.count = Some(600);
+    run.ledger = Some(ledger.clone());
+    run.faults.disconnect_every = 0.5;
+    run.faults.disconnect_secs = 0.25;
+    let mut config = MqttConfig::new(&services.mqtt_url);
+    config.topic = format!("{prefix}/{{device}}/{{channel}}").parse().unwrap();
+    config.qos = 1;
+    config.payload = PayloadFormat::Nested;
+    config.client_id = Some(unique("fwsim-pub-drop"));
+    let summary = mqtt::run(&run, &config, CancellationToken::new())
+        .await
+        .expect("the run succeeds");
+    assert!(summary.drained, "{summary:?}");
+
+    let sent = ledger_messages(&ledger);
+    assert_eq!(sent.len(), 1_200);
+    let received = collect(&mut rx, sent.len()).await;
+    let mut counts: HashMap<(String, u64, u32), usize> = HashMap::new();
+    for (topic, payload) in &received {
+        let json: serde_json::Value = serde_json::from_slice(payload).expect("nested JSON");
+        let device = json["device"].as_str().expect("device");
+        let (channel, point) = json["data"]
+            .as_object()
+            .and_then(|m| m.iter().next())
+            .expect("one channel under data");
+        assert!(topic.ends_with(&format!("/{device}/{channel}")), "{topic}");
+        let ts = point["time"].as_u64().expect("time");
+        let v = point["value"].as_f64().expect("value") as f32;
+        *counts.entry((topic.clone(), ts, v.to_bits())).or_default() += 1;
+    }
+    for (topic, ts, value) in &sent {
+        let n = counts
+            .get(&(topic.clone(), *ts, value.to_bits()))
+            .copied()
+            .unwrap_or(0);
+        assert!(n >= 1, "{topic} ts={ts} v={value} never arrived");
+    }
+    let _ = std::fs::remove_file(ledger);
+}

@@ -93,7 +93,9 @@ impl Progress {
     pub fn new(secs: f64) -> Progress {
         let now = Instant::now();
         Progress {
-            every: (secs.is_finite() && secs > 0.0).then(|| Duration::from_secs_f64(secs)),
+            every: Duration::try_from_secs_f64(secs)
+                .ok()
+                .filter(|d| !d.is_zero()),
             last: now,
             start: now,
         }

@@ -2,8 +2,11 @@
 //!
 //! Topics and payloads are described in [`super::payload`]. The client is rumqttc with a
 //! persistent session (`clean_session = false`, client id `--client-id`, default
-//! `firmware-sim-<seed>`), so QoS 1 and 2 messages not yet acknowledged when a connection drops
-//! are sent again after the reconnect.
+//! `firmware-sim-<pid>-<seed>`), so QoS 1 and 2 messages not yet acknowledged when a connection
+//! drops are sent again after the reconnect. At most `--inflight` (default 20) publishes are
+//! unacknowledged at once: Mosquitto drops a client that sends more QoS 2 messages than its
+//! `max_inflight_messages` (20 by default) before releasing them (seen: the connection is closed
+//! with "Bad socket read/write ... Unknown error" under load).
 //!
 //! # Tasks
 //!
@@ -51,7 +54,8 @@ pub struct MqttConfig {
     /// Payload format.
     #[arg(long, value_enum, default_value_t = PayloadFormat::Json)]
     pub payload: PayloadFormat,
-    /// MQTT client id (default `firmware-sim-<seed>`).
+    /// MQTT client id (default `firmware-sim-<pid>-<seed>`; two clients with one id take turns
+    /// kicking each other off the broker).
     #[arg(long)]
     pub client_id: Option<String>,
     /// Publishes in flight (unacknowledged) at most. Mosquitto's `max_inflight_messages` (20 by
@@ -98,7 +102,7 @@ impl MqttConfig {
         let id = self
             .client_id
             .clone()
-            .unwrap_or_else(|| format!("firmware-sim-{seed}"));
+            .unwrap_or_else(|| format!("firmware-sim-{}-{seed}", std::process::id()));
         let mut options = MqttOptions::new(id, host, port);
         options.set_keep_alive(Duration::from_secs(self.keep_alive.max(1)));
         options.set_clean_session(false);

@@ -431,7 +431,9 @@ fn sample(slot: &mut Slot, real_ms: u64, ledger: &mut Ledger) -> Result<(), RunE
     let (channel, value) = slot.sampler.next_value(slot.clock_ms);
     let index = usize::from(channel);
     // Two readings of one channel never share a millisecond: bump the device's clock.
-    let now = slot.clock_ms.max(slot.last_sample_ms[index] + 1);
+    let now = slot
+        .clock_ms
+        .max(slot.last_sample_ms[index].saturating_add(1));
     slot.clock_ms = now;
     slot.last_sample_ms[index] = now;
     // Refused only once seq is exhausted (2^32 frames in one boot): nothing to record then.

@@ -93,14 +93,15 @@ impl RunConfig {
 
     /// How long the run may last, if bounded by time.
     pub fn duration(&self) -> Option<Duration> {
+        // Out-of-range values (negative, NaN, beyond `Duration`) mean "no time limit".
         self.duration
-            .filter(|d| d.is_finite() && *d >= 0.0)
-            .map(Duration::from_secs_f64)
+            .and_then(|d| Duration::try_from_secs_f64(d).ok())
     }
 
     /// The drain timeout as a duration.
     pub fn drain(&self) -> Duration {
-        Duration::from_secs_f64(self.drain_timeout.clamp(0.0, 3600.0))
+        // At most an hour; NaN counts as the hour, negative values as zero.
+        Duration::try_from_secs_f64(self.drain_timeout.min(3600.0)).unwrap_or(Duration::ZERO)
     }
 }
 
@@ -225,5 +226,63 @@ impl Schedule {
         let n = self.budget.floor().max(0.0);
         self.budget -= n;
         (n as u64).min(cap)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_schedule_releases_the_rate_and_multiplies_it_during_bursts() {
+        let faults = FaultConfig {
+            burst_every: 10.0,
+            burst_secs: 1.0,
+            burst_factor: 5.0,
+            ..FaultConfig::default()
+        };
+        let mut schedule = Schedule::new(100.0);
+        let mut total = 0;
+        for ms in 1..=1_000u64 {
+            total += schedule.due(Duration::from_millis(ms), &faults, u64::MAX);
+        }
+        assert!((99..=100).contains(&total), "{total} in the first second");
+        let mut schedule = Schedule::new(100.0);
+        let mut burst = 0;
+        schedule.due(Duration::from_secs(10), &faults, u64::MAX);
+        for ms in 1..=1_000u64 {
+            burst += schedule.due(Duration::from_millis(10_000 + ms), &faults, u64::MAX);
+        }
+        assert!(
+            (499..=500).contains(&burst),
+            "{burst} during a burst second"
+        );
+    }
+
+    #[test]
+    fn a_sampler_stamps_each_channel_strictly_increasing() {
+        let mut config = RunConfig::new(1, 10.0, 3);
+        config.channels = 3;
+        let mut sampler = Sampler::new(&config, 1);
+        let mut last = [0u64; 3];
+        for _ in 0..3_000 {
+            let s = sampler.sample();
+            assert!(s.ts_ms > last[usize::from(s.channel)]);
+            last[usize::from(s.channel)] = s.ts_ms;
+        }
+        assert_eq!(sampler.sampled, 3_000);
+    }
+
+    #[test]
+    fn absurd_durations_mean_no_limit_instead_of_a_panic() {
+        let mut config = RunConfig::new(1, 10.0, 3);
+        for d in [f64::NAN, -1.0, 1e300, f64::INFINITY] {
+            config.duration = Some(d);
+            assert_eq!(config.duration(), None);
+        }
+        config.duration = Some(1.5);
+        assert_eq!(config.duration(), Some(Duration::from_millis(1_500)));
+        config.drain_timeout = f64::NAN;
+        let _ = config.drain();
     }
 }
