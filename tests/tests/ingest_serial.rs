@@ -1,0 +1,246 @@
+//! The agent's serial ingest path against `firmware-sim` over a pty: the agent is killed with
+//! SIGKILL again and again while devices stream link frames; the firmware retransmits what was
+//! not acknowledged, and at the end every reading of the firmware-sim ledger is in the ingest
+//! log exactly once. No broker is needed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use edge_agent::config::Config;
+use edge_agent::ingest::IngestLog;
+
+/// `target/<profile>/<bin>` of workspace package `package`, built on demand.
+fn binary(package: &str, bin: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test exe");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>");
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "--quiet", "-p", package, "--bin", bin])
+        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
+        .env(
+            "CARGO_TARGET_DIR",
+            profile_dir.parent().expect("target dir"),
+        )
+        .status()
+        .expect("run cargo build");
+    assert!(status.success(), "building {bin} failed");
+    profile_dir.join(bin)
+}
+
+fn spawn_agent(bin: &Path, config: &Path) -> Child {
+    Command::new(bin)
+        .args(["run", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .expect("spawn edge-agent")
+}
+
+fn terminate(child: &mut Child) {
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let _ = child.wait();
+}
+
+/// (sensor id, f32 value bits) -> copies: a multiset, so repeated values still count.
+type Multiset = BTreeMap<(String, u32), u64>;
+
+/// What the ledger says must be in the log: every reading of every `frame` record whose frame
+/// was neither evicted from the device's ring nor lost in a reboot. Also returns the `end`
+/// record's `clean` flag and the evicted reading count.
+fn expected_from_ledger(path: &Path) -> (Multiset, bool, u64) {
+    let text = std::fs::read_to_string(path).expect("read ledger");
+    let records: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("ledger line is JSON"))
+        .collect();
+    let mut gone = BTreeSet::new();
+    let mut clean = false;
+    let mut evicted = 0;
+    for r in &records {
+        let id = |k: &str| r[k].as_u64().unwrap_or(u64::MAX);
+        match r["kind"].as_str() {
+            Some("evicted") => {
+                gone.insert((id("device"), id("boot_id"), id("seq")));
+                evicted += r["readings"].as_u64().unwrap_or(0);
+            }
+            Some("reboot") => {
+                for seq in r["lost"].as_array().into_iter().flatten() {
+                    gone.insert((id("device"), id("old_boot_id"), seq.as_u64().unwrap_or(0)));
+                }
+            }
+            Some("end") => clean = r["clean"].as_bool().unwrap_or(false),
+            _ => {}
+        }
+    }
+    let mut expected = Multiset::new();
+    for r in records.iter().filter(|r| r["kind"] == "frame") {
+        let key = (
+            r["device"].as_u64().unwrap_or(0),
+            r["boot_id"].as_u64().unwrap_or(0),
+            r["seq"].as_u64().unwrap_or(0),
+        );
+        if gone.contains(&key) {
+            continue;
+        }
+        for reading in r["readings"].as_array().into_iter().flatten() {
+            let channel = reading["channel"].as_u64().unwrap_or(0);
+            let value = reading["value"].as_f64().unwrap_or(f64::NAN) as f32;
+            *expected
+                .entry((format!("d{}.c{channel}", key.0), value.to_bits()))
+                .or_insert(0) += 1;
+        }
+    }
+    (expected, clean, evicted)
+}
+
+fn log_multiset(config_path: &Path) -> Multiset {
+    let config = Config::load(config_path).unwrap_or_else(|e| panic!("{e}"));
+    let log =
+        IngestLog::open(&config.ingest_path(), edge_agent::service::limits(&config)).expect("log");
+    let mut out = Multiset::new();
+    let mut from = 0;
+    loop {
+        let batch = log.readings_from(from, 1000).expect("read log");
+        let Some((last, _)) = batch.last() else { break };
+        from = last + 1;
+        for (_, r) in batch {
+            *out.entry((r.sensor, (r.value as f32).to_bits()))
+                .or_insert(0) += 1;
+        }
+    }
+    out
+}
+
+#[test]
+fn agent_killed_with_sigkill_while_firmware_streams_loses_and_duplicates_nothing() {
+    const DEVICES: u32 = 3;
+    const PER_DEVICE: u64 = 1_500;
+    const KILLS: usize = 8;
+    let agent = binary("edge-agent", "edge-agent");
+    let sim = binary("firmware-sim", "firmware-sim");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ledger = dir.path().join("ledger.jsonl");
+    let mut firmware = Command::new(&sim)
+        .args([
+            "serial",
+            "--pty",
+            "--channels",
+            "2",
+            "--rate",
+            "300",
+            "--drain-timeout",
+            "60",
+        ])
+        .args([
+            "--devices",
+            &DEVICES.to_string(),
+            "--count",
+            &PER_DEVICE.to_string(),
+        ])
+        .arg("--ledger")
+        .arg(&ledger)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn firmware-sim");
+    let mut first = String::new();
+    BufReader::new(firmware.stdout.take().expect("stdout"))
+        .read_line(&mut first)
+        .expect("read SERIAL_PATH");
+    let port = first
+        .trim()
+        .strip_prefix("SERIAL_PATH=")
+        .expect("SERIAL_PATH=... first")
+        .to_owned();
+
+    let config_path = dir.path().join("agent.toml");
+    std::fs::write(
+        &config_path,
+        format!(
+            r#"
+[agent]
+id = "serial-test"
+data_dir = {:?}
+[[serial]]
+name = "line"
+path = {port:?}
+framing = "link"
+[[sensor]]
+source = "line"
+id = "d{{device}}.c{{channel}}"
+"#,
+            dir.path().display().to_string()
+        ),
+    )
+    .expect("write config");
+
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64)
+        | 1;
+    println!("kill schedule seed: {seed}");
+    for kill in 0..KILLS {
+        let mut child = spawn_agent(&agent, &config_path);
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let alive_ms = 150 + seed % 900;
+        std::thread::sleep(Duration::from_millis(alive_ms));
+        child.kill().expect("SIGKILL the agent");
+        let status = child.wait().expect("reap");
+        println!("kill {kill}: after {alive_ms} ms ({status})");
+    }
+
+    // Quiet period: the agent runs until the firmware has sampled everything and drained.
+    let mut child = spawn_agent(&agent, &config_path);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let finished = loop {
+        if let Some(status) = firmware.try_wait().expect("poll firmware-sim") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = firmware.kill();
+            terminate(&mut child);
+            panic!("firmware-sim did not finish and drain within 120 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    terminate(&mut child);
+    println!("firmware-sim exited: {finished}");
+
+    let (expected, clean, evicted) = expected_from_ledger(&ledger);
+    assert!(
+        clean,
+        "firmware-sim drained: every frame it kept was acknowledged"
+    );
+    let total: u64 = expected.values().sum();
+    assert_eq!(
+        total + evicted,
+        u64::from(DEVICES) * PER_DEVICE,
+        "the ledger accounts for every reading"
+    );
+    let stored = log_multiset(&config_path);
+    let stored_total: u64 = stored.values().sum();
+    println!("ledger: {total} readings to deliver ({evicted} evicted); log: {stored_total}");
+    if evicted == 0 {
+        assert_eq!(
+            stored, expected,
+            "the log holds every ledger reading exactly once"
+        );
+    } else {
+        // Evicted frames may have arrived once (evicted while their ack was on the way).
+        for (key, want) in &expected {
+            let have = stored.get(key).copied().unwrap_or(0);
+            assert!(have >= *want, "{key:?}: {have} stored, {want} expected");
+        }
+        assert!(stored_total <= total + evicted, "nothing is stored twice");
+    }
+}
