@@ -436,17 +436,18 @@ fn next(state: &mut u64) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_killed_with_sigkill_mid_stream_loses_and_duplicates_nothing() {
-    const N: u64 = 5_000;
-    const KILLS: usize = 6;
+    const N: u64 = 20_000;
+    const KILLS: usize = 20;
     let services = Services::from_env();
     let url = services.mqtt_url.clone();
     let bin = agent_binary();
     let setup = setup(&url, None, "");
     create_session(&setup, &url, None).await;
     let root = setup.root.clone();
-    let publisher = tokio::spawn(async move {
-        publish(&url, None, &root, N, &[], Duration::from_millis(100)).await
-    });
+    let publisher =
+        tokio::spawn(
+            async move { publish(&url, None, &root, N, &[], Duration::from_millis(75)).await },
+        );
 
     let mut seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
