@@ -11,6 +11,7 @@
 //! | `[[serial]]` | one serial line: `path`, `baud`, `framing = "link" \| "line"` |
 //! | `[[sensor]]` | the sensor mapping: a topic pattern with `{captures}` (MQTT) or a device channel (serial) to an `id` template, `unit`, `scale`, `offset`, `min`/`max` |
 //! | `[[pipeline]]` | which sensors (`*` globs over sensor ids) go to which pipeline; windows arrive with the windowing issue |
+//! | `[kafka]` | the forwarder: `bootstrap_servers`, `client` (librdkafka passthrough), `[kafka.topics]`, topic creation, transaction and batch limits (see [`KafkaSection`]) |
 //!
 //! # Invariants
 //!
@@ -26,6 +27,7 @@
 //! Template and topic-pattern syntax live in [`crate::mapping`], which also applies them.
 
 mod error;
+mod kafka;
 mod validate;
 
 use std::path::{Path, PathBuf};
@@ -34,6 +36,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 pub use error::{ConfigError, Invalid, Location};
+pub use kafka::{validate_kafka, KafkaSection, KafkaTopics, RESERVED_CLIENT_KEYS};
 pub use validate::validate;
 
 /// The whole file.
@@ -51,6 +54,8 @@ pub struct Config {
     pub sensor: Vec<SensorMapping>,
     #[serde(default)]
     pub pipeline: Vec<Pipeline>,
+    /// Where the forwarder delivers; nothing is forwarded without it.
+    pub kafka: Option<KafkaSection>,
 }
 
 /// `[agent]`.

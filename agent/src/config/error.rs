@@ -99,6 +99,11 @@ pub enum Invalid {
     MissingTopic { source_name: String },
     #[error("pipeline name `{name}` is used twice")]
     DuplicatePipeline { name: String },
+    #[error("`kafka.client.\"{key}\"` is set by the forwarder itself (exactly-once depends on it); reserved: {reserved:?}")]
+    ReservedClientSetting {
+        key: String,
+        reserved: Vec<&'static str>,
+    },
 }
 
 /// A place in the file: 1-based line and column, and the table and key found there.

@@ -69,6 +69,9 @@ pub fn validate(config: &Config) -> Result<(), Failure> {
             })?;
         }
     }
+    if let Some(kafka) = &config.kafka {
+        super::validate_kafka(kafka)?;
+    }
     Ok(())
 }
 

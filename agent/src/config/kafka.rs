@@ -1,0 +1,213 @@
+//! `[kafka]`: where and how the forwarder delivers the outbox (see [`crate::forward`]).
+//!
+//! Every key is documented in `configs/agent.example.toml`. Without a `[kafka]` table the agent
+//! ingests (and windows) but forwards nothing: the outbox grows to the quota.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::Invalid;
+
+/// `[kafka]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSection {
+    /// `host:port[,host:port...]`.
+    pub bootstrap_servers: Spanned<String>,
+    /// librdkafka settings passed through as they are (TLS, SASL, tuning), e.g.
+    /// `"security.protocol" = "SASL_SSL"`. They override the forwarder's defaults
+    /// (`compression.type = "zstd"`, `linger.ms`, `batch.size`, ...), except the settings
+    /// exactly-once depends on, which are refused here: see [`RESERVED_CLIENT_KEYS`].
+    #[serde(default)]
+    pub client: BTreeMap<Spanned<String>, String>,
+    #[serde(default)]
+    pub topics: KafkaTopics,
+    /// Create missing topics (`true`, default) or refuse to start naming the missing one.
+    #[serde(default = "default_true")]
+    pub create_topics: bool,
+    /// Partitions of topics the agent creates; the broker's `num.partitions` when absent.
+    pub partitions: Option<Spanned<i32>>,
+    /// Replication factor of topics the agent creates; the broker's
+    /// `default.replication.factor` when absent.
+    pub replication_factor: Option<Spanned<i32>>,
+    /// `transaction.timeout.ms` of the producer: the broker aborts a transaction left open
+    /// longer (a crashed agent's), and a reader of the progress topic waits at most about this
+    /// long for another agent's open transaction. At least 1000.
+    #[serde(default = "default_transaction_timeout_ms")]
+    pub transaction_timeout_ms: Spanned<u64>,
+    /// At most this many outbox records per Kafka transaction ...
+    #[serde(default = "default_batch_max_records")]
+    pub batch_max_records: Spanned<usize>,
+    /// ... and at most about this many payload bytes (one record more at most).
+    #[serde(default = "default_batch_max_bytes")]
+    pub batch_max_bytes: Spanned<usize>,
+    /// How often an empty outbox is looked at again, in ms.
+    #[serde(default = "default_poll_interval_ms")]
+    pub poll_interval_ms: u64,
+    /// Take over the progress of another instance (another database) that used this agent id.
+    /// Refused by default: see `forward` ("instance id").
+    #[serde(default)]
+    pub adopt_agent_id: bool,
+}
+
+/// `[kafka.topics]`: `{pipeline}` in a name is replaced by the record's pipeline.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaTopics {
+    /// Windowed partial aggregates.
+    pub partials: Spanned<String>,
+    /// Readings of pipelines without a window, passed through.
+    pub readings: Spanned<String>,
+    /// Readings that arrived after their window closed.
+    pub late: Spanned<String>,
+    /// Input that failed parsing or mapping, with the reason.
+    pub dead_letters: Spanned<String>,
+    /// The compacted topic holding each agent's progress marker.
+    pub progress: Spanned<String>,
+}
+
+impl Default for KafkaTopics {
+    fn default() -> Self {
+        let name = |s: &str| Spanned::new(0..0, s.to_owned());
+        KafkaTopics {
+            partials: name("edge.partials"),
+            readings: name("edge.readings"),
+            late: name("edge.late"),
+            dead_letters: name("edge.dead-letters"),
+            progress: name("edge.progress"),
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_transaction_timeout_ms() -> Spanned<u64> {
+    Spanned::new(0..0, 60_000)
+}
+
+fn default_batch_max_records() -> Spanned<usize> {
+    Spanned::new(0..0, 10_000)
+}
+
+fn default_batch_max_bytes() -> Spanned<usize> {
+    Spanned::new(0..0, 8 * 1024 * 1024)
+}
+
+fn default_poll_interval_ms() -> u64 {
+    10
+}
+
+/// librdkafka settings the forwarder sets itself, because exactly-once depends on them.
+pub const RESERVED_CLIENT_KEYS: [&str; 6] = [
+    "bootstrap.servers",
+    "transactional.id",
+    "enable.idempotence",
+    "acks",
+    "transaction.timeout.ms",
+    "isolation.level",
+];
+
+/// The longest topic name Kafka accepts.
+const MAX_TOPIC_LEN: usize = 249;
+
+/// The `[kafka]` rules: names, limits, reserved client settings.
+pub fn validate_kafka(kafka: &KafkaSection) -> Result<(), (Range<usize>, Invalid)> {
+    let fail = |span: Range<usize>, problem| Err((span, problem));
+    if kafka.bootstrap_servers.get_ref().trim().is_empty() {
+        return fail(
+            kafka.bootstrap_servers.span(),
+            Invalid::Empty {
+                field: "kafka.bootstrap_servers",
+            },
+        );
+    }
+    for key in kafka.client.keys() {
+        if RESERVED_CLIENT_KEYS.contains(&key.get_ref().as_str()) {
+            return fail(
+                key.span(),
+                Invalid::ReservedClientSetting {
+                    key: key.get_ref().clone(),
+                    reserved: RESERVED_CLIENT_KEYS.to_vec(),
+                },
+            );
+        }
+    }
+    let t = &kafka.topics;
+    for (name, field) in [
+        (&t.partials, "topics.partials"),
+        (&t.readings, "topics.readings"),
+        (&t.late, "topics.late"),
+        (&t.dead_letters, "topics.dead_letters"),
+        (&t.progress, "topics.progress"),
+    ] {
+        // `{pipeline}` expands to a pipeline name, itself `[A-Za-z0-9._-]`.
+        let expanded = name.get_ref().replace("{pipeline}", "p");
+        if expanded.is_empty() {
+            return fail(name.span(), Invalid::Empty { field });
+        }
+        let legal = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+        if !expanded.chars().all(legal) || expanded.len() > MAX_TOPIC_LEN {
+            return fail(name.span(), Invalid::BadName { field });
+        }
+    }
+    if t.progress.get_ref().contains("{pipeline}") || t.dead_letters.get_ref().contains('{') {
+        let span = if t.progress.get_ref().contains('{') {
+            t.progress.span()
+        } else {
+            t.dead_letters.span()
+        };
+        return fail(span, Invalid::BadName { field: "topics" });
+    }
+    if let Some(p) = &kafka.partitions {
+        if *p.get_ref() < 1 {
+            return fail(
+                p.span(),
+                Invalid::TooSmall {
+                    field: "kafka.partitions",
+                    least: 1,
+                },
+            );
+        }
+    }
+    if let Some(r) = &kafka.replication_factor {
+        if *r.get_ref() < 1 {
+            return fail(
+                r.span(),
+                Invalid::TooSmall {
+                    field: "kafka.replication_factor",
+                    least: 1,
+                },
+            );
+        }
+    }
+    let least = |value: u64, span: Range<usize>, field, least: u64| {
+        if value < least {
+            Err((span, Invalid::TooSmall { field, least }))
+        } else {
+            Ok(())
+        }
+    };
+    least(
+        *kafka.transaction_timeout_ms.get_ref(),
+        kafka.transaction_timeout_ms.span(),
+        "kafka.transaction_timeout_ms",
+        1000,
+    )?;
+    least(
+        *kafka.batch_max_records.get_ref() as u64,
+        kafka.batch_max_records.span(),
+        "kafka.batch_max_records",
+        1,
+    )?;
+    least(
+        *kafka.batch_max_bytes.get_ref() as u64,
+        kafka.batch_max_bytes.span(),
+        "kafka.batch_max_bytes",
+        1,
+    )
+}
