@@ -27,8 +27,10 @@ state="${EDGE_SERVICES_DIR:-$root/.services}"
 cache="${EDGE_CACHE:-$HOME/.cache/edge-ingest}"
 kafka_version=$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$here/pom.xml")
 jars="$cache/kafka-$kafka_version/libs"
-mqtt_port=18830
-mqtts_port=18831
+# EDGE_MQTT_PORT moves Mosquitto (TLS on the next port), so a second copy of the suite can run
+# beside a running one (with EDGE_SERVICES_DIR and EDGE_KAFKA_PORT_OFFSET set too).
+mqtt_port=${EDGE_MQTT_PORT:-18830}
+mqtts_port=$((mqtt_port + 1))
 ready_timeout=${EDGE_READY_TIMEOUT:-90}
 
 log() { printf 'services: %s\n' "$*" >&2; }

@@ -23,9 +23,14 @@ fn script() -> PathBuf {
 
 impl KafkaCluster {
     /// Starts `nodes` (1 or 3) brokers on ports `N*10000 + 9092 + offset`, offsets 100, 200, ...
-    /// per cluster of this process. Panics with the script's output when they do not come up.
+    /// per cluster of this process (plus `EDGE_KAFKA_PORT_OFFSET`, which moves the shared broker
+    /// too). Panics with the script's output when they do not come up.
     pub fn start(nodes: u8) -> KafkaCluster {
-        let offset = 100 * (1 + NEXT_OFFSET.fetch_add(1, Ordering::Relaxed));
+        let base: u16 = std::env::var("EDGE_KAFKA_PORT_OFFSET")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let offset = base + 100 * (1 + NEXT_OFFSET.fetch_add(1, Ordering::Relaxed));
         let cluster = KafkaCluster {
             dir: tempfile::tempdir().expect("a temp dir for the cluster"),
             offset,
