@@ -10,7 +10,7 @@
 //! | [`config`] | the TOML file: sources, sensor mapping, pipelines, quota; `check-config` |
 //! | [`mapping`] | topic patterns, id templates, calibration and range checks (no I/O) |
 //! | [`reading`] | the `Reading` value and its stored encoding |
-//! | [`source`] | `payload` parsers; `mqtt` (rumqttc, persistent session, manual acks after commit) |
+//! | [`source`] | `payload` parsers (no I/O); `mqtt` (rumqttc, persistent session, manual acks after commit); `serial` (link frames with cumulative acks after commit, or text lines) and its `link_acks` state machine |
 //! | [`ingest`] | the redb ingest log (`IngestLog`) and its group-committing `writer`; acks released only after commit; dedupe; quota |
 //! | [`service`] | wiring for `edge-agent run`: writer + sources, one cancellation token, one tracker |
 //! | `window` (windowing issue) | event-time windows, watermarks, partial aggregates |

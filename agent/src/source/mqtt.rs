@@ -329,3 +329,6 @@ async fn acker(
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
