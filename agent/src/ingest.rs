@@ -33,8 +33,12 @@ pub mod writer;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
-use redb::{Database, Durability, ReadableDatabase, ReadableTableMetadata, TableDefinition};
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTableMetadata, TableDefinition,
+    WriteTransaction,
+};
 
 use crate::config::OnFull;
 use crate::reading::{DecodeError, Reading};
@@ -307,9 +311,12 @@ pub struct Committed {
     pub dropped: u64,
 }
 
-/// The redb database behind the ingest log.
+/// The redb database behind the ingest log. The handle is shared (`Arc`) with the stages that
+/// write the same file in their own transactions (windows, outbox, forwarder); redb serialises
+/// write transactions, so each commit stays atomic. While another stage holds the handle, a
+/// reopen after an I/O error fails as "already open" and stops the writer (fatal, restart).
 pub struct IngestLog {
-    db: Database,
+    db: Arc<Database>,
     limits: Limits,
 }
 
@@ -330,7 +337,15 @@ impl IngestLog {
         txn.open_table(UPSTREAM_SEQ)?;
         txn.open_table(META)?;
         txn.commit()?;
-        Ok(IngestLog { db, limits })
+        Ok(IngestLog {
+            db: Arc::new(db),
+            limits,
+        })
+    }
+
+    /// The shared database handle, for stages that join the same file.
+    pub fn database(&self) -> Arc<Database> {
+        self.db.clone()
     }
 
     pub fn limits(&self) -> Limits {
@@ -364,6 +379,27 @@ impl IngestLog {
             n
         };
         txn.commit()?;
+        Ok(n)
+    }
+
+    /// Inside the caller's write transaction: removes readings through `readings_through` and
+    /// dead letters through `dead_letters_through`, keeping `log_bytes` in step. The windowing
+    /// stage commits this together with its cursors, so what it trims is exactly what it
+    /// consumed. Returns how many rows were removed.
+    pub fn trim_in(
+        txn: &WriteTransaction,
+        readings_through: Option<u64>,
+        dead_letters_through: Option<u64>,
+    ) -> Result<u64, IngestError> {
+        let mut t = meta::Tables::open(txn)?;
+        let mut n = 0;
+        if let Some(through) = readings_through {
+            n += t.trim(through)?;
+        }
+        if let Some(through) = dead_letters_through {
+            n += t.trim_dead_letters(through)?;
+        }
+        t.store_meta()?;
         Ok(n)
     }
 

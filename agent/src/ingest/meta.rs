@@ -211,4 +211,17 @@ impl<'t> Tables<'t> {
         self.sub(LOG_BYTES, freed);
         Ok(n)
     }
+
+    /// Removes dead letters up to `through`, freeing their bytes.
+    pub fn trim_dead_letters(&mut self, through: u64) -> Result<u64, IngestError> {
+        let mut n = 0;
+        let mut freed = 0;
+        for row in self.dead.extract_from_if(..=through, |_, _| true)? {
+            let (_, v) = row?;
+            freed += row_bytes(v.value().len());
+            n += 1;
+        }
+        self.sub(LOG_BYTES, freed);
+        Ok(n)
+    }
 }
