@@ -23,14 +23,14 @@ pub enum KafkaTestError {
         bootstrap: String,
         during: &'static str,
         timeout: Duration,
-        source: KafkaError,
+        source: Box<KafkaError>,
     },
     /// The broker answered with an error.
     #[error("Kafka at {bootstrap} refused {during}: {source}")]
     Broker {
         bootstrap: String,
         during: &'static str,
-        source: KafkaError,
+        source: Box<KafkaError>,
     },
     /// Reading did not reach the end of the topic before the deadline.
     #[error("reading {topic} from Kafka at {bootstrap} did not reach the end within {timeout:?} ({read} records so far)")]
@@ -225,7 +225,7 @@ fn broker(bootstrap: &str, during: &'static str, source: KafkaError) -> KafkaTes
     KafkaTestError::Broker {
         bootstrap: bootstrap.to_owned(),
         during,
-        source,
+        source: Box::new(source),
     }
 }
 
@@ -239,7 +239,7 @@ fn unreachable(
         bootstrap: bootstrap.to_owned(),
         during,
         timeout,
-        source,
+        source: Box::new(source),
     }
 }
 
