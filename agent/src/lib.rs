@@ -15,11 +15,12 @@
 //! | [`service`] | wiring for `edge-agent run`: writer + sources, one cancellation token, one tracker |
 //! | `window` (windowing issue) | event-time windows, watermarks, partial aggregates |
 //! | `outbox` (forwarding issue) | dense-sequence records waiting for Kafka |
-//! | `forward` (forwarding issue) | transactional Kafka producer, progress marker, trim after commit |
+//! | [`forward`] | transactional Kafka producer, progress marker in a compacted topic, trim after commit |
 //! | `ops` (operations issue) | metrics, health, systemd notify and watchdog, `inspect` |
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod forward;
 pub mod ingest;
 pub mod mapping;
 pub mod outbox;

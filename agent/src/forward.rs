@@ -1,0 +1,451 @@
+//! The forwarder: delivers the outbox to Kafka exactly once, with a transactional producer and a
+//! progress marker committed in the same transaction as the records.
+//!
+//! # Loop
+//!
+//! A *session* is one producer's life: create the producer (`transactional.id =
+//! edge-agent.<agent id>`, `acks=all`, idempotence, zstd), `init_transactions`, read this
+//! agent's last committed marker from Kafka, trim the local outbox through it, then repeat:
+//! read a bounded batch after the last delivered seq ([`outbox::read_after`]), begin a
+//! transaction, send each record (topic by kind and pipeline, key = the record's key, headers
+//! `agent`, `seq`, `schema`; see [`route`]), send the marker naming the batch's last seq, commit,
+//! then [`outbox::trim_through`]. It runs on a blocking thread of its own: librdkafka's
+//! transaction calls block.
+//!
+//! # Where the progress marker lives: a compacted topic
+//!
+//! Markers go to a compacted topic (`edge.progress` by default, `cleanup.policy=compact`,
+//! `segment.ms` 10 min so the cleaner gets to run), keyed by agent id, value encoded as in
+//! [`progress`] (agent id, instance id, last seq). Compaction keeps the newest marker of every
+//! agent forever, however long the agent is away.
+//!
+//! Rejected: a transactional offset commit (`send_offsets_to_transaction`) for a per-agent
+//! consumer group. Group offsets of an empty group expire after `offsets.retention.minutes`
+//! (7 days by default), so an agent that crashed between commit and trim and stayed down for a
+//! week would find no progress and resend its last batch; and it would need a consumer group per
+//! agent on the cluster. The compacted topic has neither problem; its one trap (a
+//! `read_committed` reader sees only up to the last stable offset, which other agents' open
+//! transactions hold back) is handled in [`progress::read_last`] by reading up to the high
+//! watermark taken after `init_transactions`. `tests/tests/forward_progress.rs` shows on the
+//! real broker that an aborted marker is invisible, that a committed one is found behind
+//! another producer's open transaction, and that the agent resumes after it.
+//!
+//! # Invariants and crash reasoning
+//!
+//! 1. **The marker commits in the same transaction as the records**, so for a `read_committed`
+//!    reader the marker naming seq `n` exists exactly when records `..= n` (of this instance)
+//!    do. Kafka's committed marker is therefore the truth about what was delivered; local state
+//!    is only a cache that may lag.
+//! 2. **Trim after commit.** The outbox loses a record only after the transaction holding it
+//!    committed. A crash before the commit: `init_transactions` of the next session aborts the
+//!    open transaction (its records stay invisible), the marker still names the previous batch,
+//!    and the batch is sent again. A crash after the commit and before the trim: the marker
+//!    names the batch, the next session trims through it and resumes after it. Nothing is lost,
+//!    nothing appears twice.
+//! 3. **Progress is read after `init_transactions`.** That call waits until our previous
+//!    producer's transaction is completed or aborted, so the marker read afterwards cannot be
+//!    overtaken by a commit still in flight.
+//! 4. **Every failure ends the session.** After an error the open transaction is aborted (if
+//!    possible) and the next session starts again from Kafka's committed marker, never from what
+//!    this process believed. An ambiguous commit (timed out: did it happen?) is settled the same
+//!    way.
+//! 5. **Fencing is fatal.** A second producer with our transactional id fences ours; the agent
+//!    stops with "fenced: another agent with id X took over" instead of fencing it back.
+//! 6. **One instance per agent id.** Markers carry the instance id of the database that wrote
+//!    them; a marker of another instance (two gateways with one id, a replaced disk) or one ahead
+//!    of this outbox (a database restored from a backup) stops the agent, because resuming from
+//!    it would skip this outbox's records. `kafka.adopt_agent_id = true` takes the id over.
+//! 7. **Bounded memory.** One batch (`batch_max_records`, `batch_max_bytes`) at a time;
+//!    librdkafka's queue is bounded by `queue.buffering.max.*`.
+//! 8. **Outages.** Broker errors and timeouts are retried forever with capped backoff (100 ms to
+//!    5 s); meanwhile the outbox grows, counting into the ingest quota, which then applies
+//!    backpressure upstream. Shutdown is checked between batches; an open commit finishes or
+//!    fails within [`COMMIT_TIMEOUT`].
+
+pub mod error;
+pub mod producer;
+pub mod progress;
+pub mod route;
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use redb::Database;
+use tokio_util::sync::CancellationToken;
+
+pub use error::ForwardError;
+use error::{fenced_code, kafka};
+use progress::{InstanceId, Marker};
+use route::Routes;
+
+use crate::config::{Config, KafkaSection};
+use crate::outbox::{self, OutboxRecord};
+
+/// Upper bound of one `commit_transaction` (and of `init_transactions`).
+pub const COMMIT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Upper bound of aborting after an error.
+const ABORT_TIMEOUT: Duration = Duration::from_secs(10);
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// Counters of the forwarder, for the metrics endpoint.
+#[derive(Debug, Default)]
+pub struct ForwardMetrics {
+    pub transactions_committed: AtomicU64,
+    pub records_committed: AtomicU64,
+    /// Payload bytes committed.
+    pub bytes_committed: AtomicU64,
+    /// Highest outbox seq known committed in Kafka (from a commit or the marker read at start).
+    pub last_committed_seq: AtomicU64,
+    /// Duration of the last `commit_transaction`, in microseconds ...
+    pub commit_latency_us_last: AtomicU64,
+    /// ... the sum over all commits (mean = sum / transactions_committed) ...
+    pub commit_latency_us_sum: AtomicU64,
+    /// ... and the longest.
+    pub commit_latency_us_max: AtomicU64,
+    pub transactions_aborted: AtomicU64,
+    /// Sessions that ended in a retryable error (each is followed by a backoff).
+    pub session_errors: AtomicU64,
+}
+
+/// The forwarder's inputs.
+pub struct Forwarder {
+    pub agent: String,
+    pub kafka: KafkaSection,
+    /// Pipeline names, to check (or create) their topics at start.
+    pub pipelines: Vec<String>,
+    pub db: Arc<Database>,
+    pub metrics: Arc<ForwardMetrics>,
+}
+
+impl Forwarder {
+    /// The forwarder a configuration asks for; `None` without a `[kafka]` table.
+    pub fn from_config(
+        config: &Config,
+        db: Arc<Database>,
+        metrics: Arc<ForwardMetrics>,
+    ) -> Option<Forwarder> {
+        Some(Forwarder {
+            agent: config.agent.id.get_ref().clone(),
+            kafka: config.kafka.clone()?,
+            pipelines: config
+                .pipeline
+                .iter()
+                .map(|p| p.name.get_ref().clone())
+                .collect(),
+            db,
+            metrics,
+        })
+    }
+
+    /// Runs sessions until `cancel` fires (`Ok`) or an error no retry can fix. Blocks: call it
+    /// on a thread of its own (`spawn_blocking`).
+    pub fn run(self, cancel: CancellationToken) -> Result<(), ForwardError> {
+        outbox::create(&self.db)?;
+        let instance = progress::instance_id(&self.db)?;
+        let mut state = Session {
+            routes: Routes::new(&self.kafka.topics),
+            ensured: HashSet::new(),
+            producer_config: producer::producer_config(&self.kafka, &self.agent),
+            reader_config: producer::reader_config(&self.kafka, &self.agent),
+            instance,
+            forwarder: &self,
+        };
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            if cancel.is_cancelled() {
+                return Ok(());
+            }
+            match state.run(&cancel, &mut backoff) {
+                Ok(()) | Err(ForwardError::Cancelled) => return Ok(()),
+                Err(error) if error.is_retryable() => {
+                    self.metrics.session_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(%error, retry_in_ms = backoff.as_millis() as u64, "forwarder: retrying");
+                    sleep(backoff, &cancel);
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+}
+
+/// What a session needs; lives across sessions so topic checks are not repeated.
+struct Session<'f> {
+    routes: Routes,
+    ensured: HashSet<String>,
+    producer_config: ClientConfig,
+    reader_config: ClientConfig,
+    instance: InstanceId,
+    forwarder: &'f Forwarder,
+}
+
+impl Session<'_> {
+    fn run(
+        &mut self,
+        cancel: &CancellationToken,
+        backoff: &mut Duration,
+    ) -> Result<(), ForwardError> {
+        let f = self.forwarder;
+        if self.ensured.is_empty() {
+            let topics = self
+                .routes
+                .known_topics(f.pipelines.iter().map(String::as_str));
+            producer::ensure_topics(
+                &f.kafka,
+                &self.reader_config,
+                &topics,
+                self.routes.progress(),
+            )?;
+            self.ensured.extend(topics);
+        }
+        let producer: BaseProducer = self
+            .producer_config
+            .create()
+            .map_err(kafka("creating the producer"))?;
+        producer
+            .init_transactions(COMMIT_TIMEOUT)
+            .map_err(|e| self.classify(&producer, "initialising transactions", e))?;
+        let mut last = self.resume_point(cancel)?;
+        outbox::trim_through(&f.db, last)?;
+        f.metrics.last_committed_seq.store(last, Ordering::Relaxed);
+        let kafka = &f.kafka;
+        let max_records = *kafka.batch_max_records.get_ref();
+        let max_bytes = *kafka.batch_max_bytes.get_ref();
+        let idle = Duration::from_millis(kafka.poll_interval_ms.max(1));
+        loop {
+            if cancel.is_cancelled() {
+                return Ok(());
+            }
+            let batch = outbox::read_after(&f.db, last, max_records, max_bytes)?;
+            let Some(&(through, _)) = batch.last() else {
+                sleep(idle, cancel);
+                continue;
+            };
+            self.ensure_batch_topics(&batch)?;
+            self.deliver(&producer, &batch, through)?;
+            *backoff = BACKOFF_MIN;
+            last = through;
+            outbox::trim_through(&f.db, through)?;
+        }
+    }
+
+    /// The seq to resume after, from the marker in Kafka; checks the instance.
+    fn resume_point(&self, cancel: &CancellationToken) -> Result<u64, ForwardError> {
+        let f = self.forwarder;
+        let topic = self.routes.progress();
+        // Other producers' transactions end within their transaction timeout (the broker's
+        // `transaction.max.timeout.ms` caps it at 15 min by default); we wait for twice ours.
+        let lso_wait =
+            Duration::from_millis(f.kafka.transaction_timeout_ms.get_ref().saturating_mul(2));
+        let marker = progress::read_last(&self.reader_config, topic, &f.agent, lso_wait, cancel)?;
+        let stats = outbox::stats(&f.db)?;
+        let last = match marker {
+            None => 0,
+            Some(m) => {
+                let foreign = m.instance != self.instance;
+                let ahead = m.last_seq >= stats.next_seq;
+                if (foreign || ahead) && f.kafka.adopt_agent_id {
+                    tracing::warn!(agent = f.agent, theirs = %m.instance, ours = %self.instance,
+                        marker_seq = m.last_seq, "forwarder: adopting the agent id's progress (kafka.adopt_agent_id)");
+                    0
+                } else if foreign {
+                    return Err(ForwardError::ForeignInstance {
+                        agent: f.agent.clone(),
+                        topic: topic.to_owned(),
+                        ours: self.instance,
+                        theirs: m.instance,
+                    });
+                } else if ahead {
+                    return Err(ForwardError::MarkerAhead {
+                        agent: f.agent.clone(),
+                        marker_seq: m.last_seq,
+                        next_seq: stats.next_seq,
+                    });
+                } else {
+                    m.last_seq
+                }
+            }
+        };
+        tracing::info!(
+            agent = f.agent,
+            resume_after = last,
+            outbox_depth = stats.depth,
+            "forwarder: progress read from Kafka"
+        );
+        Ok(last)
+    }
+
+    /// Checks (or creates) topics of routes seen for the first time.
+    fn ensure_batch_topics(&mut self, batch: &[(u64, OutboxRecord)]) -> Result<(), ForwardError> {
+        let mut new = Vec::new();
+        for (_, record) in batch {
+            let topic = self.routes.topic(record.kind, &record.route);
+            if !self.ensured.contains(topic) && !new.iter().any(|t: &String| t == topic) {
+                new.push(topic.to_owned());
+            }
+        }
+        if new.is_empty() {
+            return Ok(());
+        }
+        let f = self.forwarder;
+        producer::ensure_topics(&f.kafka, &self.reader_config, &new, self.routes.progress())?;
+        self.ensured.extend(new);
+        Ok(())
+    }
+
+    /// One transaction: the batch and the marker naming `through`. On failure the transaction
+    /// is aborted (when the producer still can) and the error returned.
+    fn deliver(
+        &mut self,
+        producer: &BaseProducer,
+        batch: &[(u64, OutboxRecord)],
+        through: u64,
+    ) -> Result<(), ForwardError> {
+        producer
+            .begin_transaction()
+            .map_err(|e| self.classify(producer, "beginning a transaction", e))?;
+        let started = Instant::now();
+        let result = self.send_batch(producer, batch, through).and_then(|bytes| {
+            producer
+                .commit_transaction(COMMIT_TIMEOUT)
+                .map(|()| bytes)
+                .map_err(|e| ("committing a transaction", e))
+        });
+        let m = &self.forwarder.metrics;
+        match result {
+            Ok(bytes) => {
+                let us = started.elapsed().as_micros() as u64;
+                m.transactions_committed.fetch_add(1, Ordering::Relaxed);
+                m.records_committed
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                m.bytes_committed.fetch_add(bytes, Ordering::Relaxed);
+                m.last_committed_seq.store(through, Ordering::Relaxed);
+                m.commit_latency_us_last.store(us, Ordering::Relaxed);
+                m.commit_latency_us_sum.fetch_add(us, Ordering::Relaxed);
+                m.commit_latency_us_max.fetch_max(us, Ordering::Relaxed);
+                Ok(())
+            }
+            Err((during, e)) => {
+                let error = self.classify(producer, during, e);
+                if !error.is_retryable() {
+                    return Err(error);
+                }
+                match producer.abort_transaction(ABORT_TIMEOUT) {
+                    Ok(()) => {
+                        m.transactions_aborted.fetch_add(1, Ordering::Relaxed);
+                        Err(ForwardError::Aborted(Box::new(error)))
+                    }
+                    // The producer is unusable or the broker away: the next session's
+                    // `init_transactions` aborts the transaction.
+                    Err(abort) => match self.classify(producer, "aborting", abort) {
+                        fenced @ ForwardError::Fenced { .. } => Err(fenced),
+                        _ => Err(error),
+                    },
+                }
+            }
+        }
+    }
+
+    /// Sends every record and the marker; returns the payload bytes sent.
+    fn send_batch(
+        &mut self,
+        producer: &BaseProducer,
+        batch: &[(u64, OutboxRecord)],
+        through: u64,
+    ) -> Result<u64, (&'static str, KafkaError)> {
+        let agent = self.forwarder.agent.as_str();
+        let mut bytes = 0u64;
+        for (i, (seq, record)) in batch.iter().enumerate() {
+            let topic = self.routes.topic(record.kind, &record.route);
+            let mut out = BaseRecord::<[u8], [u8]>::to(topic)
+                .payload(record.payload.as_slice())
+                .headers(route::headers(agent, *seq, route::schema(record.kind)));
+            if !record.key.is_empty() {
+                out = out.key(record.key.as_slice());
+            }
+            send(producer, out)?;
+            bytes += record.payload.len() as u64;
+            if i % 1024 == 1023 {
+                producer.poll(Duration::ZERO);
+            }
+        }
+        let marker = Marker {
+            agent: agent.to_owned(),
+            instance: self.instance,
+            last_seq: through,
+            committed_ms: unix_ms(),
+        }
+        .encode();
+        let out = BaseRecord::<[u8], [u8]>::to(self.routes.progress())
+            .key(agent.as_bytes())
+            .payload(marker.as_slice())
+            .headers(route::headers(agent, through, route::PROGRESS_SCHEMA));
+        send(producer, out)?;
+        Ok(bytes)
+    }
+
+    /// Turns a Kafka error into a [`ForwardError`], recognising fencing.
+    fn classify(
+        &self,
+        producer: &BaseProducer,
+        during: &'static str,
+        e: KafkaError,
+    ) -> ForwardError {
+        let fatal = producer.client().fatal_error().map(|(code, _)| code);
+        let fenced = fenced_code(&e).or(fatal.filter(|c| ForwardError::is_fenced_code(*c)));
+        match fenced {
+            Some(_) => ForwardError::Fenced {
+                agent: self.forwarder.agent.clone(),
+                transactional_id: producer::transactional_id(&self.forwarder.agent),
+            },
+            None => ForwardError::Kafka { during, source: e },
+        }
+    }
+}
+
+/// Enqueues one record, waiting (polling) while librdkafka's queue is full.
+fn send(
+    producer: &BaseProducer,
+    mut record: BaseRecord<'_, [u8], [u8]>,
+) -> Result<(), (&'static str, KafkaError)> {
+    let deadline = Instant::now() + COMMIT_TIMEOUT;
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back))
+                if Instant::now() < deadline =>
+            {
+                record = back;
+                producer.poll(Duration::from_millis(10));
+            }
+            Err((e, _)) => return Err(("sending a record", e)),
+        }
+    }
+}
+
+/// Sleeps `d`, waking early when `cancel` fires.
+fn sleep(d: Duration, cancel: &CancellationToken) {
+    let until = Instant::now() + d;
+    while !cancel.is_cancelled() {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        std::thread::sleep(left.min(Duration::from_millis(20)));
+    }
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,169 @@
+//! Kafka clients of the forwarder: the transactional producer's settings, the reader's
+//! settings, and the topics (checked, or created when allowed).
+
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+
+use super::error::{kafka, ForwardError};
+use crate::config::KafkaSection;
+
+/// Settings the forwarder picks for throughput; `[kafka.client]` may override each.
+pub const PRODUCER_DEFAULTS: [(&str, &str); 6] = [
+    ("compression.type", "zstd"),
+    ("linger.ms", "5"),
+    ("batch.size", "1000000"),
+    ("batch.num.messages", "10000"),
+    ("queue.buffering.max.messages", "200000"),
+    ("queue.buffering.max.kbytes", "262144"),
+];
+
+/// Settings of the progress topic when the agent creates it: compacted (one marker per agent
+/// survives), with segments rolled every 10 minutes so the cleaner can compact them (the
+/// active segment is never compacted).
+pub const PROGRESS_TOPIC_CONFIG: [(&str, &str); 3] = [
+    ("cleanup.policy", "compact"),
+    ("segment.ms", "600000"),
+    ("min.cleanable.dirty.ratio", "0.1"),
+];
+
+/// `transactional.id` of agent `agent`.
+pub fn transactional_id(agent: &str) -> String {
+    format!("edge-agent.{agent}")
+}
+
+/// Settings every client of the forwarder shares: bootstrap and the passthrough.
+fn common(kafka: &KafkaSection) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", kafka.bootstrap_servers.get_ref());
+    config
+}
+
+fn passthrough(config: &mut ClientConfig, kafka: &KafkaSection) {
+    for (key, value) in &kafka.client {
+        config.set(key.get_ref(), value);
+    }
+}
+
+/// The transactional producer's settings.
+pub fn producer_config(kafka: &KafkaSection, agent: &str) -> ClientConfig {
+    let mut config = common(kafka);
+    for (key, value) in PRODUCER_DEFAULTS {
+        config.set(key, value);
+    }
+    let txn_timeout = *kafka.transaction_timeout_ms.get_ref();
+    // librdkafka requires message.timeout.ms <= transaction.timeout.ms.
+    config.set("message.timeout.ms", txn_timeout.to_string());
+    passthrough(&mut config, kafka);
+    config
+        .set("transactional.id", transactional_id(agent))
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("transaction.timeout.ms", txn_timeout.to_string());
+    config
+}
+
+/// Settings of the progress reader and the metadata queries. Producer-only passthrough keys
+/// are left out (librdkafka would warn about each).
+pub fn reader_config(kafka: &KafkaSection, agent: &str) -> ClientConfig {
+    let mut config = common(kafka);
+    for (key, value) in &kafka.client {
+        let key = key.get_ref();
+        let producer_only = PRODUCER_DEFAULTS.iter().any(|(k, _)| *k == key)
+            || key.starts_with("queue.buffering")
+            || key == "message.timeout.ms"
+            || key == "retries";
+        if !producer_only {
+            config.set(key, value);
+        }
+    }
+    config
+        .set("group.id", format!("edge-agent.{agent}.progress-reader"))
+        .set("enable.auto.commit", "false")
+        .set("allow.auto.create.topics", "false");
+    config
+}
+
+/// Makes sure every topic in `topics` exists: creates the missing ones when allowed (the
+/// progress topic compacted), else fails naming the first missing one.
+pub fn ensure_topics(
+    kafka: &KafkaSection,
+    reader: &ClientConfig,
+    topics: &[String],
+    progress_topic: &str,
+) -> Result<(), ForwardError> {
+    let timeout = Duration::from_secs(15);
+    let consumer: BaseConsumer = reader.create().map_err(kafka_err("creating a client"))?;
+    let mut missing = Vec::new();
+    for topic in topics {
+        let metadata = consumer
+            .fetch_metadata(Some(topic), timeout)
+            .map_err(kafka_err("reading topic metadata"))?;
+        let exists = metadata
+            .topics()
+            .iter()
+            .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty());
+        if !exists {
+            missing.push(topic.clone());
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !kafka.create_topics {
+        return Err(ForwardError::MissingTopic {
+            topic: missing.swap_remove(0),
+        });
+    }
+    let admin: AdminClient<DefaultClientContext> = reader
+        .create()
+        .map_err(kafka_err("creating an admin client"))?;
+    let partitions = kafka.partitions.as_ref().map_or(-1, |p| *p.get_ref());
+    let replication = kafka
+        .replication_factor
+        .as_ref()
+        .map_or(-1, |r| *r.get_ref());
+    let new: Vec<NewTopic> = missing
+        .iter()
+        .map(|topic| {
+            let mut new = NewTopic::new(topic, partitions, TopicReplication::Fixed(replication));
+            if topic == progress_topic {
+                for (key, value) in PROGRESS_TOPIC_CONFIG {
+                    new = new.set(key, value);
+                }
+            }
+            new
+        })
+        .collect();
+    let options = AdminOptions::new()
+        .request_timeout(Some(timeout))
+        .operation_timeout(Some(timeout));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(ForwardError::Runtime)?;
+    let results = runtime
+        .block_on(admin.create_topics(new.iter(), &options))
+        .map_err(kafka_err("creating topics"))?;
+    for result in results {
+        match result {
+            Ok(topic) => tracing::info!(topic, "created Kafka topic"),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((_, code)) => {
+                return Err(ForwardError::Kafka {
+                    during: "creating topics",
+                    source: KafkaError::AdminOp(code),
+                })
+            }
+        }
+    }
+    Ok(())
+}
+
+fn kafka_err(during: &'static str) -> impl Fn(KafkaError) -> ForwardError {
+    kafka(during)
+}
