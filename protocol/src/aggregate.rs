@@ -26,7 +26,8 @@
 //!
 //! # Invariants (checked on decode)
 //!
-//! `count == 0` exactly when `first` and `last` are `None` and the sketch is empty; otherwise
+//! `count == 0` exactly when `first` and `last` are `None`, the sketch is empty and every float
+//! is `+0.0` (the empty aggregate is exactly [`Aggregate::new`]); otherwise
 //! `sketch.count() == count`, `min <= mean <= max` (within rounding), all floats finite,
 //! `m2 >= 0`, `first.ts_ms <= last.ts_ms`.
 
@@ -227,7 +228,11 @@ impl Aggregate {
         let floats = [self.sum, self.min, self.max, self.mean, self.m2];
         let points = [self.first, self.last];
         let consistent = if self.count == 0 {
-            points.iter().all(Option::is_none) && self.sketch.count() == 0
+            // The empty aggregate is exactly `Aggregate::new()`: no stray floats (a NaN mean
+            // would poison every merge that later adds readings).
+            floats.iter().all(|f| f.to_bits() == 0)
+                && points.iter().all(Option::is_none)
+                && self.sketch.count() == 0
         } else {
             let slack = 1e-9 * (self.min.abs().max(self.max.abs()) + 1.0);
             floats.iter().all(|f| f.is_finite())
@@ -430,6 +435,17 @@ mod tests {
             Err(AggregateError::Malformed)
         );
         assert_eq!(Aggregate::decode(&[]), Err(AggregateError::Malformed));
+    }
+
+    /// Regression (found by the partial_decoder fuzz target): an empty aggregate carrying a NaN
+    /// mean decoded fine, and would have poisoned every later merge.
+    #[test]
+    fn decoding_refuses_an_empty_aggregate_with_stray_floats() {
+        let mut a = Aggregate::new();
+        a.mean = f64::NAN;
+        let mut buf = [0u8; MAX_ENCODED_LEN];
+        let n = a.encode(&mut buf).unwrap();
+        assert_eq!(Aggregate::decode(&buf[..n]), Err(AggregateError::Inconsistent));
     }
 
     #[test]
