@@ -4,6 +4,10 @@
 //! awaited until they drain. The writer stops between commits and the sources stop polling;
 //! whatever was not committed was not acked, so the brokers redeliver it on the next start.
 //!
+//! With a `[kafka]` table the forwarder ([`crate::forward`]) drains the outbox on a blocking
+//! thread of its own; a fatal forwarder error (fenced, another instance's progress, a missing
+//! topic) stops the whole agent with that error.
+//!
 //! Only ingest exists so far: nothing downstream trims the log yet, so under `backpressure`
 //! the agent stops acknowledging once the quota is reached (the windowing issue adds the
 //! consumer of the log).
@@ -16,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+use crate::forward::{ForwardError, ForwardMetrics, Forwarder};
 use crate::ingest::writer::{BatchLimits, Writer};
 use crate::ingest::{Counters, IngestError, IngestLog, Limits};
 use crate::mapping::Mapper;
@@ -28,6 +33,11 @@ use crate::source::serial::{SerialCounters, SerialSourceTask};
 pub enum ServiceError {
     #[error("ingest log: {0}")]
     Ingest(#[from] IngestError),
+    /// Fatal for the forwarder: fenced, another instance's progress, a missing topic, ...
+    #[error(transparent)]
+    Forward(#[from] ForwardError),
+    #[error("the forwarder's thread failed")]
+    ForwarderThread,
 }
 
 /// The ingest limits a configuration asks for.
@@ -53,6 +63,7 @@ pub async fn run_with_counters(
 ) -> Result<(), ServiceError> {
     let path = config.ingest_path();
     let log = IngestLog::open(&path, limits(&config))?;
+    let database = log.database();
     let (submissions, submissions_rx) = mpsc::channel(*config.buffer.channel_capacity.get_ref());
     // No downstream stage trims yet; the sender is kept so the writer's trim input stays open.
     let (_trims, trims_rx) = mpsc::channel(16);
@@ -101,6 +112,12 @@ pub async fn run_with_counters(
         };
         tracker.spawn(task.run());
     }
+    // The forwarder (with a `[kafka]` table) drains the outbox on a blocking thread of its own.
+    let forwarder = Forwarder::from_config(&config, database, Arc::new(ForwardMetrics::default()))
+        .map(|f| {
+            let cancel = cancel.clone();
+            tracker.spawn_blocking(move || f.run(cancel))
+        });
     drop(submissions);
     tracker.close();
     tracing::info!(
@@ -108,9 +125,28 @@ pub async fn run_with_counters(
         "edge-agent ingesting"
     );
 
-    let result = match writer.await {
+    let writer_result = |joined: Result<Result<(), IngestError>, _>| match joined {
         Ok(result) => result.map_err(ServiceError::from),
         Err(_) => Err(ServiceError::Ingest(IngestError::WriterThread)),
+    };
+    let forwarder_result = |joined: Result<Result<(), ForwardError>, _>| match joined {
+        Ok(result) => result.map_err(ServiceError::from),
+        Err(_) => Err(ServiceError::ForwarderThread),
+    };
+    let result = match forwarder {
+        None => writer_result(writer.await),
+        // Whichever stops first with an error stops the agent. A writer without sources ends at
+        // once; the forwarder then keeps draining until cancelled.
+        Some(mut forwarder) => {
+            let mut writer = writer;
+            tokio::select! {
+                joined = &mut writer => match writer_result(joined) {
+                    Ok(()) if !cancel.is_cancelled() => forwarder_result(forwarder.await),
+                    other => other,
+                },
+                joined = &mut forwarder => forwarder_result(joined),
+            }
+        }
     };
     cancel.cancel();
     tracker.wait().await;
