@@ -13,7 +13,7 @@
 //! | [`source`] | `payload` parsers (no I/O); `mqtt` (rumqttc, persistent session, manual acks after commit); `serial` (link frames with cumulative acks after commit, or text lines) and its `link_acks` state machine |
 //! | [`ingest`] | the redb ingest log (`IngestLog`) and its group-committing `writer`; acks released only after commit; dedupe; quota |
 //! | [`service`] | wiring for `edge-agent run`: writer + sources, one cancellation token, one tracker |
-//! | `window` (windowing issue) | event-time windows, watermarks, partial aggregates |
+//! | [`window`] | event-time windows per pipeline: the pure state machine (watermark per series, idle close, late output, revisions, open-window cap) |
 //! | `outbox` (forwarding issue) | dense-sequence records waiting for Kafka |
 //! | [`forward`] | transactional Kafka producer, progress marker in a compacted topic, trim after commit |
 //! | `ops` (operations issue) | metrics, health, systemd notify and watchdog, `inspect` |
@@ -27,6 +27,7 @@ pub mod outbox;
 pub mod reading;
 pub mod service;
 pub mod source;
+pub mod window;
 
 /// The agent's version, as reported by `--version` and in logs.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
