@@ -10,7 +10,7 @@
 //! | `[[mqtt]]` | one broker connection: `url` (`mqtt://` or `mqtts://`), credentials, `[[mqtt.subscribe]]`, `[mqtt.payload]` |
 //! | `[[serial]]` | one serial line: `path`, `baud`, `framing = "link" \| "line"` |
 //! | `[[sensor]]` | the sensor mapping: a topic pattern with `{captures}` (MQTT) or a device channel (serial) to an `id` template, `unit`, `scale`, `offset`, `min`/`max` |
-//! | `[[pipeline]]` | which sensors (`*` globs over sensor ids) go to which pipeline; windows arrive with the windowing issue |
+//! | `[[pipeline]]` | which sensors (`*` globs over sensor ids) go to which pipeline; `[pipeline.window]` (see [`WindowConfig`]): kind, size, slide, lateness, idle timeout, late policy, revisions, cap, grouping |
 //! | `[kafka]` | the forwarder: `bootstrap_servers`, `client` (librdkafka passthrough), `[kafka.topics]`, topic creation, transaction and batch limits (see [`KafkaSection`]) |
 //!
 //! # Invariants
@@ -29,6 +29,7 @@
 mod error;
 mod kafka;
 mod validate;
+mod window;
 
 use std::path::{Path, PathBuf};
 
@@ -38,6 +39,7 @@ use toml::Spanned;
 pub use error::{ConfigError, Invalid, Location};
 pub use kafka::{validate_kafka, KafkaSection, KafkaTopics, RESERVED_CLIENT_KEYS};
 pub use validate::validate;
+pub use window::{validate_window, WindowConfig, WindowKind};
 
 /// The whole file.
 #[derive(Debug, Clone, Deserialize)]
@@ -270,13 +272,16 @@ fn default_scale() -> f64 {
     1.0
 }
 
-/// `[[pipeline]]`: which sensors go where. Windows come with the windowing issue.
+/// `[[pipeline]]`: which sensors go where. A reading goes to the first pipeline (in file order)
+/// with a matching glob; one that matches none is counted as unrouted and not forwarded.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Pipeline {
     pub name: Spanned<String>,
     /// Globs over sensor ids; `*` matches any run of characters.
     pub sensors: Vec<Spanned<String>>,
+    /// `[pipeline.window]`; without it readings pass through unchanged.
+    pub window: Option<WindowConfig>,
 }
 
 impl Config {

@@ -97,6 +97,11 @@ pub enum Invalid {
     },
     #[error("a `[[sensor]]` for MQTT source `{source_name}` needs `topic`")]
     MissingTopic { source_name: String },
+    #[error("`window.{field}` {reason}")]
+    BadWindow {
+        field: &'static str,
+        reason: &'static str,
+    },
     #[error("pipeline name `{name}` is used twice")]
     DuplicatePipeline { name: String },
     #[error("`kafka.client.\"{key}\"` is set by the forwarder itself (exactly-once depends on it); reserved: {reserved:?}")]

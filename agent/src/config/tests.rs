@@ -149,14 +149,11 @@ fn bad_urls_qos_and_topic_filters_are_refused() {
 }
 
 #[test]
-fn windows_are_not_accepted_yet() {
+fn a_window_must_be_a_table() {
     let text =
         format!("{MINIMAL}\n[[pipeline]]\nname = \"p\"\nsensors = [\"*\"]\nwindow = \"10s\"\n");
     let message = error_of(&text).to_string();
-    assert!(
-        message.contains("window") && message.contains("sensors"),
-        "{message}"
-    );
+    assert!(message.contains("window"), "{message}");
 }
 
 #[test]

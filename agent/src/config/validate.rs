@@ -68,6 +68,9 @@ pub fn validate(config: &Config) -> Result<(), Failure> {
                 )
             })?;
         }
+        if let Some(window) = &pipeline.window {
+            super::validate_window(window, &config.agent.id)?;
+        }
     }
     if let Some(kafka) = &config.kafka {
         super::validate_kafka(kafka)?;
