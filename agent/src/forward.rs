@@ -204,6 +204,18 @@ impl Session<'_> {
             )?;
             self.ensured.extend(topics);
         }
+        // Before fencing anyone: a quick look at whose markers carry our id, so a second
+        // gateway with the same id refuses to start without stopping the first.
+        let glance = progress::read_last(
+            &self.reader_config,
+            self.routes.progress(),
+            &f.agent,
+            progress::Wait::No,
+            cancel,
+        )?;
+        if let Some(m) = glance {
+            self.check_instance(&m)?;
+        }
         let producer: BaseProducer = self
             .producer_config
             .create()
@@ -243,34 +255,17 @@ impl Session<'_> {
         // `transaction.max.timeout.ms` caps it at 15 min by default); we wait for twice ours.
         let lso_wait =
             Duration::from_millis(f.kafka.transaction_timeout_ms.get_ref().saturating_mul(2));
-        let marker = progress::read_last(&self.reader_config, topic, &f.agent, lso_wait, cancel)?;
+        let marker = progress::read_last(
+            &self.reader_config,
+            topic,
+            &f.agent,
+            progress::Wait::ForHighWatermark(lso_wait),
+            cancel,
+        )?;
         let stats = outbox::stats(&f.db)?;
-        let last = match marker {
+        let last = match &marker {
             None => 0,
-            Some(m) => {
-                let foreign = m.instance != self.instance;
-                let ahead = m.last_seq >= stats.next_seq;
-                if (foreign || ahead) && f.kafka.adopt_agent_id {
-                    tracing::warn!(agent = f.agent, theirs = %m.instance, ours = %self.instance,
-                        marker_seq = m.last_seq, "forwarder: adopting the agent id's progress (kafka.adopt_agent_id)");
-                    0
-                } else if foreign {
-                    return Err(ForwardError::ForeignInstance {
-                        agent: f.agent.clone(),
-                        topic: topic.to_owned(),
-                        ours: self.instance,
-                        theirs: m.instance,
-                    });
-                } else if ahead {
-                    return Err(ForwardError::MarkerAhead {
-                        agent: f.agent.clone(),
-                        marker_seq: m.last_seq,
-                        next_seq: stats.next_seq,
-                    });
-                } else {
-                    m.last_seq
-                }
-            }
+            Some(m) => self.check_instance(m)?,
         };
         tracing::info!(
             agent = f.agent,
@@ -279,6 +274,35 @@ impl Session<'_> {
             "forwarder: progress read from Kafka"
         );
         Ok(last)
+    }
+
+    /// Where a marker lets this instance resume: its seq when it is ours and within the outbox;
+    /// 0 when another instance's (or one ahead of us) is adopted; else the refusal.
+    fn check_instance(&self, m: &Marker) -> Result<u64, ForwardError> {
+        let f = self.forwarder;
+        let next_seq = outbox::stats(&f.db)?.next_seq;
+        let foreign = m.instance != self.instance;
+        let ahead = m.last_seq >= next_seq;
+        if (foreign || ahead) && f.kafka.adopt_agent_id {
+            tracing::warn!(agent = f.agent, theirs = %m.instance, ours = %self.instance,
+                marker_seq = m.last_seq, "forwarder: adopting the agent id's progress (kafka.adopt_agent_id)");
+            Ok(0)
+        } else if foreign {
+            Err(ForwardError::ForeignInstance {
+                agent: f.agent.clone(),
+                topic: self.routes.progress().to_owned(),
+                ours: self.instance,
+                theirs: m.instance,
+            })
+        } else if ahead {
+            Err(ForwardError::MarkerAhead {
+                agent: f.agent.clone(),
+                marker_seq: m.last_seq,
+                next_seq,
+            })
+        } else {
+            Ok(m.last_seq)
+        }
     }
 
     /// Checks (or creates) topics of routes seen for the first time.

@@ -177,13 +177,24 @@ pub fn instance_id(db: &Database) -> Result<InstanceId, ForwardError> {
 /// First chunk read backwards from the high watermark; each further chunk is 4 times larger.
 const FIRST_CHUNK: i64 = 256;
 
-/// Reads the newest committed marker keyed `agent` in `topic`, waiting (up to `lso_wait`) for
-/// other producers' open transactions to end. `None`: this agent never committed one.
+/// How far [`read_last`] reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    /// Up to the high watermark, waiting at most this long for open transactions to end: the
+    /// authoritative read.
+    ForHighWatermark(Duration),
+    /// Only what is readable now (stops at the last stable offset): a quick look that may miss
+    /// the newest marker, good enough to see whose markers these are.
+    No,
+}
+
+/// Reads the newest committed marker keyed `agent` in `topic`. `None`: this agent never
+/// committed one (or, with [`Wait::No`], none is readable yet).
 pub fn read_last(
     client: &ClientConfig,
     topic: &str,
     agent: &str,
-    lso_wait: Duration,
+    wait: Wait,
     cancel: &CancellationToken,
 ) -> Result<Option<Marker>, ForwardError> {
     let timeout = Duration::from_secs(10);
@@ -220,9 +231,15 @@ pub fn read_last(
         let (low, high) = watermarks
             .fetch_watermarks(topic, partition, timeout)
             .map_err(kafka("reading progress watermarks"))?;
-        let found = newest_in_partition(
-            &reader, topic, partition, agent, low, high, lso_wait, cancel,
-        )?;
+        let scan = Scan {
+            reader: &reader,
+            topic,
+            partition,
+            agent,
+            high,
+            wait,
+        };
+        let found = newest_in_partition(&scan, low, cancel)?;
         // Several partitions hold markers only if the topic's partition count changed; the
         // newest commit wins.
         if let Some(m) = found {
@@ -237,24 +254,26 @@ pub fn read_last(
     Ok(newest)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn newest_in_partition(
-    reader: &BaseConsumer,
-    topic: &str,
+/// One partition being searched.
+struct Scan<'a> {
+    reader: &'a BaseConsumer,
+    topic: &'a str,
     partition: i32,
-    agent: &str,
-    low: i64,
+    agent: &'a str,
     high: i64,
-    lso_wait: Duration,
+    wait: Wait,
+}
+
+fn newest_in_partition(
+    scan: &Scan<'_>,
+    low: i64,
     cancel: &CancellationToken,
 ) -> Result<Option<Marker>, ForwardError> {
-    let mut end = high;
+    let mut end = scan.high;
     let mut chunk = FIRST_CHUNK;
     while end > low {
         let start = end.saturating_sub(chunk).max(low);
-        let found = read_range(
-            reader, topic, partition, agent, start, end, high, lso_wait, cancel,
-        )?;
+        let found = read_range(scan, start, end, cancel)?;
         if found.is_some() {
             return Ok(found);
         }
@@ -265,26 +284,25 @@ fn newest_in_partition(
 }
 
 /// The last marker keyed `agent` in offsets `[start, end)`, reading until the position reaches
-/// `end`.
-#[allow(clippy::too_many_arguments)]
+/// `end` (or, with [`Wait::No`], until the end of what is readable).
 fn read_range(
-    reader: &BaseConsumer,
-    topic: &str,
-    partition: i32,
-    agent: &str,
+    scan: &Scan<'_>,
     start: i64,
     end: i64,
-    high: i64,
-    lso_wait: Duration,
     cancel: &CancellationToken,
 ) -> Result<Option<Marker>, ForwardError> {
+    let (topic, partition) = (scan.topic, scan.partition);
     let mut assignment = TopicPartitionList::new();
     assignment
         .add_partition_offset(topic, partition, Offset::Offset(start))
         .map_err(kafka("assigning the progress partition"))?;
-    reader
+    scan.reader
         .assign(&assignment)
         .map_err(kafka("assigning the progress partition"))?;
+    let lso_wait = match scan.wait {
+        Wait::ForHighWatermark(d) => d,
+        Wait::No => Duration::from_secs(10),
+    };
     let deadline = Instant::now() + lso_wait;
     let mut found = None;
     let mut position = start;
@@ -300,15 +318,20 @@ fn read_range(
                 topic: topic.to_owned(),
                 partition,
                 position,
-                high,
+                high: scan.high,
                 waited: lso_wait,
             });
         }
-        match reader.poll(Duration::from_millis(100)) {
-            None | Some(Err(KafkaError::PartitionEOF(_))) => {}
+        match scan.reader.poll(Duration::from_millis(100)) {
+            None => {}
+            Some(Err(KafkaError::PartitionEOF(_))) => {
+                if scan.wait == Wait::No {
+                    return Ok(found);
+                }
+            }
             Some(Err(e)) => return Err(kafka("reading the progress topic")(e)),
             Some(Ok(m)) => {
-                if m.offset() < end && m.key() == Some(agent.as_bytes()) {
+                if m.offset() < end && m.key() == Some(scan.agent.as_bytes()) {
                     let bytes = m.payload().unwrap_or_default();
                     let marker =
                         Marker::decode(bytes).map_err(|reason| ForwardError::BadMarker {
@@ -323,7 +346,7 @@ fn read_range(
         }
         // The position also moves past aborted records and transaction markers, which the
         // reader never returns as messages.
-        if let Ok(list) = reader.position() {
+        if let Ok(list) = scan.reader.position() {
             if let Some(Offset::Offset(p)) =
                 list.find_partition(topic, partition).map(|e| e.offset())
             {
