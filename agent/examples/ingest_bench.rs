@@ -11,6 +11,15 @@
 //!    queued in a persistent session, drained once by a bare manual-ack rumqttc subscriber
 //!    (acks on receipt) and once by the agent (`service::run`: parsed, mapped, committed, then
 //!    acked); both receive rates and their ratio.
+//!
+//! ```text
+//! cargo build --release -p edge-agent --bin edge-agent --example ingest_bench
+//! target/release/examples/ingest_bench steady MQTT_URL [RATE] [SECONDS]
+//! ```
+//!
+//! 3. **Steady** rate: the `edge-agent` binary (next to `examples/`) runs as a child process
+//!    while QoS 1 readings from 1,000 sensors arrive at `RATE`/s (default 10,000) for `SECONDS`
+//!    (default 30); prints the agent's peak RSS (`VmHWM`) and how many readings it committed.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -26,7 +35,17 @@ use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() {
-    let mut args = std::env::args().skip(1);
+    let mut args = std::env::args().skip(1).peekable();
+    if args.peek().map(String::as_str) == Some("steady") {
+        let _ = args.next();
+        let url = args
+            .next()
+            .unwrap_or_else(|| "mqtt://127.0.0.1:18830".to_owned());
+        let rate: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(10_000);
+        let secs: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(30);
+        steady(&url, rate, secs).await;
+        return;
+    }
     let readings: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(200_000);
     let linger_ms: u64 = std::env::var("LINGER_MS")
         .ok()
@@ -243,4 +262,117 @@ id = "{{dev}}"
     println!("MQTT QoS 1, {n} messages queued in a persistent session, drained:");
     println!("  bare rumqttc subscriber (ack on receipt): {bare:.0} msg/s");
     println!("  edge-agent (parse, map, commit with fsync, then ack): {durable:.0} readings/s = {:.2} of bare", durable / bare);
+}
+
+/// The agent binary as a child under a steady MQTT load; prints its peak RSS.
+async fn steady(url: &str, rate: u64, secs: u64) {
+    let exe = std::env::current_exe().expect("exe");
+    let bin = exe
+        .parent()
+        .and_then(|p| p.parent())
+        .expect("target/release")
+        .join("edge-agent");
+    assert!(
+        bin.exists(),
+        "{} missing: cargo build --release -p edge-agent --bin edge-agent",
+        bin.display()
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let run = std::process::id();
+    let topic = format!("steady/{run}");
+    let agent_id = format!("steady-agent-{run}");
+    let config_path = dir.path().join("agent.toml");
+    std::fs::write(
+        &config_path,
+        format!(
+            r#"
+[agent]
+id = "steady"
+data_dir = {:?}
+[[mqtt]]
+name = "b"
+url = "{url}"
+client_id = "{agent_id}"
+payload = {{ format = "json", value = "/v", timestamp = "/ts" }}
+subscribe = [{{ topic = "{topic}/+/v", qos = 1 }}]
+[[sensor]]
+source = "b"
+topic = "{topic}/{{sensor}}/v"
+id = "{{sensor}}"
+"#,
+            dir.path().display().to_string()
+        ),
+    )
+    .expect("config");
+    let mut child = std::process::Command::new(&bin)
+        .args(["run", "--config"])
+        .arg(&config_path)
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .expect("spawn agent");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut popts = options(url, &format!("steady-pub-{run}"));
+    popts
+        .set_clean_session(true)
+        .set_manual_acks(false)
+        .set_inflight(1000);
+    let (publisher, mut pev) = AsyncClient::new(popts, 10_000);
+    let poller = tokio::spawn(async move { while pev.poll().await.is_ok() {} });
+    let total = rate * secs;
+    let per_tick = (rate / 100).max(1);
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    let started = Instant::now();
+    let mut sent = 0;
+    let mut peak_kib = 0;
+    while sent < total {
+        tick.tick().await;
+        for _ in 0..per_tick.min(total - sent) {
+            let body = format!(r#"{{"v":{sent},"ts":{}}}"#, 1_700_000_000_000 + sent);
+            publisher
+                .publish(
+                    format!("{topic}/s{}/v", sent % 1000),
+                    QoS::AtLeastOnce,
+                    false,
+                    body,
+                )
+                .await
+                .expect("publish");
+            sent += 1;
+        }
+        if sent % (rate / 2).max(1) < per_tick {
+            peak_kib = peak_kib.max(vm_hwm_kib(child.id()));
+        }
+    }
+    let offered = sent as f64 / started.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    peak_kib = peak_kib.max(vm_hwm_kib(child.id()));
+    let _ = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let _ = child.wait();
+    poller.abort();
+    let config = Config::load(&config_path).expect("config");
+    let log =
+        IngestLog::open(&config.ingest_path(), edge_agent::service::limits(&config)).expect("log");
+    let stats = log.stats().expect("stats");
+    println!(
+        "steady: {sent} QoS 1 readings from 1000 sensors at {offered:.0}/s offered for {secs} s"
+    );
+    println!(
+        "  edge-agent peak RSS (VmHWM) {:.1} MiB; committed {} readings",
+        peak_kib as f64 / 1024.0,
+        stats.accepted
+    );
+}
+
+fn vm_hwm_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
 }

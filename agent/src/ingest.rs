@@ -53,6 +53,10 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// Estimated B-tree bytes per row besides key and value (FACTS: 71 bytes on disk for a
 /// 40-byte record with an 8-byte key).
 pub const ROW_OVERHEAD: u64 = 32;
+/// redb's page cache (its default is 1 GiB, grown as pages are touched). Memory is bounded by
+/// configuration, not by the log's size: the writer only appends at the end and readers read
+/// bounded batches in order, so a small cache costs little.
+pub const CACHE_BYTES: usize = 4 * 1024 * 1024;
 /// Dead letters keep at most this many bytes of the original payload.
 pub const DEAD_LETTER_PAYLOAD_CAP: usize = 1024;
 
@@ -328,7 +332,9 @@ impl IngestLog {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        let db = Database::create(path)?;
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(path)?;
         let txn = db.begin_write()?;
         for table in [READINGS, DEAD_LETTERS, DEDUPE_AGE] {
             txn.open_table(table)?;
@@ -410,7 +416,16 @@ impl IngestLog {
         from: u64,
         limit: usize,
     ) -> Result<Vec<(u64, Reading)>, IngestError> {
-        let txn = self.db.begin_read()?;
+        IngestLog::readings_in(&self.db, from, limit)
+    }
+
+    /// [`IngestLog::readings_from`] on a shared handle (the windowing stage's).
+    pub fn readings_in(
+        db: &Database,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Reading)>, IngestError> {
+        let txn = db.begin_read()?;
         let table = txn.open_table(READINGS)?;
         let mut out = Vec::new();
         for row in table.range(from..)?.take(limit) {
@@ -429,7 +444,16 @@ impl IngestLog {
         from: u64,
         limit: usize,
     ) -> Result<Vec<(u64, Vec<u8>)>, IngestError> {
-        let txn = self.db.begin_read()?;
+        IngestLog::dead_letters_in(&self.db, from, limit)
+    }
+
+    /// [`IngestLog::dead_letters_from`] on a shared handle.
+    pub fn dead_letters_in(
+        db: &Database,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, IngestError> {
+        let txn = db.begin_read()?;
         let table = txn.open_table(DEAD_LETTERS)?;
         let mut out = Vec::new();
         for row in table.range(from..)?.take(limit) {
