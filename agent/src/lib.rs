@@ -13,6 +13,7 @@
 //! | [`source`] | `payload` parsers (no I/O); `mqtt` (rumqttc, persistent session, manual acks after commit); `serial` (link frames with cumulative acks after commit, or text lines) and its `link_acks` state machine |
 //! | [`ingest`] | the redb ingest log (`IngestLog`) and its group-committing `writer`; acks released only after commit; dedupe; quota |
 //! | [`service`] | wiring for `edge-agent run`: writer + sources, one cancellation token, one tracker |
+//! | [`stage`] | the windowing task: ingest log -> windows -> outbox in one transaction per batch, with cursors, window state and trimming (exactly-once reasoning) |
 //! | [`window`] | event-time windows per pipeline: the pure state machine (watermark per series, idle close, late output, revisions, open-window cap) |
 //! | `outbox` (forwarding issue) | dense-sequence records waiting for Kafka |
 //! | [`forward`] | transactional Kafka producer, progress marker in a compacted topic, trim after commit |
@@ -27,6 +28,7 @@ pub mod outbox;
 pub mod reading;
 pub mod service;
 pub mod source;
+pub mod stage;
 pub mod window;
 
 /// The agent's version, as reported by `--version` and in logs.

@@ -8,9 +8,10 @@
 //! thread of its own; a fatal forwarder error (fenced, another instance's progress, a missing
 //! topic) stops the whole agent with that error.
 //!
-//! Only ingest exists so far: nothing downstream trims the log yet, so under `backpressure`
-//! the agent stops acknowledging once the quota is reached (the windowing issue adds the
-//! consumer of the log).
+//! The windowing stage ([`crate::stage`]) consumes the log on a blocking thread: windows,
+//! pass-through, late readings and dead letters go to the outbox in the transaction that
+//! advances its cursor and trims the log (which frees quota: the writer re-checks it). A fatal
+//! stage error (corruption) stops the whole agent with that error.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +28,7 @@ use crate::mapping::Mapper;
 use crate::source::mqtt::{MqttSourceTask, SourceCounters};
 use crate::source::payload::PayloadParser;
 use crate::source::serial::{SerialCounters, SerialSourceTask};
+use crate::stage::{Stage, StageCounters, StageError};
 
 /// Why the agent stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +40,8 @@ pub enum ServiceError {
     Forward(#[from] ForwardError),
     #[error("the forwarder's thread failed")]
     ForwarderThread,
+    #[error(transparent)]
+    Stage(#[from] StageError),
 }
 
 /// The ingest limits a configuration asks for.
@@ -64,6 +68,13 @@ pub async fn run_with_counters(
     let path = config.ingest_path();
     let log = IngestLog::open(&path, limits(&config))?;
     let database = log.database();
+    let stage = Stage::open(
+        database.clone(),
+        Arc::new(config.clone()),
+        *config.buffer.batch_max_readings.get_ref(),
+        crate::stage::unix_ms(),
+    )?;
+    let stage_counters: Arc<StageCounters> = stage.counters.clone();
     let (submissions, submissions_rx) = mpsc::channel(*config.buffer.channel_capacity.get_ref());
     // No downstream stage trims yet; the sender is kept so the writer's trim input stays open.
     let (_trims, trims_rx) = mpsc::channel(16);
@@ -112,6 +123,17 @@ pub async fn run_with_counters(
         };
         tracker.spawn(task.run());
     }
+    let stage_task = {
+        let cancel = cancel.clone();
+        tracker.spawn_blocking(move || {
+            let result = stage.run(&cancel);
+            if let Err(error) = &result {
+                tracing::error!(%error, "windowing stage failed fatally; stopping");
+                cancel.cancel();
+            }
+            result
+        })
+    };
     // The forwarder (with a `[kafka]` table) drains the outbox on a blocking thread of its own.
     let forwarder = Forwarder::from_config(&config, database, Arc::new(ForwardMetrics::default()))
         .map(|f| {
@@ -150,5 +172,15 @@ pub async fn run_with_counters(
     };
     cancel.cancel();
     tracker.wait().await;
-    result
+    let stage_result = match stage_task.await {
+        Ok(r) => r.map_err(ServiceError::from),
+        Err(_) => Err(ServiceError::Ingest(IngestError::WriterThread)),
+    };
+    tracing::info!(
+        windows_closed = stage_counters
+            .windows_closed
+            .load(std::sync::atomic::Ordering::Relaxed),
+        "edge-agent stopped"
+    );
+    result.and(stage_result)
 }

@@ -344,17 +344,31 @@ impl Windows {
             .map(|(k, _)| k.clone())
             .collect();
         for key in idle {
-            let size = self.spec.size_ms;
-            if let Some(s) = self.series.get_mut(&key) {
-                let newest_end = s.open.keys().next_back().map(|start| start + size);
-                if let Some(end) = newest_end.filter(|end| *end > s.watermark) {
-                    s.watermark = end;
-                }
-            }
             let before = self.counts.windows_closed;
-            self.close_through(&key, out);
+            self.close_series(&key, out);
             self.counts.idle_closes += self.counts.windows_closed - before;
         }
+    }
+
+    /// Closes every open window now, as if every series were idle. For a pipeline whose window
+    /// shape changed in the configuration: its old windows are sent, then it starts afresh.
+    pub fn close_all(&mut self, out: &mut Vec<Output>) {
+        let keys: Vec<String> = self.series.keys().cloned().collect();
+        for key in keys {
+            self.close_series(&key, out);
+        }
+    }
+
+    /// Advances `key`'s watermark to the end of its newest open window and closes them all.
+    fn close_series(&mut self, key: &str, out: &mut Vec<Output>) {
+        let size = self.spec.size_ms;
+        if let Some(s) = self.series.get_mut(key) {
+            let newest_end = s.open.keys().next_back().map(|start| start + size);
+            if let Some(end) = newest_end.filter(|end| *end > s.watermark) {
+                s.watermark = end;
+            }
+        }
+        self.close_through(key, out);
     }
 
     fn reject(&mut self, reading: &Reading, why: Unwindowable, out: &mut Vec<Output>) {

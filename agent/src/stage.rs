@@ -1,0 +1,552 @@
+//! The windowing stage: ingest log -> windows -> outbox, one redb transaction per batch.
+//!
+//! Each [`Stage::step`] reads at most `batch` readings from its cursor and at most `batch`
+//! dead letters from theirs (bounded memory however long the backlog), routes each reading to
+//! the first pipeline whose globs match, feeds windowed pipelines' [`Windows`] and turns the
+//! rest into pass-through records; when it has caught up with the log it also runs the idle
+//! close. Then **one** write transaction:
+//!
+//! 1. appends every output to the outbox (partials, pass-through and late readings, dead
+//!    letters from the ingest log and from unwindowable readings),
+//! 2. advances both cursors in `meta`,
+//! 3. stores the state of every pipeline the batch touched in `window_state`,
+//! 4. trims the ingest rows behind the cursors (freeing quota),
+//!
+//! and commits with fsync.
+//!
+//! # Why each window is emitted exactly once across crashes
+//!
+//! - The partial of a window, the state in which that window is no longer open, and the cursor
+//!   past the readings that closed it commit together or not at all (redb transactions are
+//!   atomic and durable). A crash before the commit leaves the previous state, cursor and
+//!   outbox, as if the batch had never been read; a crash after it has all three.
+//! - After a restart the stage loads the committed state and reads from the committed cursor.
+//!   The state machine is deterministic (`window` module doc), so replaying the same readings
+//!   from the same state gives the same outputs; nothing before the cursor is ever replayed, so
+//!   no committed output can be produced again.
+//! - Idle closes depend on the wall clock, so a replay need not repeat the closes an
+//!   uncommitted attempt made. That is safe because an idle close is nothing but a change to
+//!   the state (the series' watermark moves to the window's end), committed in the same
+//!   transaction as the partial it emitted: once committed, the window is closed in the stored
+//!   state and a later reading for it is late (or a revision), never a second revision 0; if
+//!   not committed, neither the partial nor the close exists. Replay can therefore neither
+//!   double-close nor reopen a window.
+//! - The outbox has its own dense sequence and the forwarder delivers it exactly once
+//!   (`outbox`, `forward`), which completes the chain to Kafka.
+//!
+//! # Tables (in the shared database, version 1)
+//!
+//! | table | key | value |
+//! | --- | --- | --- |
+//! | `meta` | `"window_next_reading"`, `"window_next_dead_letter"` | `u64` next sequence to read |
+//! | `window_state` | `&str` pipeline name | `u8 version = 1`, `u64 size_ms LE`, `u64 slide_ms LE`, then [`Windows::encode_state`] |
+//!
+//! One row per windowed pipeline, rewritten when a batch touched the pipeline; bounded by
+//! `max_open_windows` and the revision horizon. When the stored size or slide differs from the
+//! configuration, the stored windows are closed and emitted in the first commit and the
+//! pipeline starts afresh.
+//!
+//! # Record payloads
+//!
+//! - `Partial`: `edge_protocol::partial` version 1 bytes, key = series.
+//! - `Reading` / `Late`: JSON `{"sensor": .., "ts": <ms>, "value": .., "seq": <u64 or null>}`,
+//!   key = sensor id, route = pipeline.
+//! - `DeadLetter`: the ingest log's DeadLetter record v1 (`ingest/FORMAT.md`), key = source;
+//!   unwindowable readings become such a record with source `window:<pipeline>`, the reason,
+//!   and the stored Reading record as the payload.
+//!
+//! # Errors
+//!
+//! A failed step discards the in-memory machines and reloads state and cursors from the
+//! database (the last commit), so memory never runs ahead of what is durable.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use edge_protocol::partial::{Partial, MAX_ENCODED_LEN};
+use redb::{Database, Durability, ReadableDatabase, TableDefinition};
+
+use crate::config::Config;
+use crate::ingest::{DeadLetter, IngestError, IngestLog};
+use crate::mapping::Glob;
+use crate::outbox::{self, OutboxError, OutboxRecord, RecordKind};
+use crate::reading::Reading;
+use crate::window::{Counts, Output, WindowError, Windows};
+
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const WINDOW_STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("window_state");
+const NEXT_READING: &str = "window_next_reading";
+const NEXT_DEAD_LETTER: &str = "window_next_dead_letter";
+const STATE_ROW_VERSION: u8 = 1;
+
+/// Why a step failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    #[error("windowing stage: {0}")]
+    Redb(#[from] redb::Error),
+    #[error("windowing stage: {0}")]
+    Ingest(#[from] IngestError),
+    #[error("windowing stage: {0}")]
+    Outbox(#[from] OutboxError),
+    #[error("windowing stage: pipeline `{pipeline}`: {source}")]
+    Window {
+        pipeline: String,
+        #[source]
+        source: WindowError,
+    },
+    #[error("windowing stage: a partial does not encode: {0}")]
+    Partial(edge_protocol::partial::PartialError),
+}
+
+impl StageError {
+    /// Whether a retry (after reloading from the last commit) can succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            StageError::Redb(e) => matches!(e, redb::Error::Io(_) | redb::Error::PreviousIo),
+            StageError::Ingest(e) => e.is_retryable(),
+            StageError::Outbox(OutboxError::Redb(e)) => {
+                matches!(e, redb::Error::Io(_) | redb::Error::PreviousIo)
+            }
+            _ => false,
+        }
+    }
+}
+
+macro_rules! from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StageError {
+            fn from(e: $t) -> Self {
+                StageError::Redb(e.into())
+            }
+        }
+    )*};
+}
+from_redb!(
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    redb::SetDurabilityError
+);
+
+/// What the stage did, since start (published after each commit).
+#[derive(Debug, Default)]
+pub struct StageCounters {
+    pub readings: AtomicU64,
+    pub passed_through: AtomicU64,
+    pub unrouted: AtomicU64,
+    pub dead_letters: AtomicU64,
+    pub partials: AtomicU64,
+    pub windows_closed: AtomicU64,
+    pub idle_closes: AtomicU64,
+    pub forced_closes: AtomicU64,
+    pub revisions: AtomicU64,
+    pub late_forwarded: AtomicU64,
+    pub late_dropped: AtomicU64,
+    pub rejected: AtomicU64,
+    pub commits: AtomicU64,
+}
+
+struct Route {
+    name: String,
+    globs: Vec<Glob>,
+    windows: Option<Windows>,
+    /// Touched since the last commit: its state row must be rewritten.
+    dirty: bool,
+}
+
+/// The windowing stage over one database.
+pub struct Stage {
+    db: Arc<Database>,
+    config: Arc<Config>,
+    routes: Vec<Route>,
+    next_reading: u64,
+    next_dead_letter: u64,
+    batch: usize,
+    pending: Vec<OutboxRecord>,
+    pub counters: Arc<StageCounters>,
+}
+
+/// What one step did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Step {
+    pub readings: usize,
+    pub dead_letters: usize,
+    pub records: usize,
+    /// Fewer than `batch` readings were waiting: the log is drained.
+    pub caught_up: bool,
+}
+
+impl Stage {
+    /// Loads cursors and window state from `db` (creating the tables when missing).
+    pub fn open(
+        db: Arc<Database>,
+        config: Arc<Config>,
+        batch: usize,
+        now_ms: u64,
+    ) -> Result<Stage, StageError> {
+        outbox::create(&db)?;
+        let txn = db.begin_write()?;
+        txn.open_table(WINDOW_STATE)?;
+        txn.open_table(META)?;
+        txn.commit()?;
+        let mut stage = Stage {
+            db,
+            config,
+            routes: Vec::new(),
+            next_reading: 0,
+            next_dead_letter: 0,
+            batch: batch.max(1),
+            pending: Vec::new(),
+            counters: Arc::new(StageCounters::default()),
+        };
+        stage.reload(now_ms)?;
+        Ok(stage)
+    }
+
+    /// Rebuilds routes, machines and cursors from the last commit.
+    fn reload(&mut self, now_ms: u64) -> Result<(), StageError> {
+        self.pending.clear();
+        self.routes.clear();
+        let txn = self.db.begin_read()?;
+        let meta = txn.open_table(META)?;
+        self.next_reading = meta.get(NEXT_READING)?.map_or(0, |v| v.value());
+        self.next_dead_letter = meta.get(NEXT_DEAD_LETTER)?.map_or(0, |v| v.value());
+        let states = txn.open_table(WINDOW_STATE)?;
+        let agent = self.config.agent.id.get_ref().as_str();
+        for pipeline in &self.config.pipeline {
+            let name = pipeline.name.get_ref().clone();
+            let window_error = |source| StageError::Window {
+                pipeline: name.clone(),
+                source,
+            };
+            // Globs were validated with the configuration; an unparsable one matches nothing.
+            let globs = pipeline
+                .sensors
+                .iter()
+                .filter_map(|g| Glob::parse(g.get_ref()).ok())
+                .collect();
+            let mut dirty = false;
+            let windows = match &pipeline.window {
+                None => None,
+                Some(w) => {
+                    let spec = w.spec();
+                    let mut windows =
+                        Windows::new(spec.clone(), &name, agent).map_err(window_error)?;
+                    if let Some(row) = states.get(name.as_str())? {
+                        let row = row.value();
+                        let shape = row.get(1..17).map(|b| {
+                            let (size, slide) = b.split_at(8);
+                            let le = |b: &[u8]| b.try_into().map_or(0, i64::from_le_bytes);
+                            (le(size), le(slide))
+                        });
+                        let version = row.first().copied().unwrap_or(0);
+                        let Some((size_ms, slide_ms)) =
+                            shape.filter(|_| version == STATE_ROW_VERSION)
+                        else {
+                            return Err(window_error(WindowError::State { version }));
+                        };
+                        let mut old = spec.clone();
+                        (old.size_ms, old.slide_ms) = (size_ms, slide_ms);
+                        let mut stored = Windows::new(old, &name, agent).map_err(window_error)?;
+                        stored
+                            .restore_state(row.get(17..).unwrap_or_default(), now_ms)
+                            .map_err(window_error)?;
+                        if (size_ms, slide_ms) == (spec.size_ms, spec.slide_ms) {
+                            windows = stored;
+                        } else {
+                            tracing::warn!(
+                                pipeline = name,
+                                "window shape changed: closing the stored windows"
+                            );
+                            let mut out = Vec::new();
+                            stored.close_all(&mut out);
+                            self.pending.extend(records(&name, out, now_ms)?);
+                            dirty = true;
+                        }
+                    }
+                    Some(windows)
+                }
+            };
+            self.routes.push(Route {
+                name,
+                globs,
+                windows,
+                dirty,
+            });
+        }
+        Ok(())
+    }
+
+    /// One batch: read, window, commit. `now_ms` is the wall clock (idle closes, `created_ms`).
+    /// On error the stage has reloaded the last commit; the caller backs off and retries.
+    pub fn step(&mut self, now_ms: u64) -> Result<Step, StageError> {
+        let result = self.try_step(now_ms);
+        if result.is_err() {
+            if let Err(error) = self.reload(now_ms) {
+                tracing::warn!(%error, "reloading the windowing stage failed");
+            }
+        }
+        result
+    }
+
+    fn try_step(&mut self, now_ms: u64) -> Result<Step, StageError> {
+        let readings = IngestLog::readings_in(&self.db, self.next_reading, self.batch)?;
+        let dead = IngestLog::dead_letters_in(&self.db, self.next_dead_letter, self.batch)?;
+        let mut step = Step {
+            readings: readings.len(),
+            dead_letters: dead.len(),
+            records: 0,
+            caught_up: readings.len() < self.batch,
+        };
+        let mut records = std::mem::take(&mut self.pending);
+        for (_, reading) in &readings {
+            self.route(reading, now_ms, &mut records)?;
+        }
+        if step.caught_up {
+            for route in &mut self.routes {
+                if let Some(w) = &mut route.windows {
+                    let mut out = Vec::new();
+                    w.tick(now_ms, &mut out);
+                    if !out.is_empty() {
+                        route.dirty = true;
+                        records.extend(self::records(&route.name, out, now_ms)?);
+                    }
+                }
+            }
+        }
+        for (_, bytes) in &dead {
+            records.push(OutboxRecord {
+                kind: RecordKind::DeadLetter,
+                created_ms: now_ms,
+                route: String::new(),
+                key: dead_letter_source(bytes).to_vec(),
+                payload: bytes.clone(),
+            });
+        }
+        step.records = records.len();
+        let dirty = self.routes.iter().any(|r| r.dirty);
+        if readings.is_empty() && dead.is_empty() && records.is_empty() && !dirty {
+            return Ok(step);
+        }
+        let last_reading = readings.last().map(|(seq, _)| *seq);
+        let last_dead = dead.last().map(|(seq, _)| *seq);
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(Durability::Immediate)?;
+        outbox::append(&txn, &records)?;
+        {
+            let mut meta = txn.open_table(META)?;
+            if let Some(seq) = last_reading {
+                meta.insert(NEXT_READING, seq.saturating_add(1))?;
+            }
+            if let Some(seq) = last_dead {
+                meta.insert(NEXT_DEAD_LETTER, seq.saturating_add(1))?;
+            }
+            let mut states = txn.open_table(WINDOW_STATE)?;
+            for route in self.routes.iter().filter(|r| r.dirty) {
+                if let Some(w) = &route.windows {
+                    let spec = w.spec();
+                    let mut row = vec![STATE_ROW_VERSION];
+                    row.extend_from_slice(&spec.size_ms.to_le_bytes());
+                    row.extend_from_slice(&spec.slide_ms.to_le_bytes());
+                    row.extend_from_slice(&w.encode_state());
+                    states.insert(route.name.as_str(), row.as_slice())?;
+                }
+            }
+        }
+        IngestLog::trim_in(&txn, last_reading, last_dead)?;
+        txn.commit()?;
+        if let Some(seq) = last_reading {
+            self.next_reading = seq.saturating_add(1);
+        }
+        if let Some(seq) = last_dead {
+            self.next_dead_letter = seq.saturating_add(1);
+        }
+        self.publish(&step, &records);
+        Ok(step)
+    }
+
+    fn route(
+        &mut self,
+        reading: &Reading,
+        now_ms: u64,
+        records: &mut Vec<OutboxRecord>,
+    ) -> Result<(), StageError> {
+        let Some(route) = self
+            .routes
+            .iter_mut()
+            .find(|r| r.globs.iter().any(|g| g.matches(&reading.sensor)))
+        else {
+            self.counters.unrouted.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        };
+        match &mut route.windows {
+            None => {
+                self.counters.passed_through.fetch_add(1, Ordering::Relaxed);
+                records.push(reading_record(
+                    RecordKind::Reading,
+                    &route.name,
+                    reading,
+                    now_ms,
+                ));
+            }
+            Some(w) => {
+                let mut out = Vec::new();
+                w.push(reading, now_ms, &mut out);
+                route.dirty = true;
+                records.extend(self::records(&route.name, out, now_ms)?);
+            }
+        }
+        Ok(())
+    }
+
+    fn publish(&mut self, step: &Step, records: &[OutboxRecord]) {
+        let c = &self.counters;
+        let add = |a: &AtomicU64, n: u64| {
+            a.fetch_add(n, Ordering::Relaxed);
+        };
+        add(&c.commits, 1);
+        add(&c.readings, step.readings as u64);
+        add(&c.dead_letters, step.dead_letters as u64);
+        let partials = records
+            .iter()
+            .filter(|r| r.kind == RecordKind::Partial)
+            .count();
+        add(&c.partials, partials as u64);
+        for route in &mut self.routes {
+            route.dirty = false;
+            if let Some(w) = &mut route.windows {
+                let n: Counts = std::mem::take(&mut w.counts);
+                add(&c.windows_closed, n.windows_closed);
+                add(&c.idle_closes, n.idle_closes);
+                add(&c.forced_closes, n.forced_closes);
+                add(&c.revisions, n.revisions);
+                add(&c.late_forwarded, n.late_forwarded);
+                add(&c.late_dropped, n.late_dropped);
+                add(&c.rejected, n.rejected);
+            }
+        }
+    }
+
+    /// Open windows per pipeline, for metrics.
+    pub fn open_windows(&self) -> Vec<(String, usize)> {
+        self.routes
+            .iter()
+            .filter_map(|r| Some((r.name.clone(), r.windows.as_ref()?.open_windows())))
+            .collect()
+    }
+}
+
+/// Wall clock, ms since the Unix epoch.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+const POLL: std::time::Duration = std::time::Duration::from_millis(20);
+const BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl Stage {
+    /// Steps until `cancel` fires (checked between commits: a safe point), polling every 20 ms
+    /// when caught up. Retryable errors back off (20 ms .. 5 s) and retry from the last commit;
+    /// any other error is returned (fatal).
+    pub fn run(mut self, cancel: &tokio_util::sync::CancellationToken) -> Result<(), StageError> {
+        let mut backoff = POLL;
+        while !cancel.is_cancelled() {
+            match self.step(unix_ms()) {
+                Ok(step) => {
+                    backoff = POLL;
+                    if step.caught_up && step.dead_letters < self.batch {
+                        std::thread::sleep(POLL);
+                    }
+                }
+                Err(error) if error.is_retryable() => {
+                    tracing::error!(%error, retry_in_ms = backoff.as_millis() as u64, "windowing step failed; retrying from the last commit");
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The outbox records of a machine's outputs.
+fn records(pipeline: &str, out: Vec<Output>, now_ms: u64) -> Result<Vec<OutboxRecord>, StageError> {
+    let mut records = Vec::with_capacity(out.len());
+    let mut buf = vec![0u8; MAX_ENCODED_LEN];
+    for o in out {
+        records.push(match o {
+            Output::Partial(p) => partial_record(pipeline, &p, now_ms, &mut buf)?,
+            Output::Late(r) => reading_record(RecordKind::Late, pipeline, &r, now_ms),
+            Output::Rejected(r, why) => {
+                let source = format!("window:{pipeline}");
+                let dead = DeadLetter::new(now_ms, &source, &why, &r.encode());
+                OutboxRecord {
+                    kind: RecordKind::DeadLetter,
+                    created_ms: now_ms,
+                    route: String::new(),
+                    key: source.into_bytes(),
+                    payload: dead.encode(),
+                }
+            }
+        });
+    }
+    Ok(records)
+}
+
+fn partial_record(
+    pipeline: &str,
+    p: &Partial,
+    now_ms: u64,
+    buf: &mut [u8],
+) -> Result<OutboxRecord, StageError> {
+    let n = p.encode(buf).map_err(StageError::Partial)?;
+    Ok(OutboxRecord {
+        kind: RecordKind::Partial,
+        created_ms: now_ms,
+        route: pipeline.to_owned(),
+        key: p.series.as_bytes().to_vec(),
+        payload: buf[..n].to_vec(),
+    })
+}
+
+/// The pass-through / late JSON of the module doc.
+pub fn reading_json(reading: &Reading) -> Vec<u8> {
+    serde_json::json!({
+        "sensor": reading.sensor,
+        "ts": reading.ts_ms,
+        "value": reading.value,
+        "seq": reading.seq,
+    })
+    .to_string()
+    .into_bytes()
+}
+
+fn reading_record(
+    kind: RecordKind,
+    pipeline: &str,
+    reading: &Reading,
+    now_ms: u64,
+) -> OutboxRecord {
+    OutboxRecord {
+        kind,
+        created_ms: now_ms,
+        route: pipeline.to_owned(),
+        key: reading.sensor.as_bytes().to_vec(),
+        payload: reading_json(reading),
+    }
+}
+
+/// The source name inside a stored DeadLetter record v1 (empty when unreadable).
+fn dead_letter_source(record: &[u8]) -> &[u8] {
+    let len = record
+        .get(9..11)
+        .map_or(0, |b| usize::from(u16::from_le_bytes([b[0], b[1]])));
+    record.get(11..11 + len).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests;
