@@ -11,7 +11,9 @@
 //! The windowing stage ([`crate::stage`]) consumes the log on a blocking thread: windows,
 //! pass-through, late readings and dead letters go to the outbox in the transaction that
 //! advances its cursor and trims the log (which frees quota: the writer re-checks it). A fatal
-//! stage error (corruption) stops the whole agent with that error.
+//! stage error (corruption) stops the whole agent with that error. Without any `[[pipeline]]`
+//! the stage does not run: the agent only ingests (commissioning, tests) and the log fills to
+//! its quota.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -68,13 +70,16 @@ pub async fn run_with_counters(
     let path = config.ingest_path();
     let log = IngestLog::open(&path, limits(&config))?;
     let database = log.database();
-    let stage = Stage::open(
-        database.clone(),
-        Arc::new(config.clone()),
-        *config.buffer.batch_max_readings.get_ref(),
-        crate::stage::unix_ms(),
-    )?;
-    let stage_counters: Arc<StageCounters> = stage.counters.clone();
+    let stage = match config.pipeline.is_empty() {
+        true => None,
+        false => Some(Stage::open(
+            database.clone(),
+            Arc::new(config.clone()),
+            *config.buffer.batch_max_readings.get_ref(),
+            crate::stage::unix_ms(),
+        )?),
+    };
+    let stage_counters: Option<Arc<StageCounters>> = stage.as_ref().map(|s| s.counters.clone());
     let (submissions, submissions_rx) = mpsc::channel(*config.buffer.channel_capacity.get_ref());
     // No downstream stage trims yet; the sender is kept so the writer's trim input stays open.
     let (_trims, trims_rx) = mpsc::channel(16);
@@ -123,7 +128,7 @@ pub async fn run_with_counters(
         };
         tracker.spawn(task.run());
     }
-    let stage_task = {
+    let stage_task = stage.map(|stage| {
         let cancel = cancel.clone();
         tracker.spawn_blocking(move || {
             let result = stage.run(&cancel);
@@ -133,7 +138,7 @@ pub async fn run_with_counters(
             }
             result
         })
-    };
+    });
     // The forwarder (with a `[kafka]` table) drains the outbox on a blocking thread of its own.
     let forwarder = Forwarder::from_config(&config, database, Arc::new(ForwardMetrics::default()))
         .map(|f| {
@@ -172,15 +177,25 @@ pub async fn run_with_counters(
     };
     cancel.cancel();
     tracker.wait().await;
-    let stage_result = match stage_task.await {
-        Ok(r) => r.map_err(ServiceError::from),
-        Err(_) => Err(ServiceError::Ingest(IngestError::WriterThread)),
+    let stage_result = match stage_task {
+        None => Ok(()),
+        Some(task) => match task.await {
+            Ok(r) => r.map_err(ServiceError::from),
+            Err(_) => Err(ServiceError::Ingest(IngestError::WriterThread)),
+        },
     };
-    tracing::info!(
-        windows_closed = stage_counters
-            .windows_closed
-            .load(std::sync::atomic::Ordering::Relaxed),
-        "edge-agent stopped"
-    );
+    if let Some(c) = stage_counters {
+        let get = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(
+            readings = get(&c.readings),
+            windows_closed = get(&c.windows_closed),
+            idle_closes = get(&c.idle_closes),
+            forced_closes = get(&c.forced_closes),
+            revisions = get(&c.revisions),
+            late_forwarded = get(&c.late_forwarded),
+            late_dropped = get(&c.late_dropped),
+            "windowing stage stopped"
+        );
+    }
     result.and(stage_result)
 }
