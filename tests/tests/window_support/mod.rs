@@ -1,0 +1,280 @@
+//! Shared by the `window_*` suites: an agent configuration with one windowed pipeline over an
+//! MQTT source, a QoS 1 publisher, the agent binary, and reading partials out of the outbox.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use edge_agent::config::Config;
+use edge_agent::ingest::IngestLog;
+use edge_agent::outbox::{self, OutboxRecord, RecordKind};
+use edge_protocol::aggregate::Aggregate;
+use edge_protocol::partial::Partial;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+
+/// A name no other run shares, for client ids and topics.
+pub fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{prefix}-{}-{nanos}", std::process::id())
+}
+
+pub struct Setup {
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    pub client_id: String,
+    pub root: String,
+    pub url: String,
+}
+
+/// One MQTT source on `<root>/+/v` (JSON `{"v":..,"ts":..}`), sensor id = the device level,
+/// one pipeline `w` over every sensor with the given `[pipeline.window]` body.
+pub fn setup(url: &str, window: &str) -> Setup {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = unique("edge-window");
+    let client_id = unique("agent");
+    let text = format!(
+        r#"
+[agent]
+id = "test-agent"
+data_dir = {data_dir:?}
+
+[buffer]
+batch_max_ms = 5
+
+[[mqtt]]
+name = "broker"
+url = "{url}"
+client_id = "{client_id}"
+keep_alive_s = 5
+payload = {{ format = "json", value = "/v", timestamp = "/ts" }}
+subscribe = [{{ topic = "{root}/+/v", qos = 1 }}]
+
+[[sensor]]
+source = "broker"
+topic = "{root}/{{dev}}/v"
+id = "{{dev}}"
+
+[[pipeline]]
+name = "w"
+sensors = ["*"]
+[pipeline.window]
+{window}
+"#,
+        data_dir = dir.path().display().to_string(),
+    );
+    let config_path = dir.path().join("agent.toml");
+    std::fs::write(&config_path, text).expect("write config");
+    Setup {
+        dir,
+        config_path,
+        client_id,
+        root,
+        url: url.to_owned(),
+    }
+}
+
+fn options(client_id: &str, url: &str) -> MqttOptions {
+    let rest = url.trim_start_matches("mqtt://");
+    let (host, port) = rest.rsplit_once(':').expect("url has a port");
+    let mut options = MqttOptions::new(client_id, host, port.parse().expect("port"));
+    options.set_keep_alive(Duration::from_secs(5));
+    options
+}
+
+/// Creates the agent's persistent session with its subscription, so the broker queues
+/// everything published from now on.
+pub async fn create_session(setup: &Setup) {
+    let mut opts = options(&setup.client_id, &setup.url);
+    opts.set_clean_session(false);
+    let (client, mut eventloop) = AsyncClient::new(opts, 10);
+    client
+        .subscribe(format!("{}/+/v", setup.root), QoS::AtLeastOnce)
+        .await
+        .expect("subscribe queued");
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), eventloop.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::SubAck(_)))) => break,
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => panic!("session set-up failed: {e}"),
+            Err(_) => panic!("no SUBACK within 10 s"),
+        }
+    }
+    client.disconnect().await.expect("disconnect queued");
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while eventloop.poll().await.is_ok() {}
+    })
+    .await;
+}
+
+/// One reading to publish: device, event time, value.
+#[derive(Debug, Clone, Copy)]
+pub struct Msg {
+    pub dev: u64,
+    pub ts: u64,
+    pub value: f64,
+}
+
+/// Publishes `msgs` at QoS 1, pausing `pace` every 100; returns the broker's PUBACK count.
+pub async fn publish(setup: &Setup, msgs: Vec<Msg>, pace: Duration) -> u64 {
+    let (client, mut eventloop) = AsyncClient::new(options(&unique("pub"), &setup.url), 1000);
+    let total = msgs.len() as u64;
+    let acks = tokio::spawn(async move {
+        let mut acked = 0;
+        while acked < total {
+            match tokio::time::timeout(Duration::from_secs(30), eventloop.poll()).await {
+                Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => acked += 1,
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => panic!("publisher connection failed: {e}"),
+                Err(_) => panic!("publisher: no progress for 30 s ({acked}/{total} acked)"),
+            }
+        }
+        acked
+    });
+    for (i, m) in msgs.iter().enumerate() {
+        let topic = format!("{}/d{}/v", setup.root, m.dev);
+        let body = format!(r#"{{"v":{},"ts":{}}}"#, m.value, m.ts);
+        client
+            .publish(topic, QoS::AtLeastOnce, false, body)
+            .await
+            .expect("publish queued");
+        if i % 100 == 99 {
+            tokio::time::sleep(pace).await;
+        }
+    }
+    let acked = acks.await.expect("publisher task");
+    let _ = client.disconnect().await;
+    acked
+}
+
+/// Every outbox record (the agent must not be running: redb holds a file lock).
+pub fn outbox_records(setup: &Setup) -> Vec<OutboxRecord> {
+    let config = Config::load(&setup.config_path).expect("config");
+    let log = IngestLog::open(&config.ingest_path(), edge_agent::service::limits(&config))
+        .expect("open database");
+    let mut out = Vec::new();
+    let mut after = 0;
+    loop {
+        let batch = outbox::read_after(&log.database(), after, 1000, 1 << 20).expect("outbox");
+        let Some((last, _)) = batch.last() else { break };
+        after = *last;
+        out.extend(batch.into_iter().map(|(_, r)| r));
+    }
+    out
+}
+
+pub fn partials(records: &[OutboxRecord]) -> Vec<Partial> {
+    records
+        .iter()
+        .filter(|r| r.kind == RecordKind::Partial)
+        .map(|r| Partial::decode(&r.payload).expect("partial decodes"))
+        .collect()
+}
+
+/// Merges every revision per (series, window start).
+pub fn merged(partials: &[Partial]) -> BTreeMap<(String, i64), Aggregate> {
+    let mut m: BTreeMap<(String, i64), Aggregate> = BTreeMap::new();
+    for p in partials {
+        m.entry((p.series.to_string(), p.window_start_ms))
+            .or_default()
+            .merge(&p.aggregate);
+    }
+    m
+}
+
+/// Equal as the issue asks: count, min, max, first, last and the sketch exactly (the sketch
+/// merges exactly, so every quantile is equal too), sum and variance within rounding.
+pub fn assert_same(what: &str, a: &Aggregate, b: &Aggregate) {
+    assert_eq!(a.count(), b.count(), "{what}: count");
+    assert_eq!((a.min(), a.max()), (b.min(), b.max()), "{what}: min/max");
+    assert_eq!(
+        (a.first(), a.last()),
+        (b.first(), b.last()),
+        "{what}: first/last"
+    );
+    assert_eq!(a.sketch(), b.sketch(), "{what}: sketch");
+    let close = |x: f64, y: f64| (x - y).abs() <= 1e-9 * (1.0 + x.abs().max(y.abs()));
+    assert!(
+        close(a.sum(), b.sum()),
+        "{what}: sum {} vs {}",
+        a.sum(),
+        b.sum()
+    );
+    let (va, vb) = (a.variance().unwrap_or(0.0), b.variance().unwrap_or(0.0));
+    assert!(close(va, vb), "{what}: variance {va} vs {vb}");
+}
+
+/// `target/<profile>/edge-agent`, built on demand (the binary under test).
+pub fn agent_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test exe");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>");
+    let status = Command::new(env!("CARGO"))
+        .args([
+            "build",
+            "--quiet",
+            "-p",
+            "edge-agent",
+            "--bin",
+            "edge-agent",
+        ])
+        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
+        .env(
+            "CARGO_TARGET_DIR",
+            profile_dir.parent().expect("target dir"),
+        )
+        .status()
+        .expect("run cargo build");
+    assert!(status.success(), "building edge-agent failed");
+    profile_dir.join("edge-agent")
+}
+
+pub fn spawn_agent(bin: &Path, setup: &Setup) -> Child {
+    Command::new(bin)
+        .args(["run", "--config"])
+        .arg(&setup.config_path)
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .expect("spawn edge-agent")
+}
+
+/// Runs the agent for `secs`, then stops it with SIGTERM and waits for it.
+pub async fn run_for(bin: &Path, setup: &Setup, secs: u64) {
+    let mut agent = spawn_agent(bin, setup);
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(agent.id().to_string())
+        .status();
+    agent.wait().expect("reap agent");
+}
+
+/// Runs the agent in 3-second turns until `done(outbox)` or `limit` passes; returns the outbox.
+pub async fn run_until(
+    bin: &Path,
+    setup: &Setup,
+    limit: Duration,
+    done: impl Fn(&[OutboxRecord]) -> bool,
+) -> Vec<OutboxRecord> {
+    let deadline = Instant::now() + limit;
+    loop {
+        run_for(bin, setup, 3).await;
+        let records = outbox_records(setup);
+        if done(&records) || Instant::now() > deadline {
+            return records;
+        }
+    }
+}
+
+/// A tiny deterministic PRNG (xorshift).
+pub fn next(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
