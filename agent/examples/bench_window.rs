@@ -1,0 +1,186 @@
+//! Windowing benchmark: prints figures, asserts nothing.
+//!
+//! ```text
+//! cargo run --release -p edge-agent --example bench_window [-- SENSORS HZ SECONDS]
+//! ```
+//!
+//! Defaults: 1,000 sensors at 10 Hz for 120 s of event time, 10 s tumbling windows, every
+//! aggregate including the quantile sketch. Prints:
+//!
+//! 1. readings/s through the pure state machine (`window::Windows`);
+//! 2. readings/s through the whole stage (redb ingest log -> windows -> outbox, one fsync'd
+//!    transaction per 1,000-reading batch, state rows rewritten per batch);
+//! 3. bytes of state per open window: encoded (what the `window_state` row holds) and in
+//!    memory (the `Aggregate` value, whose two sketch stores are fixed-capacity arrays);
+//! 4. a partial's size on the wire against the raw readings it replaces (pass-through JSON
+//!    records and stored Reading records), and the reduction factor.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use edge_agent::config::Config;
+use edge_agent::ingest::{Dedupe, IngestLog, Limits, Submission};
+use edge_agent::outbox::{self, RecordKind};
+use edge_agent::reading::Reading;
+use edge_agent::stage::{reading_json, Stage};
+use edge_agent::window::{Grouping, LatePolicy, Output, WindowSpec, Windows};
+use edge_protocol::aggregate::Aggregate;
+
+const T0: u64 = 1_700_000_000_000;
+
+fn arg(i: usize, default: u64) -> u64 {
+    std::env::args()
+        .nth(i)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Reading `k` of the stream: sensors round-robin, event time advancing 1/hz s per round,
+/// values spread over two decades so the sketch uses many bins.
+fn reading(k: u64, sensors: u64, hz: u64) -> Reading {
+    let (round, s) = (k / sensors, k % sensors);
+    let x = (k.wrapping_mul(2_654_435_761) % 10_000) as f64;
+    Reading {
+        sensor: format!("plant7.line{}.m{:04}.vib", s % 8, s),
+        ts_ms: T0 + round * 1000 / hz,
+        value: 1.0 + x / 100.0,
+        seq: None,
+    }
+}
+
+fn main() {
+    let (sensors, hz, seconds) = (arg(1, 1000), arg(2, 10), arg(3, 120));
+    let total = sensors * hz * seconds;
+    println!("{sensors} sensors x {hz} Hz x {seconds} s = {total} readings, 10 s tumbling windows");
+    let spec = WindowSpec {
+        size_ms: 10_000,
+        slide_ms: 10_000,
+        allowed_lateness_ms: 1_000,
+        idle_timeout_ms: 60_000,
+        late: LatePolicy::Forward,
+        revision_horizon_ms: None,
+        max_open_windows: 100_000,
+        group_by: Grouping::Sensor,
+    };
+
+    // 1. The state machine alone.
+    let readings: Vec<Reading> = (0..total).map(|k| reading(k, sensors, hz)).collect();
+    let mut w = Windows::new(spec.clone(), "vib", "gw-plant7-cab2").expect("spec");
+    let mut out = Vec::new();
+    let mut partials = 0u64;
+    let mut partial_bytes = 0u64;
+    let mut state_sample: Option<(usize, usize)> = None;
+    let mut buf = vec![0u8; edge_protocol::partial::MAX_ENCODED_LEN];
+    let started = Instant::now();
+    for (k, r) in readings.iter().enumerate() {
+        w.push(r, 0, &mut out);
+        for o in out.drain(..) {
+            if let Output::Partial(p) = o {
+                partials += 1;
+                partial_bytes += p.encode(&mut buf).map_or(0, |n| n as u64);
+            }
+        }
+        // Sample the state in the middle of a window (every series has one open window).
+        if state_sample.is_none() && k as u64 == sensors * hz * 25 {
+            state_sample = Some((w.encode_state().len(), w.open_windows()));
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    println!(
+        "state machine: {:.0} readings/s ({total} in {elapsed:.2} s), {partials} partials",
+        total as f64 / elapsed
+    );
+
+    // 3. State per open window.
+    if let Some((bytes, open)) = state_sample {
+        println!(
+            "state per open window ({} readings in it): encoded {:.0} B, in memory {} B (Aggregate) + map entries",
+            hz * 5,
+            bytes as f64 / open.max(1) as f64,
+            std::mem::size_of::<Aggregate>(),
+        );
+    }
+
+    // 4. Wire size against the raw readings a partial replaces.
+    let per_window = hz * 10;
+    let json: u64 = readings
+        .iter()
+        .take(per_window as usize * 100)
+        .map(|r| reading_json(r).len() as u64 + r.sensor.len() as u64)
+        .sum::<u64>()
+        / 100;
+    let stored: u64 = readings
+        .iter()
+        .take(per_window as usize * 100)
+        .map(|r| r.encoded_len() as u64)
+        .sum::<u64>()
+        / 100;
+    let avg_partial = partial_bytes as f64 / partials.max(1) as f64;
+    println!(
+        "partial on the wire: {avg_partial:.0} B (+ key {} B) replaces {per_window} readings: {json} B as pass-through JSON records (value + key), {stored} B as stored Reading records",
+        readings[0].sensor.len()
+    );
+    println!(
+        "reduction factor: {:.1}x against pass-through JSON, {:.1}x against binary readings",
+        json as f64 / (avg_partial + readings[0].sensor.len() as f64),
+        stored as f64 / (avg_partial + readings[0].sensor.len() as f64)
+    );
+
+    // 2. The whole stage on a real redb file.
+    let dir = tempfile_dir();
+    let mut log = IngestLog::open(
+        &dir.join("ingest.redb"),
+        Limits {
+            quota_bytes: u64::MAX,
+            on_full: edge_agent::config::OnFull::Backpressure,
+            dedupe_max_entries: 1 << 40,
+            dedupe_max_age_ms: 1 << 40,
+        },
+    )
+    .expect("log");
+    let fill = Instant::now();
+    for chunk in readings.chunks(10_000) {
+        let sub = Submission {
+            readings: chunk.iter().map(|r| (r.clone(), Dedupe::None)).collect(),
+            dead_letters: Vec::new(),
+            ack: None,
+        };
+        log.commit(&[sub], 0).expect("commit");
+    }
+    println!(
+        "(filled the ingest log in {:.2} s)",
+        fill.elapsed().as_secs_f64()
+    );
+    let config = "[agent]\nid = \"gw-plant7-cab2\"\ndata_dir = \"/unused\"\n[[pipeline]]\nname = \"vib\"\nsensors = [\"*\"]\n[pipeline.window]\nkind = \"tumbling\"\nsize_ms = 10000\nallowed_lateness_ms = 1000\nidle_timeout_ms = 60000\nmax_open_windows = 100000\n";
+    let config = Arc::new(Config::from_toml(Path::new("bench.toml"), config).expect("config"));
+    let mut stage = Stage::open(log.database(), config, 1000, 0).expect("stage");
+    let started = Instant::now();
+    let mut done = 0;
+    let mut commits = 0;
+    while done < total as usize {
+        let step = stage.step(0).expect("step");
+        if step.readings == 0 {
+            break;
+        }
+        done += step.readings;
+        commits += 1;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let partials_in_outbox = outbox::read_after(&log.database(), 0, usize::MAX, usize::MAX)
+        .expect("outbox")
+        .iter()
+        .filter(|(_, r)| r.kind == RecordKind::Partial)
+        .count();
+    println!(
+        "stage (redb log -> windows -> outbox, fsync per batch of 1000): {:.0} readings/s ({done} in {elapsed:.2} s, {commits} commits, {partials_in_outbox} partials)",
+        done as f64 / elapsed
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn tempfile_dir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("bench_window-{}", std::process::id()));
+    let _ = std::fs::create_dir_all(&dir);
+    dir
+}
