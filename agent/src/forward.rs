@@ -192,6 +192,7 @@ impl Session<'_> {
         backoff: &mut Duration,
     ) -> Result<(), ForwardError> {
         let f = self.forwarder;
+        let t0 = Instant::now();
         if self.ensured.is_empty() {
             let topics = self
                 .routes
@@ -206,16 +207,23 @@ impl Session<'_> {
         }
         // Before fencing anyone: a quick look at whose markers carry our id, so a second
         // gateway with the same id refuses to start without stopping the first.
+        // Best effort: when it fails, the authoritative read below still checks.
         let glance = progress::read_last(
             &self.reader_config,
             self.routes.progress(),
             &f.agent,
             progress::Wait::No,
             cancel,
-        )?;
-        if let Some(m) = glance {
-            self.check_instance(&m)?;
+        );
+        match glance {
+            Ok(Some(m)) => {
+                self.check_instance(&m)?;
+            }
+            Ok(None) => {}
+            Err(ForwardError::Cancelled) => return Err(ForwardError::Cancelled),
+            Err(error) => tracing::debug!(%error, "forwarder: no quick look at the progress"),
         }
+        let t1 = Instant::now();
         let producer: BaseProducer = self
             .producer_config
             .create()
@@ -223,7 +231,14 @@ impl Session<'_> {
         producer
             .init_transactions(COMMIT_TIMEOUT)
             .map_err(|e| self.classify(&producer, "initialising transactions", e))?;
+        let t2 = Instant::now();
         let mut last = self.resume_point(cancel)?;
+        tracing::info!(
+            topics_and_glance_ms = (t1 - t0).as_millis() as u64,
+            init_transactions_ms = (t2 - t1).as_millis() as u64,
+            progress_ms = t2.elapsed().as_millis() as u64,
+            "forwarder: session started"
+        );
         outbox::trim_through(&f.db, last)?;
         f.metrics.last_committed_seq.store(last, Ordering::Relaxed);
         let kafka = &f.kafka;

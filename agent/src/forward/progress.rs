@@ -174,6 +174,9 @@ pub fn instance_id(db: &Database) -> Result<InstanceId, ForwardError> {
     Ok(InstanceId(id))
 }
 
+/// [`Wait::No`] ends once the position stood still this long.
+const QUICK_LOOK_IDLE: Duration = Duration::from_millis(250);
+
 /// First chunk read backwards from the high watermark; each further chunk is 4 times larger.
 const FIRST_CHUNK: i64 = 256;
 
@@ -183,7 +186,7 @@ pub enum Wait {
     /// Up to the high watermark, waiting at most this long for open transactions to end: the
     /// authoritative read.
     ForHighWatermark(Duration),
-    /// Only what is readable now (stops at the last stable offset): a quick look that may miss
+    /// Only what is readable now (up to the last stable offset): a quick look that may miss
     /// the newest marker, good enough to see whose markers these are.
     No,
 }
@@ -228,6 +231,8 @@ pub fn read_last(
     }
     let mut newest: Option<Marker> = None;
     for partition in partitions {
+        // A read_uncommitted query answers the high watermark (a read_committed one would
+        // answer the last stable offset).
         let (low, high) = watermarks
             .fetch_watermarks(topic, partition, timeout)
             .map_err(kafka("reading progress watermarks"))?;
@@ -306,7 +311,12 @@ fn read_range(
     let deadline = Instant::now() + lso_wait;
     let mut found = None;
     let mut position = start;
+    // Wait::No: the end of what is readable is where the position, once known, stops moving.
+    let mut moved: Option<Instant> = None;
     loop {
+        if scan.wait == Wait::No && moved.is_some_and(|t| t.elapsed() > QUICK_LOOK_IDLE) {
+            return Ok(found);
+        }
         if position >= end {
             return Ok(found);
         }
@@ -350,7 +360,10 @@ fn read_range(
             if let Some(Offset::Offset(p)) =
                 list.find_partition(topic, partition).map(|e| e.offset())
             {
-                position = position.max(p);
+                if p > position || moved.is_none() {
+                    position = position.max(p);
+                    moved = Some(Instant::now());
+                }
             }
         }
     }

@@ -138,15 +138,24 @@ progress = "{progress}"
         .unwrap_or_else(|e| panic!("reading the marker: {e}"))
     }
 
-    /// Spawns `edge-agent run` on this agent's configuration, stderr captured.
-    pub fn spawn_binary(&self, bin: &Path) -> Child {
-        Command::new(bin)
+    /// Spawns `edge-agent run` on this agent's configuration; its stderr goes to the returned
+    /// file (read it after the process ended).
+    pub fn spawn_binary(&self, bin: &Path) -> (Child, PathBuf) {
+        static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let log = self.dir.path().join(format!("agent-{n}.stderr"));
+        let file = std::fs::File::create(&log).expect("stderr file");
+        let child = Command::new(bin)
             .args(["run", "--config"])
             .arg(&self.config_path)
-            .env("RUST_LOG", "warn")
-            .stderr(Stdio::piped())
+            .env(
+                "RUST_LOG",
+                std::env::var("EDGE_AGENT_LOG").unwrap_or_else(|_| "warn".to_owned()),
+            )
+            .stderr(Stdio::from(file))
             .spawn()
-            .expect("spawn edge-agent")
+            .expect("spawn edge-agent");
+        (child, log)
     }
 }
 
@@ -289,7 +298,11 @@ pub fn account(bootstrap: &str, topic: &str, agent: &str, n: u64) {
         "seqs more than once (first 20): {:?}",
         &twice[..twice.len().min(20)]
     );
-    assert!(extra.is_empty(), "unexpected seqs: {:?}", &extra[..extra.len().min(20)]);
+    assert!(
+        extra.is_empty(),
+        "unexpected seqs: {:?}",
+        &extra[..extra.len().min(20)]
+    );
     assert_eq!(records.len() as u64, n);
     let kcat = kcat_count_committed(bootstrap, topic).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(kcat as u64, n, "kcat (read_committed) counts the same");
