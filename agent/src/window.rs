@@ -480,6 +480,16 @@ impl Windows {
         }
         let mut series: BTreeMap<String, SeriesState> =
             postcard::from_bytes(body).map_err(|_| WindowError::State { version })?;
+        let broken = series.iter().any(|(key, s)| {
+            key.len() > MAX_SERIES_LEN
+                || s.open.values().any(|w| w.aggregate.validate().is_err())
+                || s.open
+                    .keys()
+                    .any(|start| start.checked_add(self.spec.size_ms).is_none())
+        });
+        if broken {
+            return Err(WindowError::State { version });
+        }
         self.by_start.clear();
         for (key, s) in series.iter_mut() {
             s.last_seen_ms = now_ms;
