@@ -190,3 +190,40 @@ fn a_changed_window_shape_sends_the_stored_windows_before_starting_afresh() {
     assert!(p.iter().all(|p| p.window_end_ms == 10));
     assert_eq!(stage.open_windows(), vec![("win".to_owned(), 0)]);
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+
+    /// The model-based form of the crash argument: whatever the batch size and wherever the
+    /// stage is dropped (a crash between commits) and reopened, the outbox holds the partials
+    /// of one uninterrupted run, in the same order.
+    #[test]
+    fn any_batch_size_and_any_restart_points_give_the_partials_of_a_straight_run(
+        batch in 1usize..64,
+        restarts in proptest::collection::vec(0usize..40, 0..6),
+        seed in 0u64..1000,
+    ) {
+        let input: Vec<(String, u64, f64)> = (0..300u64)
+            .map(|i| (format!("w.{}", (i + seed) % 5), i / 3 + (i * seed) % 7, i as f64))
+            .collect();
+        let run = |batch: usize, restarts: &[usize]| {
+            let dir = tempfile::tempdir().unwrap();
+            let mut log = log(dir.path());
+            let chunk: Vec<(&str, u64, f64)> =
+                input.iter().map(|(s, t, v)| (s.as_str(), *t, *v)).collect();
+            put(&mut log, &chunk, 0);
+            let mut stage = Stage::open(log.database(), config(CONFIG), batch, 0).unwrap();
+            for i in 0.. {
+                if stage.step(0).unwrap().readings == 0 {
+                    break;
+                }
+                if restarts.contains(&i) {
+                    stage = Stage::open(log.database(), config(CONFIG), batch, 0).unwrap();
+                }
+            }
+            partials(&outbox_all(&log.database()))
+        };
+        let straight = run(1000, &[]);
+        proptest::prop_assert_eq!(run(batch, &restarts), straight);
+    }
+}
