@@ -49,8 +49,10 @@
 //! At most `max_open_windows` windows are open per pipeline. Opening one more first force-closes
 //! the open window with the oldest start (ties: smallest series), emitting it and counting it
 //! in `forced_closes`; later readings for it are treated like readings for any closed window.
-//! Closed-window records are bounded by the horizon; a series with nothing open and nothing
-//! remembered costs one watermark.
+//! Closed-window records are bounded by the horizon (per series: `horizon / slide` of them,
+//! pruned as its watermark advances). A series with nothing open and nothing remembered costs
+//! one map entry (its id and watermark) and is never forgotten, so that a reading for one of its
+//! closed windows stays late; their number is bounded by the sensor mapping, not here.
 //!
 //! # Determinism
 //!
