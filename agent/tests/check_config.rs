@@ -1,0 +1,61 @@
+//! `edge-agent check-config FILE`: exit 0 for a good file, 1 with file, line and field for a bad
+//! one, without starting anything.
+
+use std::path::Path;
+use std::process::Command;
+
+fn check(path: &Path) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_edge-agent"))
+        .arg("check-config")
+        .arg(path)
+        .output()
+        .expect("run edge-agent");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn example() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/agent.example.toml")
+}
+
+#[test]
+fn the_example_configuration_checks_out_with_exit_0() {
+    let (code, stdout, _) = check(&example());
+    assert_eq!(code, 0);
+    assert!(stdout.contains(": ok"), "{stdout}");
+}
+
+#[test]
+fn a_bad_configuration_exits_1_naming_file_line_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    let text = std::fs::read_to_string(example()).unwrap();
+    let line = text
+        .lines()
+        .position(|l| l.starts_with("on_full = "))
+        .unwrap()
+        + 1;
+    std::fs::write(
+        &bad,
+        text.replace("on_full = \"backpressure\"", "on_full = \"panic\""),
+    )
+    .unwrap();
+    let (code, _, stderr) = check(&bad);
+    assert_eq!(code, 1);
+    let place = format!("bad.toml:{line}:");
+    assert!(stderr.contains(&place), "{stderr}");
+    assert!(
+        stderr.contains("field `on_full`") && stderr.contains("drop_oldest"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_missing_file_exits_1() {
+    let (code, _, stderr) = check(Path::new("/nonexistent/agent.toml"));
+    assert_eq!(code, 1);
+    assert!(stderr.contains("/nonexistent/agent.toml"), "{stderr}");
+}
