@@ -388,6 +388,45 @@ async fn at_a_tiny_quota_the_agent_stops_acking_and_mosquitto_holds_the_rest() {
     assert_exactly_once(&copies, N);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_source_does_not_stop_the_others() {
+    const N: u64 = 300;
+    let services = Services::from_env();
+    let url = &services.mqtt_url;
+    let setup = setup(url, None, "");
+    // One source whose broker refuses connections (retried with backoff forever) and one that
+    // cannot start (its password variable is missing).
+    let mut text = std::fs::read_to_string(&setup.config_path).expect("config");
+    text.push_str(
+        r#"
+[[mqtt]]
+name = "refused"
+url = "mqtt://127.0.0.1:1"
+client_id = "nobody-1"
+payload = { format = "number" }
+subscribe = [{ topic = "x" }]
+
+[[mqtt]]
+name = "no-password"
+url = "mqtt://127.0.0.1:1"
+client_id = "nobody-2"
+username = "u"
+password_env = "EDGE_TEST_PASSWORD_THAT_IS_NOT_SET"
+payload = { format = "number" }
+subscribe = [{ topic = "x" }]
+"#,
+    );
+    std::fs::write(&setup.config_path, text).expect("config");
+    create_session(&setup, url, None).await;
+    assert_eq!(
+        publish(url, None, &setup.root, N, &[], Duration::ZERO).await,
+        N
+    );
+    run_in_process(&setup, |c| c.accepted.load(Ordering::Relaxed) >= N).await;
+    let (copies, _) = log_contents(&setup);
+    assert_exactly_once(&copies, N);
+}
+
 /// `target/debug/edge-agent`, built on demand (the binary under test, not a stand-in).
 fn agent_binary() -> PathBuf {
     let exe = std::env::current_exe().expect("test exe");
