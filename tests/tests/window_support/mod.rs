@@ -209,20 +209,18 @@ pub fn assert_same(what: &str, a: &Aggregate, b: &Aggregate) {
 
 /// `target/<profile>/edge-agent`, built on demand (the binary under test).
 pub fn agent_binary() -> PathBuf {
+    binary("edge-agent", "edge-agent")
+}
+
+/// `target/<profile>/<bin>` of `package`, built on demand.
+pub fn binary(package: &str, bin: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test exe");
     let profile_dir = exe
         .parent()
         .and_then(Path::parent)
         .expect("target/<profile>");
     let status = Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "--quiet",
-            "-p",
-            "edge-agent",
-            "--bin",
-            "edge-agent",
-        ])
+        .args(["build", "--quiet", "-p", package, "--bin", bin])
         .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
         .env(
             "CARGO_TARGET_DIR",
@@ -230,8 +228,8 @@ pub fn agent_binary() -> PathBuf {
         )
         .status()
         .expect("run cargo build");
-    assert!(status.success(), "building edge-agent failed");
-    profile_dir.join("edge-agent")
+    assert!(status.success(), "building {bin} failed");
+    profile_dir.join(bin)
 }
 
 pub fn spawn_agent(bin: &Path, setup: &Setup) -> Child {
