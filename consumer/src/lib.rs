@@ -1,14 +1,30 @@
 //! `edge-consumer`: finishes the gateways' partial aggregates (see `DESIGN.md` section 6).
 //!
-//! # Map (modules arrive with the consumer issue)
+//! # Map
 //!
-//! | module | holds |
-//! | --- | --- |
-//! | `config` | input topics, group id, output topic, grouping, roll-up, idle timeout |
-//! | `merge` | partials merged by (group key, window); per-gateway watermarks; finalization and revisions |
-//! | `state` | per-partition state, its compacted changelog and restore on assignment |
-//! | `run` | the transactional consume-merge-produce loop (outputs, changelog, offsets in one transaction) |
+//! | module | holds | I/O |
+//! | --- | --- | --- |
+//! | [`config`] | the TOML file: Kafka, topics, grouping, roll-up, idle timeout, revisions, limits | file |
+//! | [`group`] | series key -> group key (glob rules with captures) | none |
+//! | [`merge`] | one partition's state machine: merge by (group, window), per-gateway watermarks, finalization, revisions, horizon, caps | none |
+//! | [`changelog`] | the changelog topic's keys and versioned values | none |
+//! | [`output`] | the finals' JSON and keys | none |
+//! | [`kafka`] | client settings, topic checks and creation, error classes | Kafka |
+//! | [`restore`] | a new owner rebuilds a partition's state from the changelog | Kafka |
+//! | [`run`] | the loop: one poll batch = one transaction (finals, changelog, dead letters, offsets) | Kafka |
+//!
+//! Exactly-once reasoning lives in [`run`] and [`restore`]; the rules of finalization, idle
+//! gateways, revisions and the memory bound in [`merge`].
 #![forbid(unsafe_code)]
+
+pub mod changelog;
+pub mod config;
+pub mod group;
+pub mod kafka;
+pub mod merge;
+pub mod output;
+pub mod restore;
+pub mod run;
 
 /// The consumer's version, as reported by `--version` and in logs.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,16 +1,85 @@
-//! The `edge-consumer` binary. Thin: parsing arguments and starting the library's loop.
+//! The `edge-consumer` binary. Thin: arguments, logging, signals, then the library's loop.
 
-fn main() {
-    let mut args = std::env::args().skip(1);
-    match args.next().as_deref() {
-        Some("--version") | Some("-V") => println!("edge-consumer {}", edge_consumer::VERSION),
-        _ => {
-            eprintln!(
-                "edge-consumer {}: the merge loop is not built yet (see the open issues); \
-                 only --version works",
-                edge_consumer::VERSION
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use edge_consumer::config::Config;
+use edge_consumer::run::{run, Metrics};
+
+#[derive(Parser)]
+#[command(
+    name = "edge-consumer",
+    version,
+    about = "Merges gateways' partial aggregates into finals, exactly once"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the consumer.
+    Run {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Validate a configuration file and exit.
+    CheckConfig { file: PathBuf },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        Command::CheckConfig { file } => {
+            Config::load(&file)?;
+            println!("{}: ok", file.display());
+            Ok(())
+        }
+        Command::Run { config } => {
+            let config = Config::load(&config)?;
+            let stop = Arc::new(AtomicBool::new(false));
+            let flag = stop.clone();
+            // SIGTERM / SIGINT: stop between transactions.
+            std::thread::spawn(move || {
+                let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                else {
+                    return;
+                };
+                rt.block_on(async {
+                    use tokio::signal::unix::{signal, SignalKind};
+                    let (Ok(mut term), Ok(mut int)) = (
+                        signal(SignalKind::terminate()),
+                        signal(SignalKind::interrupt()),
+                    ) else {
+                        return;
+                    };
+                    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+                });
+                flag.store(true, Ordering::Relaxed);
+            });
+            let metrics = Metrics::default();
+            tracing::info!(version = edge_consumer::VERSION, "edge-consumer starting");
+            run(&config, &stop, &metrics).context("edge-consumer stopped")?;
+            tracing::info!(
+                merged = metrics.merged.load(Ordering::Relaxed),
+                finals = metrics.finals.load(Ordering::Relaxed),
+                dead_letters = metrics.dead_letters.load(Ordering::Relaxed),
+                "edge-consumer stopped"
             );
-            std::process::exit(2);
+            Ok(())
         }
     }
 }

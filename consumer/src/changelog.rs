@@ -1,0 +1,234 @@
+//! The changelog: how a partition's state is written to the compacted changelog topic and read
+//! back by the partition's next owner. No I/O (the loop and `restore` do the reading/writing).
+//!
+//! # Placement
+//!
+//! The state of input partition `p` of topic `t` goes to **changelog partition `p`** (the
+//! changelog must have at least as many partitions as every input topic; checked at start), so a
+//! new owner reads one changelog partition, not the whole topic.
+//!
+//! # Keys (UTF-8, readable with kcat)
+//!
+//! | record | key |
+//! | --- | --- |
+//! | a window | `w\|{topic}\|{partition}\|{start_ms}\|{end_ms}\|{group}` (the group last: it may hold `\|`) |
+//! | a gateway | `g\|{topic}\|{partition}\|{agent}` |
+//! | partition clocks | `m\|{topic}\|{partition}` |
+//!
+//! # Values (version 1)
+//!
+//! `[0x01] ++ postcard(value)`: [`WindowState`], [`Gateway`] or [`Meta`] (postcard: fields in
+//! declaration order, varints, zig-zag signed, `f64` little-endian; the aggregate as in
+//! `edge_protocol::aggregate`). A **tombstone** (null value) means the window or gateway was
+//! dropped; compaction then removes the key. Stability: version 1 is frozen; a new layout gets a
+//! new version byte and readers keep reading version 1.
+//!
+//! # Invariant
+//!
+//! The changelog holds, for each key, the value the state had at the end of the last committed
+//! transaction: every transaction writes the newest value of every key it changed (see
+//! `merge::Changes`), in the same Kafka transaction as the finals and the input offsets.
+
+use edge_protocol::aggregate::Aggregate;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::merge::{Gateway, Meta, WindowKey, WindowState};
+
+/// Version byte of the values.
+pub const VERSION: u8 = 1;
+
+/// A changelog record that cannot be read: the state cannot be restored (fatal).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChangelogError {
+    #[error("changelog key is not one of ours: {0:?}")]
+    BadKey(String),
+    #[error("changelog value of {key:?} is malformed")]
+    BadValue { key: String },
+    #[error("changelog value of {key:?} has unknown version {version}")]
+    UnknownVersion { key: String, version: u8 },
+}
+
+/// One decoded changelog entry (value `None`: a tombstone).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Entry {
+    Window(WindowKey, Option<Box<WindowState>>),
+    Gateway(String, Option<Gateway>),
+    Meta(Option<Meta>),
+}
+
+pub fn window_key(topic: &str, partition: i32, k: &WindowKey) -> String {
+    format!(
+        "w|{topic}|{partition}|{}|{}|{}",
+        k.start_ms, k.end_ms, k.group
+    )
+}
+
+pub fn gateway_key(topic: &str, partition: i32, agent: &str) -> String {
+    format!("g|{topic}|{partition}|{agent}")
+}
+
+pub fn meta_key(topic: &str, partition: i32) -> String {
+    format!("m|{topic}|{partition}")
+}
+
+/// `[VERSION] ++ postcard(value)`.
+pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    let mut out = vec![VERSION];
+    // Serializing our own in-memory types into a Vec cannot fail.
+    if let Ok(body) = postcard::to_allocvec(value) {
+        out.extend_from_slice(&body);
+    }
+    out
+}
+
+fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, ChangelogError> {
+    let bad = || ChangelogError::BadValue {
+        key: key.to_owned(),
+    };
+    let (&version, body) = bytes.split_first().ok_or_else(bad)?;
+    if version != VERSION {
+        return Err(ChangelogError::UnknownVersion {
+            key: key.to_owned(),
+            version,
+        });
+    }
+    let (value, rest) = postcard::take_from_bytes(body).map_err(|_| bad())?;
+    if !rest.is_empty() {
+        return Err(bad());
+    }
+    Ok(value)
+}
+
+/// Decodes a record of `topic`/`partition`'s state; `Ok(None)` for another partition's record.
+pub fn decode_entry(
+    topic: &str,
+    partition: i32,
+    key: &[u8],
+    value: Option<&[u8]>,
+) -> Result<Option<Entry>, ChangelogError> {
+    let key = std::str::from_utf8(key)
+        .map_err(|_| ChangelogError::BadKey(String::from_utf8_lossy(key).into_owned()))?;
+    let bad_key = || ChangelogError::BadKey(key.to_owned());
+    let mut parts = key.splitn(4, '|');
+    let (Some(kind), Some(t), Some(p)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(bad_key());
+    };
+    let p: i32 = p.parse().map_err(|_| bad_key())?;
+    if t != topic || p != partition {
+        return Ok(None);
+    }
+    let rest = parts.next();
+    let entry = match (kind, rest) {
+        ("w", Some(rest)) => {
+            let mut f = rest.splitn(3, '|');
+            let (Some(s), Some(e), Some(group)) = (f.next(), f.next(), f.next()) else {
+                return Err(bad_key());
+            };
+            let k = WindowKey {
+                group: group.to_owned(),
+                start_ms: s.parse().map_err(|_| bad_key())?,
+                end_ms: e.parse().map_err(|_| bad_key())?,
+            };
+            let v = value
+                .map(|v| decode::<WindowState>(key, v).map(Box::new))
+                .transpose()?;
+            if let Some(w) = &v {
+                // The aggregate went through serde, not Aggregate::decode: check its invariants.
+                let mut buf = vec![0u8; edge_protocol::aggregate::MAX_ENCODED_LEN];
+                let ok = w
+                    .aggregate
+                    .encode(&mut buf)
+                    .ok()
+                    .and_then(|n| Aggregate::decode(&buf[..n]).ok());
+                if ok.is_none() {
+                    return Err(ChangelogError::BadValue {
+                        key: key.to_owned(),
+                    });
+                }
+            }
+            Entry::Window(k, v)
+        }
+        ("g", Some(agent)) => Entry::Gateway(
+            agent.to_owned(),
+            value.map(|v| decode::<Gateway>(key, v)).transpose()?,
+        ),
+        ("m", None) => Entry::Meta(value.map(|v| decode::<Meta>(key, v)).transpose()?),
+        _ => return Err(bad_key()),
+    };
+    Ok(Some(entry))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    fn window() -> (WindowKey, WindowState) {
+        let mut aggregate = Aggregate::new();
+        aggregate.add(5, 2.0).unwrap();
+        let k = WindowKey {
+            group: "a|b".into(),
+            start_ms: -10,
+            end_ms: 10,
+        };
+        let w = WindowState {
+            aggregate,
+            revision: 2,
+            finalized: true,
+            gateways: BTreeSet::from(["gw".to_owned()]),
+            gateways_truncated: 0,
+            partials: 3,
+        };
+        (k, w)
+    }
+
+    #[test]
+    fn entries_round_trip_through_key_and_value() {
+        let (k, w) = window();
+        let key = window_key("in", 3, &k);
+        assert_eq!(key, "w|in|3|-10|10|a|b");
+        let e = decode_entry("in", 3, key.as_bytes(), Some(&encode(&w))).unwrap();
+        assert_eq!(e, Some(Entry::Window(k.clone(), Some(Box::new(w)))));
+        let e = decode_entry("in", 3, key.as_bytes(), None).unwrap();
+        assert_eq!(e, Some(Entry::Window(k, None)));
+        let g = Gateway {
+            watermark_ms: 7,
+            last_seen_ms: 9,
+        };
+        let key = gateway_key("in", 3, "gw");
+        let e = decode_entry("in", 3, key.as_bytes(), Some(&encode(&g))).unwrap();
+        assert_eq!(e, Some(Entry::Gateway("gw".into(), Some(g))));
+        let m = Meta {
+            stream_time_ms: 1,
+            frontier_ms: -1,
+        };
+        let e = decode_entry("in", 3, meta_key("in", 3).as_bytes(), Some(&encode(&m))).unwrap();
+        assert_eq!(e, Some(Entry::Meta(Some(m))));
+    }
+
+    /// Golden vector: the version-1 bytes of a gateway and the partition clocks.
+    #[test]
+    fn values_match_the_golden_vectors() {
+        let g = Gateway {
+            watermark_ms: 21_000,
+            last_seen_ms: -1,
+        };
+        assert_eq!(encode(&g), [1, 0x90, 0xc8, 0x02, 0x01]);
+        let m = Meta {
+            stream_time_ms: 1,
+            frontier_ms: 0,
+        };
+        assert_eq!(encode(&m), [1, 2, 0]);
+    }
+
+    #[test]
+    fn other_partitions_records_are_skipped_and_garbage_is_refused() {
+        let key = meta_key("in", 4);
+        assert_eq!(decode_entry("in", 3, key.as_bytes(), None), Ok(None));
+        assert!(decode_entry("in", 3, b"x", None).is_err());
+        let key = meta_key("in", 3);
+        assert!(decode_entry("in", 3, key.as_bytes(), Some(&[2, 0, 0])).is_err());
+        assert!(decode_entry("in", 3, key.as_bytes(), Some(&[1, 0, 0, 9])).is_err());
+    }
+}

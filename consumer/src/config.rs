@@ -1,0 +1,446 @@
+//! The consumer's TOML configuration. Every key is documented in
+//! `configs/consumer.example.toml`.
+//!
+//! Unknown keys are refused (`deny_unknown_fields`), and every error names the file, the line and
+//! the field: a bad configuration stops the consumer at start, never half-way through a run.
+//! The settings exactly-once depends on (`isolation.level`, `enable.auto.commit`,
+//! `transactional.id`, ...) cannot be overridden through `[kafka.client]`.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::group::{Grouping, Rule};
+
+/// librdkafka settings the consumer sets itself; `[kafka.client]` may not change them.
+pub const RESERVED_CLIENT_KEYS: &[&str] = &[
+    "bootstrap.servers",
+    "group.id",
+    "isolation.level",
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "transactional.id",
+    "enable.idempotence",
+    "transaction.timeout.ms",
+    "enable.partition.eof",
+];
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        file: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{file}:{line}:{column}: {message}")]
+    Parse {
+        file: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("{file}:{line}: `{field}`: {reason}")]
+    Invalid {
+        file: PathBuf,
+        line: usize,
+        field: &'static str,
+        reason: &'static str,
+    },
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub kafka: KafkaSection,
+    pub topics: Topics,
+    #[serde(default)]
+    pub grouping: GroupingSection,
+    #[serde(default)]
+    pub window: WindowSection,
+    #[serde(default)]
+    pub revisions: RevisionSection,
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+/// `[kafka]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSection {
+    pub bootstrap_servers: Spanned<String>,
+    pub group_id: Spanned<String>,
+    /// This instance's stable name; `transactional.id` is `{group_id}.{instance_id}`.
+    pub instance_id: Spanned<String>,
+    #[serde(default = "default_transaction_timeout_ms")]
+    pub transaction_timeout_ms: Spanned<u64>,
+    #[serde(default)]
+    pub client: BTreeMap<Spanned<String>, String>,
+}
+
+/// `[topics]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Topics {
+    pub inputs: Spanned<Vec<String>>,
+    pub finals: Spanned<String>,
+    pub changelog: Spanned<String>,
+    pub dead_letters: Spanned<String>,
+    /// Create the output, changelog and dead-letter topics when missing.
+    #[serde(default = "default_true")]
+    pub create: bool,
+    /// Replication factor of created topics (the broker's default when absent).
+    pub replication_factor: Option<Spanned<i32>>,
+}
+
+/// `[grouping]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupingSection {
+    /// `"series"` (default): a series no rule matches is its own group; `"dead_letter"`.
+    #[serde(default)]
+    pub unmatched: Unmatched,
+    #[serde(default)]
+    pub rule: Vec<RuleSection>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Unmatched {
+    #[default]
+    Series,
+    DeadLetter,
+}
+
+/// `[[grouping.rule]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleSection {
+    #[serde(rename = "match")]
+    pub pattern: Spanned<String>,
+    pub key: Spanned<String>,
+}
+
+/// `[window]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WindowSection {
+    pub rollup_ms: Option<Spanned<i64>>,
+    #[serde(default = "default_idle_timeout_ms")]
+    pub idle_timeout_ms: Spanned<i64>,
+}
+
+impl Default for WindowSection {
+    fn default() -> Self {
+        WindowSection {
+            rollup_ms: None,
+            idle_timeout_ms: default_idle_timeout_ms(),
+        }
+    }
+}
+
+/// `[revisions]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevisionSection {
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    #[serde(default = "default_horizon_ms")]
+    pub horizon_ms: Spanned<i64>,
+}
+
+impl Default for RevisionSection {
+    fn default() -> Self {
+        RevisionSection {
+            enabled: true,
+            horizon_ms: default_horizon_ms(),
+        }
+    }
+}
+
+/// `[limits]`: per assigned input partition, except the batch limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    #[serde(default = "default_max_windows")]
+    pub max_open_windows: Spanned<usize>,
+    #[serde(default = "default_max_windows")]
+    pub max_finalized_windows: Spanned<usize>,
+    #[serde(default = "default_max_gateways")]
+    pub max_gateways: Spanned<usize>,
+    #[serde(default = "default_batch_max_records")]
+    pub batch_max_records: Spanned<usize>,
+    #[serde(default = "default_batch_max_ms")]
+    pub batch_max_ms: Spanned<u64>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_open_windows: default_max_windows(),
+            max_finalized_windows: default_max_windows(),
+            max_gateways: default_max_gateways(),
+            batch_max_records: default_batch_max_records(),
+            batch_max_ms: default_batch_max_ms(),
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_transaction_timeout_ms() -> Spanned<u64> {
+    Spanned::new(0..0, 60_000)
+}
+fn default_idle_timeout_ms() -> Spanned<i64> {
+    Spanned::new(0..0, 300_000)
+}
+fn default_horizon_ms() -> Spanned<i64> {
+    Spanned::new(0..0, 24 * 3_600_000)
+}
+fn default_max_windows() -> Spanned<usize> {
+    Spanned::new(0..0, 100_000)
+}
+fn default_max_gateways() -> Spanned<usize> {
+    Spanned::new(0..0, 4096)
+}
+fn default_batch_max_records() -> Spanned<usize> {
+    Spanned::new(0..0, 5000)
+}
+fn default_batch_max_ms() -> Spanned<u64> {
+    Spanned::new(0..0, 200)
+}
+
+impl Config {
+    /// Reads and validates `file`.
+    pub fn load(file: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
+            file: file.to_owned(),
+            source,
+        })?;
+        Config::parse(file, &text)
+    }
+
+    /// Parses and validates `text` (named `file` in errors).
+    pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| {
+            let (line, column) = line_col(text, e.span().map_or(0, |s| s.start));
+            ConfigError::Parse {
+                file: file.to_owned(),
+                line,
+                column,
+                message: e.message().to_owned(),
+            }
+        })?;
+        config.validate().map_err(|(span, field, reason)| {
+            let (line, _) = line_col(text, span.start);
+            ConfigError::Invalid {
+                file: file.to_owned(),
+                line,
+                field,
+                reason,
+            }
+        })?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), (Range<usize>, &'static str, &'static str)> {
+        let k = &self.kafka;
+        let nonempty = |s: &Spanned<String>, field| {
+            if s.get_ref().trim().is_empty() {
+                Err((s.span(), field, "must not be empty"))
+            } else {
+                Ok(())
+            }
+        };
+        nonempty(&k.bootstrap_servers, "kafka.bootstrap_servers")?;
+        nonempty(&k.group_id, "kafka.group_id")?;
+        nonempty(&k.instance_id, "kafka.instance_id")?;
+        if *k.transaction_timeout_ms.get_ref() < 1000 {
+            return Err((
+                k.transaction_timeout_ms.span(),
+                "kafka.transaction_timeout_ms",
+                "must be at least 1000",
+            ));
+        }
+        for key in k.client.keys() {
+            if RESERVED_CLIENT_KEYS.contains(&key.get_ref().as_str()) {
+                return Err((
+                    key.span(),
+                    "kafka.client",
+                    "sets a key exactly-once depends on (see RESERVED_CLIENT_KEYS)",
+                ));
+            }
+        }
+        let t = &self.topics;
+        if t.inputs.get_ref().is_empty() || t.inputs.get_ref().iter().any(|s| s.is_empty()) {
+            return Err((
+                t.inputs.span(),
+                "topics.inputs",
+                "must list at least one non-empty topic",
+            ));
+        }
+        nonempty(&t.finals, "topics.finals")?;
+        nonempty(&t.changelog, "topics.changelog")?;
+        nonempty(&t.dead_letters, "topics.dead_letters")?;
+        let outs = [&t.finals, &t.changelog, &t.dead_letters];
+        for out in outs {
+            if t.inputs.get_ref().contains(out.get_ref()) {
+                return Err((out.span(), "topics", "an output topic is also an input"));
+            }
+        }
+        if t.changelog.get_ref() == t.finals.get_ref()
+            || t.changelog.get_ref() == t.dead_letters.get_ref()
+        {
+            return Err((
+                t.changelog.span(),
+                "topics.changelog",
+                "must be a topic of its own",
+            ));
+        }
+        if let Some(r) = &t.replication_factor {
+            if *r.get_ref() < 1 {
+                return Err((r.span(), "topics.replication_factor", "must be at least 1"));
+            }
+        }
+        for rule in &self.grouping.rule {
+            if let Err(reason) = Rule::new(rule.pattern.get_ref(), rule.key.get_ref()) {
+                return Err((rule.key.span(), "grouping.rule", reason));
+            }
+        }
+        let w = &self.window;
+        if let Some(r) = &w.rollup_ms {
+            if *r.get_ref() < 1 {
+                return Err((r.span(), "window.rollup_ms", "must be at least 1"));
+            }
+        }
+        if *w.idle_timeout_ms.get_ref() < 1 {
+            return Err((
+                w.idle_timeout_ms.span(),
+                "window.idle_timeout_ms",
+                "must be at least 1",
+            ));
+        }
+        if *self.revisions.horizon_ms.get_ref() < 0 {
+            return Err((
+                self.revisions.horizon_ms.span(),
+                "revisions.horizon_ms",
+                "must not be negative",
+            ));
+        }
+        let l = &self.limits;
+        for (v, field) in [
+            (&l.max_open_windows, "limits.max_open_windows"),
+            (&l.max_finalized_windows, "limits.max_finalized_windows"),
+            (&l.max_gateways, "limits.max_gateways"),
+            (&l.batch_max_records, "limits.batch_max_records"),
+        ] {
+            if *v.get_ref() < 1 {
+                return Err((v.span(), field, "must be at least 1"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The grouping, built from validated rules.
+    pub fn grouping(&self) -> Grouping {
+        let rules = self
+            .grouping
+            .rule
+            .iter()
+            .filter_map(|r| Rule::new(r.pattern.get_ref(), r.key.get_ref()).ok())
+            .collect();
+        Grouping::new(rules, self.grouping.unmatched == Unmatched::DeadLetter)
+    }
+
+    /// The merge state machine's settings.
+    pub fn merge_settings(&self) -> crate::merge::Settings {
+        crate::merge::Settings {
+            rollup_ms: self.window.rollup_ms.as_ref().map(|r| *r.get_ref()),
+            idle_timeout_ms: *self.window.idle_timeout_ms.get_ref(),
+            revisions: self.revisions.enabled,
+            horizon_ms: *self.revisions.horizon_ms.get_ref(),
+            max_open_windows: *self.limits.max_open_windows.get_ref(),
+            max_finalized_windows: *self.limits.max_finalized_windows.get_ref(),
+            max_gateways: *self.limits.max_gateways.get_ref(),
+        }
+    }
+}
+
+/// 1-based line and column of byte `at`.
+fn line_col(text: &str, at: usize) -> (usize, usize) {
+    let before = &text.as_bytes()[..at.min(text.len())];
+    let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+    let column = at.min(text.len())
+        - before
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |p| p + 1)
+        + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[kafka]
+bootstrap_servers = "127.0.0.1:19092"
+group_id = "g"
+instance_id = "a"
+[topics]
+inputs = ["in"]
+finals = "out"
+changelog = "cl"
+dead_letters = "dl"
+"#;
+
+    #[test]
+    fn the_example_configuration_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/consumer.example.toml");
+        Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    #[test]
+    fn a_minimal_configuration_takes_the_defaults() {
+        let c = Config::parse(Path::new("c.toml"), MINIMAL).unwrap();
+        assert!(c.revisions.enabled);
+        assert_eq!(c.merge_settings().rollup_ms, None);
+    }
+
+    #[test]
+    fn an_unknown_key_is_refused_with_its_line() {
+        let text = format!("{MINIMAL}[window]\nidle_timeout = 5\n");
+        let e = Config::parse(Path::new("c.toml"), &text)
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("c.toml:12:"), "{e}");
+        assert!(e.contains("idle_timeout"), "{e}");
+    }
+
+    #[test]
+    fn a_reserved_client_key_is_refused_naming_the_field() {
+        let text = MINIMAL.replace(
+            "[topics]",
+            "[kafka.client]\n\"isolation.level\" = \"read_uncommitted\"\n[topics]",
+        );
+        let e = Config::parse(Path::new("c.toml"), &text)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(":7: `kafka.client`"), "{e}");
+    }
+
+    #[test]
+    fn a_bad_grouping_template_is_refused() {
+        let text = format!("{MINIMAL}[[grouping.rule]]\nmatch = \"a.*\"\nkey = \"{{2}}\"\n");
+        let e = Config::parse(Path::new("c.toml"), &text)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`grouping.rule`"), "{e}");
+    }
+}

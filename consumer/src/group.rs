@@ -1,0 +1,193 @@
+//! Grouping: which group key a series' partials are merged under. No I/O.
+//!
+//! Without rules every series is its own group (the key as the gateway sent it). A rule is a glob
+//! over the series key (`*` matches any run of characters, shortest first) and a template for the
+//! group key, where `{1}`, `{2}`, ... are what the pattern's stars matched and `{series}` is the
+//! whole series key. The first rule (in file order) that matches wins. A series no rule matches
+//! is its own group, or (`unmatched = "dead_letter"`) is refused and its partial dead-lettered.
+//!
+//! Example: `match = "plant7.*.temp*"`, `key = "plant7.{1}.temperature"` merges every
+//! temperature sensor of a line into one group per line.
+
+/// One rule: glob and template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    pattern: Vec<Piece>,
+    template: Vec<Part>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Piece {
+    Literal(String),
+    Star,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Part {
+    Literal(String),
+    Capture(usize),
+    Series,
+}
+
+impl Rule {
+    /// Builds a rule; the reason when the template refers to a star the pattern does not have, or
+    /// has an unclosed brace.
+    pub fn new(pattern: &str, template: &str) -> Result<Rule, &'static str> {
+        if pattern.is_empty() {
+            return Err("the pattern must not be empty");
+        }
+        let mut pieces = Vec::new();
+        for (i, literal) in pattern.split('*').enumerate() {
+            if i > 0 && pieces.last() != Some(&Piece::Star) {
+                pieces.push(Piece::Star);
+            }
+            if !literal.is_empty() {
+                pieces.push(Piece::Literal(literal.to_owned()));
+            }
+        }
+        let stars = pieces.iter().filter(|p| **p == Piece::Star).count();
+        let mut parts = Vec::new();
+        let mut rest = template;
+        while let Some(open) = rest.find('{') {
+            if open > 0 {
+                parts.push(Part::Literal(rest[..open].to_owned()));
+            }
+            let close = rest[open..]
+                .find('}')
+                .ok_or("an unclosed `{` in the key template")?;
+            let name = &rest[open + 1..open + close];
+            if name == "series" {
+                parts.push(Part::Series);
+            } else {
+                let n: usize = name
+                    .parse()
+                    .map_err(|_| "the key template knows only {series} and {1}, {2}, ...")?;
+                if n == 0 || n > stars {
+                    return Err("the key template names a star the pattern does not have");
+                }
+                parts.push(Part::Capture(n));
+            }
+            rest = &rest[open + close + 1..];
+        }
+        if !rest.is_empty() {
+            parts.push(Part::Literal(rest.to_owned()));
+        }
+        if parts.is_empty() {
+            return Err("the key template must not be empty");
+        }
+        Ok(Rule {
+            pattern: pieces,
+            template: parts,
+        })
+    }
+
+    /// The group key of `series`, when the pattern matches it.
+    pub fn apply(&self, series: &str) -> Option<String> {
+        let mut captures = Vec::new();
+        if !matches(&self.pattern, series, &mut captures) {
+            return None;
+        }
+        let mut out = String::new();
+        for part in &self.template {
+            match part {
+                Part::Literal(s) => out.push_str(s),
+                Part::Series => out.push_str(series),
+                Part::Capture(n) => out.push_str(captures.get(n - 1).copied().unwrap_or("")),
+            }
+        }
+        Some(out)
+    }
+}
+
+/// Glob match with captures, shortest run first, backtracking.
+fn matches<'a>(pieces: &[Piece], text: &'a str, captures: &mut Vec<&'a str>) -> bool {
+    match pieces.split_first() {
+        None => text.is_empty(),
+        Some((Piece::Literal(l), rest)) => {
+            text.starts_with(l.as_str()) && matches(rest, &text[l.len()..], captures)
+        }
+        Some((Piece::Star, rest)) => {
+            for (cut, _) in text
+                .char_indices()
+                .chain(std::iter::once((text.len(), ' ')))
+            {
+                captures.push(&text[..cut]);
+                if matches(rest, &text[cut..], captures) {
+                    return true;
+                }
+                captures.pop();
+            }
+            false
+        }
+    }
+}
+
+/// The configured rules.
+#[derive(Debug, Clone, Default)]
+pub struct Grouping {
+    rules: Vec<Rule>,
+    refuse_unmatched: bool,
+}
+
+impl Grouping {
+    pub fn new(rules: Vec<Rule>, refuse_unmatched: bool) -> Grouping {
+        Grouping {
+            rules,
+            refuse_unmatched,
+        }
+    }
+
+    /// The group of `series`; `None` when no rule matches and unmatched series are refused.
+    pub fn group(&self, series: &str) -> Option<String> {
+        for rule in &self.rules {
+            if let Some(key) = rule.apply(series) {
+                return Some(key);
+            }
+        }
+        (!self.refuse_unmatched).then(|| series.to_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_rules_each_series_is_its_own_group() {
+        assert_eq!(Grouping::default().group("a.b").as_deref(), Some("a.b"));
+    }
+
+    #[test]
+    fn stars_capture_into_the_template() {
+        let rule = Rule::new("plant7.*.temp*", "plant7.{1}.temperature").unwrap();
+        assert_eq!(
+            rule.apply("plant7.line2.temp3").as_deref(),
+            Some("plant7.line2.temperature")
+        );
+        assert_eq!(rule.apply("plant7.line2.pressure"), None);
+        let site = Rule::new("*.*", "{1}").unwrap();
+        assert_eq!(site.apply("siteA.x.y").as_deref(), Some("siteA"));
+    }
+
+    #[test]
+    fn the_first_matching_rule_wins_and_unmatched_series_may_be_refused() {
+        let g = Grouping::new(
+            vec![
+                Rule::new("a.*", "A").unwrap(),
+                Rule::new("*", "{series}!").unwrap(),
+            ],
+            true,
+        );
+        assert_eq!(g.group("a.1").as_deref(), Some("A"));
+        assert_eq!(g.group("b").as_deref(), Some("b!"));
+        let strict = Grouping::new(vec![Rule::new("a.*", "A").unwrap()], true);
+        assert_eq!(strict.group("b"), None);
+    }
+
+    #[test]
+    fn templates_naming_missing_stars_are_refused() {
+        assert!(Rule::new("a.*", "{2}").is_err());
+        assert!(Rule::new("a.*", "{x}").is_err());
+        assert!(Rule::new("a.*", "{1").is_err());
+    }
+}

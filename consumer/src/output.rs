@@ -1,0 +1,177 @@
+//! The finals: JSON records on a compacted topic, readable by kcat, Spark, Flink and kafka-ui as
+//! they are. No I/O.
+//!
+//! # Record
+//!
+//! Key: `{group}|{window_start_ms}|{window_end_ms}` (UTF-8), so compaction keeps the newest
+//! revision of each window. Value: one JSON object:
+//!
+//! ```json
+//! {"group":"plant7.line2.temperature","window_start_ms":60000,"window_end_ms":120000,
+//!  "window_start":"1970-01-01T00:01:00.000Z","window_end":"1970-01-01T00:02:00.000Z",
+//!  "count":12,"sum":250.5,"min":19.5,"max":22.0,"mean":20.875,"stddev":0.7,
+//!  "first":{"ts_ms":60100,"value":19.5},"last":{"ts_ms":119900,"value":21.0},
+//!  "p50":20.9,"p90":21.7,"p95":21.9,"p99":22.0,"revision":0,
+//!  "gateways":["gw-a","gw-b"],"gateways_truncated":0,"partials":6}
+//! ```
+//!
+//! `min` .. `p99` are `null` only for an empty window (never emitted in practice). Quantiles are
+//! within 1 % relative error (`edge_protocol::sketch`); the others are exact up to floating-point
+//! rounding. `revision` 0 is the first final; each partial merged afterwards adds 1. Headers:
+//! `schema = edge.final.v1`.
+
+use serde::Serialize;
+
+use crate::merge::{WindowKey, WindowState};
+
+/// `schema` header value of a final.
+pub const SCHEMA: &str = "edge.final.v1";
+
+/// A first or last reading.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct PointJson {
+    pub ts_ms: i64,
+    pub value: f64,
+}
+
+/// The JSON value of a final.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Final<'a> {
+    pub group: &'a str,
+    pub window_start_ms: i64,
+    pub window_end_ms: i64,
+    pub window_start: String,
+    pub window_end: String,
+    pub count: u64,
+    pub sum: f64,
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+    pub mean: Option<f64>,
+    pub stddev: Option<f64>,
+    pub first: Option<PointJson>,
+    pub last: Option<PointJson>,
+    pub p50: Option<f64>,
+    pub p90: Option<f64>,
+    pub p95: Option<f64>,
+    pub p99: Option<f64>,
+    pub revision: u32,
+    pub gateways: Vec<&'a str>,
+    pub gateways_truncated: u32,
+    pub partials: u64,
+}
+
+/// The record key of a window's final.
+pub fn key(k: &WindowKey) -> String {
+    format!("{}|{}|{}", k.group, k.start_ms, k.end_ms)
+}
+
+/// The JSON value of a window's final.
+pub fn value(k: &WindowKey, w: &WindowState) -> Vec<u8> {
+    let a = &w.aggregate;
+    let point = |p: Option<edge_protocol::aggregate::Point>| {
+        p.map(|p| PointJson {
+            ts_ms: p.ts_ms,
+            value: p.value,
+        })
+    };
+    let f = Final {
+        group: &k.group,
+        window_start_ms: k.start_ms,
+        window_end_ms: k.end_ms,
+        window_start: iso8601(k.start_ms),
+        window_end: iso8601(k.end_ms),
+        count: a.count(),
+        sum: a.sum(),
+        min: a.min(),
+        max: a.max(),
+        mean: a.mean(),
+        stddev: a.stddev(),
+        first: point(a.first()),
+        last: point(a.last()),
+        p50: a.quantile(0.5),
+        p90: a.quantile(0.9),
+        p95: a.quantile(0.95),
+        p99: a.quantile(0.99),
+        revision: w.revision,
+        gateways: w.gateways.iter().map(String::as_str).collect(),
+        gateways_truncated: w.gateways_truncated,
+        partials: w.partials,
+    };
+    // Finite floats, strings and integers: serializing cannot fail.
+    serde_json::to_vec(&f).unwrap_or_default()
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.mmmZ` (proleptic Gregorian, UTC) of Unix milliseconds.
+pub fn iso8601(ms: i64) -> String {
+    let days = ms.div_euclid(86_400_000);
+    let in_day = ms.rem_euclid(86_400_000);
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        in_day / 3_600_000,
+        in_day / 60_000 % 60,
+        in_day / 1000 % 60,
+        in_day % 1000
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use edge_protocol::aggregate::Aggregate;
+    use std::collections::BTreeSet;
+
+    #[test]
+    fn iso8601_formats_known_instants() {
+        assert_eq!(iso8601(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(iso8601(1_767_225_600_123), "2026-01-01T00:00:00.123Z");
+        assert_eq!(iso8601(951_782_400_000), "2000-02-29T00:00:00.000Z");
+        assert_eq!(iso8601(-1), "1969-12-31T23:59:59.999Z");
+        let _ = iso8601(i64::MIN);
+        let _ = iso8601(i64::MAX);
+    }
+
+    #[test]
+    fn a_final_is_one_json_object_with_every_field() {
+        let mut aggregate = Aggregate::new();
+        for (t, v) in [(61_000, 1.0), (62_000, 3.0)] {
+            aggregate.add(t, v).unwrap();
+        }
+        let k = WindowKey {
+            group: "g".into(),
+            start_ms: 60_000,
+            end_ms: 120_000,
+        };
+        let w = WindowState {
+            aggregate,
+            revision: 1,
+            finalized: true,
+            gateways: BTreeSet::from(["a".to_owned()]),
+            gateways_truncated: 0,
+            partials: 2,
+        };
+        assert_eq!(key(&k), "g|60000|120000");
+        let v: serde_json::Value = serde_json::from_slice(&value(&k, &w)).unwrap();
+        assert_eq!(v["window_start"], "1970-01-01T00:01:00.000Z");
+        assert_eq!(v["count"], 2);
+        assert_eq!(v["sum"], 4.0);
+        assert_eq!(v["mean"], 2.0);
+        assert_eq!(v["stddev"], 1.0);
+        assert_eq!(v["first"]["value"], 1.0);
+        assert_eq!(v["last"]["ts_ms"], 62_000);
+        assert_eq!(v["revision"], 1);
+        assert_eq!(v["gateways"][0], "a");
+        for q in ["p50", "p90", "p95", "p99"] {
+            assert!(v[q].as_f64().is_some(), "{q}");
+        }
+    }
+}

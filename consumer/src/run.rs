@@ -1,0 +1,591 @@
+//! The consume-merge-produce loop, exactly once. The only module that calls Kafka in steady
+//! state. Everything runs on one plain thread: librdkafka's transaction calls block, so they are
+//! kept off any async worker.
+//!
+//! # One poll batch = one transaction
+//!
+//! 1. Poll up to `batch_max_records` records or `batch_max_ms` (read_committed: only partials
+//!    of committed agent transactions; auto-commit off). No transaction is open while polling,
+//!    so a rebalance callback (which runs inside `poll`) never meets an in-flight transaction.
+//! 2. Decode, group and merge each record into its partition's [`PartitionState`]; a record that
+//!    cannot be merged becomes a dead letter with its reason (the loop keeps going). Partitions
+//!    the loop has caught up with (EOF) are ticked with the wall clock.
+//! 3. `begin_transaction`; produce the finals, the changelog records (newest value of each
+//!    changed key, tombstones for dropped state) and the dead letters;
+//!    `send_offsets_to_transaction` with the offsets after the batch and the consumer's group
+//!    metadata; `commit_transaction`.
+//!
+//! # Why each partial counts exactly once
+//!
+//! A partial's effect (its merge into the state, the finals it causes, the changelog record of
+//! the new state) and the advance of its input offset commit in the **same** transaction, so
+//! they become visible together or not at all. After a crash (`kill -9` anywhere) the open
+//! transaction is aborted (by our next `init_transactions` with the same `transactional.id`, or
+//! by the transaction timeout), the records it wrote stay invisible to `read_committed` readers,
+//! and the offset stays where the last commit left it. The next owner of the partition restores
+//! the state from the changelog as of that commit ([`crate::restore`]) and reads the input from
+//! that offset: the partials of the lost batch are merged once, by the new owner. When a
+//! transaction fails (`commit` error, timeout, broker away), the loop aborts it and starts a new
+//! session: the in-memory state, which already holds the batch, is thrown away and restored from
+//! the changelog, so an aborted batch is never half-remembered.
+//!
+//! # Why zombies are fenced
+//!
+//! One transactional producer per instance (`transactional.id` = `{group_id}.{instance_id}`).
+//! - A restarted instance with the same id: `init_transactions` bumps the producer epoch; the
+//!   old process (if still alive) is fenced (`ProducerFenced`, fatal for it) and its open
+//!   transaction aborted.
+//! - An instance that lost a partition in a rebalance but does not know yet (a long pause): with
+//!   KIP-447 the group coordinator checks the consumer group metadata (generation, member id)
+//!   sent with `send_offsets_to_transaction`; a stale generation is refused, so the zombie's
+//!   transaction cannot commit offsets and must abort, and none of its outputs or changelog
+//!   records become visible. The new owner waits for stable offsets before restoring, so it never
+//!   reads a state the zombie might still commit. This is why one producer per instance suffices
+//!   (no producer per input partition as before KIP-447); it needs brokers >= 2.5 (we run 4.1).
+//! - Revocation (eager protocol): the callback runs inside `poll`, when no transaction is open;
+//!   the revoked partitions' state and any records of them not yet processed are dropped, and
+//!   their next owner restores from the changelog.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use edge_protocol::partial::Partial;
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::changelog;
+use crate::config::Config;
+use crate::group::Grouping;
+use crate::kafka::{self, classify, KafkaCallError};
+use crate::merge::{PartitionState, Settings};
+use crate::output;
+use crate::restore::{restore_partition, RestoreError};
+
+/// Why the loop stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Kafka(#[from] KafkaCallError),
+    #[error(transparent)]
+    Restore(#[from] RestoreError),
+}
+
+impl RunError {
+    /// A new session may succeed (the loop retries these itself).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            RunError::Kafka(e) => e.is_retryable(),
+            RunError::Restore(RestoreError::Kafka(e)) => e.is_retryable(),
+            RunError::Restore(RestoreError::Timeout { .. }) => true,
+            RunError::Restore(RestoreError::Changelog(_)) => false,
+        }
+    }
+}
+
+/// Live counters, readable from another thread (benchmark, logs).
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub merged: AtomicU64,
+    pub finals: AtomicU64,
+    pub dead_letters: AtomicU64,
+    pub transactions: AtomicU64,
+    pub restored_partitions: AtomicU64,
+    pub open_windows: AtomicU64,
+    pub finalized_windows: AtomicU64,
+    pub sessions: AtomicU64,
+}
+
+/// `schema` header of dead letters.
+pub const DEAD_LETTER_SCHEMA: &str = "edge.dead-letter";
+/// Bound on one Kafka call of the loop (restore, commit).
+const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+type Tp = (String, i32);
+
+#[derive(Debug)]
+enum Event {
+    Assigned(Vec<Tp>),
+    Revoked(Vec<Tp>),
+}
+
+/// Records rebalance events; the loop acts on them right after `poll` returns.
+#[derive(Default)]
+struct Ctx {
+    events: Mutex<Vec<Event>>,
+}
+
+impl ClientContext for Ctx {}
+
+fn tps(tpl: &TopicPartitionList) -> Vec<Tp> {
+    tpl.elements()
+        .iter()
+        .map(|e| (e.topic().to_owned(), e.partition()))
+        .collect()
+}
+
+impl ConsumerContext for Ctx {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, r: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = r {
+            if let Ok(mut ev) = self.events.lock() {
+                ev.push(Event::Revoked(tps(tpl)));
+            }
+        }
+    }
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, r: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = r {
+            if let Ok(mut ev) = self.events.lock() {
+                ev.push(Event::Assigned(tps(tpl)));
+            }
+        }
+    }
+}
+
+/// One input record, owned.
+struct Rec {
+    topic: String,
+    partition: i32,
+    offset: i64,
+    ts_ms: Option<i64>,
+    key: Option<Vec<u8>>,
+    payload: Option<Vec<u8>>,
+    headers: Vec<(String, Vec<u8>)>,
+}
+
+/// One output record of a transaction.
+struct Out {
+    topic: String,
+    partition: Option<i32>,
+    key: Vec<u8>,
+    payload: Option<Vec<u8>>,
+    headers: OwnedHeaders,
+}
+
+/// Runs until `stop` is set (between transactions) or a fatal error. Retryable errors start a
+/// new session after a pause.
+pub fn run(config: &Config, stop: &AtomicBool, metrics: &Metrics) -> Result<(), RunError> {
+    loop {
+        metrics.sessions.fetch_add(1, Ordering::Relaxed);
+        match session(config, stop, metrics) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.is_retryable() => {
+                tracing::warn!(error = %e, "session failed; starting a new one");
+                for _ in 0..10 {
+                    if stop.load(Ordering::Relaxed) {
+                        return Ok(());
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn wall_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+struct Session<'a> {
+    config: &'a Config,
+    settings: Settings,
+    grouping: Grouping,
+    consumer: BaseConsumer<Ctx>,
+    reader: BaseConsumer,
+    producer: BaseProducer,
+    states: HashMap<Tp, PartitionState>,
+    caught_up: BTreeSet<Tp>,
+    metrics: &'a Metrics,
+}
+
+fn session(config: &Config, stop: &AtomicBool, metrics: &Metrics) -> Result<(), RunError> {
+    kafka::prepare_topics(config, Duration::from_secs(15))?;
+    let producer: BaseProducer = kafka::producer_config(config)
+        .create()
+        .map_err(|e| classify("creating the producer", e))?;
+    producer
+        .init_transactions(CALL_TIMEOUT)
+        .map_err(|e| classify("initialising transactions", e))?;
+    let consumer: BaseConsumer<Ctx> = kafka::consumer_config(config)
+        .create_with_context(Ctx::default())
+        .map_err(|e| classify("creating the consumer", e))?;
+    let reader: BaseConsumer = kafka::restore_config(config)
+        .create()
+        .map_err(|e| classify("creating the changelog reader", e))?;
+    let topics: Vec<&str> = config
+        .topics
+        .inputs
+        .get_ref()
+        .iter()
+        .map(String::as_str)
+        .collect();
+    consumer
+        .subscribe(&topics)
+        .map_err(|e| classify("subscribing", e))?;
+    tracing::info!(topics = ?topics, "consumer session started");
+    let mut s = Session {
+        config,
+        settings: config.merge_settings(),
+        grouping: config.grouping(),
+        consumer,
+        reader,
+        producer,
+        states: HashMap::new(),
+        caught_up: BTreeSet::new(),
+        metrics,
+    };
+    while !stop.load(Ordering::Relaxed) {
+        let batch = s.poll_batch()?;
+        s.transact(batch)?;
+    }
+    tracing::info!("stopping between transactions");
+    Ok(())
+}
+
+impl Session<'_> {
+    fn poll_batch(&mut self) -> Result<Vec<Rec>, RunError> {
+        let limits = &self.config.limits;
+        let deadline = Instant::now() + Duration::from_millis(*limits.batch_max_ms.get_ref());
+        let mut batch: Vec<Rec> = Vec::new();
+        while batch.len() < *limits.batch_max_records.get_ref() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let polled = match self.consumer.poll(left) {
+                None => None,
+                Some(Ok(m)) => Some(Ok(Rec {
+                    topic: m.topic().to_owned(),
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    ts_ms: m.timestamp().to_millis(),
+                    key: m.key().map(<[u8]>::to_vec),
+                    payload: m.payload().map(<[u8]>::to_vec),
+                    headers: m
+                        .headers()
+                        .map(|hs| {
+                            hs.iter()
+                                .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                })),
+                Some(Err(e)) => Some(Err(e)),
+            };
+            self.handle_events(&mut batch)?;
+            match polled {
+                None => {}
+                Some(Ok(rec)) => {
+                    let tp = (rec.topic.clone(), rec.partition);
+                    if self.states.contains_key(&tp) {
+                        self.caught_up.remove(&tp);
+                        batch.push(rec);
+                    }
+                }
+                Some(Err(KafkaError::PartitionEOF(p))) => {
+                    // EOF names only the partition: every owned input partition numbered `p`.
+                    let owned: Vec<Tp> =
+                        self.states.keys().filter(|tp| tp.1 == p).cloned().collect();
+                    self.caught_up.extend(owned);
+                }
+                Some(Err(e)) => {
+                    let e = classify("polling", e);
+                    if !e.is_retryable() {
+                        return Err(e.into());
+                    }
+                    tracing::warn!(error = %e, "poll error (librdkafka retries)");
+                }
+            }
+        }
+        Ok(batch)
+    }
+
+    fn handle_events(&mut self, batch: &mut Vec<Rec>) -> Result<(), RunError> {
+        let events: Vec<Event> = match self.consumer.context().events.lock() {
+            Ok(mut ev) => std::mem::take(&mut *ev),
+            Err(_) => Vec::new(),
+        };
+        for event in events {
+            match event {
+                Event::Revoked(tps) => {
+                    tracing::info!(partitions = ?tps, "partitions revoked");
+                    for tp in &tps {
+                        self.states.remove(tp);
+                        self.caught_up.remove(tp);
+                    }
+                    batch.retain(|r| !tps.contains(&(r.topic.clone(), r.partition)));
+                }
+                Event::Assigned(tps) => self.restore(&tps)?,
+            }
+        }
+        self.metrics.open_windows.store(
+            self.states.values().map(|s| s.open_windows() as u64).sum(),
+            Ordering::Relaxed,
+        );
+        Ok(())
+    }
+
+    /// Waits for stable committed offsets of `tps` (see `restore`), then restores each.
+    fn restore(&mut self, tps: &[Tp]) -> Result<(), RunError> {
+        if tps.is_empty() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let mut tpl = TopicPartitionList::new();
+        for (t, p) in tps {
+            tpl.add_partition(t, *p);
+        }
+        self.consumer
+            .committed_offsets(tpl, CALL_TIMEOUT)
+            .map_err(|e| classify("fetching stable committed offsets", e))?;
+        let changelog = self.config.topics.changelog.get_ref();
+        let mut records = 0;
+        for (t, p) in tps {
+            let (state, n) =
+                restore_partition(&self.reader, changelog, t, *p, &self.settings, CALL_TIMEOUT)?;
+            records += n;
+            self.states.insert((t.clone(), *p), state);
+            self.metrics
+                .restored_partitions
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        tracing::info!(partitions = ?tps, changelog_records = records,
+            ms = started.elapsed().as_millis() as u64, "partitions assigned and restored");
+        Ok(())
+    }
+
+    /// Merges `batch` and commits its effects and offsets in one transaction.
+    fn transact(&mut self, batch: Vec<Rec>) -> Result<(), RunError> {
+        let mut outs: Vec<Out> = Vec::new();
+        let mut offsets: BTreeMap<Tp, i64> = BTreeMap::new();
+        let mut merged = 0u64;
+        let mut dead = 0u64;
+        for rec in batch {
+            let tp = (rec.topic.clone(), rec.partition);
+            offsets.insert(tp.clone(), rec.offset + 1);
+            let Some(state) = self.states.get_mut(&tp) else {
+                continue;
+            };
+            match merge_one(state, &self.grouping, &rec) {
+                Ok(()) => merged += 1,
+                Err(reason) => {
+                    dead += 1;
+                    tracing::warn!(topic = %rec.topic, partition = rec.partition,
+                        offset = rec.offset, %reason, "dead letter");
+                    outs.push(dead_letter(self.config, &rec, &reason));
+                }
+            }
+        }
+        let now = wall_ms();
+        for tp in &self.caught_up {
+            if let Some(state) = self.states.get_mut(tp) {
+                state.tick(now);
+            }
+        }
+        let mut finals = 0u64;
+        let changelog_topic = self.config.topics.changelog.get_ref();
+        let finals_topic = self.config.topics.finals.get_ref();
+        for ((topic, partition), state) in &mut self.states {
+            let c = state.take_changes();
+            let to_changelog = |key: String, payload: Option<Vec<u8>>| Out {
+                topic: changelog_topic.clone(),
+                partition: Some(*partition),
+                key: key.into_bytes(),
+                payload,
+                headers: OwnedHeaders::new(),
+            };
+            for (k, w) in &c.windows {
+                let key = changelog::window_key(topic, *partition, k);
+                outs.push(to_changelog(key, w.as_ref().map(changelog::encode)));
+            }
+            for (id, g) in &c.gateways {
+                let key = changelog::gateway_key(topic, *partition, id);
+                outs.push(to_changelog(key, g.as_ref().map(changelog::encode)));
+            }
+            if let Some(m) = c.meta {
+                let key = changelog::meta_key(topic, *partition);
+                outs.push(to_changelog(key, Some(changelog::encode(&m))));
+            }
+            for (k, w) in &c.finals {
+                finals += 1;
+                outs.push(Out {
+                    topic: finals_topic.clone(),
+                    partition: None,
+                    key: output::key(k).into_bytes(),
+                    payload: Some(output::value(k, w)),
+                    headers: OwnedHeaders::new().insert(Header {
+                        key: "schema",
+                        value: Some(output::SCHEMA),
+                    }),
+                });
+            }
+        }
+        if outs.is_empty() && offsets.is_empty() {
+            return Ok(());
+        }
+        self.commit(outs, &offsets)?;
+        let m = self.metrics;
+        m.transactions.fetch_add(1, Ordering::Relaxed);
+        m.merged.fetch_add(merged, Ordering::Relaxed);
+        m.finals.fetch_add(finals, Ordering::Relaxed);
+        m.dead_letters.fetch_add(dead, Ordering::Relaxed);
+        m.open_windows.store(
+            self.states.values().map(|s| s.open_windows() as u64).sum(),
+            Ordering::Relaxed,
+        );
+        m.finalized_windows.store(
+            self.states
+                .values()
+                .map(|s| s.finalized_windows() as u64)
+                .sum(),
+            Ordering::Relaxed,
+        );
+        Ok(())
+    }
+
+    fn commit(&self, outs: Vec<Out>, offsets: &BTreeMap<Tp, i64>) -> Result<(), RunError> {
+        let p = &self.producer;
+        p.begin_transaction()
+            .map_err(|e| classify("beginning a transaction", e))?;
+        let result = (|| -> Result<(), KafkaCallError> {
+            for out in &outs {
+                self.send(out)?;
+            }
+            if !offsets.is_empty() {
+                let mut tpl = TopicPartitionList::new();
+                for ((t, part), o) in offsets {
+                    tpl.add_partition_offset(t, *part, Offset::Offset(*o))
+                        .map_err(|e| classify("listing offsets", e))?;
+                }
+                let meta = self.consumer.group_metadata().ok_or_else(|| {
+                    classify(
+                        "reading the group metadata",
+                        KafkaError::Global(RDKafkaErrorCode::State),
+                    )
+                })?;
+                p.send_offsets_to_transaction(&tpl, &meta, CALL_TIMEOUT)
+                    .map_err(|e| classify("sending offsets to the transaction", e))?;
+            }
+            p.commit_transaction(CALL_TIMEOUT)
+                .map_err(|e| classify("committing a transaction", e))
+        })();
+        if let Err(e) = result {
+            // Abort (unless fenced: then the broker already did) and let the caller start a new
+            // session, which restores the state this batch had already changed in memory.
+            if e.is_retryable() {
+                if let Err(abort) = p.abort_transaction(CALL_TIMEOUT) {
+                    tracing::warn!(error = %abort, "abort failed");
+                }
+            }
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    fn send(&self, out: &Out) -> Result<(), KafkaCallError> {
+        let deadline = Instant::now() + CALL_TIMEOUT;
+        loop {
+            let mut record = BaseRecord::to(&out.topic)
+                .key(&out.key)
+                .headers(out.headers.clone());
+            if let Some(part) = out.partition {
+                record = record.partition(part);
+            }
+            if let Some(payload) = &out.payload {
+                record = record.payload(payload);
+            }
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _))
+                    if Instant::now() < deadline =>
+                {
+                    self.producer.poll(Duration::from_millis(10));
+                }
+                Err((e, _)) => return Err(classify("producing", e)),
+            }
+        }
+    }
+}
+
+/// Decodes, groups and merges one record; the dead-letter reason when it cannot be merged.
+fn merge_one(state: &mut PartitionState, grouping: &Grouping, rec: &Rec) -> Result<(), String> {
+    if let Some((_, schema)) = rec.headers.iter().find(|(k, _)| k == "schema") {
+        if schema != b"edge.partial" {
+            return Err(format!(
+                "unexpected schema header {:?}",
+                String::from_utf8_lossy(schema)
+            ));
+        }
+    }
+    let payload = rec.payload.as_deref().ok_or("no payload")?;
+    let partial = decode(payload)?;
+    let group = grouping
+        .group(&partial.series)
+        .ok_or("no grouping rule matches the series and unmatched = \"dead_letter\"")?;
+    let ts = rec.ts_ms.ok_or("the record has no timestamp")?;
+    state.apply(&group, &partial, ts).map_err(|e| e.to_string())
+}
+
+/// The version-1 postcard envelope, or the JSON form (a payload starting with `{`).
+pub fn decode(payload: &[u8]) -> Result<Partial, String> {
+    if payload.first() == Some(&b'{') {
+        let p: Partial =
+            serde_json::from_slice(payload).map_err(|e| format!("malformed JSON partial: {e}"))?;
+        if p.window_start_ms >= p.window_end_ms {
+            return Err("window start is not before its end".into());
+        }
+        p.aggregate
+            .validate()
+            .map_err(|e| format!("partial's aggregate: {e}"))?;
+        return Ok(p);
+    }
+    Partial::decode(payload).map_err(|e| e.to_string())
+}
+
+fn dead_letter(config: &Config, rec: &Rec, reason: &str) -> Out {
+    let partition = rec.partition.to_string();
+    let offset = rec.offset.to_string();
+    let mut headers = OwnedHeaders::new()
+        .insert(Header {
+            key: "schema",
+            value: Some(DEAD_LETTER_SCHEMA),
+        })
+        .insert(Header {
+            key: "reason",
+            value: Some(reason),
+        })
+        .insert(Header {
+            key: "source.topic",
+            value: Some(&rec.topic),
+        })
+        .insert(Header {
+            key: "source.partition",
+            value: Some(&partition),
+        })
+        .insert(Header {
+            key: "source.offset",
+            value: Some(&offset),
+        });
+    for (k, v) in &rec.headers {
+        if k == "agent" || k == "seq" {
+            headers = headers.insert(Header {
+                key: k,
+                value: Some(v),
+            });
+        }
+    }
+    Out {
+        topic: config.topics.dead_letters.get_ref().clone(),
+        partition: None,
+        key: rec.key.clone().unwrap_or_default(),
+        payload: rec.payload.clone(),
+        headers,
+    }
+}
