@@ -1,0 +1,486 @@
+//! Shared by the `consumer_*` suites: topics and a configuration per test, raw readings turned
+//! into partials and produced transactionally (as an agent would), the `edge-consumer` binary
+//! spawned as a process, finals read back, and a reference batch computation over the raw
+//! readings to compare against.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use edge_protocol::aggregate::Aggregate;
+use edge_protocol::partial::{Partial, MAX_ENCODED_LEN};
+use edge_tests::kafka::{base_config, create_topic, read_committed, unique_topic};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+
+const TXN: Duration = Duration::from_secs(30);
+
+/// One test's topics, group and configuration directory.
+pub struct Setup {
+    pub bootstrap: String,
+    pub input: String,
+    pub finals: String,
+    pub changelog: String,
+    pub dead: String,
+    pub group: String,
+    pub dir: tempfile::TempDir,
+}
+
+impl Setup {
+    /// A fresh input topic with `partitions` partitions; outputs are created by the consumer.
+    pub fn new(bootstrap: &str, name: &str, partitions: i32) -> Setup {
+        let input = unique_topic(&format!("{name}-in"));
+        create_topic(bootstrap, &input, partitions).unwrap_or_else(|e| panic!("{e}"));
+        Setup::on_input(bootstrap, name, &input)
+    }
+
+    /// Another consumer group with its own outputs reading the same `input`.
+    pub fn on_input(bootstrap: &str, name: &str, input: &str) -> Setup {
+        Setup {
+            bootstrap: bootstrap.to_owned(),
+            input: input.to_owned(),
+            finals: unique_topic(&format!("{name}-finals")),
+            changelog: unique_topic(&format!("{name}-cl")),
+            dead: unique_topic(&format!("{name}-dl")),
+            group: unique_topic(&format!("{name}-group")),
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
+    /// Writes a configuration for instance `instance`: `client` lines go under `[kafka.client]`,
+    /// `window` lines under `[window]`, `extra` (whole tables) at the end.
+    pub fn config(
+        &self,
+        instance: &str,
+        idle_timeout_ms: i64,
+        client: &str,
+        window: &str,
+        extra: &str,
+    ) -> PathBuf {
+        let text = format!(
+            r#"[kafka]
+bootstrap_servers = "{}"
+group_id = "{}"
+instance_id = "{instance}"
+transaction_timeout_ms = 10000
+[kafka.client]
+"session.timeout.ms" = "6000"
+"heartbeat.interval.ms" = "500"
+"socket.timeout.ms" = "5000"
+{client}
+[topics]
+inputs = ["{}"]
+finals = "{}"
+changelog = "{}"
+dead_letters = "{}"
+[window]
+idle_timeout_ms = {idle_timeout_ms}
+{window}
+[limits]
+batch_max_records = 50
+batch_max_ms = 100
+{extra}
+"#,
+            self.bootstrap, self.group, self.input, self.finals, self.changelog, self.dead
+        );
+        let path = self.dir.path().join(format!("{instance}.toml"));
+        std::fs::write(&path, text).expect("write config");
+        path
+    }
+
+    /// Spawns `edge-consumer run`; its log goes to `{instance}.log` in the test's directory.
+    pub fn spawn(&self, config: &Path, instance: &str) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("{instance}.log")))
+            .expect("log file");
+        Command::new(consumer_binary())
+            .args(["run", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info,rdkafka=warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn edge-consumer")
+    }
+
+    /// The last `lines` lines of an instance's log (for failure messages).
+    pub fn log_tail(&self, instance: &str, lines: usize) -> String {
+        let text = std::fs::read_to_string(self.dir.path().join(format!("{instance}.log")))
+            .unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// The newest final of each key (read_committed), parsed.
+    pub fn finals(&self) -> BTreeMap<String, serde_json::Value> {
+        let mut out = BTreeMap::new();
+        if let Ok(records) = read_committed(&self.bootstrap, &self.finals, Duration::from_secs(30))
+        {
+            for r in records {
+                let key = String::from_utf8(r.key.unwrap_or_default()).expect("utf-8 key");
+                let v = serde_json::from_slice(&r.payload.unwrap_or_default()).expect("JSON final");
+                out.insert(key, v);
+            }
+        }
+        out
+    }
+
+    /// Waits until the finals hold every key of `reference` with its count; returns them.
+    pub fn wait_for_finals(
+        &self,
+        reference: &BTreeMap<String, Reference>,
+        timeout: Duration,
+    ) -> BTreeMap<String, serde_json::Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let finals = self.finals();
+            let complete = reference.iter().all(|(k, r)| {
+                finals.get(k).and_then(|v| v["count"].as_u64()) == Some(r.values.len() as u64)
+            });
+            if complete {
+                return finals;
+            }
+            let done = reference
+                .iter()
+                .filter(|(k, r)| {
+                    finals.get(*k).and_then(|v| v["count"].as_u64()) == Some(r.values.len() as u64)
+                })
+                .count();
+            assert!(
+                Instant::now() < deadline,
+                "finals incomplete after {timeout:?}: {done} of {} windows complete",
+                reference.len()
+            );
+            println!(
+                "  waiting for finals: {done} of {} windows complete",
+                reference.len()
+            );
+            std::thread::sleep(Duration::from_secs(2));
+        }
+    }
+}
+
+/// `target/<profile>/edge-consumer`, built on demand.
+pub fn consumer_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test exe");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>");
+    let mut build = Command::new(env!("CARGO"));
+    build
+        .args([
+            "build",
+            "--quiet",
+            "-p",
+            "edge-consumer",
+            "--bin",
+            "edge-consumer",
+        ])
+        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
+        .env(
+            "CARGO_TARGET_DIR",
+            profile_dir.parent().expect("target dir"),
+        );
+    if profile_dir.ends_with("release") {
+        build.arg("--release");
+    }
+    assert!(
+        build.status().expect("cargo build").success(),
+        "building edge-consumer failed"
+    );
+    profile_dir.join("edge-consumer")
+}
+
+/// One raw reading of a gateway.
+#[derive(Debug, Clone, Copy)]
+pub struct Reading {
+    pub ts_ms: i64,
+    pub value: f64,
+}
+
+/// The raw readings of one (gateway, series, window): the input of one partial.
+#[derive(Debug, Clone)]
+pub struct Cell {
+    pub gateway: String,
+    pub series: String,
+    pub start_ms: i64,
+    pub end_ms: i64,
+    pub readings: Vec<Reading>,
+}
+
+impl Cell {
+    pub fn partial(&self, watermark_ms: i64, revision: u32) -> Partial {
+        let mut aggregate = Aggregate::new();
+        for r in &self.readings {
+            aggregate.add(r.ts_ms, r.value).expect("finite");
+        }
+        Partial {
+            series: self.series.as_str().try_into().expect("short series"),
+            window_start_ms: self.start_ms,
+            window_end_ms: self.end_ms,
+            agent: self.gateway.as_str().try_into().expect("short id"),
+            watermark_ms,
+            revision,
+            aggregate,
+        }
+    }
+}
+
+/// Deterministic pseudo-random numbers (xorshift), so a failing run can be repeated.
+pub struct Rng(pub u64);
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+/// Readings for `gateways` x `series` x `windows` windows of `size_ms` from `base_ms`: 1 to 6
+/// readings per cell, positive values (relative errors are then simple).
+pub fn cells(
+    rng: &mut Rng,
+    gateways: &[&str],
+    series: &[&str],
+    windows: i64,
+    base_ms: i64,
+    size_ms: i64,
+) -> Vec<Cell> {
+    let mut out = Vec::new();
+    for w in 0..windows {
+        for g in gateways {
+            for s in series {
+                let start = base_ms + w * size_ms;
+                let n = 1 + rng.below(6);
+                let readings = (0..n)
+                    .map(|_| Reading {
+                        ts_ms: start + rng.below(size_ms as u64) as i64,
+                        value: 1.0 + rng.below(100_000) as f64 / 100.0,
+                    })
+                    .collect();
+                out.push(Cell {
+                    gateway: (*g).to_owned(),
+                    series: (*s).to_owned(),
+                    start_ms: start,
+                    end_ms: start + size_ms,
+                    readings,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// What a batch computation over the raw readings says about one final window.
+#[derive(Debug, Clone, Default)]
+pub struct Reference {
+    pub values: Vec<f64>,
+    pub first: Option<(i64, f64)>,
+    pub last: Option<(i64, f64)>,
+    pub gateways: std::collections::BTreeSet<String>,
+}
+
+/// Reference finals keyed like the consumer's output (`{group}|{start}|{end}`), grouping by
+/// series and rolling windows up to `rollup_ms` when given.
+pub fn reference(cells: &[Cell], rollup_ms: Option<i64>) -> BTreeMap<String, Reference> {
+    let mut out: BTreeMap<String, Reference> = BTreeMap::new();
+    for c in cells {
+        let (s, e) = match rollup_ms {
+            Some(r) => (
+                c.start_ms.div_euclid(r) * r,
+                c.start_ms.div_euclid(r) * r + r,
+            ),
+            None => (c.start_ms, c.end_ms),
+        };
+        let r = out.entry(format!("{}|{s}|{e}", c.series)).or_default();
+        r.gateways.insert(c.gateway.clone());
+        for x in &c.readings {
+            r.values.push(x.value);
+            let key = |p: (i64, f64)| (p.0, p.1.to_bits() ^ (1 << 63));
+            if r.first.is_none_or(|f| key((x.ts_ms, x.value)) < key(f)) {
+                r.first = Some((x.ts_ms, x.value));
+            }
+            if r.last.is_none_or(|l| key((x.ts_ms, x.value)) > key(l)) {
+                r.last = Some((x.ts_ms, x.value));
+            }
+        }
+    }
+    out
+}
+
+fn close(a: f64, b: f64, rel: f64) -> bool {
+    (a - b).abs() <= rel * a.abs().max(b.abs()).max(1e-12)
+}
+
+/// Checks one final against the reference: exact count/min/max/first/last, sum/mean/stddev up
+/// to rounding, quantiles within the sketch's 1 % relative error of a neighbouring rank.
+pub fn check_final(key: &str, v: &serde_json::Value, r: &Reference) {
+    let n = r.values.len();
+    let mut sorted = r.values.clone();
+    sorted.sort_by(f64::total_cmp);
+    let sum: f64 = sorted.iter().sum();
+    let mean = sum / n as f64;
+    let var = sorted.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / n as f64;
+    let f = |name: &str| {
+        v[name]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{key}: {name} missing: {v}"))
+    };
+    assert_eq!(v["count"].as_u64(), Some(n as u64), "{key}: count");
+    assert_eq!(f("min"), sorted[0], "{key}: min");
+    assert_eq!(f("max"), sorted[n - 1], "{key}: max");
+    assert!(
+        close(f("sum"), sum, 1e-9),
+        "{key}: sum {} vs {sum}",
+        f("sum")
+    );
+    assert!(close(f("mean"), mean, 1e-9), "{key}: mean");
+    assert!(
+        (f("stddev") - var.sqrt()).abs() <= 1e-6 * mean.max(1.0),
+        "{key}: stddev {} vs {}",
+        f("stddev"),
+        var.sqrt()
+    );
+    let first = r.first.expect("readings");
+    let last = r.last.expect("readings");
+    assert_eq!(
+        v["first"]["ts_ms"].as_i64(),
+        Some(first.0),
+        "{key}: first ts"
+    );
+    assert_eq!(
+        v["first"]["value"].as_f64(),
+        Some(first.1),
+        "{key}: first value"
+    );
+    assert_eq!(v["last"]["ts_ms"].as_i64(), Some(last.0), "{key}: last ts");
+    assert_eq!(
+        v["last"]["value"].as_f64(),
+        Some(last.1),
+        "{key}: last value"
+    );
+    for (name, q) in [("p50", 0.5), ("p90", 0.9), ("p95", 0.95), ("p99", 0.99)] {
+        let est = f(name);
+        let rank = q * (n - 1) as f64;
+        let lo = sorted[(rank.floor() as usize).saturating_sub(1)];
+        let hi = sorted[(rank.ceil() as usize + 1).min(n - 1)];
+        assert!(
+            est >= lo * (1.0 - 0.0101) && est <= hi * (1.0 + 0.0101),
+            "{key}: {name} = {est} outside [{lo}, {hi}] +- 1 %"
+        );
+    }
+    let gws: Vec<String> = v["gateways"]
+        .as_array()
+        .expect("gateways")
+        .iter()
+        .map(|g| g.as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(
+        gws,
+        r.gateways.iter().cloned().collect::<Vec<_>>(),
+        "{key}: gateways"
+    );
+}
+
+/// A transactional producer standing in for one agent.
+pub struct FakeAgent {
+    producer: BaseProducer,
+    seq: u64,
+    id: String,
+}
+
+impl FakeAgent {
+    pub fn new(bootstrap: &str, id: &str) -> FakeAgent {
+        let producer: BaseProducer = base_config(bootstrap)
+            .set(
+                "transactional.id",
+                unique_topic(&format!("fake-agent-{id}")),
+            )
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("transaction.timeout.ms", "30000")
+            .create()
+            .expect("producer");
+        producer.init_transactions(TXN).expect("init_transactions");
+        FakeAgent {
+            producer,
+            seq: 0,
+            id: id.to_owned(),
+        }
+    }
+
+    /// Sends `records` (key, payload, record timestamp) in one transaction, headers as the
+    /// agent's forwarder sets them.
+    pub fn send(&mut self, topic: &str, records: &[(String, Vec<u8>, Option<i64>)]) {
+        self.producer.begin_transaction().expect("begin");
+        for (key, payload, ts) in records {
+            self.seq += 1;
+            let seq = self.seq.to_string();
+            let headers = OwnedHeaders::new()
+                .insert(Header {
+                    key: "agent",
+                    value: Some(self.id.as_str()),
+                })
+                .insert(Header {
+                    key: "seq",
+                    value: Some(seq.as_str()),
+                })
+                .insert(Header {
+                    key: "schema",
+                    value: Some("edge.partial"),
+                });
+            let mut rec = BaseRecord::to(topic)
+                .key(key)
+                .payload(payload)
+                .headers(headers);
+            if let Some(ts) = ts {
+                rec = rec.timestamp(*ts);
+            }
+            let mut rec = Some(rec);
+            while let Some(r) = rec.take() {
+                if let Err((e, r)) = self.producer.send(r) {
+                    assert!(
+                        matches!(
+                            e,
+                            rdkafka::error::KafkaError::MessageProduction(
+                                rdkafka::types::RDKafkaErrorCode::QueueFull
+                            )
+                        ),
+                        "send: {e}"
+                    );
+                    self.producer.poll(Duration::from_millis(10));
+                    rec = Some(r);
+                }
+            }
+        }
+        self.producer.commit_transaction(TXN).expect("commit");
+    }
+
+    /// Sends partials (their watermark given) in transactions of at most 200.
+    pub fn send_partials(&mut self, topic: &str, partials: &[(Partial, Option<i64>)]) {
+        for chunk in partials.chunks(200) {
+            let records: Vec<_> = chunk
+                .iter()
+                .map(|(p, ts)| (p.series.to_string(), encode(p), *ts))
+                .collect();
+            self.send(topic, &records);
+        }
+    }
+}
+
+/// The version-1 envelope of a partial.
+pub fn encode(p: &Partial) -> Vec<u8> {
+    let mut buf = vec![0u8; MAX_ENCODED_LEN];
+    let n = p.encode(&mut buf).expect("encode");
+    buf.truncate(n);
+    buf
+}
