@@ -25,9 +25,10 @@ fn agent_killed_30_times_while_draining_200000_records_delivers_each_exactly_onc
     println!("kill schedule seed: {seed}");
     let mut killed_mid_drain = 0;
     for kill in 0..KILLS {
-        let (mut child, log) = agent.spawn_binary(&bin);
+        let mut agent_proc = agent.spawn_binary(&bin);
         let alive_ms = 400 + next(&mut seed) % 2000;
         std::thread::sleep(Duration::from_millis(alive_ms));
+        let child = &mut agent_proc.child;
         child.kill().expect("SIGKILL the agent"); // Child::kill is SIGKILL on Unix
         child.wait().expect("reap the agent");
         let committed = agent.marker_now().map_or(0, |m| m.last_seq);
@@ -36,12 +37,12 @@ fn agent_killed_30_times_while_draining_200000_records_delivers_each_exactly_onc
         }
         println!("kill {kill}: after {alive_ms} ms, committed through seq {committed}");
         if std::env::var("EDGE_AGENT_LOG").is_ok() {
-            print!("{}", std::fs::read_to_string(&log).unwrap_or_default());
+            print!("{}", agent_proc.stderr());
         }
     }
     println!("{killed_mid_drain} of {KILLS} kills hit the agent before the drain was done");
 
-    let (mut child, log) = agent.spawn_binary(&bin);
+    let mut last = agent.spawn_binary(&bin);
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
         let committed = agent.marker_now().map_or(0, |m| m.last_seq);
@@ -53,18 +54,18 @@ fn agent_killed_30_times_while_draining_200000_records_delivers_each_exactly_onc
             "only {committed} of {N} committed after the kills"
         );
         assert!(
-            child.try_wait().expect("poll agent").is_none(),
+            last.child.try_wait().expect("poll agent").is_none(),
             "the agent stopped: {}",
-            std::fs::read_to_string(&log).unwrap_or_default()
+            last.stderr()
         );
         std::thread::sleep(Duration::from_millis(500));
     }
-    terminate(&child);
-    let status = child.wait().expect("reap the agent");
+    terminate(&last.child);
+    let status = last.child.wait().expect("reap the agent");
     assert!(
         status.success(),
         "SIGTERM stops the agent cleanly: {status}\n{}",
-        std::fs::read_to_string(&log).unwrap_or_default()
+        last.stderr()
     );
     assert!(
         killed_mid_drain >= KILLS / 2,

@@ -126,21 +126,25 @@ progress = "{progress}"
     }
 
     /// The agent's newest marker readable now (not waiting for open transactions).
+    /// `None` also while the agent has not created the progress topic yet.
     pub fn marker_now(&self) -> Option<Marker> {
         let reader = producer::reader_config(&self.kafka(), &self.id);
-        progress::read_last(
+        match progress::read_last(
             &reader,
             &self.progress,
             &self.id,
             progress::Wait::No,
             &CancellationToken::new(),
-        )
-        .unwrap_or_else(|e| panic!("reading the marker: {e}"))
+        ) {
+            Ok(marker) => marker,
+            Err(ForwardError::MissingTopic { .. }) => None,
+            Err(e) => panic!("reading the marker: {e}"),
+        }
     }
 
     /// Spawns `edge-agent run` on this agent's configuration; its stderr goes to the returned
     /// file (read it after the process ended).
-    pub fn spawn_binary(&self, bin: &Path) -> (Child, PathBuf) {
+    pub fn spawn_binary(&self, bin: &Path) -> Proc {
         static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let log = self.dir.path().join(format!("agent-{n}.stderr"));
@@ -153,9 +157,30 @@ progress = "{progress}"
                 std::env::var("EDGE_AGENT_LOG").unwrap_or_else(|_| "warn".to_owned()),
             )
             .stderr(Stdio::from(file))
+            .stdout(Stdio::null())
             .spawn()
             .expect("spawn edge-agent");
-        (child, log)
+        Proc { child, log }
+    }
+}
+
+/// An `edge-agent` process, SIGKILLed when dropped (so a failing test leaves none behind).
+pub struct Proc {
+    pub child: Child,
+    /// Its stderr.
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -220,22 +245,34 @@ impl Drop for Running {
 
 /// The record appended as seq `seq` (the suites append in order from seq 1).
 pub fn record(seq: u64) -> OutboxRecord {
+    record_with("r", seq)
+}
+
+/// Like [`record`], with payload `{prefix}{seq}` (to tell two databases' records apart).
+pub fn record_with(prefix: &str, seq: u64) -> OutboxRecord {
     OutboxRecord {
         kind: RecordKind::Reading,
         created_ms: 1_700_000_000_000 + seq,
         route: "p".to_owned(),
         key: format!("sensor-{}", seq % 8).into_bytes(),
-        payload: format!("r{seq}").into_bytes(),
+        payload: format!("{prefix}{seq}").into_bytes(),
     }
 }
 
 /// Appends the next `n` records (in write transactions of up to 10,000).
 pub fn append(db: &Database, n: u64) {
+    append_with(db, n, "r");
+}
+
+/// Like [`append`], with payloads `{prefix}{seq}`.
+pub fn append_with(db: &Database, n: u64, prefix: &str) {
     let mut left = n;
     while left > 0 {
         let chunk = left.min(10_000);
         let next = outbox::stats(db).expect("stats").next_seq;
-        let records: Vec<OutboxRecord> = (next..next + chunk).map(record).collect();
+        let records: Vec<OutboxRecord> = (next..next + chunk)
+            .map(|seq| record_with(prefix, seq))
+            .collect();
         let txn = db.begin_write().expect("write txn");
         let range = outbox::append(&txn, &records).expect("append");
         txn.commit().expect("commit");
