@@ -11,6 +11,7 @@
 //! | `[[serial]]` | one serial line: `path`, `baud`, `framing = "link" \| "line"` |
 //! | `[[sensor]]` | the sensor mapping: a topic pattern with `{captures}` (MQTT) or a device channel (serial) to an `id` template, `unit`, `scale`, `offset`, `min`/`max` |
 //! | `[[pipeline]]` | which sensors (`*` globs over sensor ids) go to which pipeline; `[pipeline.window]` (see [`WindowConfig`]): kind, size, slide, lateness, idle timeout, late policy, revisions, cap, grouping |
+//! | `[ops]` | metrics listener, shutdown bound, watchdog stall bound (see [`OpsSection`]) |
 //! | `[kafka]` | the forwarder: `bootstrap_servers`, `client` (librdkafka passthrough), `[kafka.topics]`, topic creation, transaction and batch limits (see [`KafkaSection`]) |
 //!
 //! # Invariants
@@ -28,6 +29,7 @@
 
 mod error;
 mod kafka;
+mod ops;
 mod validate;
 mod window;
 
@@ -38,6 +40,7 @@ use toml::Spanned;
 
 pub use error::{ConfigError, Invalid, Location};
 pub use kafka::{validate_kafka, KafkaSection, KafkaTopics, RESERVED_CLIENT_KEYS};
+pub use ops::OpsSection;
 pub use validate::validate;
 pub use window::{validate_window, WindowConfig, WindowKind};
 
@@ -58,6 +61,9 @@ pub struct Config {
     pub pipeline: Vec<Pipeline>,
     /// Where the forwarder delivers; nothing is forwarded without it.
     pub kafka: Option<KafkaSection>,
+    /// Metrics listener, shutdown bound, watchdog (see [`OpsSection`]).
+    #[serde(default)]
+    pub ops: OpsSection,
 }
 
 /// `[agent]`.

@@ -17,13 +17,16 @@
 //! | [`window`] | event-time windows per pipeline: the pure state machine (watermark per series, idle close, late output, revisions, open-window cap) |
 //! | `outbox` (forwarding issue) | dense-sequence records waiting for Kafka |
 //! | [`forward`] | transactional Kafka producer, progress marker in a compacted topic, trim after commit |
-//! | `ops` (operations issue) | metrics, health, systemd notify and watchdog, `inspect` |
+//! | [`ops`] | signals (drain within a bound, SIGHUP reload), Prometheus metrics, `/healthz` `/readyz` `/inspect`, systemd notify and watchdog |
+//! | [`inspect`] | `edge-agent inspect`: the buffer state, from the file read-only or from the running agent |
 #![forbid(unsafe_code)]
 
 pub mod config;
 pub mod forward;
 pub mod ingest;
+pub mod inspect;
 pub mod mapping;
+pub mod ops;
 pub mod outbox;
 pub mod reading;
 pub mod service;

@@ -1,15 +1,25 @@
 //! The `edge-agent` binary. Thin: parsing arguments and starting the library's tasks.
 
+use std::io::IsTerminal;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
 #[command(name = "edge-agent", version, about = "The edge-ingest gateway agent")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    /// One line per event; colours only when stderr is a terminal (journald gets none).
+    Human,
+    /// One JSON object per line.
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -19,22 +29,48 @@ enum Command {
         /// The TOML configuration file.
         file: PathBuf,
     },
-    /// Runs the agent: sources -> ingest log, until SIGTERM or SIGINT.
+    /// Runs the agent until SIGTERM or SIGINT (drain); SIGHUP reloads the file.
     Run {
         /// The TOML configuration file.
         #[arg(long)]
         config: PathBuf,
+        /// Log format on stderr.
+        #[arg(long, value_enum, default_value = "human")]
+        log_format: LogFormat,
+    },
+    /// Prints the buffer state (depths, cursors, oldest unsent, last committed progress) without
+    /// disturbing a running agent: reads the file read-only, or asks the running agent when it
+    /// holds the file.
+    Inspect {
+        /// The agent's configuration (gives the data directory and the metrics listener).
+        #[arg(
+            long,
+            conflicts_with = "data_dir",
+            required_unless_present = "data_dir"
+        )]
+        config: Option<PathBuf>,
+        /// The data directory holding `ingest.redb`.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// The running agent's metrics listener (default: from --config, else 127.0.0.1:9898).
+        #[arg(long)]
+        agent: Option<SocketAddr>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run { config } => match run(&config) {
+        Command::Run { config, log_format } => match run(config, log_format) {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
+                tracing::error!("{error:#}");
                 eprintln!("error: {error:#}");
-                ExitCode::FAILURE
+                // Exit now: a drain that overran its bound may leave a blocking thread behind.
+                std::process::exit(1);
             }
         },
         Command::CheckConfig { file } => match edge_agent::config::Config::load(&file) {
@@ -55,34 +91,66 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Inspect {
+            config,
+            data_dir,
+            agent,
+            json,
+        } => match inspect(config, data_dir, agent, json) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("error: {error:#}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 
-fn run(path: &std::path::Path) -> anyhow::Result<()> {
+fn run(path: PathBuf, format: LogFormat) -> anyhow::Result<()> {
     use anyhow::Context;
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let config = edge_agent::config::Config::load(path)?;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => logs.json().init(),
+    }
+    let config = edge_agent::config::Config::load(&path)?;
     let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
-    runtime.block_on(async {
-        let cancel = tokio_util::sync::CancellationToken::new();
-        let stop = cancel.clone();
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .context("installing the SIGTERM handler")?;
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-            tracing::info!("stopping");
-            stop.cancel();
-        });
-        edge_agent::service::run(config, cancel).await?;
-        Ok(())
+    let result = runtime.block_on(edge_agent::ops::supervise::run(path, config));
+    // The pipeline has drained (or overran its bound): do not wait for idle blocking threads.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(200));
+    result?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn inspect(
+    config: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+    agent: Option<SocketAddr>,
+    json: bool,
+) -> anyhow::Result<String> {
+    use edge_agent::inspect;
+    let (path, listen) = match (config, data_dir) {
+        (Some(file), _) => {
+            let config = edge_agent::config::Config::load(&file)?;
+            (config.ingest_path(), config.ops.metrics_listen)
+        }
+        (None, Some(dir)) => (
+            dir.join("ingest.redb"),
+            edge_agent::config::OpsSection::default().metrics_listen,
+        ),
+        (None, None) => anyhow::bail!("give --config or --data-dir"),
+    };
+    let (snapshot, origin) = inspect::inspect(&path, agent.unwrap_or(listen))?;
+    Ok(match json {
+        true => serde_json::to_string_pretty(&snapshot)? + "\n",
+        false => inspect::render(&snapshot, &origin, edge_agent::stage::unix_ms()),
     })
 }

@@ -15,6 +15,7 @@
 //! the stage does not run: the agent only ingests (commissioning, tests) and the log fills to
 //! its quota.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,13 +24,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
-use crate::forward::{ForwardError, ForwardMetrics, Forwarder};
+use crate::forward::{ForwardError, Forwarder};
 use crate::ingest::writer::{BatchLimits, Writer};
 use crate::ingest::{Counters, IngestError, IngestLog, Limits};
 use crate::mapping::Mapper;
-use crate::source::mqtt::{MqttSourceTask, SourceCounters};
+use crate::ops::Telemetry;
+use crate::source::mqtt::MqttSourceTask;
 use crate::source::payload::PayloadParser;
-use crate::source::serial::{SerialCounters, SerialSourceTask};
+use crate::source::serial::SerialSourceTask;
 use crate::stage::{Stage, StageCounters, StageError};
 
 /// Why the agent stopped with an error.
@@ -67,6 +69,21 @@ pub async fn run_with_counters(
     cancel: CancellationToken,
     counters: Arc<Counters>,
 ) -> Result<(), ServiceError> {
+    let telemetry = Telemetry {
+        ingest: counters,
+        ..Telemetry::default()
+    };
+    run_with_telemetry(config, cancel, Arc::new(telemetry)).await
+}
+
+/// [`run`], registering every task's counters and the database in `telemetry` (the ops
+/// endpoints read them) and announcing `READY=1` to systemd once the tasks run.
+pub async fn run_with_telemetry(
+    config: Config,
+    cancel: CancellationToken,
+    telemetry: Arc<Telemetry>,
+) -> Result<(), ServiceError> {
+    let counters = telemetry.ingest.clone();
     let path = config.ingest_path();
     let log = IngestLog::open(&path, limits(&config))?;
     let database = log.database();
@@ -79,6 +96,10 @@ pub async fn run_with_counters(
             crate::stage::unix_ms(),
         )?),
     };
+    let mut stage = stage;
+    if let Some(stage) = stage.as_mut() {
+        stage.counters = telemetry.stage.clone();
+    }
     let stage_counters: Option<Arc<StageCounters>> = stage.as_ref().map(|s| s.counters.clone());
     let (submissions, submissions_rx) = mpsc::channel(*config.buffer.channel_capacity.get_ref());
     // No downstream stage trims yet; the sender is kept so the writer's trim input stays open.
@@ -107,7 +128,7 @@ pub async fn run_with_counters(
             mapper: mapper.clone(),
             max_payload_bytes,
             submissions: submissions.clone(),
-            counters: Arc::new(SourceCounters::default()),
+            counters: telemetry.mqtt_source(source.name.get_ref()),
             cancel: cancel.clone(),
         };
         let name = source.name.get_ref().clone();
@@ -123,7 +144,7 @@ pub async fn run_with_counters(
             config: source.clone(),
             mapper: mapper.clone(),
             submissions: submissions.clone(),
-            counters: Arc::new(SerialCounters::default()),
+            counters: telemetry.serial_source(source.name.get_ref()),
             cancel: cancel.clone(),
         };
         tracker.spawn(task.run());
@@ -140,13 +161,21 @@ pub async fn run_with_counters(
         })
     });
     // The forwarder (with a `[kafka]` table) drains the outbox on a blocking thread of its own.
-    let forwarder = Forwarder::from_config(&config, database, Arc::new(ForwardMetrics::default()))
-        .map(|f| {
-            let cancel = cancel.clone();
-            tracker.spawn_blocking(move || f.run(cancel))
-        });
+    telemetry.set_database(Some(&database));
+    telemetry
+        .stage_enabled
+        .store(stage_task.is_some(), Ordering::Relaxed);
+    let forwarder = Forwarder::from_config(&config, database, telemetry.forward.clone()).map(|f| {
+        let cancel = cancel.clone();
+        tracker.spawn_blocking(move || f.run(cancel))
+    });
     drop(submissions);
     tracker.close();
+    telemetry
+        .forward_enabled
+        .store(forwarder.is_some(), Ordering::Relaxed);
+    telemetry.running.store(true, Ordering::Relaxed);
+    crate::ops::notify::notify("READY=1");
     tracing::info!(
         agent = config.agent.id.get_ref().as_str(),
         "edge-agent ingesting"
@@ -176,7 +205,9 @@ pub async fn run_with_counters(
         }
     };
     cancel.cancel();
+    telemetry.running.store(false, Ordering::Relaxed);
     tracker.wait().await;
+    telemetry.set_database(None);
     let stage_result = match stage_task {
         None => Ok(()),
         Some(task) => match task.await {

@@ -1,0 +1,258 @@
+//! `edge-agent inspect`: the buffer state in the database file, without disturbing a running
+//! agent.
+//!
+//! # How it reads a database the agent has open
+//!
+//! The agent opens redb in its default `ExclusiveWriter` mode, which locks the whole file; a
+//! second process's [`redb::ReadOnlyDatabase::open`] then fails with `DatabaseAlreadyOpen`
+//! (`tests/tests/ops_inspect.rs` shows it). So `inspect` first tries the file read-only (a
+//! stopped agent: the usual case for recovery work) and, when the file is locked, asks the
+//! running agent for the same [`Snapshot`] over its metrics listener (`GET /inspect`), saying so.
+//! The agent computes it in a read transaction on its own handle: redb's MVCC means it never
+//! blocks the writer. A read-only open holds a shared lock: while `inspect` reads, an agent
+//! starting up would be refused, so the read is short and the file is closed at once.
+//!
+//! # What it reads
+//!
+//! Table and key names mirror `ingest/FORMAT.md`, `outbox.rs` and `stage.rs` (read only: this
+//! module never writes): `meta` (`next_seq`, `log_bytes`, the persisted counters,
+//! `outbox_next_seq`, `outbox_trimmed_through`, `window_next_reading`,
+//! `window_next_dead_letter`), `readings`, `dead_letters`, `outbox`, `window_series`. A missing
+//! table reads as empty (a database the stage or forwarder never ran on).
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition, TableError};
+use serde::{Deserialize, Serialize};
+
+use crate::outbox::OutboxRecord;
+
+const READINGS: TableDefinition<u64, &[u8]> = TableDefinition::new("readings");
+const DEAD_LETTERS: TableDefinition<u64, &[u8]> = TableDefinition::new("dead_letters");
+const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const WINDOW_SERIES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("window_series");
+
+/// Why `inspect` could not show the state.
+#[derive(Debug, thiserror::Error)]
+pub enum InspectError {
+    #[error("{}: {source}", path.display())]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: redb::DatabaseError,
+    },
+    #[error("reading the database: {0}")]
+    Read(#[from] redb::Error),
+    #[error("outbox record {seq} does not decode")]
+    Corrupt { seq: u64 },
+    #[error("the database is locked by a running agent, and its metrics listener {addr} did not answer: {source}")]
+    Agent {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the running agent at {addr} answered with something that is not a snapshot")]
+    BadAnswer { addr: SocketAddr },
+}
+
+impl From<redb::TransactionError> for InspectError {
+    fn from(e: redb::TransactionError) -> Self {
+        InspectError::Read(e.into())
+    }
+}
+impl From<redb::StorageError> for InspectError {
+    fn from(e: redb::StorageError) -> Self {
+        InspectError::Read(e.into())
+    }
+}
+impl From<TableError> for InspectError {
+    fn from(e: TableError) -> Self {
+        InspectError::Read(e.into())
+    }
+}
+
+/// The buffer state: depths, cursors, oldest unsent, last committed progress.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// Readings waiting in the ingest log (not yet windowed), and their estimated bytes.
+    pub log_readings: u64,
+    pub log_bytes: u64,
+    pub log_first_seq: Option<u64>,
+    /// The seq the next ingested reading gets.
+    pub log_next_seq: u64,
+    pub dead_letters: u64,
+    /// The windowing stage's cursors: the next reading / dead letter it consumes.
+    pub window_next_reading: u64,
+    pub window_next_dead_letter: u64,
+    /// Open window series (state rows).
+    pub window_series: u64,
+    /// Records waiting for Kafka.
+    pub outbox_records: u64,
+    pub outbox_first_seq: Option<u64>,
+    pub outbox_next_seq: u64,
+    /// Last outbox seq known committed to Kafka and trimmed here (the local copy of progress;
+    /// the truth is the marker in Kafka).
+    pub outbox_trimmed_through: u64,
+    /// `created_ms` of the oldest waiting outbox record.
+    pub oldest_unsent_created_ms: Option<u64>,
+    /// Persisted ingest counters (since the database was created).
+    pub accepted: u64,
+    pub duplicate: u64,
+    pub rejected: u64,
+    pub dropped: u64,
+    pub upstream_gaps: u64,
+}
+
+/// Reads a [`Snapshot`] in one read transaction of `db`.
+pub fn snapshot(db: &impl ReadableDatabase) -> Result<Snapshot, InspectError> {
+    let txn = db.begin_read()?;
+    let mut s = Snapshot::default();
+    match txn.open_table(META) {
+        Ok(meta) => {
+            let get = |k: &str| -> Result<u64, InspectError> {
+                Ok(meta.get(k)?.map_or(0, |v| v.value()))
+            };
+            s.log_next_seq = get("next_seq")?;
+            s.log_bytes = get("log_bytes")?;
+            s.accepted = get("accepted")?;
+            s.duplicate = get("duplicate")?;
+            s.rejected = get("rejected")?;
+            s.dropped = get("dropped")?;
+            s.upstream_gaps = get("upstream_gaps")?;
+            s.outbox_next_seq = get("outbox_next_seq")?.max(1);
+            s.outbox_trimmed_through = get("outbox_trimmed_through")?;
+            s.window_next_reading = get("window_next_reading")?;
+            s.window_next_dead_letter = get("window_next_dead_letter")?;
+        }
+        Err(TableError::TableDoesNotExist(_)) => {}
+        Err(e) => return Err(e.into()),
+    }
+    match txn.open_table(READINGS) {
+        Ok(t) => {
+            s.log_readings = t.len()?;
+            s.log_first_seq = t.first()?.map(|(k, _)| k.value());
+        }
+        Err(TableError::TableDoesNotExist(_)) => {}
+        Err(e) => return Err(e.into()),
+    }
+    match txn.open_table(DEAD_LETTERS) {
+        Ok(t) => s.dead_letters = t.len()?,
+        Err(TableError::TableDoesNotExist(_)) => {}
+        Err(e) => return Err(e.into()),
+    }
+    match txn.open_table(WINDOW_SERIES) {
+        Ok(t) => s.window_series = t.len()?,
+        Err(TableError::TableDoesNotExist(_)) => {}
+        Err(e) => return Err(e.into()),
+    }
+    match txn.open_table(OUTBOX) {
+        Ok(t) => {
+            s.outbox_records = t.len()?;
+            if let Some((k, v)) = t.first()? {
+                let seq = k.value();
+                let record =
+                    OutboxRecord::decode(v.value()).map_err(|_| InspectError::Corrupt { seq })?;
+                s.outbox_first_seq = Some(seq);
+                s.oldest_unsent_created_ms = Some(record.created_ms);
+            }
+        }
+        Err(TableError::TableDoesNotExist(_)) => {}
+        Err(e) => return Err(e.into()),
+    }
+    Ok(s)
+}
+
+/// Where a snapshot came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// The file, opened read-only (no agent had it open).
+    File(PathBuf),
+    /// The running agent, over its metrics listener (the file was locked).
+    Agent(SocketAddr),
+}
+
+/// Opens `path` read-only; when a running agent holds the lock, asks it at `agent` instead.
+pub fn inspect(path: &Path, agent: SocketAddr) -> Result<(Snapshot, Origin), InspectError> {
+    let open = redb::Builder::new()
+        .set_cache_size(1024 * 1024)
+        .open_read_only(path);
+    match open {
+        Ok(db) => Ok((snapshot(&db)?, Origin::File(path.to_owned()))),
+        Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+            Ok((from_agent(agent)?, Origin::Agent(agent)))
+        }
+        Err(source) => Err(InspectError::Open {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// `GET /inspect` from a running agent (blocking, 5 s timeouts).
+pub fn from_agent(addr: SocketAddr) -> Result<Snapshot, InspectError> {
+    let io = |source| InspectError::Agent { addr, source };
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(io)?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(io)?;
+    stream
+        .write_all(b"GET /inspect HTTP/1.1\r\nHost: edge-agent\r\nConnection: close\r\n\r\n")
+        .map_err(io)?;
+    let mut answer = Vec::new();
+    stream
+        .take(1024 * 1024)
+        .read_to_end(&mut answer)
+        .map_err(io)?;
+    let text = String::from_utf8_lossy(&answer);
+    let body = match text.split_once("\r\n\r\n") {
+        Some((head, body)) if head.starts_with("HTTP/1.1 200") => body,
+        _ => return Err(InspectError::BadAnswer { addr }),
+    };
+    serde_json::from_str(body).map_err(|_| InspectError::BadAnswer { addr })
+}
+
+/// The human-readable form `edge-agent inspect` prints.
+pub fn render(s: &Snapshot, origin: &Origin, now_ms: u64) -> String {
+    let source = match origin {
+        Origin::File(p) => format!("{} (read-only; no agent had it open)", p.display()),
+        Origin::Agent(a) => {
+            format!("the running agent at http://{a}/inspect (the database file is locked by it)")
+        }
+    };
+    let opt = |v: Option<u64>| v.map_or_else(|| "-".to_owned(), |v| v.to_string());
+    let age = s.oldest_unsent_created_ms.map_or_else(
+        || "-".to_owned(),
+        |c| format!("{:.1} s", now_ms.saturating_sub(c) as f64 / 1000.0),
+    );
+    format!(
+        "source:                 {source}\n\
+         ingest log:             {} readings, {} bytes (first seq {}, next seq {})\n\
+         dead letters:           {}\n\
+         window cursors:         next reading {}, next dead letter {}; {} open series\n\
+         outbox:                 {} records (first seq {}, next seq {})\n\
+         committed to Kafka:     through seq {} (local copy; Kafka's marker is the truth)\n\
+         oldest unsent:          {age}\n\
+         counters (persisted):   accepted {} duplicate {} rejected {} dropped {} upstream gaps {}\n",
+        s.log_readings,
+        s.log_bytes,
+        opt(s.log_first_seq),
+        s.log_next_seq,
+        s.dead_letters,
+        s.window_next_reading,
+        s.window_next_dead_letter,
+        s.window_series,
+        s.outbox_records,
+        opt(s.outbox_first_seq),
+        s.outbox_next_seq,
+        s.outbox_trimmed_through,
+        s.accepted,
+        s.duplicate,
+        s.rejected,
+        s.dropped,
+        s.upstream_gaps,
+    )
+}

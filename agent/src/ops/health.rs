@@ -1,0 +1,351 @@
+//! Health: what `/healthz`, `/readyz` and the systemd watchdog decide on.
+//!
+//! A sampler ([`run`]) looks at the counters and the database once a second and feeds a
+//! [`Tracker`], a state machine with no I/O (unit-tested below with explicit instants).
+//!
+//! # Definitions
+//!
+//! - **Source state.** MQTT: `connecting` until the first ConnAck; then `connected` after a
+//!   sample in which `connects` advanced, `disconnected` after one in which only
+//!   `connection_errors` did. When both advanced within one sample the source counts as
+//!   connected: rumqttc resets its backoff on ConnAck, so a source that failed again shows a new
+//!   error within the next sample. (Derived from counters, so a state change is seen within
+//!   about a second.) Serial: `disconnected` while `port_errors` advanced within the last 10 s,
+//!   else `connected`.
+//! - **Forwarder failing**: a session error (broker down, timeout, refused) within the last 30 s.
+//! - **Stalled**: a stage *with pending work* that has shown no event for `watchdog_stall_s`.
+//!   Forwarder: pending while the outbox holds records; events are commits, aborts and session
+//!   errors (a forwarder retrying a dead broker is not stalled: a restart would not help).
+//!   Windowing stage: pending while the ingest log holds readings; events are its commits.
+//!   (The writer has no idle/backpressure signal in its counters, so it is not judged; a wedged
+//!   writer shows up as the stage having nothing to do and the sources' acks stopping.)
+//! - **Healthy** (`/healthz`, watchdog): the sampler ran within the last 5 s (the runtime is
+//!   alive), the database answered its read, nothing is stalled. Idle with nothing pending is
+//!   healthy.
+//! - **Ready** (`/readyz`): healthy, a pipeline is running, every source connected, the
+//!   forwarder not failing.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::Telemetry;
+use crate::inspect::Snapshot;
+
+/// How long a serial port error keeps the source `disconnected`.
+const SERIAL_ERROR_HOLD: Duration = Duration::from_secs(10);
+/// How long a forwarder session error counts as "failing".
+const FORWARD_FAILING_HOLD: Duration = Duration::from_secs(30);
+/// A sample older than this means the sampler (or the runtime) is stuck.
+pub const SAMPLE_FRESH: Duration = Duration::from_secs(5);
+
+/// A source's connection, as derived from its counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceState {
+    Connecting,
+    Connected,
+    Disconnected,
+}
+
+impl SourceState {
+    /// The `state` label value and the gauge value (1 connected, 0 otherwise).
+    pub fn name(self) -> &'static str {
+        match self {
+            SourceState::Connecting => "connecting",
+            SourceState::Connected => "connected",
+            SourceState::Disconnected => "disconnected",
+        }
+    }
+}
+
+/// The sampler's latest view.
+#[derive(Debug, Clone, Default)]
+pub struct Health {
+    pub sampled_at: Option<Instant>,
+    /// The buffer state read in the last sample; `None` when no database is open.
+    pub snapshot: Option<Snapshot>,
+    /// The last database read failed.
+    pub db_error: bool,
+    pub sources: BTreeMap<String, SourceState>,
+    pub forwarder_failing: bool,
+    /// Names of stalled stages (`forwarder`, `windowing`).
+    pub stalled: Vec<&'static str>,
+    pub running: bool,
+}
+
+impl Health {
+    /// Why the agent is not healthy (empty: healthy).
+    pub fn unhealthy(&self, now: Instant) -> Vec<String> {
+        let mut why = Vec::new();
+        match self.sampled_at {
+            Some(t) if now.saturating_duration_since(t) <= SAMPLE_FRESH => {}
+            _ => why.push("health sampler is not running".to_owned()),
+        }
+        if self.db_error {
+            why.push("database read failed".to_owned());
+        }
+        why.extend(self.stalled.iter().map(|s| format!("{s} stalled")));
+        why
+    }
+
+    /// Why the agent is not ready (empty: ready).
+    pub fn unready(&self, now: Instant) -> Vec<String> {
+        let mut why = self.unhealthy(now);
+        if !self.running {
+            why.push("pipeline not running".to_owned());
+        } else if self.snapshot.is_none() {
+            why.push("database not open".to_owned());
+        }
+        for (name, state) in &self.sources {
+            if *state != SourceState::Connected {
+                why.push(format!("source {name} {}", state.name()));
+            }
+        }
+        if self.forwarder_failing {
+            why.push("forwarder failing (session error within 30 s)".to_owned());
+        }
+        why
+    }
+}
+
+/// One sample of the counters the tracker judges.
+#[derive(Debug, Clone, Default)]
+pub struct Observation {
+    /// Per MQTT source: (connects, connection_errors).
+    pub mqtt: BTreeMap<String, (u64, u64)>,
+    /// Per serial source: port errors.
+    pub serial: BTreeMap<String, u64>,
+    pub forward_enabled: bool,
+    /// Commits + aborts + session errors of the forwarder.
+    pub forward_events: u64,
+    pub forward_errors: u64,
+    pub stage_enabled: bool,
+    pub stage_commits: u64,
+    /// `None`: no database open, or the read failed (`db_error`).
+    pub snapshot: Option<Snapshot>,
+    pub db_error: bool,
+    pub running: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    value: u64,
+    changed: Instant,
+}
+
+impl Seen {
+    fn update(&mut self, value: u64, now: Instant) -> bool {
+        let moved = value != self.value;
+        if moved {
+            *self = Seen {
+                value,
+                changed: now,
+            };
+        }
+        moved
+    }
+}
+
+/// The state machine behind [`Health`]. No I/O.
+#[derive(Debug)]
+pub struct Tracker {
+    stall: Duration,
+    mqtt: BTreeMap<String, (Seen, Seen, SourceState)>,
+    serial: BTreeMap<String, Seen>,
+    forward_events: Option<Seen>,
+    forward_errors: Option<Seen>,
+    stage_commits: Option<Seen>,
+}
+
+impl Tracker {
+    pub fn new(stall: Duration) -> Tracker {
+        Tracker {
+            stall,
+            mqtt: BTreeMap::new(),
+            serial: BTreeMap::new(),
+            forward_events: None,
+            forward_errors: None,
+            stage_commits: None,
+        }
+    }
+
+    /// Folds one sample in and returns the view it gives.
+    pub fn observe(&mut self, now: Instant, o: Observation) -> Health {
+        let mut sources = BTreeMap::new();
+        self.mqtt.retain(|k, _| o.mqtt.contains_key(k));
+        for (name, &(connects, errors)) in &o.mqtt {
+            let entry = self.mqtt.entry(name.clone()).or_insert((
+                Seen {
+                    value: 0,
+                    changed: now,
+                },
+                Seen {
+                    value: 0,
+                    changed: now,
+                },
+                SourceState::Connecting,
+            ));
+            let connected = entry.0.update(connects, now);
+            let failed = entry.1.update(errors, now);
+            entry.2 = match (connected, failed) {
+                (true, _) => SourceState::Connected,
+                (false, true) => SourceState::Disconnected,
+                (false, false) if connects == 0 && entry.2 != SourceState::Disconnected => {
+                    SourceState::Connecting
+                }
+                (false, false) => entry.2,
+            };
+            sources.insert(name.clone(), entry.2);
+        }
+        self.serial.retain(|k, _| o.serial.contains_key(k));
+        for (name, &errors) in &o.serial {
+            let seen = self.serial.entry(name.clone()).or_insert(Seen {
+                value: errors,
+                changed: now - SERIAL_ERROR_HOLD,
+            });
+            seen.update(errors, now);
+            let state = match now.saturating_duration_since(seen.changed) < SERIAL_ERROR_HOLD {
+                true => SourceState::Disconnected,
+                false => SourceState::Connected,
+            };
+            sources.insert(name.clone(), state);
+        }
+        let mut stalled = Vec::new();
+        let forwarder_failing = if o.forward_enabled {
+            let errors = self.forward_errors.get_or_insert(Seen {
+                value: o.forward_errors,
+                changed: now - FORWARD_FAILING_HOLD,
+            });
+            errors.update(o.forward_errors, now);
+            let events = self.forward_events.get_or_insert(Seen {
+                value: o.forward_events,
+                changed: now,
+            });
+            let moved = events.update(o.forward_events, now);
+            let pending = o.snapshot.as_ref().is_some_and(|s| s.outbox_records > 0);
+            if !pending && !moved {
+                // Idle is healthy: the stall clock starts when work appears.
+                events.changed = now;
+            }
+            if pending && now.saturating_duration_since(events.changed) > self.stall {
+                stalled.push("forwarder");
+            }
+            now.saturating_duration_since(errors.changed) < FORWARD_FAILING_HOLD
+        } else {
+            false
+        };
+        if o.stage_enabled {
+            let commits = self.stage_commits.get_or_insert(Seen {
+                value: o.stage_commits,
+                changed: now,
+            });
+            let moved = commits.update(o.stage_commits, now);
+            let pending = o.snapshot.as_ref().is_some_and(|s| s.log_readings > 0);
+            if !pending && !moved {
+                commits.changed = now;
+            }
+            if pending && now.saturating_duration_since(commits.changed) > self.stall {
+                stalled.push("windowing");
+            }
+        }
+        if !o.running {
+            // Draining or restarting for a reload: no stage is expected to move.
+            stalled.clear();
+            self.forward_events = None;
+            self.stage_commits = None;
+        }
+        Health {
+            sampled_at: Some(now),
+            snapshot: o.snapshot,
+            db_error: o.db_error,
+            sources,
+            forwarder_failing,
+            stalled,
+            running: o.running,
+        }
+    }
+}
+
+/// Reads one [`Observation`] from the telemetry (a short read transaction on the database).
+pub fn observe(t: &Telemetry) -> Observation {
+    let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let mqtt = t
+        .mqtt
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .map(|(k, c)| (k.clone(), (get(&c.connects), get(&c.connection_errors))))
+        .collect();
+    let serial = t
+        .serial
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .map(|(k, c)| (k.clone(), get(&c.port_errors)))
+        .collect();
+    let f = &t.forward;
+    let (snapshot, db_error) = match t.database() {
+        None => (None, false),
+        Some(db) => match crate::inspect::snapshot(&*db) {
+            Ok(s) => (Some(s), false),
+            Err(error) => {
+                tracing::warn!(%error, "health: reading the buffer state failed");
+                (None, true)
+            }
+        },
+    };
+    Observation {
+        mqtt,
+        serial,
+        forward_enabled: t.forward_enabled.load(Ordering::Relaxed),
+        forward_events: get(&f.transactions_committed)
+            + get(&f.transactions_aborted)
+            + get(&f.session_errors),
+        forward_errors: get(&f.session_errors),
+        stage_enabled: t.stage_enabled.load(Ordering::Relaxed),
+        stage_commits: get(&t.stage.commits),
+        snapshot,
+        db_error,
+        running: t.running.load(Ordering::Relaxed),
+    }
+}
+
+/// Samples once a second until `stop` fires; feeds the systemd watchdog while healthy.
+pub async fn run(t: Arc<Telemetry>, stall: Duration, stop: CancellationToken) {
+    let mut tracker = Tracker::new(stall.max(Duration::from_secs(1)));
+    let watchdog = super::notify::watchdog_interval();
+    let mut last_ping: Option<Instant> = None;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let t2 = t.clone();
+        // The database read may block on the disk: keep it off the runtime's workers.
+        let Ok(o) = tokio::task::spawn_blocking(move || observe(&t2)).await else {
+            continue;
+        };
+        let now = Instant::now();
+        let health = tracker.observe(now, o);
+        let sick = health.unhealthy(now);
+        *t.health.lock().unwrap_or_else(|p| p.into_inner()) = health;
+        if let Some(every) = watchdog {
+            let due = last_ping.is_none_or(|p| now.saturating_duration_since(p) >= every);
+            if due && sick.is_empty() {
+                super::notify::notify("WATCHDOG=1");
+                last_ping = Some(now);
+            } else if due {
+                tracing::error!(reasons = ?sick, "not feeding the systemd watchdog");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

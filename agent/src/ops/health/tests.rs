@@ -1,0 +1,122 @@
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::*;
+use crate::inspect::Snapshot;
+
+fn mqtt(connects: u64, errors: u64) -> Observation {
+    Observation {
+        mqtt: [("plant".to_owned(), (connects, errors))].into(),
+        running: true,
+        snapshot: Some(Snapshot::default()),
+        ..Observation::default()
+    }
+}
+
+#[test]
+fn an_mqtt_source_is_connecting_until_its_first_connack_then_follows_its_counters() {
+    let mut t = Tracker::new(Duration::from_secs(60));
+    let t0 = Instant::now();
+    let s = |h: &Health| h.sources["plant"];
+    assert_eq!(s(&t.observe(t0, mqtt(0, 0))), SourceState::Connecting);
+    assert_eq!(
+        s(&t.observe(t0 + Duration::from_secs(1), mqtt(1, 0))),
+        SourceState::Connected
+    );
+    assert_eq!(
+        s(&t.observe(t0 + Duration::from_secs(2), mqtt(1, 0))),
+        SourceState::Connected
+    );
+    let h = t.observe(t0 + Duration::from_secs(3), mqtt(1, 1));
+    assert_eq!(s(&h), SourceState::Disconnected);
+    assert!(!h.unready(t0 + Duration::from_secs(3)).is_empty());
+    assert_eq!(
+        s(&t.observe(t0 + Duration::from_secs(40), mqtt(1, 1))),
+        SourceState::Disconnected
+    );
+    assert_eq!(
+        s(&t.observe(t0 + Duration::from_secs(41), mqtt(2, 2))),
+        SourceState::Connected
+    );
+}
+
+#[test]
+fn a_forwarder_with_pending_records_and_no_event_for_the_stall_bound_is_stalled_but_an_idle_one_is_not(
+) {
+    let mut t = Tracker::new(Duration::from_secs(10));
+    let t0 = Instant::now();
+    let obs = |events: u64, pending: u64| Observation {
+        forward_enabled: true,
+        forward_events: events,
+        running: true,
+        snapshot: Some(Snapshot {
+            outbox_records: pending,
+            ..Snapshot::default()
+        }),
+        ..Observation::default()
+    };
+    // Idle for a minute: healthy.
+    for s in 0..60 {
+        assert!(t
+            .observe(t0 + Duration::from_secs(s), obs(5, 0))
+            .stalled
+            .is_empty());
+    }
+    // Work appears and moves: healthy.
+    for s in 60..80 {
+        assert!(t
+            .observe(t0 + Duration::from_secs(s), obs(s, 3))
+            .stalled
+            .is_empty());
+    }
+    // Work waits with no commit, abort or error for longer than the bound: stalled.
+    let h = t.observe(t0 + Duration::from_secs(85), obs(79, 3));
+    assert!(h.stalled.is_empty());
+    let h = t.observe(t0 + Duration::from_secs(95), obs(79, 3));
+    assert_eq!(h.stalled, vec!["forwarder"]);
+    assert!(!h.unhealthy(t0 + Duration::from_secs(95)).is_empty());
+}
+
+#[test]
+fn a_forwarder_retrying_a_dead_broker_is_failing_but_not_stalled() {
+    let mut t = Tracker::new(Duration::from_secs(10));
+    let t0 = Instant::now();
+    for s in 0..60u64 {
+        let h = t.observe(
+            t0 + Duration::from_secs(s),
+            Observation {
+                forward_enabled: true,
+                forward_events: s / 5,
+                forward_errors: s / 5,
+                running: true,
+                snapshot: Some(Snapshot {
+                    outbox_records: 100,
+                    ..Snapshot::default()
+                }),
+                ..Observation::default()
+            },
+        );
+        assert!(h.stalled.is_empty());
+        if s >= 5 {
+            assert!(h.forwarder_failing);
+        }
+    }
+}
+
+#[test]
+fn a_stale_sample_makes_the_agent_unhealthy() {
+    let mut t = Tracker::new(Duration::from_secs(10));
+    let t0 = Instant::now();
+    let h = t.observe(
+        t0,
+        Observation {
+            running: true,
+            ..Observation::default()
+        },
+    );
+    assert!(h.unhealthy(t0).is_empty());
+    assert!(!h
+        .unhealthy(t0 + SAMPLE_FRESH + Duration::from_secs(1))
+        .is_empty());
+}
