@@ -163,7 +163,10 @@ fn progress_committed_by_another_database_stops_the_agent_before_it_fences_the_f
     let error = refused.join().expect_err("the second agent is refused");
     let text = error.to_string();
     println!("second agent: {text}");
-    assert!(matches!(error, ForwardError::ForeignInstance { .. }), "{text}");
+    assert!(
+        matches!(error, ForwardError::ForeignInstance { .. }),
+        "{text}"
+    );
     let ours = instance_id(&db).expect("id").to_string();
     let theirs = instance_id(&second_db).expect("id").to_string();
     assert!(
@@ -174,6 +177,8 @@ fn progress_committed_by_another_database_stops_the_agent_before_it_fences_the_f
     // The first was not fenced: it keeps committing.
     append(&db, 5);
     running.wait_for(15, TIMEOUT);
-    running.stop().expect("the first agent stops cleanly, never fenced");
+    running
+        .stop()
+        .expect("the first agent stops cleanly, never fenced");
     account(&first.bootstrap, &first.topic, &first.id, 15);
 }

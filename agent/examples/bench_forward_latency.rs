@@ -1,0 +1,202 @@
+//! End-to-end latency benchmark (a program that prints figures, not a timed test): MQTT publish
+//! -> agent (ingest log, windowing stage pass-through, outbox, forwarder) -> committed in Kafka.
+//!
+//! Runs the whole agent (`edge_agent::service::run`, the code `edge-agent run` runs) in this
+//! process with one MQTT source and one pipeline without a window, publishes `rate` readings/s
+//! for `seconds` s (QoS 1, JSON `{"v":..,"ts":<publish time ms>}`, 1,000 sensors), and reads the
+//! readings topic with a `read_committed` consumer: latency = time the consumer got the record
+//! - the `ts` it carries (same clock). The first 2 s are warm-up and not counted.
+//!
+//! ```text
+//! . .services/env
+//! cargo run --release -p edge-agent --example bench_forward_latency -- [rate] [seconds]
+//! ```
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use edge_agent::config::Config;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use rumqttc::{AsyncClient, MqttOptions, QoS};
+use tokio_util::sync::CancellationToken;
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn arg(i: usize, default: u64) -> u64 {
+    std::env::args()
+        .nth(i)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(default)
+}
+
+const SENSORS: u64 = 1000;
+const WARM_UP_MS: u64 = 2000;
+
+fn main() -> anyhow::Result<()> {
+    let rate = arg(1, 1000).max(1);
+    let seconds = arg(2, 20).max(3);
+    let bootstrap =
+        std::env::var("KAFKA_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:19092".to_owned());
+    let mqtt = std::env::var("MQTT_URL").unwrap_or_else(|_| "mqtt://127.0.0.1:18830".to_owned());
+    let (host, port) = mqtt
+        .trim_start_matches("mqtt://")
+        .rsplit_once(':')
+        .ok_or_else(|| anyhow::anyhow!("MQTT_URL needs a port"))?;
+    let port: u16 = port.parse()?;
+    let dir = tempfile::tempdir()?;
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH)?.as_nanos();
+    let id = format!("latency-{nanos}");
+    let topic = format!("{id}.readings");
+    let text = format!(
+        r#"[agent]
+id = "{id}"
+data_dir = {dir:?}
+[[mqtt]]
+name = "m"
+url = "{mqtt}"
+client_id = "{id}"
+payload = {{ format = "json", value = "/v", timestamp = "/ts" }}
+subscribe = [{{ topic = "{id}/+/v", qos = 1 }}]
+[[sensor]]
+source = "m"
+topic = "{id}/{{dev}}/v"
+id = "{{dev}}"
+[[pipeline]]
+name = "raw"
+sensors = ["*"]
+[kafka]
+bootstrap_servers = "{bootstrap}"
+[kafka.topics]
+readings = "{topic}"
+partials = "{id}.partials"
+late = "{id}.late"
+dead_letters = "{id}.dead"
+progress = "{id}.progress"
+"#,
+        dir = dir.path().display().to_string(),
+    );
+    let config = Config::from_toml(Path::new("latency.toml"), &text)?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    let cancel = CancellationToken::new();
+    let agent = runtime.spawn(edge_agent::service::run(config, cancel.clone()));
+
+    // The consumer: waits for the topic (the forwarder creates it), then reads committed.
+    let done = Arc::new(AtomicBool::new(false));
+    let consumer_thread = {
+        let (bootstrap, topic, done) = (bootstrap.clone(), topic.clone(), done.clone());
+        std::thread::spawn(move || -> anyhow::Result<Vec<(u64, u64)>> {
+            let consumer: BaseConsumer = ClientConfig::new()
+                .set("bootstrap.servers", &bootstrap)
+                .set("group.id", format!("{topic}.reader"))
+                .set("isolation.level", "read_committed")
+                .set("fetch.wait.max.ms", "5")
+                .set("enable.auto.commit", "false")
+                .create()?;
+            let partitions = loop {
+                let md = consumer.fetch_metadata(Some(&topic), Duration::from_secs(5))?;
+                let ps: Vec<i32> = md
+                    .topics()
+                    .iter()
+                    .filter(|t| t.error().is_none())
+                    .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+                    .collect();
+                if !ps.is_empty() {
+                    break ps;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            };
+            let mut list = TopicPartitionList::new();
+            for p in partitions {
+                list.add_partition_offset(&topic, p, Offset::Beginning)?;
+            }
+            consumer.assign(&list)?;
+            let mut latencies = Vec::new();
+            while !done.load(Ordering::Relaxed) {
+                if let Some(Ok(m)) = consumer.poll(Duration::from_millis(50)) {
+                    let now = unix_ms();
+                    let ts = m
+                        .payload()
+                        .and_then(|p| serde_json::from_slice::<serde_json::Value>(p).ok())
+                        .and_then(|v| v.get("ts").and_then(serde_json::Value::as_u64));
+                    if let Some(ts) = ts {
+                        latencies.push((ts, now.saturating_sub(ts)));
+                    }
+                }
+            }
+            Ok(latencies)
+        })
+    };
+
+    // Let the agent connect and subscribe (its persistent session then holds everything).
+    std::thread::sleep(Duration::from_secs(3));
+    let published = runtime.block_on(async {
+        let mut options = MqttOptions::new(format!("{id}-pub"), host, port);
+        options.set_keep_alive(Duration::from_secs(10));
+        options.set_inflight(1000);
+        let (client, mut eventloop) = AsyncClient::new(options, 10_000);
+        let poller = tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
+        let start = Instant::now();
+        let total = rate * seconds;
+        let mut sent = 0u64;
+        let mut tick = tokio::time::interval(Duration::from_millis(1));
+        while sent < total {
+            tick.tick().await;
+            let due = (start.elapsed().as_micros() as u64 * rate / 1_000_000).min(total);
+            while sent < due {
+                let payload = format!(r#"{{"v":{sent},"ts":{}}}"#, unix_ms());
+                client
+                    .publish(
+                        format!("{id}/d{}/v", sent % SENSORS),
+                        QoS::AtLeastOnce,
+                        false,
+                        payload,
+                    )
+                    .await?;
+                sent += 1;
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        poller.abort();
+        anyhow::Ok(sent)
+    })?;
+    done.store(true, Ordering::Relaxed);
+    let raw = consumer_thread
+        .join()
+        .map_err(|_| anyhow::anyhow!("consumer panicked"))??;
+    cancel.cancel();
+    runtime.block_on(agent)??;
+
+    let first_ts = raw.iter().map(|(ts, _)| *ts).min().unwrap_or(0);
+    let mut lat: Vec<u64> = raw
+        .iter()
+        .filter(|(ts, _)| *ts >= first_ts + WARM_UP_MS)
+        .map(|(_, latency)| *latency)
+        .collect();
+    lat.sort_unstable();
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0)
+    };
+    println!(
+        "{rate} readings/s for {seconds} s: published {published}, committed and read {} ({} after warm-up)",
+        raw.len(),
+        lat.len()
+    );
+    println!(
+        "latency MQTT publish -> committed in Kafka (read_committed): p50 {} ms, p99 {} ms, max {} ms",
+        pct(0.50),
+        pct(0.99),
+        lat.last().copied().unwrap_or(0)
+    );
+    Ok(())
+}
