@@ -1,0 +1,408 @@
+//! Shared by the `ops_*` suites: an agent with one MQTT source and a pass-through pipeline to
+//! Kafka, its metrics listener on a free loopback port, a QoS 1 publisher whose values number
+//! the messages, the `edge-agent` binary, tiny HTTP GETs, and accounting by value in Kafka.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use edge_tests::kafka::{read_committed, unique_topic};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+
+pub struct Setup {
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    pub id: String,
+    pub client_id: String,
+    pub root: String,
+    pub url: String,
+    pub bootstrap: String,
+    pub topic: String,
+    pub metrics: SocketAddr,
+}
+
+/// A loopback port nobody listens on now.
+pub fn free_port() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind :0");
+    l.local_addr().expect("local addr")
+}
+
+impl Setup {
+    pub fn new(mqtt_url: &str, bootstrap: &str) -> Setup {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let setup = Setup {
+            config_path: dir.path().join("agent.toml"),
+            dir,
+            id: unique_topic("ops-agent"),
+            client_id: unique_topic("ops-client"),
+            root: unique_topic("ops-root"),
+            url: mqtt_url.to_owned(),
+            bootstrap: bootstrap.to_owned(),
+            topic: unique_topic("ops-readings"),
+            metrics: free_port(),
+        };
+        setup.write_config("{dev}", "");
+        setup
+    }
+
+    /// Writes the configuration with sensor id template `id_template`; `extra` is appended
+    /// to the `[[pipeline]]` table (to make a file bad on purpose).
+    pub fn write_config(&self, id_template: &str, extra: &str) {
+        let text = format!(
+            r#"[agent]
+id = "{id}"
+data_dir = {data_dir:?}
+
+[ops]
+metrics_listen = "{metrics}"
+shutdown_timeout_s = 20
+
+[[mqtt]]
+name = "broker"
+url = "{url}"
+client_id = "{client_id}"
+keep_alive_s = 5
+payload = {{ format = "json", value = "/v", timestamp = "/ts" }}
+subscribe = [{{ topic = "{root}/+/v", qos = 1 }}]
+
+[[sensor]]
+source = "broker"
+topic = "{root}/{{dev}}/v"
+id = "{id_template}"
+
+[[pipeline]]
+name = "p"
+sensors = ["*"]
+{extra}
+
+[kafka]
+bootstrap_servers = "{bootstrap}"
+transaction_timeout_ms = 10000
+
+[kafka.topics]
+readings = "{topic}"
+partials = "{topic}.partials"
+late = "{topic}.late"
+dead_letters = "{topic}.dead"
+progress = "{topic}.progress"
+"#,
+            id = self.id,
+            data_dir = self.dir.path().join("data").display().to_string(),
+            metrics = self.metrics,
+            url = self.url,
+            client_id = self.client_id,
+            root = self.root,
+            bootstrap = self.bootstrap,
+            topic = self.topic,
+        );
+        // Write then rename, as an operator's tooling should: SIGHUP never sees half a file.
+        let tmp = self.dir.path().join("agent.toml.new");
+        std::fs::write(&tmp, text).expect("write config");
+        std::fs::rename(&tmp, &self.config_path).expect("rename config");
+    }
+
+    /// Spawns `edge-agent run`; stderr goes to a file in the data directory.
+    pub fn spawn(&self, bin: &Path) -> Proc {
+        static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let log = self.dir.path().join(format!("agent-{n}.stderr"));
+        let file = std::fs::File::create(&log).expect("stderr file");
+        let child = Command::new(bin)
+            .args(["run", "--config"])
+            .arg(&self.config_path)
+            .env(
+                "RUST_LOG",
+                std::env::var("EDGE_AGENT_LOG").unwrap_or_else(|_| "info".to_owned()),
+            )
+            .stderr(Stdio::from(file))
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn edge-agent");
+        Proc { child, log }
+    }
+
+    /// `GET path` on the agent's metrics listener: (status, body); `None` while it does not
+    /// answer.
+    pub fn get(&self, path: &str) -> Option<(u16, String)> {
+        http_get(self.metrics, path)
+    }
+
+    /// Waits until `/readyz` answers 200.
+    pub fn wait_ready(&self, proc: &mut Proc, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some((200, _)) = self.get("/readyz") {
+                return;
+            }
+            proc.assert_alive();
+            assert!(
+                Instant::now() < deadline,
+                "not ready within {timeout:?}: {:?}\n{}",
+                self.get("/readyz"),
+                proc.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// One value of `/metrics`, by its full series name.
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        let (_, body) = self.get("/metrics")?;
+        body.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    /// The `/inspect` snapshot of the running agent.
+    pub fn inspect(&self) -> Option<serde_json::Value> {
+        match self.get("/inspect")? {
+            (200, body) => serde_json::from_str(&body).ok(),
+            _ => None,
+        }
+    }
+
+    /// Waits until `n` readings were accepted since the database was created and both the log
+    /// and the outbox are empty (everything committed to Kafka).
+    pub fn wait_drained(&self, proc: &mut Proc, n: u64, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.inspect() {
+                let get = |k: &str| s[k].as_u64().unwrap_or(u64::MAX);
+                if get("accepted") >= n && get("log_readings") == 0 && get("outbox_records") == 0 {
+                    return;
+                }
+            }
+            proc.assert_alive();
+            assert!(
+                Instant::now() < deadline,
+                "not drained within {timeout:?}: {:?}",
+                self.inspect()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+/// A tiny blocking HTTP/1.1 GET.
+pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let status = head.split(' ').nth(1)?.parse().ok()?;
+    Some((status, body.to_owned()))
+}
+
+/// An `edge-agent` process, SIGKILLed when dropped (so a failing test leaves none behind).
+pub struct Proc {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn assert_alive(&mut self) {
+        if let Some(status) = self.child.try_wait().expect("poll agent") {
+            panic!("the agent exited ({status}):\n{}", self.stderr());
+        }
+    }
+
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([format!("-{name}"), self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name}");
+    }
+
+    /// SIGTERM, then waits for the exit; returns how long the drain took.
+    pub fn terminate(&mut self, timeout: Duration) -> Duration {
+        let t0 = Instant::now();
+        self.signal("TERM");
+        loop {
+            if let Some(status) = self.child.try_wait().expect("poll agent") {
+                assert!(
+                    status.success(),
+                    "SIGTERM stops the agent cleanly: {status}\n{}",
+                    self.stderr()
+                );
+                return t0.elapsed();
+            }
+            assert!(
+                t0.elapsed() < timeout,
+                "the agent did not stop within {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn options(client_id: &str, url: &str) -> MqttOptions {
+    let rest = url.trim_start_matches("mqtt://");
+    let (host, port) = rest.rsplit_once(':').expect("url has a port");
+    let mut options = MqttOptions::new(client_id, host, port.parse().expect("port"));
+    options.set_keep_alive(Duration::from_secs(5));
+    options
+}
+
+/// Creates the agent's persistent session, so the broker queues everything from now on.
+pub async fn create_session(setup: &Setup) {
+    let mut opts = options(&setup.client_id, &setup.url);
+    opts.set_clean_session(false);
+    let (client, mut eventloop) = AsyncClient::new(opts, 10);
+    client
+        .subscribe(format!("{}/+/v", setup.root), QoS::AtLeastOnce)
+        .await
+        .expect("subscribe queued");
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), eventloop.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::SubAck(_)))) => break,
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => panic!("session set-up failed: {e}"),
+            Err(_) => panic!("no SUBACK within 10 s"),
+        }
+    }
+    client.disconnect().await.expect("disconnect queued");
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while eventloop.poll().await.is_ok() {}
+    })
+    .await;
+}
+
+/// Publishes values `from..to` at QoS 1 over 4 devices, `per_100` apart every 100 messages;
+/// returns the broker's PUBACK count.
+pub async fn publish(setup: &Setup, from: u64, to: u64, per_100: Duration) -> u64 {
+    let (client, mut eventloop) =
+        AsyncClient::new(options(&unique_topic("ops-pub"), &setup.url), 1000);
+    let total = to - from;
+    let acks = tokio::spawn(async move {
+        let mut acked = 0;
+        while acked < total {
+            match tokio::time::timeout(Duration::from_secs(30), eventloop.poll()).await {
+                Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => acked += 1,
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => panic!("publisher connection failed: {e}"),
+                Err(_) => panic!("publisher: no progress for 30 s ({acked}/{total} acked)"),
+            }
+        }
+        acked
+    });
+    for i in from..to {
+        let topic = format!("{}/d{}/v", setup.root, i % 4);
+        let body = format!(r#"{{"v":{i},"ts":{}}}"#, 1_700_000_000_000u64 + i);
+        client
+            .publish(topic, QoS::AtLeastOnce, false, body)
+            .await
+            .expect("publish queued");
+        if i % 100 == 99 {
+            tokio::time::sleep(per_100).await;
+        }
+    }
+    let acked = acks.await.expect("publisher task");
+    let _ = client.disconnect().await;
+    acked
+}
+
+/// Reads the readings topic (`read_committed`) and asserts every value `0..n` is there, none
+/// twice under one sensor id, and at most `remapped` values twice under two different ids (a
+/// redelivery mapped again after a mapping change); returns the sensor ids of each value.
+pub fn account(setup: &Setup, n: u64, remapped: usize) -> BTreeMap<u64, Vec<String>> {
+    let records = read_committed(&setup.bootstrap, &setup.topic, Duration::from_secs(120))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut seen: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+    for r in &records {
+        let json: serde_json::Value =
+            serde_json::from_slice(r.payload.as_deref().expect("payload")).expect("JSON");
+        let v = json["value"].as_f64().expect("value") as u64;
+        seen.entry(v)
+            .or_default()
+            .push(json["sensor"].as_str().expect("sensor").to_owned());
+    }
+    let missing: Vec<u64> = (0..n).filter(|v| !seen.contains_key(v)).collect();
+    let twice: Vec<u64> = seen
+        .iter()
+        .filter(|(_, s)| s.len() > 1)
+        .map(|(v, _)| *v)
+        .collect();
+    let same_id: Vec<u64> = seen
+        .iter()
+        .filter(|(_, s)| (1..s.len()).any(|i| s[..i].contains(&s[i])) || s.len() > 2)
+        .map(|(v, _)| *v)
+        .collect();
+    println!(
+        "{} records in Kafka: {} missing, {} more than once ({} under one sensor id)",
+        records.len(),
+        missing.len(),
+        twice.len(),
+        same_id.len()
+    );
+    for v in twice.iter().take(5) {
+        println!("value {v}: sensors {:?}", seen[v]);
+    }
+    assert!(
+        missing.is_empty(),
+        "missing values (first 20): {:?}",
+        &missing[..missing.len().min(20)]
+    );
+    assert!(
+        same_id.is_empty(),
+        "values more than once under one id (first 20): {:?}",
+        &same_id[..same_id.len().min(20)]
+    );
+    assert!(
+        twice.len() <= remapped,
+        "values twice (first 20): {:?}",
+        &twice[..twice.len().min(20)]
+    );
+    assert_eq!(records.len() as u64, n + twice.len() as u64);
+    seen
+}
+
+/// `target/<profile>/edge-agent`, built on demand.
+pub fn agent_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test exe");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>");
+    let mut build = Command::new(env!("CARGO"));
+    build
+        .args([
+            "build",
+            "--quiet",
+            "-p",
+            "edge-agent",
+            "--bin",
+            "edge-agent",
+        ])
+        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
+        .env(
+            "CARGO_TARGET_DIR",
+            profile_dir.parent().expect("target dir"),
+        );
+    if profile_dir.ends_with("release") {
+        build.arg("--release");
+    }
+    let status = build.status().expect("run cargo build");
+    assert!(status.success(), "building edge-agent failed");
+    profile_dir.join("edge-agent")
+}
