@@ -12,12 +12,12 @@
 //! | record | key |
 //! | --- | --- |
 //! | a window | `w\|{topic}\|{partition}\|{start_ms}\|{end_ms}\|{group}` (the group last: it may hold `\|`) |
-//! | a gateway | `g\|{topic}\|{partition}\|{agent}` |
+//! | a source (agent x series) | `s\|{topic}\|{partition}\|{agent length in bytes}\|{agent}{series}` |
 //! | partition clocks | `m\|{topic}\|{partition}` |
 //!
 //! # Values (version 1)
 //!
-//! `[0x01] ++ postcard(value)`: [`WindowState`], [`Gateway`] or [`Meta`] (postcard: fields in
+//! `[0x01] ++ postcard(value)`: [`WindowState`], [`Source`] or [`Meta`] (postcard: fields in
 //! declaration order, varints, zig-zag signed, `f64` little-endian; the aggregate as in
 //! `edge_protocol::aggregate`). A **tombstone** (null value) means the window or gateway was
 //! dropped; compaction then removes the key. Stability: version 1 is frozen; a new layout gets a
@@ -33,7 +33,7 @@ use edge_protocol::aggregate::Aggregate;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::merge::{Gateway, Meta, WindowKey, WindowState};
+use crate::merge::{Meta, Source, SourceKey, WindowKey, WindowState};
 
 /// Version byte of the values.
 pub const VERSION: u8 = 1;
@@ -53,7 +53,7 @@ pub enum ChangelogError {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Entry {
     Window(WindowKey, Option<Box<WindowState>>),
-    Gateway(String, Option<Gateway>),
+    Source(SourceKey, Option<Source>),
     Meta(Option<Meta>),
 }
 
@@ -64,8 +64,13 @@ pub fn window_key(topic: &str, partition: i32, k: &WindowKey) -> String {
     )
 }
 
-pub fn gateway_key(topic: &str, partition: i32, agent: &str) -> String {
-    format!("g|{topic}|{partition}|{agent}")
+pub fn source_key(topic: &str, partition: i32, k: &SourceKey) -> String {
+    format!(
+        "s|{topic}|{partition}|{}|{}{}",
+        k.agent.len(),
+        k.agent,
+        k.series
+    )
 }
 
 pub fn meta_key(topic: &str, partition: i32) -> String {
@@ -149,10 +154,19 @@ pub fn decode_entry(
             }
             Entry::Window(k, v)
         }
-        ("g", Some(agent)) => Entry::Gateway(
-            agent.to_owned(),
-            value.map(|v| decode::<Gateway>(key, v)).transpose()?,
-        ),
+        ("s", Some(rest)) => {
+            let (len, names) = rest.split_once('|').ok_or_else(bad_key)?;
+            let len: usize = len.parse().map_err(|_| bad_key())?;
+            if !names.is_char_boundary(len.min(names.len())) || len > names.len() {
+                return Err(bad_key());
+            }
+            let (agent, series) = names.split_at(len);
+            let k = SourceKey {
+                agent: agent.to_owned(),
+                series: series.to_owned(),
+            };
+            Entry::Source(k, value.map(|v| decode::<Source>(key, v)).transpose()?)
+        }
         ("m", None) => Entry::Meta(value.map(|v| decode::<Meta>(key, v)).transpose()?),
         _ => return Err(bad_key()),
     };
@@ -192,34 +206,43 @@ mod tests {
         assert_eq!(e, Some(Entry::Window(k.clone(), Some(Box::new(w)))));
         let e = decode_entry("in", 3, key.as_bytes(), None).unwrap();
         assert_eq!(e, Some(Entry::Window(k, None)));
-        let g = Gateway {
+        let g = Source {
+            group: "grp".into(),
             watermark_ms: 7,
             last_seen_ms: 9,
         };
-        let key = gateway_key("in", 3, "gw");
+        let sk = SourceKey {
+            agent: "g|w".into(),
+            series: "s|1".into(),
+        };
+        let key = source_key("in", 3, &sk);
+        assert_eq!(key, "s|in|3|3|g|ws|1");
         let e = decode_entry("in", 3, key.as_bytes(), Some(&encode(&g))).unwrap();
-        assert_eq!(e, Some(Entry::Gateway("gw".into(), Some(g))));
+        assert_eq!(e, Some(Entry::Source(sk, Some(g))));
         let m = Meta {
             stream_time_ms: 1,
             frontier_ms: -1,
+            swept_ms: 0,
         };
         let e = decode_entry("in", 3, meta_key("in", 3).as_bytes(), Some(&encode(&m))).unwrap();
         assert_eq!(e, Some(Entry::Meta(Some(m))));
     }
 
-    /// Golden vector: the version-1 bytes of a gateway and the partition clocks.
+    /// Golden vector: the version-1 bytes of a source and the partition clocks.
     #[test]
     fn values_match_the_golden_vectors() {
-        let g = Gateway {
+        let g = Source {
+            group: "g".into(),
             watermark_ms: 21_000,
             last_seen_ms: -1,
         };
-        assert_eq!(encode(&g), [1, 0x90, 0xc8, 0x02, 0x01]);
+        assert_eq!(encode(&g), [1, 1, b'g', 0x90, 0xc8, 0x02, 0x01]);
         let m = Meta {
             stream_time_ms: 1,
             frontier_ms: 0,
+            swept_ms: -2,
         };
-        assert_eq!(encode(&m), [1, 2, 0]);
+        assert_eq!(encode(&m), [1, 2, 0, 3]);
     }
 
     #[test]
@@ -229,6 +252,6 @@ mod tests {
         assert!(decode_entry("in", 3, b"x", None).is_err());
         let key = meta_key("in", 3);
         assert!(decode_entry("in", 3, key.as_bytes(), Some(&[2, 0, 0])).is_err());
-        assert!(decode_entry("in", 3, key.as_bytes(), Some(&[1, 0, 0, 9])).is_err());
+        assert!(decode_entry("in", 3, key.as_bytes(), Some(&[1, 0, 0, 0, 9])).is_err());
     }
 }

@@ -170,8 +170,8 @@ pub struct Limits {
     pub max_open_windows: Spanned<usize>,
     #[serde(default = "default_max_windows")]
     pub max_finalized_windows: Spanned<usize>,
-    #[serde(default = "default_max_gateways")]
-    pub max_gateways: Spanned<usize>,
+    #[serde(default = "default_max_sources")]
+    pub max_sources: Spanned<usize>,
     #[serde(default = "default_batch_max_records")]
     pub batch_max_records: Spanned<usize>,
     #[serde(default = "default_batch_max_ms")]
@@ -183,7 +183,7 @@ impl Default for Limits {
         Limits {
             max_open_windows: default_max_windows(),
             max_finalized_windows: default_max_windows(),
-            max_gateways: default_max_gateways(),
+            max_sources: default_max_sources(),
             batch_max_records: default_batch_max_records(),
             batch_max_ms: default_batch_max_ms(),
         }
@@ -205,8 +205,8 @@ fn default_horizon_ms() -> Spanned<i64> {
 fn default_max_windows() -> Spanned<usize> {
     Spanned::new(0..0, 100_000)
 }
-fn default_max_gateways() -> Spanned<usize> {
-    Spanned::new(0..0, 4096)
+fn default_max_sources() -> Spanned<usize> {
+    Spanned::new(0..0, 100_000)
 }
 fn default_batch_max_records() -> Spanned<usize> {
     Spanned::new(0..0, 5000)
@@ -336,7 +336,7 @@ impl Config {
         for (v, field) in [
             (&l.max_open_windows, "limits.max_open_windows"),
             (&l.max_finalized_windows, "limits.max_finalized_windows"),
-            (&l.max_gateways, "limits.max_gateways"),
+            (&l.max_sources, "limits.max_sources"),
             (&l.batch_max_records, "limits.batch_max_records"),
         ] {
             if *v.get_ref() < 1 {
@@ -366,7 +366,7 @@ impl Config {
             horizon_ms: *self.revisions.horizon_ms.get_ref(),
             max_open_windows: *self.limits.max_open_windows.get_ref(),
             max_finalized_windows: *self.limits.max_finalized_windows.get_ref(),
-            max_gateways: *self.limits.max_gateways.get_ref(),
+            max_sources: *self.limits.max_sources.get_ref(),
         }
     }
 }

@@ -7,23 +7,32 @@
 //!   [`crate::group`]): the same window, or with `rollup_ms` the roll-up window
 //!   `[floor(start / r) * r, + r)`, which must contain the partial's window exactly (a partial
 //!   straddling two roll-up windows is refused: it cannot be split).
-//! - **Gateways.** Each agent seen on the partition has a watermark (the largest `watermark_ms`
-//!   of its partials) and a last-seen time (the largest Kafka record timestamp of its partials:
-//!   the agent's producer sets it when it sends, or the broker with `LogAppendTime`).
-//! - **Time.** The partition's stream time is the largest record timestamp seen. A gateway is
+//! - **Sources.** A source is one (agent, series) pair. It has a watermark (the largest
+//!   `watermark_ms` of its partials) and a last-seen time (the largest Kafka record timestamp of
+//!   its partials: set by the agent's producer when it sends, or by the broker with
+//!   `LogAppendTime`). Watermarks are kept per series, not per agent, because the agent's
+//!   watermark is per series: an agent's partial for series `t1` up to time T says nothing about
+//!   its partial for `t2` of the same window, which may be the next record.
+//! - **Time.** The partition's stream time is the largest record timestamp seen. A source is
 //!   *active* while `now - last_seen <= idle_timeout_ms`, where `now` is the stream time, or the
 //!   consumer's wall clock when the loop has caught up with the partition ([`PartitionState::tick`]).
-//!   Using record time while catching up means a consumer restarted after a long stop does not
-//!   see every gateway as idle and finalize everything early; the wall clock at the end means a
-//!   partition whose gateways all went quiet still finalizes.
-//! - **Finalization.** `F` = the minimum watermark over the active gateways (no active gateway:
-//!   no bound). A window is final once `F >= end`; it is emitted with revision 0.
+//!   Record time while catching up means a consumer restarted after a long stop does not see
+//!   every gateway as idle and finalize everything early; the wall clock at the end means a
+//!   partition whose gateways all went quiet still finalizes. Idleness is re-checked for every
+//!   group each time stream time advances by `idle_timeout_ms / 8` (and at every tick), so a
+//!   silent gateway stops holding windows back at most that much later than its timeout.
+//! - **Finalization.** For group `G`, `F(G)` = the minimum watermark over the active sources
+//!   whose series belongs to `G` (none active: no bound). A window of `G` is final once
+//!   `F(G) >= end`; it is emitted with revision 0. A source not seen yet holds nothing back (so
+//!   right after a cold start the first window may be final before every gateway's partial:
+//!   later partials revise it).
 //! - **Revisions.** A partial for a final window merges into it and emits the merged window with
 //!   `revision + 1` (partials are deltas: see `edge_protocol::partial`). A partial for a window
-//!   never seen whose end is already `<= F` (a gateway back after hours offline with data nobody
-//!   else had) opens it final at once: revision 0.
-//! - **Horizon.** Final windows are kept while `end > clock - horizon_ms`, `clock` =
-//!   `min(F, max gateway watermark)`. Past that they are dropped (a changelog tombstone) and the
+//!   never seen whose end is already `<= F(G)` (a gateway back after hours offline with data
+//!   nobody else had) opens it final at once: revision 0.
+//! - **Horizon.** The partition's event-time clock is the minimum watermark of all active
+//!   sources (the largest watermark when none is active). Final windows are kept while
+//!   `end > clock - horizon_ms`; past that they are dropped (a changelog tombstone) and the
 //!   partition's *frontier* moves to `clock - horizon_ms`. A partial for a window that is not
 //!   kept and ends at or before the frontier may belong to a window already emitted and dropped:
 //!   it is **refused** ([`Refused::BeyondHorizon`]), counted, and dead-lettered by the loop with
@@ -32,12 +41,12 @@
 //! # Memory bound (per partition)
 //!
 //! At most `max_open_windows` open and `max_finalized_windows` final windows and
-//! `max_gateways` gateways (and contributing ids per window). Past a cap: the open window with
-//! the earliest end is finalized early (counted as forced; later partials revise it); the final
-//! window with the earliest end is dropped and the frontier moves to its end (counted); the
-//! gateway seen longest ago is forgotten (counted; it re-joins with its next partial). A window
-//! costs about its aggregate (at most ~4.3 KiB with a full sketch, typically a few hundred
-//! bytes) plus its group key and gateway ids: see the benchmark for measured figures.
+//! `max_sources` sources (and contributing agent ids per window). Past a cap: the open window
+//! with the earliest end is finalized early (counted as forced; later partials revise it); the
+//! final window with the earliest end is dropped and the frontier moves to its end (counted);
+//! the source seen longest ago is forgotten (counted; it re-joins with its next partial). A
+//! window costs about 4.4 KiB (the aggregate's sketch is a fixed-size heapless buffer) plus its
+//! group key and agent ids: see the benchmark for measured figures.
 //!
 //! # Determinism
 //!
@@ -62,7 +71,7 @@ pub struct Settings {
     pub horizon_ms: i64,
     pub max_open_windows: usize,
     pub max_finalized_windows: usize,
-    pub max_gateways: usize,
+    pub max_sources: usize,
 }
 
 /// A group's window.
@@ -80,16 +89,24 @@ pub struct WindowState {
     /// 0 until final; then the number of partials merged after finalization.
     pub revision: u32,
     pub finalized: bool,
-    /// Contributing agents (at most `max_gateways`; `gateways_truncated` counts the rest).
+    /// Contributing agents (at most `max_sources`; `gateways_truncated` counts the rest).
     pub gateways: BTreeSet<String>,
     pub gateways_truncated: u32,
     /// Partials merged into it.
     pub partials: u64,
 }
 
-/// What the partition knows of one agent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Gateway {
+/// One (agent, series) pair.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct SourceKey {
+    pub agent: String,
+    pub series: String,
+}
+
+/// What the partition knows of one source.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Source {
+    pub group: String,
     pub watermark_ms: i64,
     pub last_seen_ms: i64,
 }
@@ -100,6 +117,8 @@ pub struct Meta {
     pub stream_time_ms: i64,
     /// Windows ending at or before it were dropped (or never kept).
     pub frontier_ms: i64,
+    /// Stream time of the last idleness sweep over every group.
+    pub swept_ms: i64,
 }
 
 impl Default for Meta {
@@ -107,6 +126,7 @@ impl Default for Meta {
         Meta {
             stream_time_ms: i64::MIN,
             frontier_ms: i64::MIN,
+            swept_ms: i64::MIN,
         }
     }
 }
@@ -131,7 +151,7 @@ pub struct Counters {
     pub forced_finalizations: u64,
     pub evicted_by_cap: u64,
     pub evicted_by_horizon: u64,
-    pub gateways_forgotten: u64,
+    pub sources_forgotten: u64,
     pub refused: u64,
 }
 
@@ -141,7 +161,7 @@ pub struct Counters {
 pub struct Changes {
     /// `None`: dropped (a tombstone).
     pub windows: Vec<(WindowKey, Option<WindowState>)>,
-    pub gateways: Vec<(String, Option<Gateway>)>,
+    pub sources: Vec<(SourceKey, Option<Source>)>,
     pub meta: Option<Meta>,
     /// The newest state of each window emitted in this batch.
     pub finals: Vec<(WindowKey, WindowState)>,
@@ -153,12 +173,14 @@ pub struct PartitionState {
     settings: Settings,
     open: BTreeMap<WindowKey, WindowState>,
     open_by_end: BTreeSet<(i64, WindowKey)>,
+    open_by_group: BTreeMap<String, BTreeSet<(i64, i64)>>,
     finalized: BTreeMap<WindowKey, WindowState>,
     finalized_by_end: BTreeSet<(i64, WindowKey)>,
-    gateways: BTreeMap<String, Gateway>,
+    sources: BTreeMap<SourceKey, Source>,
+    sources_by_group: BTreeMap<String, BTreeSet<SourceKey>>,
     meta: Meta,
     dirty_windows: BTreeSet<WindowKey>,
-    dirty_gateways: BTreeSet<String>,
+    dirty_sources: BTreeSet<SourceKey>,
     dirty_meta: bool,
     emits: BTreeMap<WindowKey, WindowState>,
     pub counters: Counters,
@@ -170,12 +192,14 @@ impl PartitionState {
             settings,
             open: BTreeMap::new(),
             open_by_end: BTreeSet::new(),
+            open_by_group: BTreeMap::new(),
             finalized: BTreeMap::new(),
             finalized_by_end: BTreeSet::new(),
-            gateways: BTreeMap::new(),
+            sources: BTreeMap::new(),
+            sources_by_group: BTreeMap::new(),
             meta: Meta::default(),
             dirty_windows: BTreeSet::new(),
-            dirty_gateways: BTreeSet::new(),
+            dirty_sources: BTreeSet::new(),
             dirty_meta: false,
             emits: BTreeMap::new(),
             counters: Counters::default(),
@@ -186,14 +210,16 @@ impl PartitionState {
     pub fn restore(
         settings: Settings,
         windows: impl IntoIterator<Item = (WindowKey, WindowState)>,
-        gateways: impl IntoIterator<Item = (String, Gateway)>,
+        sources: impl IntoIterator<Item = (SourceKey, Source)>,
         meta: Option<Meta>,
     ) -> PartitionState {
         let mut s = PartitionState::new(settings);
         for (key, state) in windows {
             s.insert(key, state);
         }
-        s.gateways.extend(gateways);
+        for (key, source) in sources {
+            s.insert_source(key, source);
+        }
         s.meta = meta.unwrap_or_default();
         s
     }
@@ -203,6 +229,9 @@ impl PartitionState {
     }
     pub fn finalized_windows(&self) -> usize {
         self.finalized.len()
+    }
+    pub fn sources(&self) -> usize {
+        self.sources.len()
     }
     pub fn meta(&self) -> Meta {
         self.meta
@@ -214,8 +243,20 @@ impl PartitionState {
             self.finalized.insert(key, state);
         } else {
             self.open_by_end.insert((key.end_ms, key.clone()));
+            self.open_by_group
+                .entry(key.group.clone())
+                .or_default()
+                .insert((key.end_ms, key.start_ms));
             self.open.insert(key, state);
         }
+    }
+
+    fn insert_source(&mut self, key: SourceKey, source: Source) {
+        self.sources_by_group
+            .entry(source.group.clone())
+            .or_default()
+            .insert(key.clone());
+        self.sources.insert(key, source);
     }
 
     /// The window a partial of `group` belongs to.
@@ -243,14 +284,15 @@ impl PartitionState {
     pub fn apply(&mut self, group: &str, p: &Partial, record_ts_ms: i64) -> Result<(), Refused> {
         let key = self.window_of(group, p)?;
         let agent = p.agent.as_str();
+        let cap = self.settings.max_sources;
         if let Some(w) = self.open.get_mut(&key) {
-            add(w, p, agent, self.settings.max_gateways);
+            add(w, p, agent, cap);
         } else if let Some(w) = self.finalized.get_mut(&key) {
             if !self.settings.revisions {
                 self.counters.refused += 1;
                 return Err(Refused::AfterFinal);
             }
-            add(w, p, agent, self.settings.max_gateways);
+            add(w, p, agent, cap);
             w.revision = w.revision.saturating_add(1);
             self.counters.revisions += 1;
             self.emits.insert(key.clone(), w.clone());
@@ -266,7 +308,7 @@ impl PartitionState {
                 gateways_truncated: 0,
                 partials: 0,
             };
-            add(&mut w, p, agent, self.settings.max_gateways);
+            add(&mut w, p, agent, cap);
             self.insert(key.clone(), w);
             if self.open.len() > self.settings.max_open_windows {
                 if let Some((_, oldest)) = self.open_by_end.first().cloned() {
@@ -277,71 +319,122 @@ impl PartitionState {
         }
         self.counters.merged += 1;
         self.dirty_windows.insert(key);
-        self.see_gateway(agent, p.watermark_ms, record_ts_ms);
+        let source = SourceKey {
+            agent: agent.to_owned(),
+            series: p.series.as_str().to_owned(),
+        };
+        self.see_source(source, group, p.watermark_ms, record_ts_ms);
         if record_ts_ms > self.meta.stream_time_ms {
             self.meta.stream_time_ms = record_ts_ms;
         }
         self.dirty_meta = true;
-        self.advance(self.meta.stream_time_ms);
+        let now = self.meta.stream_time_ms;
+        let step = (self.settings.idle_timeout_ms / 8).max(1);
+        if now.saturating_sub(self.meta.swept_ms) >= step {
+            self.sweep(now);
+        } else {
+            self.finalize_group(group, now);
+        }
         Ok(())
     }
 
     /// Advances with the wall clock `now_ms` (the loop calls it when it has caught up with the
-    /// partition): gateways silent longer than the idle timeout stop holding windows back.
+    /// partition): sources silent longer than the idle timeout stop holding windows back.
     pub fn tick(&mut self, now_ms: i64) {
-        self.advance(now_ms.max(self.meta.stream_time_ms));
+        self.sweep(now_ms.max(self.meta.stream_time_ms));
     }
 
-    fn see_gateway(&mut self, agent: &str, watermark_ms: i64, seen_ms: i64) {
-        if let Some(g) = self.gateways.get_mut(agent) {
-            g.watermark_ms = g.watermark_ms.max(watermark_ms);
-            g.last_seen_ms = g.last_seen_ms.max(seen_ms);
+    fn see_source(&mut self, key: SourceKey, group: &str, watermark_ms: i64, seen_ms: i64) {
+        if let Some(s) = self.sources.get_mut(&key) {
+            s.watermark_ms = s.watermark_ms.max(watermark_ms);
+            s.last_seen_ms = s.last_seen_ms.max(seen_ms);
         } else {
-            if self.gateways.len() >= self.settings.max_gateways {
+            if self.sources.len() >= self.settings.max_sources {
                 let stalest = self
-                    .gateways
+                    .sources
                     .iter()
-                    .min_by_key(|(id, g)| (g.last_seen_ms, (*id).clone()))
-                    .map(|(id, _)| id.clone());
-                if let Some(id) = stalest {
-                    self.gateways.remove(&id);
-                    self.dirty_gateways.insert(id);
-                    self.counters.gateways_forgotten += 1;
+                    .min_by_key(|(k, s)| (s.last_seen_ms, (*k).clone()))
+                    .map(|(k, _)| k.clone());
+                if let Some(k) = stalest {
+                    if let Some(old) = self.sources.remove(&k) {
+                        if let Some(set) = self.sources_by_group.get_mut(&old.group) {
+                            set.remove(&k);
+                            if set.is_empty() {
+                                self.sources_by_group.remove(&old.group);
+                            }
+                        }
+                    }
+                    self.dirty_sources.insert(k);
+                    self.counters.sources_forgotten += 1;
                 }
             }
-            let g = Gateway {
+            let source = Source {
+                group: group.to_owned(),
                 watermark_ms,
                 last_seen_ms: seen_ms,
             };
-            self.gateways.insert(agent.to_owned(), g);
+            self.insert_source(key.clone(), source);
         }
-        self.dirty_gateways.insert(agent.to_owned());
+        self.dirty_sources.insert(key);
     }
 
-    /// `F`: the minimum watermark of the gateways active at `now_ms`; `None`: none is active.
-    pub fn finalization_watermark(&self, now_ms: i64) -> Option<i64> {
-        let since = now_ms.saturating_sub(self.settings.idle_timeout_ms);
-        self.gateways
-            .values()
-            .filter(|g| g.last_seen_ms >= since)
-            .map(|g| g.watermark_ms)
+    fn is_active(&self, s: &Source, now_ms: i64) -> bool {
+        s.last_seen_ms >= now_ms.saturating_sub(self.settings.idle_timeout_ms)
+    }
+
+    /// `F(group)`: the minimum watermark of the group's sources active at `now_ms`; `None`:
+    /// none is active.
+    pub fn finalization_watermark(&self, group: &str, now_ms: i64) -> Option<i64> {
+        self.sources_by_group
+            .get(group)?
+            .iter()
+            .filter_map(|k| self.sources.get(k))
+            .filter(|s| self.is_active(s, now_ms))
+            .map(|s| s.watermark_ms)
             .min()
     }
 
-    fn advance(&mut self, now_ms: i64) {
-        let f = self.finalization_watermark(now_ms);
-        let bound = f.unwrap_or(i64::MAX);
-        while let Some((end, key)) = self.open_by_end.first().cloned() {
+    fn finalize_group(&mut self, group: &str, now_ms: i64) {
+        let bound = self
+            .finalization_watermark(group, now_ms)
+            .unwrap_or(i64::MAX);
+        loop {
+            let Some(&(end, start)) = self.open_by_group.get(group).and_then(|s| s.first()) else {
+                return;
+            };
             if end > bound {
-                break;
+                return;
             }
-            self.finalize(key);
+            self.finalize(WindowKey {
+                group: group.to_owned(),
+                start_ms: start,
+                end_ms: end,
+            });
         }
-        let max_wm = self.gateways.values().map(|g| g.watermark_ms).max();
-        let clock = match (f, max_wm) {
-            (Some(f), Some(m)) => f.min(m),
-            (None, Some(m)) => m,
-            (_, None) => return,
+    }
+
+    /// Every group's finalization and the horizon, at `now_ms`.
+    fn sweep(&mut self, now_ms: i64) {
+        if now_ms > self.meta.swept_ms {
+            self.meta.swept_ms = now_ms;
+            self.dirty_meta = true;
+        }
+        let groups: Vec<String> = self.open_by_group.keys().cloned().collect();
+        for g in groups {
+            self.finalize_group(&g, now_ms);
+        }
+        let active_min = self
+            .sources
+            .values()
+            .filter(|s| self.is_active(s, now_ms))
+            .map(|s| s.watermark_ms)
+            .min();
+        let clock = match active_min {
+            Some(c) => c,
+            None => match self.sources.values().map(|s| s.watermark_ms).max() {
+                Some(c) => c,
+                None => return,
+            },
         };
         let frontier = clock.saturating_sub(self.settings.horizon_ms);
         if frontier > self.meta.frontier_ms {
@@ -359,6 +452,12 @@ impl PartitionState {
 
     fn finalize(&mut self, key: WindowKey) {
         self.open_by_end.remove(&(key.end_ms, key.clone()));
+        if let Some(set) = self.open_by_group.get_mut(&key.group) {
+            set.remove(&(key.end_ms, key.start_ms));
+            if set.is_empty() {
+                self.open_by_group.remove(&key.group);
+            }
+        }
         let Some(mut w) = self.open.remove(&key) else {
             return;
         };
@@ -398,18 +497,18 @@ impl PartitionState {
                 (k, v)
             })
             .collect();
-        let gateways = std::mem::take(&mut self.dirty_gateways)
+        let sources = std::mem::take(&mut self.dirty_sources)
             .into_iter()
-            .map(|id| {
-                let g = self.gateways.get(&id).copied();
-                (id, g)
+            .map(|k| {
+                let s = self.sources.get(&k).cloned();
+                (k, s)
             })
             .collect();
         let meta = std::mem::take(&mut self.dirty_meta).then_some(self.meta);
         let finals = std::mem::take(&mut self.emits).into_iter().collect();
         Changes {
             windows,
-            gateways,
+            sources,
             meta,
             finals,
         }

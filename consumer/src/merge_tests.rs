@@ -12,7 +12,7 @@ fn settings() -> Settings {
         horizon_ms: 3_600_000,
         max_open_windows: 1000,
         max_finalized_windows: 1000,
-        max_gateways: 16,
+        max_sources: 16,
     }
 }
 
@@ -122,13 +122,14 @@ fn a_window_dropped_past_the_horizon_refuses_later_partials() {
     let mut s = PartitionState::new(st);
     s.apply("s", &partial("a", "s", 0, 10, 10, &[1.0]), 1)
         .unwrap();
-    s.apply("s", &partial("a", "s", 100, 110, 111, &[1.0]), 2)
+    // The horizon is checked when stream time has moved by idle_timeout / 8.
+    s.apply("s", &partial("a", "s", 100, 110, 111, &[1.0]), 10_000)
         .unwrap();
     let c = s.take_changes();
     assert!(c.windows.contains(&(key("s", 0, 10), None)), "a tombstone");
     assert_eq!(s.meta().frontier_ms, 11);
     assert_eq!(
-        s.apply("s", &partial("b", "s", 0, 10, 5, &[1.0]), 3),
+        s.apply("s", &partial("b", "s", 0, 10, 5, &[1.0]), 10_001),
         Err(Refused::BeyondHorizon)
     );
     assert_eq!(s.counters.refused, 1);
@@ -211,17 +212,21 @@ fn the_final_window_cap_drops_the_oldest_and_moves_the_frontier() {
 }
 
 #[test]
-fn the_gateway_cap_forgets_the_one_seen_longest_ago() {
+fn the_source_cap_forgets_the_one_seen_longest_ago() {
     let mut st = settings();
-    st.max_gateways = 2;
+    st.max_sources = 2;
     let mut s = PartitionState::new(st);
     for (i, g) in ["a", "b", "c"].iter().enumerate() {
         s.apply("s", &partial(g, "s", 0, 10, 0, &[1.0]), i as i64)
             .unwrap();
     }
-    assert_eq!(s.counters.gateways_forgotten, 1);
+    assert_eq!(s.counters.sources_forgotten, 1);
     let c = s.take_changes();
-    assert!(c.gateways.contains(&("a".to_owned(), None)));
+    let a = SourceKey {
+        agent: "a".into(),
+        series: "s".into(),
+    };
+    assert!(c.sources.contains(&(a, None)));
 }
 
 /// One step of a random run: a partial from gateway `g` for series `series` window `w`, the
@@ -301,10 +306,10 @@ fn apply_changes(log: &mut ChangeLog, c: &Changes) {
             None => log.windows.remove(k),
         };
     }
-    for (id, g) in &c.gateways {
-        match g {
-            Some(g) => log.gateways.insert(id.clone(), *g),
-            None => log.gateways.remove(id),
+    for (k, src) in &c.sources {
+        match src {
+            Some(src) => log.sources.insert(k.clone(), src.clone()),
+            None => log.sources.remove(k),
         };
     }
     if let Some(m) = c.meta {
@@ -315,7 +320,7 @@ fn apply_changes(log: &mut ChangeLog, c: &Changes) {
 #[derive(Default)]
 struct ChangeLog {
     windows: BTreeMap<WindowKey, WindowState>,
-    gateways: BTreeMap<String, Gateway>,
+    sources: BTreeMap<SourceKey, Source>,
     meta: Option<Meta>,
 }
 
@@ -354,7 +359,7 @@ proptest! {
         let mut restored = PartitionState::restore(
             settings(),
             log.windows.clone(),
-            log.gateways.clone(),
+            log.sources.clone(),
             log.meta,
         );
         let (mut wms_b, mut now_b) = (wms, now);
@@ -370,6 +375,49 @@ proptest! {
         prop_assert_eq!(after_a, after_b);
         for (k, w) in &out_b {
             prop_assert_eq!(Some(w), out_a.get(k));
+        }
+    }
+}
+
+#[test]
+fn after_a_cold_start_window_the_next_windows_wait_for_every_known_gateway() {
+    let mut s = PartitionState::new(settings());
+    for w in 0..3i64 {
+        for g in ["a", "b", "c"] {
+            let p = partial(g, "s", w * 10, w * 10 + 10, w * 10 + 10, &[1.0]);
+            s.apply("s", &p, 1_000 + w).unwrap();
+        }
+    }
+    let finals = s.take_changes().finals;
+    assert_eq!(finals.len(), 3);
+    for (k, w) in &finals[1..] {
+        assert_eq!((w.revision, w.gateways.len()), (0, 3), "{k:?}");
+    }
+}
+
+#[test]
+fn an_idle_gateway_does_not_make_the_others_idle() {
+    let mut st = settings();
+    st.idle_timeout_ms = 300_000;
+    let mut s = PartitionState::new(st);
+    let size = 600_000;
+    let ts0 = 1_000_000_000;
+    let mut finals = BTreeMap::new();
+    for w in 0..24i64 {
+        for g in ["a", "b", "c"] {
+            if g == "c" && w >= 4 {
+                continue;
+            }
+            let p = partial(g, "s", w * size, w * size + size, w * size + size, &[1.0]);
+            s.apply("s", &p, ts0 + w * 60_000).unwrap();
+            for (k, w) in s.take_changes().finals {
+                finals.insert(k, w);
+            }
+        }
+    }
+    for (k, w) in &finals {
+        if k.start_ms > 0 {
+            assert_eq!(w.revision, 0, "{k:?}");
         }
     }
 }

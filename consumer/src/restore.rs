@@ -25,7 +25,7 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use crate::changelog::{decode_entry, ChangelogError, Entry};
 use crate::kafka::{classify, KafkaCallError};
-use crate::merge::{Gateway, Meta, PartitionState, Settings, WindowKey, WindowState};
+use crate::merge::{Meta, PartitionState, Settings, Source, SourceKey, WindowKey, WindowState};
 
 /// Why a partition could not be restored.
 #[derive(Debug, thiserror::Error)]
@@ -60,7 +60,7 @@ pub fn restore_partition(
         .assign(&tpl)
         .map_err(|e| classify("assigning the changelog", e))?;
     let mut windows: BTreeMap<WindowKey, WindowState> = BTreeMap::new();
-    let mut gateways: BTreeMap<String, Gateway> = BTreeMap::new();
+    let mut sources: BTreeMap<SourceKey, Source> = BTreeMap::new();
     let mut meta: Option<Meta> = None;
     let deadline = Instant::now() + timeout;
     let mut read = 0u64;
@@ -87,11 +87,11 @@ pub fn restore_partition(
                     Some(Entry::Window(k, None)) => {
                         windows.remove(&k);
                     }
-                    Some(Entry::Gateway(id, Some(g))) => {
-                        gateways.insert(id, g);
+                    Some(Entry::Source(k, Some(s))) => {
+                        sources.insert(k, s);
                     }
-                    Some(Entry::Gateway(id, None)) => {
-                        gateways.remove(&id);
+                    Some(Entry::Source(k, None)) => {
+                        sources.remove(&k);
                     }
                     Some(Entry::Meta(m)) => meta = m,
                 }
@@ -101,6 +101,6 @@ pub fn restore_partition(
     reader
         .unassign()
         .map_err(|e| classify("unassigning the changelog", e))?;
-    let state = PartitionState::restore(settings.clone(), windows, gateways, meta);
+    let state = PartitionState::restore(settings.clone(), windows, sources, meta);
     Ok((state, read))
 }

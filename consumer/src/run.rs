@@ -202,6 +202,7 @@ struct Session<'a> {
     producer: BaseProducer,
     states: HashMap<Tp, PartitionState>,
     caught_up: BTreeSet<Tp>,
+    eof_seen: BTreeSet<Tp>,
     metrics: &'a Metrics,
 }
 
@@ -239,6 +240,7 @@ fn session(config: &Config, stop: &AtomicBool, metrics: &Metrics) -> Result<(), 
         producer,
         states: HashMap::new(),
         caught_up: BTreeSet::new(),
+        eof_seen: BTreeSet::new(),
         metrics,
     };
     while !stop.load(Ordering::Relaxed) {
@@ -293,7 +295,7 @@ impl Session<'_> {
                     // EOF names only the partition: every owned input partition numbered `p`.
                     let owned: Vec<Tp> =
                         self.states.keys().filter(|tp| tp.1 == p).cloned().collect();
-                    self.caught_up.extend(owned);
+                    self.eof_seen.extend(owned);
                 }
                 Some(Err(e)) => {
                     let e = classify("polling", e);
@@ -301,6 +303,18 @@ impl Session<'_> {
                         return Err(e.into());
                     }
                     tracing::warn!(error = %e, "poll error (librdkafka retries)");
+                }
+            }
+        }
+        // librdkafka reports EOF when its fetcher reaches the end, which can be before the
+        // fetched records were handed out. A partition counts as caught up (wall-clock ticks)
+        // once its EOF was seen and a batch then ended by time, not by size: the local queue was
+        // drained, so every record fetched up to that end has been processed.
+        if batch.len() < *limits.batch_max_records.get_ref() {
+            for tp in std::mem::take(&mut self.eof_seen) {
+                if self.states.contains_key(&tp) {
+                    tracing::debug!(topic = %tp.0, partition = tp.1, "caught up");
+                    self.caught_up.insert(tp);
                 }
             }
         }
@@ -319,6 +333,7 @@ impl Session<'_> {
                     for tp in &tps {
                         self.states.remove(tp);
                         self.caught_up.remove(tp);
+                        self.eof_seen.remove(tp);
                     }
                     batch.retain(|r| !tps.contains(&(r.topic.clone(), r.partition)));
                 }
@@ -383,6 +398,7 @@ impl Session<'_> {
                 }
             }
         }
+        tracing::debug!(?offsets, caught_up = ?self.caught_up, merged, dead, "batch merged");
         let now = wall_ms();
         for tp in &self.caught_up {
             if let Some(state) = self.states.get_mut(tp) {
@@ -405,9 +421,9 @@ impl Session<'_> {
                 let key = changelog::window_key(topic, *partition, k);
                 outs.push(to_changelog(key, w.as_ref().map(changelog::encode)));
             }
-            for (id, g) in &c.gateways {
-                let key = changelog::gateway_key(topic, *partition, id);
-                outs.push(to_changelog(key, g.as_ref().map(changelog::encode)));
+            for (k, src) in &c.sources {
+                let key = changelog::source_key(topic, *partition, k);
+                outs.push(to_changelog(key, src.as_ref().map(changelog::encode)));
             }
             if let Some(m) = c.meta {
                 let key = changelog::meta_key(topic, *partition);

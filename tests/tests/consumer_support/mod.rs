@@ -95,16 +95,27 @@ batch_max_ms = 100
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.dir.path().join(format!("{instance}.log")))
+            .open(self.log_path(instance))
             .expect("log file");
         Command::new(consumer_binary())
             .args(["run", "--config"])
             .arg(config)
-            .env("RUST_LOG", "info,rdkafka=warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("CONSUMER_LOG").unwrap_or_else(|_| "info,rdkafka=warn".into()),
+            )
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("spawn edge-consumer")
+    }
+
+    /// Where an instance logs: `target/consumer-test-logs/{group}-{instance}.log`, kept after
+    /// the test for a look at a failure.
+    pub fn log_path(&self, instance: &str) -> PathBuf {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/consumer-test-logs");
+        std::fs::create_dir_all(&dir).expect("log dir");
+        dir.join(format!("{}-{instance}.log", self.group))
     }
 
     /// The last `lines` lines of an instance's log (for failure messages).
@@ -336,8 +347,14 @@ pub fn check_final(key: &str, v: &serde_json::Value, r: &Reference) {
             .unwrap_or_else(|| panic!("{key}: {name} missing: {v}"))
     };
     assert_eq!(v["count"].as_u64(), Some(n as u64), "{key}: count");
-    assert_eq!(f("min"), sorted[0], "{key}: min");
-    assert_eq!(f("max"), sorted[n - 1], "{key}: max");
+    // Exact values; the 1e-15 only absorbs serde_json's parsing of the shortest decimal form.
+    assert!(
+        close(f("min"), sorted[0], 1e-15),
+        "{key}: min {} vs {}",
+        f("min"),
+        sorted[0]
+    );
+    assert!(close(f("max"), sorted[n - 1], 1e-15), "{key}: max");
     assert!(
         close(f("sum"), sum, 1e-9),
         "{key}: sum {} vs {sum}",
