@@ -1,7 +1,7 @@
 //! Windowing benchmark: prints figures, asserts nothing.
 //!
 //! ```text
-//! cargo run --release -p edge-agent --example bench_window [-- SENSORS HZ SECONDS SIZE_S SLIDE_S]
+//! cargo run --release -p edge-agent --example bench_window [-- SENSORS HZ SECONDS SIZE_S SLIDE_S BATCH]
 //! ```
 //!
 //! Defaults: 1,000 sensors at 10 Hz for 120 s of event time, 10 s tumbling windows (SIZE_S 10,
@@ -10,7 +10,8 @@
 //!
 //! 1. readings/s through the pure state machine (`window::Windows`);
 //! 2. readings/s through the whole stage (redb ingest log -> windows -> outbox, one fsync'd
-//!    transaction per 1,000-reading batch, state rows rewritten per batch);
+//!    transaction per BATCH readings (default 1,000, the default `batch_max_readings`), the
+//!    changed series' state rows rewritten in it);
 //! 3. bytes of state per open window: encoded (what the `window_state` row holds) and in
 //!    memory (the `Aggregate` value, whose two sketch stores are fixed-capacity arrays);
 //! 4. a partial's size on the wire against the raw readings it replaces (pass-through JSON
@@ -53,6 +54,7 @@ fn reading(k: u64, sensors: u64, hz: u64) -> Reading {
 fn main() {
     let (sensors, hz, seconds) = (arg(1, 1000), arg(2, 10), arg(3, 120));
     let (size_s, slide_s) = (arg(4, 10).max(1), arg(5, 10).max(1));
+    let batch = arg(6, 1000).max(1) as usize;
     let total = sensors * hz * seconds;
     println!(
         "{sensors} sensors x {hz} Hz x {seconds} s = {total} readings, windows of {size_s} s every {slide_s} s"
@@ -158,7 +160,7 @@ fn main() {
         slide_s * 1000
     );
     let config = Arc::new(Config::from_toml(Path::new("bench.toml"), &config).expect("config"));
-    let mut stage = Stage::open(log.database(), config, 1000, 0).expect("stage");
+    let mut stage = Stage::open(log.database(), config, batch, 0).expect("stage");
     let started = Instant::now();
     let mut done = 0;
     let mut commits = 0;
@@ -177,7 +179,7 @@ fn main() {
         .filter(|(_, r)| r.kind == RecordKind::Partial)
         .count();
     println!(
-        "stage (redb log -> windows -> outbox, fsync per batch of 1000): {:.0} readings/s ({done} in {elapsed:.2} s, {commits} commits, {partials_in_outbox} partials)",
+        "stage (redb log -> windows -> outbox, fsync per batch of {batch}): {:.0} readings/s ({done} in {elapsed:.2} s, {commits} commits, {partials_in_outbox} partials)",
         done as f64 / elapsed
     );
     let _ = std::fs::remove_dir_all(&dir);

@@ -9,7 +9,7 @@
 //! 1. appends every output to the outbox (partials, pass-through and late readings, dead
 //!    letters from the ingest log and from unwindowable readings),
 //! 2. advances both cursors in `meta`,
-//! 3. stores the state of every pipeline the batch touched in `window_state`,
+//! 3. stores the state of every series the batch changed in `window_series`,
 //! 4. trims the ingest rows behind the cursors (freeing quota),
 //!
 //! and commits with fsync.
@@ -39,12 +39,14 @@
 //! | table | key | value |
 //! | --- | --- | --- |
 //! | `meta` | `"window_next_reading"`, `"window_next_dead_letter"` | `u64` next sequence to read |
-//! | `window_state` | `&str` pipeline name | `u8 version = 1`, `u64 size_ms LE`, `u64 slide_ms LE`, then [`Windows::encode_state`] |
+//! | `window_shape` | `&str` pipeline name | `u8 version = 1`, `u64 size_ms LE`, `u64 slide_ms LE`: the shape its series rows were written with |
+//! | `window_series` | `(&str pipeline, &str series)` (redb tuple key) | a row of [`Windows::take_dirty`]: `u8 version = 1` ++ postcard(watermark, open windows, closed records) |
 //!
-//! One row per windowed pipeline, rewritten when a batch touched the pipeline; bounded by
-//! `max_open_windows` and the revision horizon. When the stored size or slide differs from the
-//! configuration, the stored windows are closed and emitted in the first commit and the
-//! pipeline starts afresh.
+//! One row per series, rewritten only when a batch changed that series, so a commit writes
+//! state in proportion to what the batch touched, not to everything open. The total is bounded
+//! by `max_open_windows`, the revision horizon and the number of series. When the stored size or
+//! slide differs from the configuration, the stored windows are closed and emitted in the first
+//! commit, the pipeline's rows are removed in it, and the pipeline starts afresh.
 //!
 //! # Record payloads
 //!
@@ -74,7 +76,8 @@ use crate::reading::Reading;
 use crate::window::{Counts, Output, WindowError, Windows};
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
-const WINDOW_STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("window_state");
+const WINDOW_SHAPE: TableDefinition<&str, &[u8]> = TableDefinition::new("window_shape");
+const WINDOW_SERIES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("window_series");
 const NEXT_READING: &str = "window_next_reading";
 const NEXT_DEAD_LETTER: &str = "window_next_dead_letter";
 const STATE_ROW_VERSION: u8 = 1;
@@ -151,8 +154,14 @@ struct Route {
     name: String,
     globs: Vec<Glob>,
     windows: Option<Windows>,
-    /// Touched since the last commit: its state row must be rewritten.
-    dirty: bool,
+    /// The stored shape differed: remove the pipeline's series rows in the next commit.
+    reset: bool,
+}
+
+/// The exclusive upper bound of `pipeline`'s keys in `window_series`: the smallest string
+/// above the name (names never hold NUL: they are `[A-Za-z0-9._-]`).
+fn after(pipeline: &str) -> String {
+    format!("{pipeline}\u{0}")
 }
 
 /// The windowing stage over one database.
@@ -187,7 +196,8 @@ impl Stage {
     ) -> Result<Stage, StageError> {
         outbox::create(&db)?;
         let txn = db.begin_write()?;
-        txn.open_table(WINDOW_STATE)?;
+        txn.open_table(WINDOW_SHAPE)?;
+        txn.open_table(WINDOW_SERIES)?;
         txn.open_table(META)?;
         txn.commit()?;
         let mut stage = Stage {
@@ -212,7 +222,8 @@ impl Stage {
         let meta = txn.open_table(META)?;
         self.next_reading = meta.get(NEXT_READING)?.map_or(0, |v| v.value());
         self.next_dead_letter = meta.get(NEXT_DEAD_LETTER)?.map_or(0, |v| v.value());
-        let states = txn.open_table(WINDOW_STATE)?;
+        let shapes = txn.open_table(WINDOW_SHAPE)?;
+        let rows = txn.open_table(WINDOW_SERIES)?;
         let agent = self.config.agent.id.get_ref().as_str();
         for pipeline in &self.config.pipeline {
             let name = pipeline.name.get_ref().clone();
@@ -226,14 +237,14 @@ impl Stage {
                 .iter()
                 .filter_map(|g| Glob::parse(g.get_ref()).ok())
                 .collect();
-            let mut dirty = false;
+            let mut reset = false;
             let windows = match &pipeline.window {
                 None => None,
                 Some(w) => {
                     let spec = w.spec();
                     let mut windows =
                         Windows::new(spec.clone(), &name, agent).map_err(window_error)?;
-                    if let Some(row) = states.get(name.as_str())? {
+                    if let Some(row) = shapes.get(name.as_str())? {
                         let row = row.value();
                         let shape = row.get(1..17).map(|b| {
                             let (size, slide) = b.split_at(8);
@@ -249,9 +260,14 @@ impl Stage {
                         let mut old = spec.clone();
                         (old.size_ms, old.slide_ms) = (size_ms, slide_ms);
                         let mut stored = Windows::new(old, &name, agent).map_err(window_error)?;
-                        stored
-                            .restore_state(row.get(17..).unwrap_or_default(), now_ms)
-                            .map_err(window_error)?;
+                        let upper = after(&name);
+                        for row in rows.range((name.as_str(), "")..(upper.as_str(), ""))? {
+                            let (key, value) = row?;
+                            let (_, series) = key.value();
+                            stored
+                                .restore_series(series, value.value(), now_ms)
+                                .map_err(window_error)?;
+                        }
                         if (size_ms, slide_ms) == (spec.size_ms, spec.slide_ms) {
                             windows = stored;
                         } else {
@@ -262,7 +278,7 @@ impl Stage {
                             let mut out = Vec::new();
                             stored.close_all(&mut out);
                             self.pending.extend(records(&name, out, now_ms)?);
-                            dirty = true;
+                            reset = true;
                         }
                     }
                     Some(windows)
@@ -272,7 +288,7 @@ impl Stage {
                 name,
                 globs,
                 windows,
-                dirty,
+                reset,
             });
         }
         Ok(())
@@ -308,10 +324,7 @@ impl Stage {
                 if let Some(w) = &mut route.windows {
                     let mut out = Vec::new();
                     w.tick(now_ms, &mut out);
-                    if !out.is_empty() {
-                        route.dirty = true;
-                        records.extend(self::records(&route.name, out, now_ms)?);
-                    }
+                    records.extend(self::records(&route.name, out, now_ms)?);
                 }
             }
         }
@@ -325,8 +338,8 @@ impl Stage {
             });
         }
         step.records = records.len();
-        let dirty = self.routes.iter().any(|r| r.dirty);
-        if readings.is_empty() && dead.is_empty() && records.is_empty() && !dirty {
+        let reset = self.routes.iter().any(|r| r.reset);
+        if readings.is_empty() && dead.is_empty() && records.is_empty() && !reset {
             return Ok(step);
         }
         let last_reading = readings.last().map(|(seq, _)| *seq);
@@ -342,15 +355,28 @@ impl Stage {
             if let Some(seq) = last_dead {
                 meta.insert(NEXT_DEAD_LETTER, seq.saturating_add(1))?;
             }
-            let mut states = txn.open_table(WINDOW_STATE)?;
-            for route in self.routes.iter().filter(|r| r.dirty) {
-                if let Some(w) = &route.windows {
-                    let spec = w.spec();
-                    let mut row = vec![STATE_ROW_VERSION];
-                    row.extend_from_slice(&spec.size_ms.to_le_bytes());
-                    row.extend_from_slice(&spec.slide_ms.to_le_bytes());
-                    row.extend_from_slice(&w.encode_state());
-                    states.insert(route.name.as_str(), row.as_slice())?;
+            let mut shapes = txn.open_table(WINDOW_SHAPE)?;
+            let mut rows = txn.open_table(WINDOW_SERIES)?;
+            for route in &mut self.routes {
+                let Some(w) = &mut route.windows else {
+                    continue;
+                };
+                let name = route.name.as_str();
+                if route.reset {
+                    let upper = after(name);
+                    rows.retain_in((name, "")..(upper.as_str(), ""), |_, _| false)?;
+                }
+                let changed = w.take_dirty();
+                if changed.is_empty() && !route.reset {
+                    continue;
+                }
+                let spec = w.spec();
+                let mut shape = vec![STATE_ROW_VERSION];
+                shape.extend_from_slice(&spec.size_ms.to_le_bytes());
+                shape.extend_from_slice(&spec.slide_ms.to_le_bytes());
+                shapes.insert(name, shape.as_slice())?;
+                for (series, row) in changed {
+                    rows.insert((name, series.as_str()), row.as_slice())?;
                 }
             }
         }
@@ -393,7 +419,6 @@ impl Stage {
             Some(w) => {
                 let mut out = Vec::new();
                 w.push(reading, now_ms, &mut out);
-                route.dirty = true;
                 records.extend(self::records(&route.name, out, now_ms)?);
             }
         }
@@ -414,7 +439,7 @@ impl Stage {
             .count();
         add(&c.partials, partials as u64);
         for route in &mut self.routes {
-            route.dirty = false;
+            route.reset = false;
             if let Some(w) = &mut route.windows {
                 let n: Counts = std::mem::take(&mut w.counts);
                 add(&c.windows_closed, n.windows_closed);

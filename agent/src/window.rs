@@ -3,8 +3,8 @@
 //! [`Windows::push`] takes readings in ingest-log order, [`Windows::tick`] takes the wall clock
 //! for idle closes, and both append [`Output`]s: closed windows as [`Partial`]s, late readings,
 //! and readings that cannot be windowed. The stage task ([`crate::stage`]) feeds it from the
-//! ingest log and commits its outputs, its cursor and [`Windows::encode_state`] in one redb
-//! transaction.
+//! ingest log and commits its outputs, its cursor and the changed series' state
+//! ([`Windows::take_dirty`]) in one redb transaction.
 //!
 //! # Windows
 //!
@@ -226,6 +226,8 @@ pub struct Windows {
     series: BTreeMap<String, SeriesState>,
     /// Every open window as (start, series): the force-close order.
     by_start: BTreeSet<(i64, String)>,
+    /// Series whose persisted state changed since the last [`Windows::take_dirty`].
+    dirty: BTreeSet<String>,
     pub counts: Counts,
 }
 
@@ -245,6 +247,7 @@ impl Windows {
             agent: heapless::String::try_from(agent).map_err(|_| too_long(agent, MAX_AGENT_LEN))?,
             series: BTreeMap::new(),
             by_start: BTreeSet::new(),
+            dirty: BTreeSet::new(),
             counts: Counts::default(),
         })
     }
@@ -279,6 +282,9 @@ impl Windows {
             .entry(key.clone())
             .or_insert_with(SeriesState::new)
             .last_seen_ms = now_ms;
+        if !self.dirty.contains(&key) {
+            self.dirty.insert(key.clone());
+        }
         let mut missed = false;
         for start in starts {
             let Some(s) = self.series.get(&key) else {
@@ -433,6 +439,9 @@ impl Windows {
             return;
         };
         self.by_start.remove(&(start, key.to_owned()));
+        if !self.dirty.contains(key) {
+            self.dirty.insert(key.to_owned());
+        }
         let end = start + self.spec.size_ms;
         let revisable = self
             .spec
@@ -459,7 +468,60 @@ impl Windows {
         })));
     }
 
-    /// The persisted state: `[STATE_VERSION] ++ postcard(map series -> (watermark, open
+    /// The series whose state changed since the last call, each with its persisted row:
+    /// `[STATE_VERSION] ++ postcard(watermark, open windows with revision and aggregate, closed
+    /// records)`. The stage writes exactly these rows in the transaction that commits the
+    /// outputs of the same changes.
+    pub fn take_dirty(&mut self) -> Vec<(String, Vec<u8>)> {
+        let dirty = std::mem::take(&mut self.dirty);
+        dirty
+            .into_iter()
+            .filter_map(|key| {
+                let s = self.series.get(&key)?;
+                let mut row = vec![STATE_VERSION];
+                // Serialising plain data into a Vec cannot fail.
+                row.extend_from_slice(&postcard::to_allocvec(s).ok()?);
+                Some((key, row))
+            })
+            .collect()
+    }
+
+    /// Restores one row of [`Windows::take_dirty`]; the series gets a fresh idle period
+    /// starting at `now_ms`.
+    pub fn restore_series(
+        &mut self,
+        key: &str,
+        row: &[u8],
+        now_ms: u64,
+    ) -> Result<(), WindowError> {
+        let (&version, body) = row.split_first().ok_or(WindowError::State { version: 0 })?;
+        if version != STATE_VERSION {
+            return Err(WindowError::State { version });
+        }
+        let mut s: SeriesState =
+            postcard::from_bytes(body).map_err(|_| WindowError::State { version })?;
+        if !self.acceptable(key, &s) {
+            return Err(WindowError::State { version });
+        }
+        s.last_seen_ms = now_ms;
+        for start in s.open.keys() {
+            self.by_start.insert((*start, key.to_owned()));
+        }
+        self.series.insert(key.to_owned(), s);
+        Ok(())
+    }
+
+    /// A restored series must fit the envelope, hold valid aggregates, and not overflow.
+    fn acceptable(&self, key: &str, s: &SeriesState) -> bool {
+        key.len() <= MAX_SERIES_LEN
+            && s.open.values().all(|w| w.aggregate.validate().is_ok())
+            && s.open
+                .keys()
+                .all(|start| start.checked_add(self.spec.size_ms).is_some())
+    }
+
+    /// The whole state in one blob (tests and the benchmark): `[STATE_VERSION] ++ postcard(map
+    /// series -> (watermark, open
     /// windows with revision and aggregate, closed records))`. Bounded by `max_open_windows`
     /// and the revision horizon.
     pub fn encode_state(&self) -> Vec<u8> {
@@ -482,13 +544,7 @@ impl Windows {
         }
         let mut series: BTreeMap<String, SeriesState> =
             postcard::from_bytes(body).map_err(|_| WindowError::State { version })?;
-        let broken = series.iter().any(|(key, s)| {
-            key.len() > MAX_SERIES_LEN
-                || s.open.values().any(|w| w.aggregate.validate().is_err())
-                || s.open
-                    .keys()
-                    .any(|start| start.checked_add(self.spec.size_ms).is_none())
-        });
+        let broken = series.iter().any(|(key, s)| !self.acceptable(key, s));
         if broken {
             return Err(WindowError::State { version });
         }

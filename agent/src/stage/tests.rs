@@ -189,6 +189,12 @@ fn a_changed_window_shape_sends_the_stored_windows_before_starting_afresh() {
     assert_eq!(p.len(), 2);
     assert!(p.iter().all(|p| p.window_end_ms == 10));
     assert_eq!(stage.open_windows(), vec![("win".to_owned(), 0)]);
+    // The old rows went with that commit: a further restart finds nothing to close or restore.
+    drop(stage);
+    let mut stage = Stage::open(log.database(), config(&changed), 100, 0).unwrap();
+    assert_eq!(stage.open_windows(), vec![("win".to_owned(), 0)]);
+    stage.step(0).unwrap();
+    assert_eq!(partials(&outbox_all(&log.database())).len(), 2);
 }
 
 proptest::proptest! {
