@@ -102,7 +102,8 @@ pub async fn run_with_telemetry(
     }
     let stage_counters: Option<Arc<StageCounters>> = stage.as_ref().map(|s| s.counters.clone());
     let (submissions, submissions_rx) = mpsc::channel(*config.buffer.channel_capacity.get_ref());
-    // No downstream stage trims yet; the sender is kept so the writer's trim input stays open.
+    // The windowing stage trims the log in its own transactions and the writer re-checks the
+    // quota every 200 ms, so nothing sends here; the sender keeps the trim input open.
     let (_trims, trims_rx) = mpsc::channel(16);
     let tracker = TaskTracker::new();
     let writer = Writer {
