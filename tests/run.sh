@@ -43,10 +43,8 @@ cargo test --workspace --locked 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
 
-if [[ -x protocol/fuzz/run.sh || -f protocol/fuzz/run.sh ]]; then
-  step "fuzz (${EDGE_FUZZ_SECONDS:-20} s per target)"
-  bash protocol/fuzz/run.sh "${EDGE_FUZZ_SECONDS:-20}" || status=1
-fi
+step "fuzz (${EDGE_FUZZ_SECONDS:-20} s per target)"
+bash scripts/fuzz.sh "${EDGE_FUZZ_SECONDS:-20}" || status=1
 
 read -r passed failed < <(awk '/^test result: /{for(i=1;i<=NF;i++){if($i~/^passed;?$/)p+=$(i-1);if($i~/^failed;?$/)f+=$(i-1)}} END{print p+0, f+0}' "$log")
 rm -f "$log"

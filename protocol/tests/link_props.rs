@@ -1,5 +1,5 @@
 //! Property tests of the link codec: round trips, and a decoder that survives any input without
-//! losing a valid frame. `protocol/fuzz/run.sh` falls back to `any_byte_stream_*` here when no
+//! losing a valid frame. `scripts/fuzz.sh` falls back to `any_byte_stream_*` here when no
 //! nightly toolchain is available for cargo-fuzz.
 use edge_protocol::link::{
     encode_to_vec, Ack, Decoder, DecoderStats, Frame, Hello, LinkError, Reading, Readings,
