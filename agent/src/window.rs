@@ -142,6 +142,9 @@ impl WindowSpec {
 
     /// Starts of the windows holding event time `ts`, oldest first; `None` if they overflow.
     pub fn windows_of(&self, ts: i64) -> Option<impl Iterator<Item = i64> + '_> {
+        if self.slide_ms <= 0 || self.size_ms < self.slide_ms {
+            return None; // an unvalidated spec: no windows rather than a panic
+        }
         let last = ts.div_euclid(self.slide_ms).checked_mul(self.slide_ms)?;
         let n = self.size_ms / self.slide_ms;
         let first = last.checked_sub((n - 1).checked_mul(self.slide_ms)?)?;
