@@ -26,6 +26,8 @@ pub struct Setup {
     pub dead: String,
     pub group: String,
     pub dir: tempfile::TempDir,
+    /// `[limits] batch_max_records` of the configurations written.
+    pub batch: usize,
 }
 
 impl Setup {
@@ -46,6 +48,7 @@ impl Setup {
             dead: unique_topic(&format!("{name}-dl")),
             group: unique_topic(&format!("{name}-group")),
             dir: tempfile::tempdir().expect("temp dir"),
+            batch: 50,
         }
     }
 
@@ -79,11 +82,17 @@ dead_letters = "{}"
 idle_timeout_ms = {idle_timeout_ms}
 {window}
 [limits]
-batch_max_records = 50
+batch_max_records = {}
 batch_max_ms = 100
 {extra}
 "#,
-            self.bootstrap, self.group, self.input, self.finals, self.changelog, self.dead
+            self.bootstrap,
+            self.group,
+            self.input,
+            self.finals,
+            self.changelog,
+            self.dead,
+            self.batch
         );
         let path = self.dir.path().join(format!("{instance}.toml"));
         std::fs::write(&path, text).expect("write config");
@@ -120,10 +129,26 @@ batch_max_ms = 100
 
     /// The last `lines` lines of an instance's log (for failure messages).
     pub fn log_tail(&self, instance: &str, lines: usize) -> String {
-        let text = std::fs::read_to_string(self.dir.path().join(format!("{instance}.log")))
-            .unwrap_or_default();
+        let text = std::fs::read_to_string(self.log_path(instance)).unwrap_or_default();
         let all: Vec<&str> = text.lines().collect();
         all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// Waits until the instance's log holds `n` "partitions assigned" lines.
+    pub fn wait_for_assignments(&self, instance: &str, n: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self
+            .log_tail(instance, usize::MAX)
+            .matches("partitions assigned and restored")
+            .count()
+            < n
+        {
+            assert!(
+                Instant::now() < deadline,
+                "no partition assignment within {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// The newest final of each key (read_committed), parsed.
@@ -173,6 +198,44 @@ batch_max_ms = 100
             std::thread::sleep(Duration::from_secs(2));
         }
     }
+}
+
+/// Sends SIGTERM (a graceful stop between transactions) and waits for the exit.
+pub fn terminate(child: &mut Child) {
+    let status = Command::new("kill")
+        .arg(child.id().to_string())
+        .status()
+        .expect("run kill");
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().expect("wait").is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "edge-consumer did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Produces `data` as the gateways would: window by window, each gateway's partials of a window
+/// in one transaction, watermark = the window's end.
+pub fn produce_by_window(bootstrap: &str, topic: &str, data: &[Cell], agents: &mut [FakeAgent]) {
+    let mut starts: Vec<i64> = data.iter().map(|c| c.start_ms).collect();
+    starts.sort_unstable();
+    starts.dedup();
+    for start in starts {
+        for agent in agents.iter_mut() {
+            let partials: Vec<_> = data
+                .iter()
+                .filter(|c| c.start_ms == start && c.gateway == agent.id)
+                .map(|c| (c.partial(c.end_ms, 0), None))
+                .collect();
+            if !partials.is_empty() {
+                agent.send_partials(topic, &partials);
+            }
+        }
+    }
+    let _ = bootstrap;
 }
 
 /// `target/<profile>/edge-consumer`, built on demand.
@@ -412,7 +475,7 @@ pub fn check_final(key: &str, v: &serde_json::Value, r: &Reference) {
 pub struct FakeAgent {
     producer: BaseProducer,
     seq: u64,
-    id: String,
+    pub id: String,
 }
 
 impl FakeAgent {
