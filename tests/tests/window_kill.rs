@@ -134,3 +134,89 @@ async fn partials_are_the_same_with_and_without_sigkill_at_20_random_points() {
         assert_same(&format!("{k:?}"), &got[k], a);
     }
 }
+
+/// Idle closes depend on the wall clock, so a run with kills cannot be compared with a straight
+/// one; what must hold is the accounting: bursts with pauses longer than the idle timeout make
+/// windows close by idle (and later readings of them late), the agent is SIGKILLed at 10 random
+/// points, and still every reading is in exactly one partial or one late record, and no
+/// (series, window, revision) is emitted twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_closes_across_sigkills_emit_each_window_once_and_account_for_every_reading() {
+    const BURSTS: u64 = 12;
+    const PER_BURST: u64 = 240;
+    const DEVS: u64 = 6;
+    let services = Services::from_env();
+    let bin = agent_binary();
+    let window = "kind = \"tumbling\"\nsize_ms = 1000\nallowed_lateness_ms = 0\nidle_timeout_ms = 300\nlate = \"forward\"\n";
+    let setup = setup(&services.mqtt_url, window);
+    create_session(&setup).await;
+    // Per device 40 readings per burst, 50 ms of event time apart: a burst ends mid-window.
+    let msgs: Vec<Msg> = (0..BURSTS * PER_BURST)
+        .map(|i| Msg {
+            dev: i % DEVS,
+            ts: BASE_TS + (i / DEVS) * 50,
+            value: i as f64,
+        })
+        .collect();
+    let publishing = {
+        let msgs = msgs.clone();
+        let setup_ref = Setup {
+            dir: tempfile::tempdir().expect("tempdir"),
+            config_path: setup.config_path.clone(),
+            client_id: setup.client_id.clone(),
+            root: setup.root.clone(),
+            url: setup.url.clone(),
+        };
+        tokio::spawn(async move {
+            let mut acked = 0;
+            for burst in msgs.chunks(PER_BURST as usize) {
+                acked += publish(&setup_ref, burst.to_vec(), Duration::ZERO).await;
+                tokio::time::sleep(Duration::from_millis(800)).await;
+            }
+            acked
+        })
+    };
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64)
+        | 1;
+    println!("kill schedule seed: {seed}");
+    for _ in 0..10 {
+        let mut agent = spawn_agent(&bin, &setup);
+        tokio::time::sleep(Duration::from_millis(300 + next(&mut seed) % 900)).await;
+        agent.kill().expect("SIGKILL the agent");
+        agent.wait().expect("reap agent");
+    }
+    assert_eq!(publishing.await.expect("publisher"), BURSTS * PER_BURST);
+    let total = |records: &[edge_agent::outbox::OutboxRecord]| {
+        let late = records
+            .iter()
+            .filter(|r| r.kind == edge_agent::outbox::RecordKind::Late)
+            .count() as u64;
+        partials(records)
+            .iter()
+            .map(|p| p.aggregate.count())
+            .sum::<u64>()
+            + late
+    };
+    let records = run_until(&bin, &setup, Duration::from_secs(60), |r| {
+        total(r) >= BURSTS * PER_BURST
+    })
+    .await;
+    let got = partials(&records);
+    let mut seen = BTreeSet::new();
+    for p in &got {
+        let id = (p.series.to_string(), p.window_start_ms, p.revision);
+        assert!(seen.insert(id.clone()), "emitted twice: {id:?}");
+    }
+    let late = records
+        .iter()
+        .filter(|r| r.kind == edge_agent::outbox::RecordKind::Late)
+        .count();
+    println!("{} partials, {late} late records", got.len());
+    assert_eq!(
+        total(&records),
+        BURSTS * PER_BURST,
+        "every reading exactly once"
+    );
+}
