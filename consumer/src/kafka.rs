@@ -106,8 +106,18 @@ pub fn restore_config(config: &Config) -> ClientConfig {
 }
 
 /// The instance's one transactional producer: `transactional.id` = `{group_id}.{instance_id}`.
+///
+/// `retry.backoff.ms` defaults to 10 here (librdkafka: 100): right after a commit the broker
+/// answers the next transaction's first `AddPartitionsToTxn` with `CONCURRENT_TRANSACTIONS`
+/// while it writes the markers, and the retry backoff then sets the pace of back-to-back
+/// transactions. `[kafka.client]` may set it.
 pub fn producer_config(config: &Config) -> ClientConfig {
-    let mut c = base(config);
+    let mut c = ClientConfig::new();
+    c.set("retry.backoff.ms", "10");
+    let user = base(config);
+    for (k, v) in user.config_map() {
+        c.set(k, v);
+    }
     c.set(
         "transactional.id",
         format!(

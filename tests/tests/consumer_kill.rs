@@ -60,7 +60,7 @@ fn consumer_killed_at_ten_random_points_gives_the_finals_of_an_undisturbed_run()
         child.wait().ok();
         let so_far = killed.finals().len();
         println!(
-            "  kill {} after {delay} ms: {so_far} windows final so far",
+            "  kill {}, {delay} ms after the assignment: {so_far} windows final so far",
             i + 1
         );
         child = killed.spawn(&config, "k");

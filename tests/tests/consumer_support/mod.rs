@@ -488,6 +488,7 @@ impl FakeAgent {
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("transaction.timeout.ms", "30000")
+            .set("retry.backoff.ms", "10")
             .create()
             .expect("producer");
         producer.init_transactions(TXN).expect("init_transactions");
