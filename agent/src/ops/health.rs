@@ -150,14 +150,25 @@ impl Seen {
     }
 }
 
+/// Records `value` into `seen`; returns when it last grew. (No `Instant` arithmetic: on a
+/// gateway just booted the monotonic clock is near zero.)
+fn grew(seen: &mut (u64, Option<Instant>), value: u64, now: Instant) -> Option<Instant> {
+    if value != seen.0 {
+        *seen = (value, Some(now));
+    }
+    seen.1
+}
+
 /// The state machine behind [`Health`]. No I/O.
 #[derive(Debug)]
 pub struct Tracker {
     stall: Duration,
     mqtt: BTreeMap<String, (Seen, Seen, SourceState)>,
-    serial: BTreeMap<String, Seen>,
+    /// Per serial source: port errors seen, and when they last grew (never: `None`).
+    serial: BTreeMap<String, (u64, Option<Instant>)>,
     forward_events: Option<Seen>,
-    forward_errors: Option<Seen>,
+    /// Forwarder session errors seen, and when they last grew.
+    forward_errors: Option<(u64, Option<Instant>)>,
     stage_commits: Option<Seen>,
 }
 
@@ -203,12 +214,11 @@ impl Tracker {
         }
         self.serial.retain(|k, _| o.serial.contains_key(k));
         for (name, &errors) in &o.serial {
-            let seen = self.serial.entry(name.clone()).or_insert(Seen {
-                value: errors,
-                changed: now - SERIAL_ERROR_HOLD,
-            });
-            seen.update(errors, now);
-            let state = match now.saturating_duration_since(seen.changed) < SERIAL_ERROR_HOLD {
+            let seen = self.serial.entry(name.clone()).or_insert((errors, None));
+            let failed_at = grew(seen, errors, now);
+            let state = match failed_at
+                .is_some_and(|t| now.saturating_duration_since(t) < SERIAL_ERROR_HOLD)
+            {
                 true => SourceState::Disconnected,
                 false => SourceState::Connected,
             };
@@ -216,11 +226,8 @@ impl Tracker {
         }
         let mut stalled = Vec::new();
         let forwarder_failing = if o.forward_enabled {
-            let errors = self.forward_errors.get_or_insert(Seen {
-                value: o.forward_errors,
-                changed: now - FORWARD_FAILING_HOLD,
-            });
-            errors.update(o.forward_errors, now);
+            let errors = self.forward_errors.get_or_insert((o.forward_errors, None));
+            let failed_at = grew(errors, o.forward_errors, now);
             let events = self.forward_events.get_or_insert(Seen {
                 value: o.forward_events,
                 changed: now,
@@ -234,7 +241,7 @@ impl Tracker {
             if pending && now.saturating_duration_since(events.changed) > self.stall {
                 stalled.push("forwarder");
             }
-            now.saturating_duration_since(errors.changed) < FORWARD_FAILING_HOLD
+            failed_at.is_some_and(|t| now.saturating_duration_since(t) < FORWARD_FAILING_HOLD)
         } else {
             false
         };

@@ -120,3 +120,29 @@ fn a_stale_sample_makes_the_agent_unhealthy() {
         .unhealthy(t0 + SAMPLE_FRESH + Duration::from_secs(1))
         .is_empty());
 }
+
+#[test]
+fn a_serial_port_error_marks_the_source_disconnected_for_ten_seconds_and_none_at_start_does_not() {
+    let mut t = Tracker::new(Duration::from_secs(60));
+    let t0 = Instant::now();
+    let obs = |errors: u64| Observation {
+        serial: [("rs485".to_owned(), errors)].into(),
+        running: true,
+        ..Observation::default()
+    };
+    let s = |h: Health| h.sources["rs485"];
+    // Errors from before the first sample do not count against a source.
+    assert_eq!(s(t.observe(t0, obs(3))), SourceState::Connected);
+    assert_eq!(
+        s(t.observe(t0 + Duration::from_secs(1), obs(4))),
+        SourceState::Disconnected
+    );
+    assert_eq!(
+        s(t.observe(t0 + Duration::from_secs(10), obs(4))),
+        SourceState::Disconnected
+    );
+    assert_eq!(
+        s(t.observe(t0 + Duration::from_secs(12), obs(4))),
+        SourceState::Connected
+    );
+}
