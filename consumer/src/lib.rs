@@ -9,6 +9,7 @@
 //! | [`merge`] | one partition's state machine: merge by (group, window), per-gateway watermarks, finalization, revisions, horizon, caps | none |
 //! | [`changelog`] | the changelog topic's keys and versioned values | none |
 //! | [`output`] | the finals' JSON and keys | none |
+//! | [`records`] | decoding a partial (postcard or JSON), grouping and merging it; dead letters | none |
 //! | [`kafka`] | client settings, topic checks and creation, error classes | Kafka |
 //! | [`restore`] | a new owner rebuilds a partition's state from the changelog | Kafka |
 //! | [`run`] | the loop: one poll batch = one transaction (finals, changelog, dead letters, offsets) | Kafka |
@@ -23,6 +24,7 @@ pub mod group;
 pub mod kafka;
 pub mod merge;
 pub mod output;
+pub mod records;
 pub mod restore;
 pub mod run;
 

@@ -18,7 +18,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
@@ -45,8 +45,8 @@ pub enum RestoreError {
 
 /// Reads changelog partition `partition` from the start to its end and rebuilds the state of
 /// input `topic`/`partition`. Returns the state and the number of changelog records read.
-pub fn restore_partition(
-    reader: &BaseConsumer,
+pub fn restore_partition<C: ConsumerContext>(
+    reader: &BaseConsumer<C>,
     changelog: &str,
     topic: &str,
     partition: i32,

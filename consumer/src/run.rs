@@ -51,7 +51,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use edge_protocol::partial::Partial;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -63,8 +62,9 @@ use crate::changelog;
 use crate::config::Config;
 use crate::group::Grouping;
 use crate::kafka::{self, classify, KafkaCallError};
-use crate::merge::{PartitionState, Settings};
+use crate::merge::{Counters, PartitionState, Settings};
 use crate::output;
+use crate::records::{dead_letter, merge_one, Out, Rec};
 use crate::restore::{restore_partition, RestoreError};
 
 /// Why the loop stopped.
@@ -101,8 +101,6 @@ pub struct Metrics {
     pub sessions: AtomicU64,
 }
 
-/// `schema` header of dead letters.
-pub const DEAD_LETTER_SCHEMA: &str = "edge.dead-letter";
 /// Bound on one Kafka call of the loop (restore, commit).
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -120,7 +118,35 @@ struct Ctx {
     events: Mutex<Vec<Event>>,
 }
 
-impl ClientContext for Ctx {}
+impl ClientContext for Ctx {
+    fn error(&self, error: KafkaError, reason: &str) {
+        quiet_error(error, reason);
+    }
+}
+
+/// librdkafka also reports partition EOF as a global error: routine here, not worth a line at
+/// ERROR level on every catch-up.
+pub(crate) fn quiet_error(error: KafkaError, reason: &str) {
+    if matches!(
+        error.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::PartitionEOF)
+    ) {
+        return;
+    }
+    tracing::error!(%error, reason, "librdkafka error");
+}
+
+/// The changelog reader's context: as quiet about EOF as the consumer's.
+#[derive(Default)]
+pub(crate) struct Quiet;
+
+impl ClientContext for Quiet {
+    fn error(&self, error: KafkaError, reason: &str) {
+        quiet_error(error, reason);
+    }
+}
+
+impl ConsumerContext for Quiet {}
 
 fn tps(tpl: &TopicPartitionList) -> Vec<Tp> {
     tpl.elements()
@@ -146,26 +172,6 @@ impl ConsumerContext for Ctx {
     }
 }
 
-/// One input record, owned.
-struct Rec {
-    topic: String,
-    partition: i32,
-    offset: i64,
-    ts_ms: Option<i64>,
-    key: Option<Vec<u8>>,
-    payload: Option<Vec<u8>>,
-    headers: Vec<(String, Vec<u8>)>,
-}
-
-/// One output record of a transaction.
-struct Out {
-    topic: String,
-    partition: Option<i32>,
-    key: Vec<u8>,
-    payload: Option<Vec<u8>>,
-    headers: OwnedHeaders,
-}
-
 /// Runs until `stop` is set (between transactions) or a fatal error. Retryable errors start a
 /// new session after a pause.
 pub fn run(config: &Config, stop: &AtomicBool, metrics: &Metrics) -> Result<(), RunError> {
@@ -187,6 +193,19 @@ pub fn run(config: &Config, stop: &AtomicBool, metrics: &Metrics) -> Result<(), 
     }
 }
 
+fn add_counters(a: Counters, b: Counters) -> Counters {
+    Counters {
+        merged: a.merged + b.merged,
+        finalized: a.finalized + b.finalized,
+        revisions: a.revisions + b.revisions,
+        forced_finalizations: a.forced_finalizations + b.forced_finalizations,
+        evicted_by_cap: a.evicted_by_cap + b.evicted_by_cap,
+        evicted_by_horizon: a.evicted_by_horizon + b.evicted_by_horizon,
+        sources_forgotten: a.sources_forgotten + b.sources_forgotten,
+        refused: a.refused + b.refused,
+    }
+}
+
 fn wall_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -198,7 +217,7 @@ struct Session<'a> {
     settings: Settings,
     grouping: Grouping,
     consumer: BaseConsumer<Ctx>,
-    reader: BaseConsumer,
+    reader: BaseConsumer<Quiet>,
     producer: BaseProducer,
     states: HashMap<Tp, PartitionState>,
     caught_up: BTreeSet<Tp>,
@@ -217,8 +236,8 @@ fn session(config: &Config, stop: &AtomicBool, metrics: &Metrics) -> Result<(), 
     let consumer: BaseConsumer<Ctx> = kafka::consumer_config(config)
         .create_with_context(Ctx::default())
         .map_err(|e| classify("creating the consumer", e))?;
-    let reader: BaseConsumer = kafka::restore_config(config)
-        .create()
+    let reader: BaseConsumer<Quiet> = kafka::restore_config(config)
+        .create_with_context(Quiet)
         .map_err(|e| classify("creating the changelog reader", e))?;
     let topics: Vec<&str> = config
         .topics
@@ -243,9 +262,32 @@ fn session(config: &Config, stop: &AtomicBool, metrics: &Metrics) -> Result<(), 
         eof_seen: BTreeSet::new(),
         metrics,
     };
+    let mut last_log = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         let batch = s.poll_batch()?;
         s.transact(batch)?;
+        if last_log.elapsed() >= Duration::from_secs(10) {
+            last_log = Instant::now();
+            let c = s
+                .states
+                .values()
+                .fold(Counters::default(), |a, st| add_counters(a, st.counters));
+            tracing::info!(
+                merged = metrics.merged.load(Ordering::Relaxed),
+                finals = metrics.finals.load(Ordering::Relaxed),
+                dead_letters = metrics.dead_letters.load(Ordering::Relaxed),
+                transactions = metrics.transactions.load(Ordering::Relaxed),
+                open_windows = metrics.open_windows.load(Ordering::Relaxed),
+                final_windows = metrics.finalized_windows.load(Ordering::Relaxed),
+                revisions = c.revisions,
+                forced_finalizations = c.forced_finalizations,
+                evicted_by_cap = c.evicted_by_cap,
+                evicted_by_horizon = c.evicted_by_horizon,
+                sources_forgotten = c.sources_forgotten,
+                refused = c.refused,
+                "progress (state counters: partitions owned now)"
+            );
+        }
     }
     tracing::info!("stopping between transactions");
     Ok(())
@@ -527,81 +569,5 @@ impl Session<'_> {
                 Err((e, _)) => return Err(classify("producing", e)),
             }
         }
-    }
-}
-
-/// Decodes, groups and merges one record; the dead-letter reason when it cannot be merged.
-fn merge_one(state: &mut PartitionState, grouping: &Grouping, rec: &Rec) -> Result<(), String> {
-    if let Some((_, schema)) = rec.headers.iter().find(|(k, _)| k == "schema") {
-        if schema != b"edge.partial" {
-            return Err(format!(
-                "unexpected schema header {:?}",
-                String::from_utf8_lossy(schema)
-            ));
-        }
-    }
-    let payload = rec.payload.as_deref().ok_or("no payload")?;
-    let partial = decode(payload)?;
-    let group = grouping
-        .group(&partial.series)
-        .ok_or("no grouping rule matches the series and unmatched = \"dead_letter\"")?;
-    let ts = rec.ts_ms.ok_or("the record has no timestamp")?;
-    state.apply(&group, &partial, ts).map_err(|e| e.to_string())
-}
-
-/// The version-1 postcard envelope, or the JSON form (a payload starting with `{`).
-pub fn decode(payload: &[u8]) -> Result<Partial, String> {
-    if payload.first() == Some(&b'{') {
-        let p: Partial =
-            serde_json::from_slice(payload).map_err(|e| format!("malformed JSON partial: {e}"))?;
-        if p.window_start_ms >= p.window_end_ms {
-            return Err("window start is not before its end".into());
-        }
-        p.aggregate
-            .validate()
-            .map_err(|e| format!("partial's aggregate: {e}"))?;
-        return Ok(p);
-    }
-    Partial::decode(payload).map_err(|e| e.to_string())
-}
-
-fn dead_letter(config: &Config, rec: &Rec, reason: &str) -> Out {
-    let partition = rec.partition.to_string();
-    let offset = rec.offset.to_string();
-    let mut headers = OwnedHeaders::new()
-        .insert(Header {
-            key: "schema",
-            value: Some(DEAD_LETTER_SCHEMA),
-        })
-        .insert(Header {
-            key: "reason",
-            value: Some(reason),
-        })
-        .insert(Header {
-            key: "source.topic",
-            value: Some(&rec.topic),
-        })
-        .insert(Header {
-            key: "source.partition",
-            value: Some(&partition),
-        })
-        .insert(Header {
-            key: "source.offset",
-            value: Some(&offset),
-        });
-    for (k, v) in &rec.headers {
-        if k == "agent" || k == "seq" {
-            headers = headers.insert(Header {
-                key: k,
-                value: Some(v),
-            });
-        }
-    }
-    Out {
-        topic: config.topics.dead_letters.get_ref().clone(),
-        partition: None,
-        key: rec.key.clone().unwrap_or_default(),
-        payload: rec.payload.clone(),
-        headers,
     }
 }
