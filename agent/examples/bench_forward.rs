@@ -9,6 +9,7 @@
 //! ```text
 //! . .services/env
 //! cargo run --release -p edge-agent --example bench_forward -- [records] [batch_max_records] [partitions]
+//! # extra librdkafka settings: BENCH_CLIENT="linger.ms=20,socket.nagle.disable=false"
 //! ```
 
 use std::path::Path;
@@ -71,6 +72,13 @@ fn main() -> anyhow::Result<()> {
     let partitions = arg(3, 1);
     let bootstrap =
         std::env::var("KAFKA_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:19092".to_owned());
+    // Extra librdkafka settings for experiments: BENCH_CLIENT="key=value,key=value".
+    let client: String = std::env::var("BENCH_CLIENT")
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| format!("{k:?} = {v:?}\n"))
+        .collect();
     let dir = tempfile::tempdir()?;
     let nanos = SystemTime::now().duration_since(UNIX_EPOCH)?.as_nanos();
     let id = format!("bench-{nanos}");
@@ -85,6 +93,8 @@ sensors = ["*"]
 bootstrap_servers = "{bootstrap}"
 batch_max_records = {batch}
 partitions = {partitions}
+[kafka.client]
+{client}
 [kafka.topics]
 readings = "{id}.readings"
 partials = "{id}.partials"

@@ -52,6 +52,13 @@ fn main() -> anyhow::Result<()> {
         .rsplit_once(':')
         .ok_or_else(|| anyhow::anyhow!("MQTT_URL needs a port"))?;
     let port: u16 = port.parse()?;
+    // Extra librdkafka settings for experiments: BENCH_CLIENT="key=value,key=value".
+    let client: String = std::env::var("BENCH_CLIENT")
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| format!("{k:?} = {v:?}\n"))
+        .collect();
     let dir = tempfile::tempdir()?;
     let nanos = SystemTime::now().duration_since(UNIX_EPOCH)?.as_nanos();
     let id = format!("latency-{nanos}");
@@ -75,6 +82,8 @@ name = "raw"
 sensors = ["*"]
 [kafka]
 bootstrap_servers = "{bootstrap}"
+[kafka.client]
+{client}
 [kafka.topics]
 readings = "{topic}"
 partials = "{id}.partials"

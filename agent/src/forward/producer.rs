@@ -13,8 +13,16 @@ use super::error::{kafka, ForwardError};
 use crate::config::KafkaSection;
 
 /// Settings the forwarder picks for throughput; `[kafka.client]` may override each.
-pub const PRODUCER_DEFAULTS: [(&str, &str); 6] = [
+pub const PRODUCER_DEFAULTS: [(&str, &str); 9] = [
     ("compression.type", "zstd"),
+    // A transaction's first AddPartitionsToTxn is often answered CONCURRENT_TRANSACTIONS while
+    // the broker still writes the previous one's markers; librdkafka retries it after
+    // retry.backoff.ms (default 100 ms), which would cap us at one transaction per 100 ms.
+    ("retry.backoff.ms", "10"),
+    // ... and backs off exponentially up to retry.backoff.max.ms (default 1 s): keep it short.
+    ("retry.backoff.max.ms", "100"),
+    // Small requests (EndTxn, AddPartitionsToTxn) must not wait for delayed ACKs.
+    ("socket.nagle.disable", "true"),
     ("linger.ms", "5"),
     ("batch.size", "1000000"),
     ("batch.num.messages", "10000"),
