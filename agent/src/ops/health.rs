@@ -10,8 +10,10 @@
 //!   `connection_errors` did. When both advanced within one sample the source counts as
 //!   connected: rumqttc resets its backoff on ConnAck, so a source that failed again shows a new
 //!   error within the next sample. (Derived from counters, so a state change is seen within
-//!   about a second.) Serial: `disconnected` while `port_errors` advanced within the last 10 s,
-//!   else `connected`.
+//!   about a second.) Serial: `disconnected` while `port_errors` advanced within the last 35 s
+//!   (longer than its 30 s reopen backoff), else `connected`; a port that recovered shows
+//!   `connected` 35 s after its last error. (An exact `connected` flag in the sources' counters
+//!   would remove both approximations.)
 //! - **Forwarder failing**: a session error (broker down, timeout, refused) within the last 30 s.
 //! - **Stalled**: a stage *with pending work* that has shown no event for `watchdog_stall_s`.
 //!   Forwarder: pending while the outbox holds records; events are commits, aborts and session
@@ -36,8 +38,9 @@ use tokio_util::sync::CancellationToken;
 use super::Telemetry;
 use crate::inspect::Snapshot;
 
-/// How long a serial port error keeps the source `disconnected`.
-const SERIAL_ERROR_HOLD: Duration = Duration::from_secs(10);
+/// How long a serial port error keeps the source `disconnected`: longer than the serial
+/// source's longest reopen backoff (30 s), so a port that keeps failing never looks connected.
+const SERIAL_ERROR_HOLD: Duration = Duration::from_secs(35);
 /// How long a forwarder session error counts as "failing".
 const FORWARD_FAILING_HOLD: Duration = Duration::from_secs(30);
 /// A sample older than this means the sampler (or the runtime) is stuck.
@@ -214,7 +217,7 @@ impl Tracker {
         }
         self.serial.retain(|k, _| o.serial.contains_key(k));
         for (name, &errors) in &o.serial {
-            let seen = self.serial.entry(name.clone()).or_insert((errors, None));
+            let seen = self.serial.entry(name.clone()).or_insert((0, None));
             let failed_at = grew(seen, errors, now);
             let state = match failed_at
                 .is_some_and(|t| now.saturating_duration_since(t) < SERIAL_ERROR_HOLD)

@@ -122,7 +122,7 @@ fn a_stale_sample_makes_the_agent_unhealthy() {
 }
 
 #[test]
-fn a_serial_port_error_marks_the_source_disconnected_for_ten_seconds_and_none_at_start_does_not() {
+fn a_serial_port_error_marks_the_source_disconnected_until_35_s_without_one() {
     let mut t = Tracker::new(Duration::from_secs(60));
     let t0 = Instant::now();
     let obs = |errors: u64| Observation {
@@ -131,18 +131,32 @@ fn a_serial_port_error_marks_the_source_disconnected_for_ten_seconds_and_none_at
         ..Observation::default()
     };
     let s = |h: Health| h.sources["rs485"];
-    // Errors from before the first sample do not count against a source.
-    assert_eq!(s(t.observe(t0, obs(3))), SourceState::Connected);
+    assert_eq!(s(t.observe(t0, obs(0))), SourceState::Connected);
     assert_eq!(
-        s(t.observe(t0 + Duration::from_secs(1), obs(4))),
+        s(t.observe(t0 + Duration::from_secs(1), obs(1))),
+        SourceState::Disconnected
+    );
+    // The next reopen attempt is up to 30 s away: still disconnected meanwhile.
+    assert_eq!(
+        s(t.observe(t0 + Duration::from_secs(31), obs(1))),
         SourceState::Disconnected
     );
     assert_eq!(
-        s(t.observe(t0 + Duration::from_secs(10), obs(4))),
-        SourceState::Disconnected
-    );
-    assert_eq!(
-        s(t.observe(t0 + Duration::from_secs(12), obs(4))),
+        s(t.observe(t0 + Duration::from_secs(37), obs(1))),
         SourceState::Connected
     );
+}
+
+#[test]
+fn a_serial_port_that_failed_before_the_first_sample_is_disconnected() {
+    let mut t = Tracker::new(Duration::from_secs(60));
+    let h = t.observe(
+        Instant::now(),
+        Observation {
+            serial: [("rs485".to_owned(), 2)].into(),
+            running: true,
+            ..Observation::default()
+        },
+    );
+    assert_eq!(h.sources["rs485"], SourceState::Disconnected);
 }
