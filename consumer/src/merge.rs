@@ -171,10 +171,12 @@ pub struct Changes {
 #[derive(Debug, Clone)]
 pub struct PartitionState {
     settings: Settings,
-    open: BTreeMap<WindowKey, WindowState>,
+    // Boxed: a window state is ~4.4 KiB (fixed-size sketch); inline, B-tree node slack would
+    // nearly double the memory per window.
+    open: BTreeMap<WindowKey, Box<WindowState>>,
     open_by_end: BTreeSet<(i64, WindowKey)>,
     open_by_group: BTreeMap<String, BTreeSet<(i64, i64)>>,
-    finalized: BTreeMap<WindowKey, WindowState>,
+    finalized: BTreeMap<WindowKey, Box<WindowState>>,
     finalized_by_end: BTreeSet<(i64, WindowKey)>,
     sources: BTreeMap<SourceKey, Source>,
     sources_by_group: BTreeMap<String, BTreeSet<SourceKey>>,
@@ -238,6 +240,7 @@ impl PartitionState {
     }
 
     fn insert(&mut self, key: WindowKey, state: WindowState) {
+        let state = Box::new(state);
         if state.finalized {
             self.finalized_by_end.insert((key.end_ms, key.clone()));
             self.finalized.insert(key, state);
@@ -295,7 +298,7 @@ impl PartitionState {
             add(w, p, agent, cap);
             w.revision = w.revision.saturating_add(1);
             self.counters.revisions += 1;
-            self.emits.insert(key.clone(), w.clone());
+            self.emits.insert(key.clone(), (**w).clone());
         } else if key.end_ms <= self.meta.frontier_ms {
             self.counters.refused += 1;
             return Err(Refused::BeyondHorizon);
@@ -463,9 +466,9 @@ impl PartitionState {
         };
         w.finalized = true;
         self.counters.finalized += 1;
-        self.emits.insert(key.clone(), w.clone());
+        self.emits.insert(key.clone(), (*w).clone());
         self.dirty_windows.insert(key.clone());
-        self.insert(key, w);
+        self.insert(key, *w);
         if self.finalized.len() > self.settings.max_finalized_windows {
             if let Some((end, oldest)) = self.finalized_by_end.first().cloned() {
                 self.drop_final(&oldest);
@@ -493,7 +496,7 @@ impl PartitionState {
                     .open
                     .get(&k)
                     .or_else(|| self.finalized.get(&k))
-                    .cloned();
+                    .map(|w| (**w).clone());
                 (k, v)
             })
             .collect();
