@@ -66,6 +66,16 @@ pub fn parse(bytes: &[u8]) -> Request<'_> {
 
 /// Serves until `stop` fires.
 pub async fn serve(listener: TcpListener, t: Arc<Telemetry>, stop: CancellationToken) {
+    serve_with(listener, t, stop, DEADLINE).await
+}
+
+/// [`serve`] with another per-connection deadline (tests).
+pub async fn serve_with(
+    listener: TcpListener,
+    t: Arc<Telemetry>,
+    stop: CancellationToken,
+    deadline: Duration,
+) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let Ok(permit) = slots.clone().acquire_owned().await else {
@@ -79,7 +89,7 @@ pub async fn serve(listener: TcpListener, t: Arc<Telemetry>, stop: CancellationT
             Ok((stream, _)) => {
                 let t = t.clone();
                 tokio::spawn(async move {
-                    let _ = tokio::time::timeout(DEADLINE, answer(stream, &t)).await;
+                    let _ = tokio::time::timeout(deadline, answer(stream, &t)).await;
                     drop(permit);
                 });
             }
@@ -185,6 +195,62 @@ async fn respond(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    async fn server(deadline: Duration) -> (std::net::SocketAddr, CancellationToken) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let stop = CancellationToken::new();
+        let t = Arc::new(Telemetry::default());
+        tokio::spawn(serve_with(listener, t, stop.clone(), deadline));
+        (addr, stop)
+    }
+
+    async fn exchange(addr: std::net::SocketAddr, request: &[u8]) -> String {
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        s.write_all(request).await.expect("write");
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.expect("read");
+        out
+    }
+
+    #[tokio::test]
+    async fn metrics_are_served_as_prometheus_text_and_health_needs_a_fresh_sample() {
+        let (addr, _stop) = server(DEADLINE).await;
+        let m = exchange(addr, b"GET /metrics HTTP/1.1\r\n\r\n").await;
+        assert!(m.starts_with("HTTP/1.1 200 OK\r\n"), "{m}");
+        assert!(m.contains("\nedge_ingest_accepted_total 0\n"), "{m}");
+        assert!(
+            m.contains("# TYPE edge_kafka_commit_latency_seconds summary"),
+            "{m}"
+        );
+        let h = exchange(addr, b"GET /healthz HTTP/1.1\r\n\r\n").await;
+        assert!(h.starts_with("HTTP/1.1 503"), "no sample yet: {h}");
+        let i = exchange(addr, b"GET /inspect HTTP/1.1\r\n\r\n").await;
+        assert!(i.starts_with("HTTP/1.1 503"), "no pipeline: {i}");
+        let n = exchange(addr, b"GET /nope HTTP/1.1\r\n\r\n").await;
+        assert!(n.starts_with("HTTP/1.1 404"), "{n}");
+    }
+
+    #[tokio::test]
+    async fn an_oversized_request_is_refused_and_a_silent_client_is_dropped_at_the_deadline() {
+        let (addr, _stop) = server(Duration::from_millis(300)).await;
+        let mut big = b"GET /metrics HTTP/1.1\r\nX: ".to_vec();
+        big.resize(MAX_REQUEST + 100, b'a');
+        let r = exchange(addr, &big).await;
+        assert!(r.starts_with("HTTP/1.1 431"), "{r}");
+        let mut silent = TcpStream::connect(addr).await.expect("connect");
+        let started = std::time::Instant::now();
+        let mut out = Vec::new();
+        let n = silent
+            .read_to_end(&mut out)
+            .await
+            .expect("closed, not reset");
+        assert_eq!(n, 0, "nothing answered");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "dropped at the deadline"
+        );
+    }
 
     #[test]
     fn a_request_head_is_incomplete_until_its_blank_line() {
