@@ -203,7 +203,7 @@ fn default_horizon_ms() -> Spanned<i64> {
     Spanned::new(0..0, 24 * 3_600_000)
 }
 fn default_max_windows() -> Spanned<usize> {
-    Spanned::new(0..0, 100_000)
+    Spanned::new(0..0, 20_000)
 }
 fn default_max_sources() -> Spanned<usize> {
     Spanned::new(0..0, 100_000)
