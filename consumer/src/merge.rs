@@ -334,6 +334,7 @@ impl PartitionState {
         let now = self.meta.stream_time_ms;
         let step = (self.settings.idle_timeout_ms / 8).max(1);
         if now.saturating_sub(self.meta.swept_ms) >= step {
+            self.meta.swept_ms = now;
             self.sweep(now);
         } else {
             self.finalize_group(group, now);
@@ -343,6 +344,8 @@ impl PartitionState {
 
     /// Advances with the wall clock `now_ms` (the loop calls it when it has caught up with the
     /// partition): sources silent longer than the idle timeout stop holding windows back.
+    /// A tick changes the state (and so the changelog) only when it finalizes or drops
+    /// something: an idle partition writes nothing.
     pub fn tick(&mut self, now_ms: i64) {
         self.sweep(now_ms.max(self.meta.stream_time_ms));
     }
@@ -418,10 +421,6 @@ impl PartitionState {
 
     /// Every group's finalization and the horizon, at `now_ms`.
     fn sweep(&mut self, now_ms: i64) {
-        if now_ms > self.meta.swept_ms {
-            self.meta.swept_ms = now_ms;
-            self.dirty_meta = true;
-        }
         let groups: Vec<String> = self.open_by_group.keys().cloned().collect();
         for g in groups {
             self.finalize_group(&g, now_ms);
