@@ -177,6 +177,7 @@ pub async fn run_with_telemetry(
         .store(forwarder.is_some(), Ordering::Relaxed);
     telemetry.running.store(true, Ordering::Relaxed);
     crate::ops::notify::notify("READY=1");
+    telemetry.ready_sent.store(true, Ordering::Relaxed);
     tracing::info!(
         agent = config.agent.id.get_ref().as_str(),
         "edge-agent ingesting"

@@ -345,7 +345,8 @@ pub async fn run(t: Arc<Telemetry>, stall: Duration, stop: CancellationToken) {
         let health = tracker.observe(now, o);
         let sick = health.unhealthy(now);
         *t.health.lock().unwrap_or_else(|p| p.into_inner()) = health;
-        if let Some(every) = watchdog {
+        let armed = t.ready_sent.load(Ordering::Relaxed);
+        if let (Some(every), true) = (watchdog, armed) {
             let due = last_ping.is_none_or(|p| now.saturating_duration_since(p) >= every);
             if due && sick.is_empty() {
                 super::notify::notify("WATCHDOG=1");

@@ -74,6 +74,9 @@ pub struct Telemetry {
     pub db: Mutex<Weak<Database>>,
     /// A pipeline is running (false while draining for a reload and after the stop).
     pub running: AtomicBool,
+    /// `READY=1` was sent once: the watchdog is fed only from then on (systemd arms it at
+    /// READY), and through the drains of reloads and stop.
+    pub ready_sent: AtomicBool,
     /// The pipeline has pipelines configured (the windowing stage runs) / a `[kafka]` table.
     pub stage_enabled: AtomicBool,
     pub forward_enabled: AtomicBool,
@@ -94,6 +97,7 @@ impl Default for Telemetry {
             serial: Mutex::default(),
             db: Mutex::new(Weak::new()),
             running: AtomicBool::new(false),
+            ready_sent: AtomicBool::new(false),
             stage_enabled: AtomicBool::new(false),
             forward_enabled: AtomicBool::new(false),
             reloads: AtomicU64::new(0),

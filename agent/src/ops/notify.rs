@@ -3,7 +3,8 @@
 //! The agent sends `READY=1` once its pipeline is running (database open, tasks spawned),
 //! `RELOADING=1` when a SIGHUP reload starts (the unit uses `Type=notify` with
 //! `ExecReload=kill -HUP`, so systemd needs no `MONOTONIC_USEC`) and `READY=1` when it is
-//! done, `STOPPING=1` when a drain starts, and `WATCHDOG=1` from the health sampler while
+//! done, `STOPPING=1` when a drain starts, and `WATCHDOG=1` from the health sampler (from the
+//! first `READY=1` on, through reload and stop drains) while
 //! [`super::health`] finds the agent healthy, at half of `WatchdogSec` (`$WATCHDOG_USEC`).
 //! Without `$NOTIFY_SOCKET` (not under systemd) every call is a no-op. Abstract sockets
 //! (`@name`) are supported. Failures are logged, never fatal: the watchdog then restarts a

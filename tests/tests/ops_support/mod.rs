@@ -107,6 +107,11 @@ progress = "{topic}.progress"
 
     /// Spawns `edge-agent run`; stderr goes to a file in the data directory.
     pub fn spawn(&self, bin: &Path) -> Proc {
+        self.spawn_with_env(bin, &[])
+    }
+
+    /// [`Setup::spawn`] with extra environment variables.
+    pub fn spawn_with_env(&self, bin: &Path, env: &[(&str, &str)]) -> Proc {
         static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let log = self.dir.path().join(format!("agent-{n}.stderr"));
@@ -118,6 +123,7 @@ progress = "{topic}.progress"
                 "RUST_LOG",
                 std::env::var("EDGE_AGENT_LOG").unwrap_or_else(|_| "info".to_owned()),
             )
+            .envs(env.iter().copied())
             .stderr(Stdio::from(file))
             .stdout(Stdio::null())
             .spawn()
@@ -225,6 +231,22 @@ impl Proc {
             .status()
             .expect("run kill");
         assert!(status.success(), "kill -{name}");
+    }
+
+    /// Waits for an exit already asked for (SIGTERM sent); asserts it was clean.
+    pub fn terminate_waited(&mut self, timeout: Duration) {
+        let t0 = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("poll agent") {
+                assert!(status.success(), "clean stop: {status}\n{}", self.stderr());
+                return;
+            }
+            assert!(
+                t0.elapsed() < timeout,
+                "the agent did not stop within {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// SIGTERM, then waits for the exit; returns how long the drain took.

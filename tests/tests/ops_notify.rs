@@ -1,0 +1,77 @@
+//! The real `edge-agent` binary talking to a stand-in for systemd: a datagram socket named by
+//! `$NOTIFY_SOCKET`, with `$WATCHDOG_USEC` set as `WatchdogSec=2` would. The agent sends
+//! `READY=1` once its pipeline runs, `WATCHDOG=1` every second while healthy, `RELOADING=1` and
+//! `READY=1` again around a SIGHUP reload, and `STOPPING=1` on SIGTERM.
+
+mod ops_support;
+
+use std::os::unix::net::UnixDatagram;
+use std::time::{Duration, Instant};
+
+use edge_tests::Services;
+use ops_support::*;
+
+/// Every notification received within `d`.
+fn collect(socket: &UnixDatagram, d: Duration) -> Vec<String> {
+    let deadline = Instant::now() + d;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 512];
+    while Instant::now() < deadline {
+        socket
+            .set_read_timeout(Some(
+                deadline
+                    .saturating_duration_since(Instant::now())
+                    .max(Duration::from_millis(1)),
+            ))
+            .expect("timeout");
+        if let Ok(n) = socket.recv(&mut buf) {
+            out.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_tells_systemd_ready_feeds_the_watchdog_while_healthy_and_announces_reload_and_stop(
+) {
+    let services = Services::from_env();
+    let bin = agent_binary();
+    let setup = Setup::new(&services.mqtt_url, &services.kafka_bootstrap);
+    let path = setup.dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&path).expect("bind the notify socket");
+    let path_str = path.display().to_string();
+    let mut agent = setup.spawn_with_env(
+        &bin,
+        &[
+            ("NOTIFY_SOCKET", path_str.as_str()),
+            ("WATCHDOG_USEC", "2000000"),
+        ],
+    );
+    let first = collect(&socket, Duration::from_secs(5));
+    agent.assert_alive();
+    assert_eq!(
+        first.first().map(String::as_str),
+        Some("READY=1"),
+        "{first:?}"
+    );
+    let pings = first.iter().filter(|m| *m == "WATCHDOG=1").count();
+    assert!(pings >= 3, "a ping about every second: {first:?}");
+
+    agent.signal("HUP");
+    let reload = collect(&socket, Duration::from_secs(4));
+    let at = |what: &str| reload.iter().position(|m| m == what);
+    assert!(at("RELOADING=1").is_some(), "{reload:?}");
+    assert!(
+        at("READY=1") > at("RELOADING=1"),
+        "ready again after the reload: {reload:?}"
+    );
+    assert!(
+        reload.iter().any(|m| m == "WATCHDOG=1"),
+        "pings continue: {reload:?}"
+    );
+
+    agent.signal("TERM");
+    let stop = collect(&socket, Duration::from_secs(2));
+    assert!(stop.iter().any(|m| m == "STOPPING=1"), "{stop:?}");
+    agent.terminate_waited(Duration::from_secs(20));
+}
