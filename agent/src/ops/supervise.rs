@@ -211,3 +211,76 @@ pub enum ReloadRefused {
     #[error("the file changes `{field}`, which needs a restart")]
     NeedsRestart { field: &'static str },
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_drain_that_overruns_its_bound_gives_up_with_drain_timeout() {
+        let cancel = CancellationToken::new();
+        // A pipeline that ignores cancellation (a commit hanging on a dead disk, say).
+        let pipeline = tokio::spawn(async {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            Ok(())
+        });
+        let started = tokio::time::Instant::now();
+        let result = drain(pipeline, &cancel, Duration::from_secs(45)).await;
+        assert!(matches!(
+            result,
+            Err(OpsError::DrainTimeout { seconds: 45 })
+        ));
+        assert_eq!(started.elapsed(), Duration::from_secs(45));
+        assert!(cancel.is_cancelled());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_drain_within_its_bound_returns_the_pipelines_result() {
+        let cancel = CancellationToken::new();
+        let token = cancel.clone();
+        let pipeline = tokio::spawn(async move {
+            token.cancelled().await;
+            tokio::time::sleep(Duration::from_secs(2)).await; // the last commit
+            Ok(())
+        });
+        assert!(drain(pipeline, &cancel, Duration::from_secs(45))
+            .await
+            .is_ok());
+    }
+
+    #[test]
+    fn a_reload_that_changes_the_agent_id_or_ops_is_refused_and_a_bad_file_names_its_line() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("agent.toml");
+        let base = format!(
+            "[agent]\nid = \"a\"\ndata_dir = {:?}\n",
+            dir.path().display().to_string()
+        );
+        std::fs::write(&path, &base).expect("write");
+        let running = Config::load(&path).expect("valid");
+        std::fs::write(&path, base.replace("id = \"a\"", "id = \"b\"")).expect("write");
+        assert!(matches!(
+            reloaded(&path, &running),
+            Err(ReloadRefused::NeedsRestart { field: "agent.id" })
+        ));
+        std::fs::write(&path, format!("{base}[ops]\nmetrics = false\n")).expect("write");
+        assert!(matches!(
+            reloaded(&path, &running),
+            Err(ReloadRefused::NeedsRestart { field: "ops" })
+        ));
+        std::fs::write(&path, format!("{base}[buffer]\nbogus = 1\n")).expect("write");
+        let error = reloaded(&path, &running).expect_err("bad file").to_string();
+        assert!(
+            error.contains("agent.toml:5:1") && error.contains("bogus"),
+            "{error}"
+        );
+        std::fs::write(&path, format!("{base}[buffer]\nbatch_max_ms = 7\n")).expect("write");
+        assert_eq!(
+            reloaded(&path, &running)
+                .expect("applies")
+                .buffer
+                .batch_max_ms,
+            7
+        );
+    }
+}
