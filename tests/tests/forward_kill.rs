@@ -16,7 +16,8 @@ fn agent_killed_30_times_while_draining_200000_records_delivers_each_exactly_onc
     const KILLS: usize = 30;
     let services = Services::from_env();
     let bin = agent_binary();
-    let agent = Agent::new(&services.kafka_bootstrap, "");
+    // Small transactions: more of them, so kills land in every phase of one.
+    let agent = Agent::new(&services.kafka_bootstrap, "batch_max_records = 300");
     let started = Instant::now();
     agent.prefill(N);
     println!("outbox filled with {N} records in {:?}", started.elapsed());
@@ -26,7 +27,7 @@ fn agent_killed_30_times_while_draining_200000_records_delivers_each_exactly_onc
     let mut killed_mid_drain = 0;
     for kill in 0..KILLS {
         let mut agent_proc = agent.spawn_binary(&bin);
-        let alive_ms = 400 + next(&mut seed) % 2000;
+        let alive_ms = 300 + next(&mut seed) % 1500;
         std::thread::sleep(Duration::from_millis(alive_ms));
         let child = &mut agent_proc.child;
         child.kill().expect("SIGKILL the agent"); // Child::kill is SIGKILL on Unix

@@ -182,3 +182,21 @@ fn progress_committed_by_another_database_stops_the_agent_before_it_fences_the_f
         .expect("the first agent stops cleanly, never fenced");
     account(&first.bootstrap, &first.topic, &first.id, 15);
 }
+
+#[test]
+fn a_missing_topic_the_agent_may_not_create_stops_it_naming_the_topic() {
+    let services = Services::from_env();
+    let agent = Agent::new(&services.kafka_bootstrap, "create_topics = false");
+    let db = agent.open_db();
+    append(&db, 1);
+    let mut running = agent.spawn_forwarder(db);
+    let error = running.join().expect_err("refused");
+    let text = error.to_string();
+    println!("{text}");
+    assert!(matches!(error, ForwardError::MissingTopic { .. }), "{text}");
+    assert!(!error.is_retryable());
+    assert!(
+        text.contains(".dead") || text.contains(&agent.topic) || text.contains(&agent.progress),
+        "names one of the agent's topics: {text}"
+    );
+}

@@ -17,7 +17,7 @@ pub const PRODUCER_DEFAULTS: [(&str, &str); 9] = [
     ("compression.type", "zstd"),
     // A transaction's first AddPartitionsToTxn is often answered CONCURRENT_TRANSACTIONS while
     // the broker still writes the previous one's markers; librdkafka retries it after
-    // retry.backoff.ms (default 100 ms), which would cap us at one transaction per 100 ms.
+    // retry.backoff.ms (default 100 ms): a delay on every transaction that follows another.
     ("retry.backoff.ms", "10"),
     // ... and backs off exponentially up to retry.backoff.max.ms (default 1 s): keep it short.
     ("retry.backoff.max.ms", "100"),

@@ -333,26 +333,20 @@ fn read_range(
             });
         }
         match scan.reader.poll(Duration::from_millis(100)) {
-            None => {}
-            Some(Err(KafkaError::PartitionEOF(_))) => {
-                if scan.wait == Wait::No {
-                    return Ok(found);
-                }
-            }
+            Some(Err(KafkaError::PartitionEOF(_))) if scan.wait == Wait::No => return Ok(found),
+            None | Some(Err(KafkaError::PartitionEOF(_))) => {}
             Some(Err(e)) => return Err(kafka("reading the progress topic")(e)),
-            Some(Ok(m)) => {
-                if m.offset() < end && m.key() == Some(scan.agent.as_bytes()) {
-                    let bytes = m.payload().unwrap_or_default();
-                    let marker =
-                        Marker::decode(bytes).map_err(|reason| ForwardError::BadMarker {
-                            topic: topic.to_owned(),
-                            partition,
-                            offset: m.offset(),
-                            reason,
-                        })?;
-                    found = Some(marker);
-                }
+            Some(Ok(m)) if m.offset() < end && m.key() == Some(scan.agent.as_bytes()) => {
+                let bytes = m.payload().unwrap_or_default();
+                let marker = Marker::decode(bytes).map_err(|reason| ForwardError::BadMarker {
+                    topic: topic.to_owned(),
+                    partition,
+                    offset: m.offset(),
+                    reason,
+                })?;
+                found = Some(marker);
             }
+            Some(Ok(_)) => {}
         }
         // The position also moves past aborted records and transaction markers, which the
         // reader never returns as messages.

@@ -63,7 +63,7 @@ sensors = ["*"]
 [kafka]
 bootstrap_servers = "{bootstrap}"
 transaction_timeout_ms = 10000
-batch_max_records = 2000
+{batch}
 {extra}
 
 [kafka.topics]
@@ -74,6 +74,11 @@ dead_letters = "{topic}.dead"
 progress = "{progress}"
 "#,
             data_dir = dir.path().display().to_string(),
+            batch = if extra.contains("batch_max_records") {
+                ""
+            } else {
+                "batch_max_records = 2000"
+            },
         );
         let config_path = dir.path().join("agent.toml");
         std::fs::write(&config_path, text).expect("write config");
