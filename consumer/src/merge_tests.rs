@@ -421,3 +421,32 @@ fn an_idle_gateway_does_not_make_the_others_idle() {
         }
     }
 }
+
+/// Regression: with one watermark per agent, gateway c's partial for series t1 (watermark at
+/// the window's end) finalized t2's window before c's t2 partial, the very next record,
+/// arrived: a spurious revision. Watermarks are per (agent, series).
+#[test]
+fn one_series_partial_does_not_finalize_another_series_window() {
+    let mut s = PartitionState::new(settings());
+    for g in ["a", "c"] {
+        for series in ["t1", "t2"] {
+            s.apply(series, &partial(g, series, 0, 10, 0, &[1.0]), 1)
+                .unwrap();
+        }
+    }
+    let _ = s.take_changes();
+    s.apply("t1", &partial("a", "t1", 10, 20, 20, &[1.0]), 2)
+        .unwrap();
+    s.apply("t2", &partial("a", "t2", 10, 20, 20, &[1.0]), 2)
+        .unwrap();
+    s.apply("t1", &partial("c", "t1", 10, 20, 20, &[1.0]), 2)
+        .unwrap();
+    let c = s.take_changes();
+    assert_eq!(c.finals.len(), 2, "t1's windows 0 and 1, not t2's");
+    assert!(c.finals.iter().all(|(k, _)| k.group == "t1"));
+    s.apply("t2", &partial("c", "t2", 10, 20, 20, &[1.0]), 2)
+        .unwrap();
+    let c = s.take_changes();
+    assert_eq!(c.finals.len(), 2);
+    assert!(c.finals.iter().all(|(_, w)| w.revision == 0));
+}
