@@ -445,7 +445,10 @@ mod tests {
         a.mean = f64::NAN;
         let mut buf = [0u8; MAX_ENCODED_LEN];
         let n = a.encode(&mut buf).unwrap();
-        assert_eq!(Aggregate::decode(&buf[..n]), Err(AggregateError::Inconsistent));
+        assert_eq!(
+            Aggregate::decode(&buf[..n]),
+            Err(AggregateError::Inconsistent)
+        );
     }
 
     #[test]
