@@ -21,12 +21,12 @@
 //!   forwarder's session start (about a second or two against a local broker).
 //!
 //!   **Known cost of a mapping change** (pinned by `tests/tests/ops_signals.rs`): the drain
-//!   stops an MQTT source before it sent the acks of its last committed messages (at most the
-//!   broker's `max_inflight_messages`, 20 by default), so the broker redelivers them. The dedupe
-//!   index drops them when their sensor id is unchanged; when the new mapping gives them a new
-//!   id, they are committed again under it: up to 20 readings per source appear under both ids.
-//!   (A stop and restart with a changed file behaves the same.) The fix belongs to the source:
-//!   flush the acks of committed messages before it stops polling.
+//!   stops an MQTT source before the acks of its last committed messages have reached the
+//!   broker, so the broker redelivers them. The dedupe index drops them when their sensor id is
+//!   unchanged; when the new mapping gives them a new id, they are committed again under it and
+//!   appear under both ids (observed 0 to 260 of 4,000 messages at about 1,000/s; never lost,
+//!   never twice under one id). A stop and restart with a changed file behaves the same. The
+//!   fix belongs to the source: flush the acks of committed messages before it stops polling.
 //!
 //! # Invariants
 //!
