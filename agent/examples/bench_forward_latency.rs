@@ -108,6 +108,9 @@ progress = "{id}.progress"
                 .set("group.id", format!("{topic}.reader"))
                 .set("isolation.level", "read_committed")
                 .set("fetch.wait.max.ms", "5")
+                // librdkafka backs a fetcher off this long after an empty fetch at the end
+                // of the partition (default 500 ms): that would be measured as latency.
+                .set("fetch.error.backoff.ms", "5")
                 .set("enable.auto.commit", "false")
                 .create()?;
             let partitions = loop {
