@@ -6,8 +6,10 @@
 //! **fails with a message saying how to start it**: it never skips silently.
 #![forbid(unsafe_code)]
 
+pub mod bins;
 pub mod cluster;
 pub mod kafka;
+pub mod mqtt;
 pub mod services;
 
 pub use services::Services;

@@ -429,31 +429,7 @@ subscribe = [{ topic = "x" }]
 
 /// `target/debug/edge-agent`, built on demand (the binary under test, not a stand-in).
 fn agent_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("test exe");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>");
-    let status = Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "--quiet",
-            "-p",
-            "edge-agent",
-            "--bin",
-            "edge-agent",
-        ])
-        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
-        .env(
-            "CARGO_TARGET_DIR",
-            profile_dir.parent().expect("target dir"),
-        )
-        .status()
-        .expect("run cargo build");
-    assert!(status.success(), "building edge-agent failed");
-    let bin = profile_dir.join("edge-agent");
-    assert!(bin.exists(), "{} missing after build", bin.display());
-    bin
+    edge_tests::bins::workspace_binary("edge-agent", "edge-agent")
 }
 
 fn spawn_agent(bin: &Path, setup: &Setup) -> Child {

@@ -14,22 +14,7 @@ use edge_agent::ingest::IngestLog;
 
 /// `target/<profile>/<bin>` of workspace package `package`, built on demand.
 fn binary(package: &str, bin: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test exe");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>");
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "--quiet", "-p", package, "--bin", bin])
-        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
-        .env(
-            "CARGO_TARGET_DIR",
-            profile_dir.parent().expect("target dir"),
-        )
-        .status()
-        .expect("run cargo build");
-    assert!(status.success(), "building {bin} failed");
-    profile_dir.join(bin)
+    edge_tests::bins::workspace_binary(package, bin)
 }
 
 fn spawn_agent(bin: &Path, config: &Path) -> Child {

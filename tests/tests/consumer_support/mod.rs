@@ -240,34 +240,7 @@ pub fn produce_by_window(bootstrap: &str, topic: &str, data: &[Cell], agents: &m
 
 /// `target/<profile>/edge-consumer`, built on demand.
 pub fn consumer_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("test exe");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>");
-    let mut build = Command::new(env!("CARGO"));
-    build
-        .args([
-            "build",
-            "--quiet",
-            "-p",
-            "edge-consumer",
-            "--bin",
-            "edge-consumer",
-        ])
-        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
-        .env(
-            "CARGO_TARGET_DIR",
-            profile_dir.parent().expect("target dir"),
-        );
-    if profile_dir.ends_with("release") {
-        build.arg("--release");
-    }
-    assert!(
-        build.status().expect("cargo build").success(),
-        "building edge-consumer failed"
-    );
-    profile_dir.join("edge-consumer")
+    edge_tests::bins::workspace_binary("edge-consumer", "edge-consumer")
 }
 
 /// One raw reading of a gateway.

@@ -352,34 +352,7 @@ pub fn account(bootstrap: &str, topic: &str, agent: &str, n: u64) {
 
 /// `target/<profile>/edge-agent`, built on demand (the binary under test).
 pub fn agent_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("test exe");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>");
-    let mut build = Command::new(env!("CARGO"));
-    build
-        .args([
-            "build",
-            "--quiet",
-            "-p",
-            "edge-agent",
-            "--bin",
-            "edge-agent",
-        ])
-        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
-        .env(
-            "CARGO_TARGET_DIR",
-            profile_dir.parent().expect("target dir"),
-        );
-    if profile_dir.ends_with("release") {
-        build.arg("--release");
-    }
-    let status = build.status().expect("run cargo build");
-    assert!(status.success(), "building edge-agent failed");
-    let bin = profile_dir.join("edge-agent");
-    assert!(bin.exists(), "{} missing after build", bin.display());
-    bin
+    edge_tests::bins::workspace_binary("edge-agent", "edge-agent")
 }
 
 /// Sends SIGTERM to `child` (a graceful stop).

@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use edge_tests::kafka::{read_committed, unique_topic};
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, Event, Packet, QoS};
 
 pub struct Setup {
     pub dir: tempfile::TempDir,
@@ -278,43 +278,19 @@ impl Drop for Proc {
     }
 }
 
-fn options(client_id: &str, url: &str) -> MqttOptions {
-    let rest = url.trim_start_matches("mqtt://");
-    let (host, port) = rest.rsplit_once(':').expect("url has a port");
-    let mut options = MqttOptions::new(client_id, host, port.parse().expect("port"));
-    options.set_keep_alive(Duration::from_secs(5));
-    options
-}
-
 /// Creates the agent's persistent session, so the broker queues everything from now on.
 pub async fn create_session(setup: &Setup) {
-    let mut opts = options(&setup.client_id, &setup.url);
-    opts.set_clean_session(false);
-    let (client, mut eventloop) = AsyncClient::new(opts, 10);
-    client
-        .subscribe(format!("{}/+/v", setup.root), QoS::AtLeastOnce)
-        .await
-        .expect("subscribe queued");
-    loop {
-        match tokio::time::timeout(Duration::from_secs(10), eventloop.poll()).await {
-            Ok(Ok(Event::Incoming(Packet::SubAck(_)))) => break,
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => panic!("session set-up failed: {e}"),
-            Err(_) => panic!("no SUBACK within 10 s"),
-        }
-    }
-    client.disconnect().await.expect("disconnect queued");
-    let _ = tokio::time::timeout(Duration::from_secs(2), async {
-        while eventloop.poll().await.is_ok() {}
-    })
-    .await;
+    let options = edge_tests::mqtt::options(&setup.client_id, &setup.url);
+    edge_tests::mqtt::create_session(options, &format!("{}/+/v", setup.root)).await;
 }
 
 /// Publishes values `from..to` at QoS 1 over 4 devices, `per_100` apart every 100 messages;
 /// returns the broker's PUBACK count.
 pub async fn publish(setup: &Setup, from: u64, to: u64, per_100: Duration) -> u64 {
-    let (client, mut eventloop) =
-        AsyncClient::new(options(&unique_topic("ops-pub"), &setup.url), 1000);
+    let (client, mut eventloop) = AsyncClient::new(
+        edge_tests::mqtt::options(&unique_topic("ops-pub"), &setup.url),
+        1000,
+    );
     let total = to - from;
     let acks = tokio::spawn(async move {
         let mut acked = 0;
@@ -401,30 +377,5 @@ pub fn account(setup: &Setup, n: u64, remapped: usize) -> BTreeMap<u64, Vec<Stri
 
 /// `target/<profile>/edge-agent`, built on demand.
 pub fn agent_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("test exe");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>");
-    let mut build = Command::new(env!("CARGO"));
-    build
-        .args([
-            "build",
-            "--quiet",
-            "-p",
-            "edge-agent",
-            "--bin",
-            "edge-agent",
-        ])
-        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
-        .env(
-            "CARGO_TARGET_DIR",
-            profile_dir.parent().expect("target dir"),
-        );
-    if profile_dir.ends_with("release") {
-        build.arg("--release");
-    }
-    let status = build.status().expect("run cargo build");
-    assert!(status.success(), "building edge-agent failed");
-    profile_dir.join("edge-agent")
+    edge_tests::bins::workspace_binary("edge-agent", "edge-agent")
 }

@@ -12,7 +12,7 @@ use edge_agent::ingest::IngestLog;
 use edge_agent::outbox::{self, OutboxRecord, RecordKind};
 use edge_protocol::aggregate::Aggregate;
 use edge_protocol::partial::Partial;
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, Event, Packet, QoS};
 
 /// A name no other run shares, for client ids and topics.
 pub fn unique(prefix: &str) -> String {
@@ -77,37 +77,11 @@ sensors = ["*"]
     }
 }
 
-fn options(client_id: &str, url: &str) -> MqttOptions {
-    let rest = url.trim_start_matches("mqtt://");
-    let (host, port) = rest.rsplit_once(':').expect("url has a port");
-    let mut options = MqttOptions::new(client_id, host, port.parse().expect("port"));
-    options.set_keep_alive(Duration::from_secs(5));
-    options
-}
-
 /// Creates the agent's persistent session with its subscription, so the broker queues
 /// everything published from now on.
 pub async fn create_session(setup: &Setup) {
-    let mut opts = options(&setup.client_id, &setup.url);
-    opts.set_clean_session(false);
-    let (client, mut eventloop) = AsyncClient::new(opts, 10);
-    client
-        .subscribe(format!("{}/+/v", setup.root), QoS::AtLeastOnce)
-        .await
-        .expect("subscribe queued");
-    loop {
-        match tokio::time::timeout(Duration::from_secs(10), eventloop.poll()).await {
-            Ok(Ok(Event::Incoming(Packet::SubAck(_)))) => break,
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => panic!("session set-up failed: {e}"),
-            Err(_) => panic!("no SUBACK within 10 s"),
-        }
-    }
-    client.disconnect().await.expect("disconnect queued");
-    let _ = tokio::time::timeout(Duration::from_secs(2), async {
-        while eventloop.poll().await.is_ok() {}
-    })
-    .await;
+    let options = edge_tests::mqtt::options(&setup.client_id, &setup.url);
+    edge_tests::mqtt::create_session(options, &format!("{}/+/v", setup.root)).await;
 }
 
 /// One reading to publish: device, event time, value.
@@ -120,7 +94,8 @@ pub struct Msg {
 
 /// Publishes `msgs` at QoS 1, pausing `pace` every 100; returns the broker's PUBACK count.
 pub async fn publish(setup: &Setup, msgs: Vec<Msg>, pace: Duration) -> u64 {
-    let (client, mut eventloop) = AsyncClient::new(options(&unique("pub"), &setup.url), 1000);
+    let (client, mut eventloop) =
+        AsyncClient::new(edge_tests::mqtt::options(&unique("pub"), &setup.url), 1000);
     let total = msgs.len() as u64;
     let acks = tokio::spawn(async move {
         let mut acked = 0;
@@ -214,22 +189,7 @@ pub fn agent_binary() -> PathBuf {
 
 /// `target/<profile>/<bin>` of `package`, built on demand.
 pub fn binary(package: &str, bin: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test exe");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>");
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "--quiet", "-p", package, "--bin", bin])
-        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
-        .env(
-            "CARGO_TARGET_DIR",
-            profile_dir.parent().expect("target dir"),
-        )
-        .status()
-        .expect("run cargo build");
-    assert!(status.success(), "building {bin} failed");
-    profile_dir.join(bin)
+    edge_tests::bins::workspace_binary(package, bin)
 }
 
 pub fn spawn_agent(bin: &Path, setup: &Setup) -> Child {

@@ -1,0 +1,39 @@
+//! MQTT helpers for the suites (rumqttc against the test Mosquitto).
+
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+
+/// Client options for `mqtt://host:port` with a 5 s keepalive.
+pub fn options(client_id: &str, url: &str) -> MqttOptions {
+    let rest = url.trim_start_matches("mqtt://");
+    let (host, port) = rest.rsplit_once(':').expect("the MQTT URL has a port");
+    let mut options = MqttOptions::new(client_id, host, port.parse().expect("a numeric port"));
+    options.set_keep_alive(Duration::from_secs(5));
+    options
+}
+
+/// Creates a persistent session (`clean_session = false`) for `options`' client id subscribed
+/// to `filter` at QoS 1, then disconnects: from now on the broker queues everything for it, as
+/// it will for the agent that takes the session over.
+pub async fn create_session(mut options: MqttOptions, filter: &str) {
+    options.set_clean_session(false);
+    let (client, mut eventloop) = AsyncClient::new(options, 10);
+    client
+        .subscribe(filter, QoS::AtLeastOnce)
+        .await
+        .expect("subscribe queued");
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), eventloop.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::SubAck(_)))) => break,
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => panic!("session set-up failed: {e}"),
+            Err(_) => panic!("no SUBACK within 10 s"),
+        }
+    }
+    client.disconnect().await.expect("disconnect queued");
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while eventloop.poll().await.is_ok() {}
+    })
+    .await;
+}
