@@ -59,3 +59,23 @@ fn a_missing_file_exits_1() {
     assert_eq!(code, 1);
     assert!(stderr.contains("/nonexistent/agent.toml"), "{stderr}");
 }
+
+#[test]
+fn the_configuration_shown_in_the_readme_checks_out() {
+    // The README's Configuration section is what newcomers copy: it must stay valid.
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
+            .expect("README.md");
+    let block: String = readme
+        .split("```toml\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("the README has a ```toml block")
+        .to_owned();
+    assert!(block.contains("[agent]"), "{block}");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("readme.toml");
+    std::fs::write(&file, block).unwrap();
+    let (code, stdout, stderr) = check(&file);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+}
