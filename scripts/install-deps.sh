@@ -13,6 +13,7 @@ command -v java >/dev/null || need+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || need+=(maven)
 command -v cc >/dev/null || need+=(build-essential)
 command -v cmake >/dev/null || need+=(cmake)
+command -v systemd-analyze >/dev/null || need+=(systemd)   # verifies the unit in deploy/
 
 if ((${#need[@]})); then
   sudo=""
