@@ -451,7 +451,7 @@ fn next(state: &mut u64) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_killed_with_sigkill_mid_stream_loses_and_duplicates_nothing() {
-    const N: u64 = 20_000;
+    const N: u64 = 50_000;
     const KILLS: usize = 20;
     let services = Services::from_env();
     let url = services.mqtt_url.clone();
