@@ -41,7 +41,7 @@ cargo build --locked -p firmware-sim --no-default-features --lib --target thumbv
 step "tests"
 log=$(mktemp)
 set +e
-cargo test --workspace --locked 2>&1 | tee "$log"
+cargo test --workspace --locked --no-fail-fast 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
 
