@@ -2,18 +2,25 @@
 # Installs what the tests and the demo need on a fresh Debian machine, skipping what is there:
 # Mosquitto, kcat, OpenSSL, a JDK 17+ and Maven (for the Kafka test broker), and the Rust
 # components and targets the checks use. Needs root (or sudo) for apt-get.
+#
+#   scripts/install-deps.sh             everything the tests need
+#   scripts/install-deps.sh --runtime   only what the demo needs (brokers and a C toolchain)
 set -euo pipefail
+runtime_only=0
+[[ ${1:-} == --runtime ]] && runtime_only=1
 
 need=()
 command -v mosquitto >/dev/null || [[ -x /usr/sbin/mosquitto ]] || need+=(mosquitto)
-command -v mosquitto_pub >/dev/null || need+=(mosquitto-clients)
-command -v kcat >/dev/null || need+=(kcat)
 command -v openssl >/dev/null || need+=(openssl)
 command -v java >/dev/null || need+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || need+=(maven)
 command -v cc >/dev/null || need+=(build-essential)
 command -v cmake >/dev/null || need+=(cmake)
-command -v systemd-analyze >/dev/null || need+=(systemd)   # verifies the unit in deploy/
+if ((!runtime_only)); then
+  command -v mosquitto_pub >/dev/null || need+=(mosquitto-clients)
+  command -v kcat >/dev/null || need+=(kcat)
+  command -v systemd-analyze >/dev/null || need+=(systemd)   # verifies the unit in deploy/
+fi
 
 if ((${#need[@]})); then
   sudo=""
@@ -23,7 +30,7 @@ if ((${#need[@]})); then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >&2
 fi
 
-if command -v rustup >/dev/null; then
+if ((!runtime_only)) && command -v rustup >/dev/null; then
   rustup component add rustfmt clippy >/dev/null 2>&1 || true
   rustup target list --installed | grep -qx thumbv7em-none-eabihf \
     || rustup target add thumbv7em-none-eabihf >&2
