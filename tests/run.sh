@@ -3,12 +3,14 @@
 #
 #   tests/run.sh              install missing packages, start the test brokers, then:
 #                             cargo fmt --check, clippy -D warnings, no_std builds for a
-#                             bare-metal target, all tests, a short fuzz run, the deploy checks
+#                             bare-metal target, all tests, a short fuzz run, the deploy checks,
+#                             the README's commands
 #
 # Brokers started here are stopped at the end (set EDGE_KEEP_SERVICES=1 to keep them); brokers
 # that were already running are left running. EDGE_FUZZ_SECONDS (default 20) bounds each fuzz
 # target. EDGE_SKIP_DEPLOY=1 skips the deploy checks (aarch64 cross build under qemu, the amd64
-# package installed with dpkg; about 10 minutes). The last line sums up every `cargo test`
+# package installed with dpkg; about 10 minutes). Then every command of the README runs as written
+# (tests/readme.sh: the demo three ways, about 3 minutes). The last line sums up every `cargo test`
 # result: "tests: N passed, N failed".
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -52,6 +54,9 @@ if [[ ${EDGE_SKIP_DEPLOY:-0} != 1 ]]; then
   step "deploy: aarch64 cross build run under qemu, amd64 package installed and run, unit verified"
   { bash deploy/cross.sh aarch64 && bash deploy/smoke-qemu.sh && bash deploy/test-deb.sh; } || status=1
 fi
+
+step "README: every command as written (tests/readme.sh)"
+bash tests/readme.sh || status=1
 
 read -r passed failed < <(awk '/^test result: /{for(i=1;i<=NF;i++){if($i~/^passed;?$/)p+=$(i-1);if($i~/^failed;?$/)f+=$(i-1)}} END{print p+0, f+0}' "$log")
 rm -f "$log"

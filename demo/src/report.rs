@@ -47,50 +47,56 @@ impl Progress {
         true
     }
 
-    #[allow(clippy::too_many_arguments)]
-    pub fn line(
-        &mut self,
-        elapsed: Duration,
-        agent_up: bool,
-        kafka_down: bool,
-        s: &Snapshot,
-        windows_closed: f64,
-        commits: f64,
-        partials: u64,
-        finals: usize,
-    ) {
+    /// What the columns mean, printed once before the first line.
+    pub const LEGEND: &'static str = "columns: in = readings stored and acked per second | acked = readings stored durably, then acked | log = readings waiting for the window stage | outbox = partials waiting for Kafka | windows = windows closed by the agent | txns = Kafka transactions committed | partials = partials committed in Kafka | finals = final windows from edge-consumer";
+
+    pub fn line(&mut self, elapsed: Duration, x: &Sample) {
         let now = Instant::now();
+        let s = &x.snapshot;
         let rate = match self.last {
-            Some((at, acked)) if agent_up && now > at => {
-                format!(
-                    "{:>5.0}/s",
-                    s.accepted.saturating_sub(acked) as f64 / (now - at).as_secs_f64()
-                )
+            Some((at, acked)) if x.agent_up && now > at => {
+                let per_s = s.accepted.saturating_sub(acked) as f64 / (now - at).as_secs_f64();
+                format!("{per_s:>5.0}/s")
             }
             _ => "    -/s".to_owned(),
         };
-        if agent_up {
+        if x.agent_up {
             self.last = Some((now, s.accepted));
         }
         let mut flags = String::new();
-        if !agent_up {
+        if !x.agent_up {
             flags.push_str("  [agent down]");
         }
-        if kafka_down {
+        if x.kafka_down {
             flags.push_str("  [Kafka down]");
         }
         println!(
-            "{:>6.1}s  ingest {rate} | acked {:>7} | buffered {:>5} readings {:>4} partials | windows closed {:>6} | Kafka commits {:>5} | partials in Kafka {:>6} | finals {:>5}{flags}",
+            "{:>6.1}s  in {rate}  acked {:>7}  log {:>5}  outbox {:>4}  windows {:>5}  txns {:>4}  partials {:>5}  finals {:>5}{flags}",
             elapsed.as_secs_f64(),
             thousands(s.accepted),
             thousands(s.log_readings),
             thousands(s.outbox_records),
-            thousands(windows_closed as u64),
-            thousands(commits as u64),
-            thousands(partials),
-            thousands(finals as u64),
+            thousands(x.windows_closed),
+            thousands(x.commits),
+            thousands(x.partials),
+            thousands(x.finals),
         );
     }
+}
+
+/// One progress line's figures.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Sample {
+    pub agent_up: bool,
+    pub kafka_down: bool,
+    /// The agent's last `/inspect` answer.
+    pub snapshot: Snapshot,
+    /// Agent counters summed over its processes.
+    pub windows_closed: u64,
+    pub commits: u64,
+    /// Read back from Kafka by the demo.
+    pub partials: u64,
+    pub finals: u64,
 }
 
 /// The parameters the summary repeats.
@@ -121,8 +127,8 @@ pub struct Outcome {
     pub sample: Vec<FinalRow>,
     pub commits: f64,
     pub events: Vec<String>,
-    pub peak_buffered: u64,
-    pub peak_outbox_in_outage: u64,
+    pub peak_log: u64,
+    pub peak_outbox: u64,
     pub clean_stop: bool,
     pub options: Shown,
     pub finals_topic: String,
@@ -241,9 +247,9 @@ impl Outcome {
         }
         let _ = writeln!(
             out,
-            "  the agent's ingest log held at most {} readings waiting for the window stage; {} partials waited for Kafka at the outage's peak; {} Kafka transactions committed",
-            thousands(self.peak_buffered),
-            thousands(self.peak_outbox_in_outage),
+            "  at most {} readings waited in the agent's ingest log for the window stage and {} partials in its outbox for Kafka; {} Kafka transactions committed",
+            thousands(self.peak_log),
+            thousands(self.peak_outbox),
             thousands(self.commits as u64)
         );
 

@@ -24,7 +24,7 @@ use crate::brokers::Brokers;
 use crate::configs::{self, AgentParams, Names};
 use crate::kafka::{self, Tail};
 use crate::procs::{tail, Proc};
-use crate::report::{self, Outcome, Progress};
+use crate::report::{self, Outcome, Progress, Sample};
 
 /// What the user chose (see `main.rs` for the flags and their defaults).
 #[derive(Debug, Clone)]
@@ -238,8 +238,8 @@ struct Counts {
     partials: u64,
     delivered: u64,
     bad_partials: u64,
-    peak_buffered: u64,
-    peak_buffered_in_outage: u64,
+    peak_log: u64,
+    peak_outbox: u64,
     snapshot: Snapshot,
 }
 
@@ -256,6 +256,25 @@ fn drain(tails: &(Tail, Tail), counts: &mut Counts) {
             counts.bad_finals += 1;
         }
     });
+}
+
+/// Samples the agent (keeping the peaks in `counts`) for a progress line.
+fn observe(agent: &mut Agent, counts: &mut Counts, kafka_down: bool) -> Sample {
+    let (c, snapshot) = agent.sample();
+    if let Some(s) = snapshot {
+        counts.snapshot = s;
+        counts.peak_log = counts.peak_log.max(s.log_readings);
+        counts.peak_outbox = counts.peak_outbox.max(s.outbox_records);
+    }
+    Sample {
+        agent_up: agent.proc.is_some(),
+        kafka_down,
+        snapshot: counts.snapshot,
+        windows_closed: c.windows_closed as u64,
+        commits: c.commits as u64,
+        partials: counts.partials,
+        finals: counts.finals.windows() as u64,
+    }
 }
 
 /// Runs the whole demo; `stop` is set by Ctrl-C / SIGTERM.
@@ -396,6 +415,7 @@ pub fn run(o: &Options, stop: &AtomicBool) -> Result<Outcome> {
     let t0 = Instant::now();
     let mut counts = Counts::default();
     let mut progress = Progress::new(o.progress);
+    println!("{}", Progress::LEGEND);
     let mut events = Vec::new();
     let mut kafka_down = false;
     let mut restarted_at = None;
@@ -440,9 +460,9 @@ pub fn run(o: &Options, stop: &AtomicBool) -> Result<Outcome> {
                     "FAULT  Kafka broker stopped for {:.0} s (the uplink is down): the agent keeps acking and buffers on disk",
                     (to - from).as_secs_f64()
                 ));
+                outage_from = started.elapsed();
                 brokers.stop_kafka()?;
                 kafka_down = true;
-                outage_from = started.elapsed();
             }
             if now >= to && kafka_down {
                 brokers.start_kafka()?;
@@ -469,24 +489,9 @@ pub fn run(o: &Options, stop: &AtomicBool) -> Result<Outcome> {
             drain(&tails, &mut counts);
         }
         if progress.due() {
-            let (c, snap) = agent.sample();
-            if let Some(s) = snap {
-                counts.snapshot = s;
-                counts.peak_buffered = counts.peak_buffered.max(s.log_readings);
-                if kafka_down {
-                    counts.peak_buffered_in_outage =
-                        counts.peak_buffered_in_outage.max(s.outbox_records);
-                }
-            }
             progress.line(
                 started.elapsed(),
-                agent.proc.is_some(),
-                kafka_down,
-                &counts.snapshot,
-                c.windows_closed,
-                c.commits,
-                counts.partials,
-                counts.finals.windows(),
+                &observe(&mut agent, &mut counts, kafka_down),
             );
         }
         if serial_done.is_some() && mqtt_done.is_some() {
@@ -532,20 +537,7 @@ pub fn run(o: &Options, stop: &AtomicBool) -> Result<Outcome> {
         agent.check_alive()?;
         drain(&tails, &mut counts);
         if progress.due() {
-            let (c, snap) = agent.sample();
-            if let Some(s) = snap {
-                counts.snapshot = s;
-            }
-            progress.line(
-                started.elapsed(),
-                true,
-                false,
-                &counts.snapshot,
-                c.windows_closed,
-                c.commits,
-                counts.partials,
-                counts.finals.windows(),
-            );
+            progress.line(started.elapsed(), &observe(&mut agent, &mut counts, false));
         }
         account = account::reconcile(&sent, &counts.finals.per_series());
         std::thread::sleep(Duration::from_millis(200));
@@ -576,8 +568,8 @@ pub fn run(o: &Options, stop: &AtomicBool) -> Result<Outcome> {
         sample: counts.finals.sample(8).into_iter().cloned().collect(),
         commits,
         events,
-        peak_buffered: counts.peak_buffered,
-        peak_outbox_in_outage: counts.peak_buffered_in_outage,
+        peak_log: counts.peak_log,
+        peak_outbox: counts.peak_outbox,
         clean_stop: agent_exit.is_some_and(|s| s.success())
             && consumer_exit.is_some_and(|s| s.success()),
         finals_topic: names.finals.clone(),
