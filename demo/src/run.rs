@@ -87,6 +87,28 @@ impl Bins {
     }
 }
 
+/// Run directories kept in the work directory (the oldest beyond these are deleted).
+const KEEP_RUNS: usize = 10;
+
+/// Deletes all but the newest `keep` `run-*` directories of `work_dir` (names sort by start time).
+fn prune_runs(work_dir: &Path, keep: usize) {
+    let Ok(entries) = std::fs::read_dir(work_dir) else {
+        return;
+    };
+    let mut runs: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("run-"))
+        })
+        .collect();
+    runs.sort();
+    let old = runs.len().saturating_sub(keep);
+    for path in &runs[..old] {
+        let _ = std::fs::remove_dir_all(path);
+    }
+}
+
 fn free_port() -> Result<SocketAddr> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
@@ -285,6 +307,7 @@ pub fn run(o: &Options, stop: &AtomicBool) -> Result<Outcome> {
     let run_id = unix_secs().to_string();
     let dir = o.work_dir.join(format!("run-{run_id}"));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    prune_runs(&o.work_dir, KEEP_RUNS);
     let names = Names::new(&run_id);
 
     say(&match (&o.kafka, &o.mqtt) {
@@ -581,4 +604,51 @@ pub fn run(o: &Options, stop: &AtomicBool) -> Result<Outcome> {
             duration: o.duration,
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prune_keeps_the_newest_runs_and_nothing_else_is_touched() {
+        let dir = tempfile::tempdir().unwrap();
+        for t in 100..112 {
+            std::fs::create_dir(dir.path().join(format!("run-{t}"))).unwrap();
+        }
+        std::fs::create_dir(dir.path().join("services")).unwrap();
+        prune_runs(dir.path(), 10);
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left.len(), 11);
+        assert_eq!(left[0], "run-102");
+        assert_eq!(left[10], "services");
+    }
+
+    #[test]
+    fn faults_fit_in_the_run_and_only_with_our_own_kafka() {
+        let mut o = Options {
+            duration: Duration::from_secs(60),
+            devices: 1,
+            channels: 1,
+            rate: 1,
+            window_ms: 5000,
+            kafka: None,
+            mqtt: None,
+            faults: true,
+            keep: false,
+            work_dir: PathBuf::new(),
+            progress: Duration::from_secs(2),
+            settle_timeout: Duration::from_secs(1),
+        };
+        let f = Faults::plan(&o, true);
+        let (from, to) = f.outage.unwrap();
+        assert!(f.restart_at.unwrap() < from && to < o.duration);
+        assert!(Faults::plan(&o, false).outage.is_none());
+        o.duration = Duration::from_secs(19);
+        assert!(Faults::plan(&o, true).crash_at.is_none());
+    }
 }
