@@ -4,7 +4,7 @@
 //! Modules, in the order the data flows:
 //! - [`brokers`]: Kafka and Mosquitto (started through `tests/services/services.sh`, or given);
 //! - [`configs`]: the bundled agent and consumer configuration, filled in for this run;
-//! - [`procs`]: the simulators, the agent and the consumer as child processes;
+//! - [`procs`]: child processes; [`stack`]: everything the run starts, in order;
 //! - [`agent_http`]: the agent's metrics and persisted counters, for the progress line;
 //! - [`kafka`]: topic creation and `read_committed` tails of the partials and finals;
 //! - [`account`]: ledgers against finals, series by series;
@@ -18,6 +18,7 @@ mod kafka;
 mod procs;
 mod report;
 mod run;
+mod stack;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
