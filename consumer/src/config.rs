@@ -7,6 +7,7 @@
 //! `transactional.id`, ...) cannot be overridden through `[kafka.client]`.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
@@ -66,6 +67,8 @@ pub struct Config {
     pub revisions: RevisionSection,
     #[serde(default)]
     pub limits: Limits,
+    #[serde(default)]
+    pub ops: OpsSection,
 }
 
 /// `[kafka]`.
@@ -190,6 +193,34 @@ impl Default for Limits {
     }
 }
 
+/// `[ops]`: the observability listener (see [`crate::ops`]). Every key has a default, so the
+/// table is optional.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpsSection {
+    /// Serve `/metrics`, `/healthz` and `/readyz` at all.
+    #[serde(default = "default_true")]
+    pub metrics: bool,
+    /// Where to serve them. Loopback by default: the endpoints are unauthenticated. An address
+    /// that cannot be bound is logged and the consumer runs without the endpoints.
+    #[serde(default = "default_metrics_listen")]
+    pub metrics_listen: SocketAddr,
+    /// `/healthz` answers 503 once the loop has shown no progress (a poll batch handled, a
+    /// partition restored, a session started or failed) for this many seconds.
+    #[serde(default = "default_health_stall_s")]
+    pub health_stall_s: Spanned<u64>,
+}
+
+impl Default for OpsSection {
+    fn default() -> Self {
+        OpsSection {
+            metrics: true,
+            metrics_listen: default_metrics_listen(),
+            health_stall_s: default_health_stall_s(),
+        }
+    }
+}
+
 fn default_true() -> bool {
     true
 }
@@ -213,6 +244,12 @@ fn default_batch_max_records() -> Spanned<usize> {
 }
 fn default_batch_max_ms() -> Spanned<u64> {
     Spanned::new(0..0, 200)
+}
+fn default_metrics_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9899))
+}
+fn default_health_stall_s() -> Spanned<u64> {
+    Spanned::new(0..0, 300)
 }
 
 impl Config {
@@ -343,6 +380,18 @@ impl Config {
                 return Err((v.span(), field, "must be at least 1"));
             }
         }
+        let stall = &self.ops.health_stall_s;
+        if *stall.get_ref() < 1 {
+            return Err((stall.span(), "ops.health_stall_s", "must be at least 1"));
+        }
+        if stall.get_ref().saturating_mul(1000) <= *l.batch_max_ms.get_ref() {
+            // An idle loop shows progress once per poll batch.
+            return Err((
+                stall.span(),
+                "ops.health_stall_s",
+                "must be longer than limits.batch_max_ms",
+            ));
+        }
         Ok(())
     }
 
@@ -433,6 +482,63 @@ dead_letters = "dl"
             .unwrap_err()
             .to_string();
         assert!(e.contains(":7: `kafka.client`"), "{e}");
+    }
+
+    #[test]
+    fn ops_defaults_serve_on_loopback_port_9899() {
+        let c = Config::parse(Path::new("c.toml"), MINIMAL).unwrap();
+        assert!(c.ops.metrics);
+        assert_eq!(c.ops.metrics_listen, "127.0.0.1:9899".parse().unwrap());
+        assert!(c.ops.metrics_listen.ip().is_loopback());
+        assert_eq!(*c.ops.health_stall_s.get_ref(), 300);
+    }
+
+    #[test]
+    fn an_ops_table_sets_its_keys() {
+        let text = format!(
+            "{MINIMAL}[ops]\nmetrics = false\nmetrics_listen = \"[::1]:9000\"\nhealth_stall_s = 60\n"
+        );
+        let c = Config::parse(Path::new("c.toml"), &text).unwrap();
+        assert!(!c.ops.metrics);
+        assert_eq!(c.ops.metrics_listen, "[::1]:9000".parse().unwrap());
+        assert_eq!(*c.ops.health_stall_s.get_ref(), 60);
+    }
+
+    #[test]
+    fn an_unknown_ops_key_is_refused_with_its_line() {
+        let text = format!("{MINIMAL}[ops]\nmetrics = true\nlisten = \"127.0.0.1:1\"\n");
+        let e = Config::parse(Path::new("c.toml"), &text)
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("c.toml:13:"), "{e}");
+        assert!(e.contains("unknown field `listen`"), "{e}");
+    }
+
+    #[test]
+    fn a_bad_metrics_address_is_refused_with_its_line() {
+        let text = format!("{MINIMAL}[ops]\nmetrics_listen = \"localhost\"\n");
+        let e = Config::parse(Path::new("c.toml"), &text)
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("c.toml:12:"), "{e}");
+        assert!(e.contains("socket address"), "{e}");
+    }
+
+    #[test]
+    fn a_health_stall_of_zero_or_shorter_than_a_batch_is_refused_naming_the_field() {
+        let text = format!("{MINIMAL}[ops]\nhealth_stall_s = 0\n");
+        let e = Config::parse(Path::new("c.toml"), &text)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, "c.toml:12: `ops.health_stall_s`: must be at least 1");
+        let text = format!("{MINIMAL}[limits]\nbatch_max_ms = 5000\n[ops]\nhealth_stall_s = 5\n");
+        let e = Config::parse(Path::new("c.toml"), &text)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "c.toml:14: `ops.health_stall_s`: must be longer than limits.batch_max_ms"
+        );
     }
 
     #[test]

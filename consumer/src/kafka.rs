@@ -9,6 +9,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use serde::Deserialize;
 
 use crate::config::Config;
 
@@ -79,7 +80,9 @@ fn base(config: &Config) -> ClientConfig {
 }
 
 /// The group consumer: `read_committed`, no auto-commit (offsets go through the producer's
-/// transaction), partition EOF events (the loop's "caught up" signal).
+/// transaction), partition EOF events (the loop's "caught up" signal). With `[ops] metrics`,
+/// librdkafka statistics every [`STATISTICS_INTERVAL_MS`] (the lag per partition; see
+/// [`partition_lags`]) unless `[kafka.client]` sets `statistics.interval.ms` itself.
 pub fn consumer_config(config: &Config) -> ClientConfig {
     let mut c = base(config);
     c.set("group.id", config.kafka.group_id.get_ref())
@@ -88,7 +91,75 @@ pub fn consumer_config(config: &Config) -> ClientConfig {
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "true")
         .set("auto.offset.reset", "earliest");
+    if config.ops.metrics && c.get("statistics.interval.ms").is_none() {
+        c.set("statistics.interval.ms", STATISTICS_INTERVAL_MS.to_string());
+    }
     c
+}
+
+/// How often the group consumer's statistics (and so the lag gauges) refresh.
+pub const STATISTICS_INTERVAL_MS: u64 = 5000;
+
+/// The parts of librdkafka's statistics JSON (`STATISTICS.md` of librdkafka) the lag needs.
+#[derive(Debug, Deserialize)]
+struct Statistics {
+    #[serde(default)]
+    topics: BTreeMap<String, TopicStatistics>,
+}
+
+#[derive(Debug, Deserialize)]
+struct TopicStatistics {
+    #[serde(default)]
+    partitions: BTreeMap<String, PartitionStatistics>,
+}
+
+#[derive(Debug, Deserialize)]
+struct PartitionStatistics {
+    partition: i32,
+    #[serde(default = "invalid_offset")]
+    app_offset: i64,
+    #[serde(default = "invalid_offset")]
+    committed_offset: i64,
+    #[serde(default = "invalid_offset")]
+    lo_offset: i64,
+    #[serde(default = "invalid_offset")]
+    ls_offset: i64,
+}
+
+fn invalid_offset() -> i64 {
+    -1001
+}
+
+/// Records behind the end of each partition the statistics know a position for: the last
+/// stable offset (the end a `read_committed` reader can reach) minus the next offset the loop
+/// will read (`app_offset`: the last record handed to the loop + 1; before the first record,
+/// the committed offset the consumer started from, or without one the partition's low
+/// watermark, where `auto.offset.reset = earliest` starts). Partitions without a known end or
+/// position are left out (librdkafka's internal partition -1 too). Transaction markers occupy
+/// offsets, but librdkafka moves `app_offset` past a marker once the loop polls over it, so a
+/// drained partition shows 0.
+pub fn partition_lags(json: &[u8]) -> Result<BTreeMap<(String, i32), i64>, serde_json::Error> {
+    let stats: Statistics = serde_json::from_slice(json)?;
+    let mut out = BTreeMap::new();
+    for (topic, t) in stats.topics {
+        for p in t.partitions.into_values() {
+            let position = match [p.app_offset, p.committed_offset, p.lo_offset]
+                .into_iter()
+                .find(|o| *o >= 0)
+            {
+                Some(o) => o,
+                None => continue,
+            };
+            if p.partition < 0 || p.ls_offset < 0 {
+                continue;
+            }
+            out.insert(
+                (topic.clone(), p.partition),
+                (p.ls_offset - position).max(0),
+            );
+        }
+    }
+    Ok(out)
 }
 
 /// The changelog reader used to restore a partition: assign-only, never commits.
@@ -229,4 +300,69 @@ fn create(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lag_is_the_last_stable_offset_minus_the_position_of_each_known_partition() {
+        let json = br#"{"name": "c#consumer-1", "type": "consumer", "topics": {
+          "in": {"topic": "in", "partitions": {
+            "0": {"partition": 0, "app_offset": 40, "committed_offset": 10, "ls_offset": 52, "hi_offset": 60},
+            "1": {"partition": 1, "app_offset": -1001, "committed_offset": 7, "ls_offset": 7},
+            "2": {"partition": 2, "app_offset": -1001, "committed_offset": -1001, "ls_offset": 9},
+            "4": {"partition": 4, "app_offset": -1001, "committed_offset": -1001, "lo_offset": 3, "ls_offset": 9},
+            "3": {"partition": 3, "app_offset": 5, "committed_offset": 5, "ls_offset": -1001},
+            "-1": {"partition": -1, "app_offset": -1001, "committed_offset": -1001, "ls_offset": -1001}
+          }},
+          "other": {"topic": "other", "partitions": {
+            "0": {"partition": 0, "app_offset": 12, "committed_offset": -1001, "ls_offset": 11}
+          }}
+        }}"#;
+        let lags = partition_lags(json).unwrap();
+        let expected: BTreeMap<(String, i32), i64> = [
+            (("in".to_owned(), 0), 12),
+            (("in".to_owned(), 1), 0),
+            (("in".to_owned(), 4), 6),
+            (("other".to_owned(), 0), 0),
+        ]
+        .into();
+        assert_eq!(lags, expected);
+    }
+
+    #[test]
+    fn statistics_without_topics_give_no_lag_and_garbage_is_an_error() {
+        assert!(partition_lags(br#"{"name": "x", "brokers": {}}"#)
+            .unwrap()
+            .is_empty());
+        assert!(partition_lags(b"not json").is_err());
+    }
+
+    #[test]
+    fn statistics_are_asked_for_only_with_metrics_and_never_over_the_users_interval() {
+        let base = r#"
+[kafka]
+bootstrap_servers = "127.0.0.1:19092"
+group_id = "g"
+instance_id = "a"
+[topics]
+inputs = ["in"]
+finals = "out"
+changelog = "cl"
+dead_letters = "dl"
+"#;
+        let parse = |text: &str| Config::parse(std::path::Path::new("c.toml"), text).unwrap();
+        let on = consumer_config(&parse(base));
+        assert_eq!(on.get("statistics.interval.ms"), Some("5000"));
+        let off = consumer_config(&parse(&format!("{base}[ops]\nmetrics = false\n")));
+        assert_eq!(off.get("statistics.interval.ms"), None);
+        let user = base.replace(
+            "[topics]",
+            "[kafka.client]\n\"statistics.interval.ms\" = \"60000\"\n[topics]",
+        );
+        let user = consumer_config(&parse(&user));
+        assert_eq!(user.get("statistics.interval.ms"), Some("60000"));
+    }
 }

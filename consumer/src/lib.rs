@@ -13,6 +13,8 @@
 //! | [`kafka`] | client settings, topic checks and creation, error classes | Kafka |
 //! | [`restore`] | a new owner rebuilds a partition's state from the changelog | Kafka |
 //! | [`run`] | the loop: one poll batch = one transaction (finals, changelog, dead letters, offsets) | Kafka |
+//! | [`telemetry`] | the loop's live counters, gauges and phase, read from other threads | none |
+//! | [`ops`] | `/metrics` (Prometheus), `/healthz`, `/readyz` on a loopback port, from the loop's metrics | HTTP |
 //!
 //! Exactly-once reasoning lives in [`run`] and [`restore`]; the rules of finalization, idle
 //! gateways, revisions and the memory bound in [`merge`].
@@ -23,10 +25,12 @@ pub mod config;
 pub mod group;
 pub mod kafka;
 pub mod merge;
+pub mod ops;
 pub mod output;
 pub mod records;
 pub mod restore;
 pub mod run;
+pub mod telemetry;
 
 /// The consumer's version, as reported by `--version` and in logs.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use edge_consumer::config::Config;
+use edge_consumer::ops::Server;
 use edge_consumer::run::{run, Metrics};
 
 #[derive(Parser)]
@@ -70,9 +71,25 @@ fn main() -> anyhow::Result<()> {
                 });
                 flag.store(true, Ordering::Relaxed);
             });
-            let metrics = Metrics::default();
+            let metrics = Arc::new(Metrics::default());
             tracing::info!(version = edge_consumer::VERSION, "edge-consumer starting");
+            let ops = match Server::start(&config.ops, metrics.clone()) {
+                Ok(Some(server)) => {
+                    tracing::info!(listen = %server.addr(), "serving /metrics /healthz /readyz");
+                    if !server.addr().ip().is_loopback() {
+                        tracing::warn!(listen = %server.addr(),
+                            "the ops endpoints have no authentication and listen beyond loopback");
+                    }
+                    Some(server)
+                }
+                Ok(None) => None,
+                Err(error) => {
+                    tracing::error!(%error, "running without the metrics listener");
+                    None
+                }
+            };
             run(&config, &stop, &metrics).context("edge-consumer stopped")?;
+            drop(ops);
             tracing::info!(
                 merged = metrics.merged.load(Ordering::Relaxed),
                 finals = metrics.finals.load(Ordering::Relaxed),

@@ -47,7 +47,7 @@
 //!   their next owner restores from the changelog.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -66,6 +66,7 @@ use crate::merge::{Counters, PartitionState, Settings};
 use crate::output;
 use crate::records::{dead_letter, merge_one, Out, Rec};
 use crate::restore::{restore_partition, RestoreError};
+pub use crate::telemetry::{Metrics, Phase};
 
 /// Why the loop stopped.
 #[derive(Debug, thiserror::Error)]
@@ -88,23 +89,11 @@ impl RunError {
     }
 }
 
-/// Live counters, readable from another thread (benchmark, logs).
-#[derive(Debug, Default)]
-pub struct Metrics {
-    pub merged: AtomicU64,
-    pub finals: AtomicU64,
-    pub dead_letters: AtomicU64,
-    pub transactions: AtomicU64,
-    pub restored_partitions: AtomicU64,
-    pub open_windows: AtomicU64,
-    pub finalized_windows: AtomicU64,
-    pub sessions: AtomicU64,
-}
-
 /// Bound on one Kafka call of the loop (restore, commit).
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 
-type Tp = (String, i32);
+/// An input partition: (topic, partition).
+pub type Tp = (String, i32);
 
 #[derive(Debug)]
 enum Event {
@@ -112,15 +101,28 @@ enum Event {
     Revoked(Vec<Tp>),
 }
 
-/// Records rebalance events; the loop acts on them right after `poll` returns.
+/// Records rebalance events; the loop acts on them right after `poll` returns. Keeps the lag
+/// per partition from librdkafka's latest statistics (they arrive inside `poll` too, every
+/// `statistics.interval.ms`) until the loop takes it.
 #[derive(Default)]
 struct Ctx {
     events: Mutex<Vec<Event>>,
+    lag: Mutex<Option<BTreeMap<Tp, i64>>>,
 }
 
 impl ClientContext for Ctx {
     fn error(&self, error: KafkaError, reason: &str) {
         quiet_error(error, reason);
+    }
+    fn stats_raw(&self, statistics: &[u8]) {
+        match kafka::partition_lags(statistics) {
+            Ok(lags) => {
+                if let Ok(mut lag) = self.lag.lock() {
+                    *lag = Some(lags);
+                }
+            }
+            Err(error) => tracing::debug!(%error, "unreadable librdkafka statistics"),
+        }
     }
 }
 
@@ -175,12 +177,36 @@ impl ConsumerContext for Ctx {
 /// Runs until `stop` is set (between transactions) or a fatal error. Retryable errors start a
 /// new session after a pause.
 pub fn run(config: &Config, stop: &AtomicBool, metrics: &Metrics) -> Result<(), RunError> {
+    let result = sessions(config, stop, metrics);
+    metrics.set_phase(Phase::Stopped);
+    result
+}
+
+fn sessions(config: &Config, stop: &AtomicBool, metrics: &Metrics) -> Result<(), RunError> {
     loop {
         metrics.sessions.fetch_add(1, Ordering::Relaxed);
-        match session(config, stop, metrics) {
+        metrics.set_phase(Phase::Starting);
+        metrics.progressed();
+        let result = session(config, stop, metrics);
+        // The session's state is gone with it: nothing is owned until the next assignment.
+        metrics.assigned_partitions.store(0, Ordering::Relaxed);
+        metrics.open_windows.store(0, Ordering::Relaxed);
+        metrics.finalized_windows.store(0, Ordering::Relaxed);
+        metrics.sources.store(0, Ordering::Relaxed);
+        metrics
+            .lag
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        match result {
             Ok(()) => return Ok(()),
             Err(e) if e.is_retryable() => {
                 tracing::warn!(error = %e, "session failed; starting a new one");
+                metrics.session_errors.fetch_add(1, Ordering::Relaxed);
+                metrics.set_phase(Phase::Retrying);
+                metrics.progressed();
+                *metrics.last_error.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some((metrics.started.elapsed().as_millis() as u64, e.to_string()));
                 for _ in 0..10 {
                     if stop.load(Ordering::Relaxed) {
                         return Ok(());
@@ -223,6 +249,8 @@ struct Session<'a> {
     caught_up: BTreeSet<Tp>,
     eof_seen: BTreeSet<Tp>,
     metrics: &'a Metrics,
+    /// Each owned partition's [`Counters`] as last added to `metrics` (after a commit).
+    exported: HashMap<Tp, Counters>,
 }
 
 fn session(config: &Config, stop: &AtomicBool, metrics: &Metrics) -> Result<(), RunError> {
@@ -250,6 +278,8 @@ fn session(config: &Config, stop: &AtomicBool, metrics: &Metrics) -> Result<(), 
         .subscribe(&topics)
         .map_err(|e| classify("subscribing", e))?;
     tracing::info!(topics = ?topics, "consumer session started");
+    metrics.set_phase(Phase::Joining);
+    metrics.progressed();
     let mut s = Session {
         config,
         settings: config.merge_settings(),
@@ -261,11 +291,14 @@ fn session(config: &Config, stop: &AtomicBool, metrics: &Metrics) -> Result<(), 
         caught_up: BTreeSet::new(),
         eof_seen: BTreeSet::new(),
         metrics,
+        exported: HashMap::new(),
     };
     let mut last_log = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         let batch = s.poll_batch()?;
         s.transact(batch)?;
+        metrics.progressed();
+        s.take_lag();
         if last_log.elapsed() >= Duration::from_secs(10) {
             last_log = Instant::now();
             let c = s
@@ -372,16 +405,27 @@ impl Session<'_> {
             match event {
                 Event::Revoked(tps) => {
                     tracing::info!(partitions = ?tps, "partitions revoked");
+                    self.metrics.set_phase(Phase::Joining);
                     for tp in &tps {
                         self.states.remove(tp);
                         self.caught_up.remove(tp);
                         self.eof_seen.remove(tp);
+                        self.exported.remove(tp);
                     }
                     batch.retain(|r| !tps.contains(&(r.topic.clone(), r.partition)));
+                    let mut lag = self.metrics.lag.lock().unwrap_or_else(|p| p.into_inner());
+                    lag.retain(|tp, _| !tps.contains(tp));
                 }
-                Event::Assigned(tps) => self.restore(&tps)?,
+                Event::Assigned(tps) => {
+                    self.metrics.set_phase(Phase::Restoring);
+                    self.restore(&tps)?;
+                    self.metrics.set_phase(Phase::Running);
+                }
             }
         }
+        self.metrics
+            .assigned_partitions
+            .store(self.states.len() as u64, Ordering::Relaxed);
         self.metrics.open_windows.store(
             self.states.values().map(|s| s.open_windows() as u64).sum(),
             Ordering::Relaxed,
@@ -408,10 +452,12 @@ impl Session<'_> {
             let (state, n) =
                 restore_partition(&self.reader, changelog, t, *p, &self.settings, CALL_TIMEOUT)?;
             records += n;
+            self.exported.insert((t.clone(), *p), state.counters);
             self.states.insert((t.clone(), *p), state);
             self.metrics
                 .restored_partitions
                 .fetch_add(1, Ordering::Relaxed);
+            self.metrics.progressed();
         }
         tracing::info!(partitions = ?tps, changelog_records = records,
             ms = started.elapsed().as_millis() as u64, "partitions assigned and restored");
@@ -488,8 +534,14 @@ impl Session<'_> {
         if outs.is_empty() && offsets.is_empty() {
             return Ok(());
         }
+        let started = Instant::now();
         self.commit(outs, &offsets)?;
+        let us = started.elapsed().as_micros() as u64;
         let m = self.metrics;
+        m.transaction_us_sum.fetch_add(us, Ordering::Relaxed);
+        m.transaction_us_last.store(us, Ordering::Relaxed);
+        m.last_commit_unix_ms
+            .store(wall_ms().max(0) as u64, Ordering::Relaxed);
         m.transactions.fetch_add(1, Ordering::Relaxed);
         m.merged.fetch_add(merged, Ordering::Relaxed);
         m.finals.fetch_add(finals, Ordering::Relaxed);
@@ -505,7 +557,65 @@ impl Session<'_> {
                 .sum(),
             Ordering::Relaxed,
         );
+        m.sources.store(
+            self.states.values().map(|s| s.sources() as u64).sum(),
+            Ordering::Relaxed,
+        );
+        self.export_counters();
         Ok(())
+    }
+
+    /// Adds what the state machines counted since the last commit to `metrics` (committed
+    /// effects only: an aborted batch ends the session, and its state and counters with it).
+    fn export_counters(&mut self) {
+        let m = self.metrics;
+        for (tp, state) in &self.states {
+            let now = state.counters;
+            let before = match self.exported.get_mut(tp) {
+                Some(seen) => std::mem::replace(seen, now),
+                None => {
+                    self.exported.insert(tp.clone(), now);
+                    Counters::default()
+                }
+            };
+            for (total, now, before) in [
+                (&m.windows_finalized, now.finalized, before.finalized),
+                (&m.revisions, now.revisions, before.revisions),
+                (
+                    &m.forced_finalizations,
+                    now.forced_finalizations,
+                    before.forced_finalizations,
+                ),
+                (&m.evicted_by_cap, now.evicted_by_cap, before.evicted_by_cap),
+                (
+                    &m.evicted_by_horizon,
+                    now.evicted_by_horizon,
+                    before.evicted_by_horizon,
+                ),
+                (
+                    &m.sources_forgotten,
+                    now.sources_forgotten,
+                    before.sources_forgotten,
+                ),
+            ] {
+                total.fetch_add(now.saturating_sub(before), Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Publishes the lag of the owned partitions from the latest statistics, if new ones came.
+    fn take_lag(&mut self) {
+        let fresh = match self.consumer.context().lag.lock() {
+            Ok(mut lag) => lag.take(),
+            Err(_) => None,
+        };
+        if let Some(fresh) = fresh {
+            let owned = fresh
+                .into_iter()
+                .filter(|(tp, _)| self.states.contains_key(tp))
+                .collect();
+            *self.metrics.lag.lock().unwrap_or_else(|p| p.into_inner()) = owned;
+        }
     }
 
     fn commit(&self, outs: Vec<Out>, offsets: &BTreeMap<Tp, i64>) -> Result<(), RunError> {
