@@ -154,7 +154,7 @@ progress = "{progress}"
 }
 
 /// The consumer's TOML: one instance of a group merging this run's partials.
-pub fn consumer(names: &Names, kafka: &str) -> String {
+pub fn consumer(names: &Names, kafka: &str, metrics: SocketAddr) -> String {
     format!(
         r#"# edge-consumer configuration written by the demo (see configs/consumer.example.toml).
 [kafka]
@@ -186,6 +186,10 @@ horizon_ms = 3600000
 
 [limits]
 batch_max_ms = 200
+
+[ops]
+metrics = true
+metrics_listen = "{metrics}"
 "#,
         group = names.consumer_group,
         partials = names.partials,
@@ -245,7 +249,15 @@ mod tests {
     fn the_consumer_accepts_its_configuration() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("consumer.toml");
-        std::fs::write(&path, consumer(&Names::new("42"), "127.0.0.1:19692")).unwrap();
+        std::fs::write(
+            &path,
+            consumer(
+                &Names::new("42"),
+                "127.0.0.1:19692",
+                "127.0.0.1:9999".parse().unwrap(),
+            ),
+        )
+        .unwrap();
         edge_consumer::config::Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
     }
 

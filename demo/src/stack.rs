@@ -151,7 +151,11 @@ impl Stack {
         ));
 
         let consumer_config = dir.join("consumer.toml");
-        std::fs::write(&consumer_config, configs::consumer(&names, &brokers.kafka))?;
+        let consumer_metrics = free_port()?;
+        std::fs::write(
+            &consumer_config,
+            configs::consumer(&names, &brokers.kafka, consumer_metrics),
+        )?;
         let consumer_log = dir.join("edge-consumer.log");
         let mut cmd = Command::new(&bins.consumer);
         cmd.args(["run", "--config"])
@@ -159,7 +163,9 @@ impl Stack {
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1");
         let consumer = Proc::spawn("edge-consumer", cmd, &consumer_log)?;
-        clock.say("edge-consumer up (group of one instance, merging partials into finals)");
+        clock.say(&format!(
+            "edge-consumer up (a group of one instance merging partials into finals; metrics on http://{consumer_metrics}/metrics)"
+        ));
         let tail_of =
             |topic: &str| Tail::new(&brokers.kafka, topic, PARTITIONS, &names.consumer_group);
         let tails = (tail_of(&names.partials)?, tail_of(&names.finals)?);
