@@ -11,6 +11,10 @@
 //! cargo run --release -p edge-agent --example bench_forward -- [records] [batch_max_records] [partitions]
 //! # extra librdkafka settings: BENCH_CLIENT="linger.ms=20,socket.nagle.disable=false"
 //! ```
+//!
+//! Beside its human output it prints one `BENCH {json}` line per figure for the suite runner
+//! (`scripts/bench.sh`; the line format is documented in `bench/src/line.rs`). Quick run:
+//! `-- 100000`.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -207,5 +211,40 @@ progress = "{id}.progress"
         rss0 / 1024,
         rss_max.load(Ordering::Relaxed) / 1024
     );
+    let params =
+        format!("{records} records x 100 B, batch {batch}, {partitions} partition(s), zstd");
+    bench_line("drain", records as f64 / total, "records/s", &params);
+    bench_line(
+        "drain_after_first_commit",
+        records as f64 / steady.max(1e-9),
+        "records/s",
+        &params,
+    );
+    bench_line(
+        "transaction_mean",
+        sum_us as f64 / commits.max(1) as f64 / 1000.0,
+        "ms",
+        &params,
+    );
+    bench_line("transaction_max", max_us as f64 / 1000.0, "ms", &params);
+    bench_line("cpu", cpu / total * 100.0, "% of one core", &params);
+    bench_line(
+        "rss_max",
+        rss_max.load(Ordering::Relaxed) as f64 / 1024.0,
+        "MiB",
+        &params,
+    );
     Ok(())
+}
+
+/// One machine-readable figure for the suite runner (`edge-bench`).
+fn bench_line(metric: &str, value: f64, unit: &str, params: &str) {
+    let line = serde_json::json!({
+        "bench": "forward_drain",
+        "metric": metric,
+        "value": value,
+        "unit": unit,
+        "params": params,
+    });
+    println!("BENCH {line}");
 }

@@ -11,6 +11,10 @@
 //! . .services/env
 //! cargo run --release -p edge-agent --example bench_forward_latency -- [rate] [seconds]
 //! ```
+//!
+//! Beside its human output it prints one `BENCH {json}` line per figure for the suite runner
+//! (`scripts/bench.sh`; the line format is documented in `bench/src/line.rs`). Quick run:
+//! `-- 1000 5`.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -210,5 +214,35 @@ progress = "{id}.progress"
         pct(0.99),
         lat.last().copied().unwrap_or(0)
     );
+    if lat.is_empty() {
+        anyhow::bail!("no record read back from {topic} after the warm-up");
+    }
+    let params = format!("{rate} readings/s for {seconds} s, pass-through");
+    bench_line("p50", pct(0.50) as f64, "ms", &params);
+    bench_line("p99", pct(0.99) as f64, "ms", &params);
+    bench_line(
+        "max",
+        lat.last().copied().unwrap_or(0) as f64,
+        "ms",
+        &params,
+    );
+    bench_line(
+        "read_back_of_published",
+        100.0 * raw.len() as f64 / published.max(1) as f64,
+        "%",
+        &params,
+    );
     Ok(())
+}
+
+/// One machine-readable figure for the suite runner (`edge-bench`).
+fn bench_line(metric: &str, value: f64, unit: &str, params: &str) {
+    let line = serde_json::json!({
+        "bench": "latency",
+        "metric": metric,
+        "value": value,
+        "unit": unit,
+        "params": params,
+    });
+    println!("BENCH {line}");
 }

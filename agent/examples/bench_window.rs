@@ -16,6 +16,10 @@
 //!    memory (the `Aggregate` value, whose two sketch stores are fixed-capacity arrays);
 //! 4. a partial's size on the wire against the raw readings it replaces (pass-through JSON
 //!    records and stored Reading records), and the reduction factor.
+//!
+//! Beside its human output it prints one `BENCH {json}` line per figure for the suite runner
+//! (`scripts/bench.sh`; the line format is documented in `bench/src/line.rs`). Quick run:
+//! `-- 1000 10 30` (the state is sampled at 25 s of event time, so keep SECONDS above 25).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -97,6 +101,14 @@ fn main() {
         "state machine: {:.0} readings/s ({total} in {elapsed:.2} s), {partials} partials",
         total as f64 / elapsed
     );
+    let params =
+        format!("{sensors} sensors x {hz} Hz x {seconds} s, {size_s} s windows every {slide_s} s");
+    bench_line(
+        "state_machine",
+        total as f64 / elapsed,
+        "readings/s",
+        &params,
+    );
 
     // 3. State per open window.
     if let Some((bytes, open)) = state_sample {
@@ -104,6 +116,18 @@ fn main() {
             "state per open window (sampled at 25 s of event time, {open} open): encoded {:.0} B, in memory {} B (Aggregate) + map entries",
             bytes as f64 / open.max(1) as f64,
             std::mem::size_of::<Aggregate>(),
+        );
+        bench_line(
+            "state_per_window_encoded",
+            bytes as f64 / open.max(1) as f64,
+            "B",
+            &params,
+        );
+        bench_line(
+            "state_per_window_in_memory",
+            std::mem::size_of::<Aggregate>() as f64,
+            "B",
+            &params,
         );
     }
 
@@ -128,6 +152,10 @@ fn main() {
         json as f64 / wire,
         stored as f64 / wire
     );
+    bench_line("partial_on_wire", avg_partial, "B", &params);
+    bench_line("partial_key", key, "B", &params);
+    bench_line("reduction_vs_json", json as f64 / wire, "x", &params);
+    bench_line("reduction_vs_binary", stored as f64 / wire, "x", &params);
 
     // 2. The whole stage on a real redb file.
     let dir = tempfile_dir();
@@ -182,7 +210,25 @@ fn main() {
         "stage (redb log -> windows -> outbox, fsync per batch of {batch}): {:.0} readings/s ({done} in {elapsed:.2} s, {commits} commits, {partials_in_outbox} partials)",
         done as f64 / elapsed
     );
+    bench_line(
+        "stage",
+        done as f64 / elapsed,
+        "readings/s",
+        &format!("{params}, fsync per {batch} readings"),
+    );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// One machine-readable figure for the suite runner (`edge-bench`).
+fn bench_line(metric: &str, value: f64, unit: &str, params: &str) {
+    let line = serde_json::json!({
+        "bench": "window",
+        "metric": metric,
+        "value": value,
+        "unit": unit,
+        "params": params,
+    });
+    println!("BENCH {line}");
 }
 
 fn tempfile_dir() -> std::path::PathBuf {

@@ -20,6 +20,10 @@
 //! 3. **Steady** rate: the `edge-agent` binary (next to `examples/`) runs as a child process
 //!    while QoS 1 readings from 1,000 sensors arrive at `RATE`/s (default 10,000) for `SECONDS`
 //!    (default 30); prints the agent's peak RSS (`VmHWM`) and how many readings it committed.
+//!
+//! Beside its human output it prints one `BENCH {json}` line per figure for the suite runner
+//! (`scripts/bench.sh`; the line format is documented in `bench/src/line.rs`). Quick runs:
+//! `ingest_bench 100000 MQTT_URL`, `ingest_bench steady MQTT_URL 10000 5`.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -148,6 +152,34 @@ async fn writer_only(n: u64, linger_ms: u64) {
         pct(0.99),
         l.last().copied().unwrap_or_default()
     );
+    let params = format!("{n} readings, 4 producers, batch 1000, linger {linger_ms} ms");
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    bench_line(
+        "writer_durable",
+        n as f64 / elapsed.as_secs_f64(),
+        "readings/s",
+        &params,
+    );
+    bench_line("writer_ack_p50", ms(pct(0.5)), "ms", &params);
+    bench_line("writer_ack_p99", ms(pct(0.99)), "ms", &params);
+    bench_line(
+        "writer_disk_per_reading",
+        size as f64 / n as f64,
+        "B",
+        &params,
+    );
+}
+
+/// One machine-readable figure for the suite runner (`edge-bench`).
+fn bench_line(metric: &str, value: f64, unit: &str, params: &str) {
+    let line = serde_json::json!({
+        "bench": "ingest",
+        "metric": metric,
+        "value": value,
+        "unit": unit,
+        "params": params,
+    });
+    println!("BENCH {line}");
 }
 
 fn options(url: &str, id: &str) -> MqttOptions {
@@ -262,6 +294,10 @@ id = "{{dev}}"
     println!("MQTT QoS 1, {n} messages queued in a persistent session, drained:");
     println!("  bare rumqttc subscriber (ack on receipt): {bare:.0} msg/s");
     println!("  edge-agent (parse, map, commit with fsync, then ack): {durable:.0} readings/s = {:.2} of bare", durable / bare);
+    let params = format!("{n} QoS 1 messages queued");
+    bench_line("mqtt_bare_subscriber", bare, "msg/s", &params);
+    bench_line("mqtt_agent", durable, "readings/s", &params);
+    bench_line("mqtt_agent_of_bare", durable / bare, "ratio", &params);
 }
 
 /// The agent binary as a child under a steady MQTT load; prints its peak RSS.
@@ -363,6 +399,15 @@ id = "{{sensor}}"
         "  edge-agent peak RSS (VmHWM) {:.1} MiB; committed {} readings",
         peak_kib as f64 / 1024.0,
         stats.accepted
+    );
+    let params = format!("{rate}/s from 1000 sensors for {secs} s");
+    bench_line("steady_peak_rss", peak_kib as f64 / 1024.0, "MiB", &params);
+    bench_line("steady_offered", offered, "readings/s", &params);
+    bench_line(
+        "steady_committed_of_sent",
+        100.0 * stats.accepted as f64 / sent.max(1) as f64,
+        "%",
+        &params,
     );
 }
 

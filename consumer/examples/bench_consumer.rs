@@ -9,6 +9,10 @@
 //! input partitions. The input (3 x SERIES x WINDOWS partials, watermark = window end, so each
 //! window is final when its third gateway's partial arrives) is produced first, then the
 //! consumer is timed from start until every partial is merged and every window emitted.
+//!
+//! Beside its human output it prints one `BENCH {json}` line per figure for the suite runner
+//! (`scripts/bench.sh`; the line format is documented in `bench/src/line.rs`). Quick run:
+//! `-- 127.0.0.1:19092 500 10`.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -87,6 +91,24 @@ fn memory_per_open_window() {
         after.saturating_sub(before),
         after.saturating_sub(before) as f64 * 1024.0 / n as f64
     );
+    bench_line(
+        "memory_per_open_window",
+        after.saturating_sub(before) as f64 * 1024.0 / n as f64,
+        "B of RSS",
+        &format!("{n} open windows"),
+    );
+}
+
+/// One machine-readable figure for the suite runner (`edge-bench`).
+fn bench_line(metric: &str, value: f64, unit: &str, params: &str) {
+    let line = serde_json::json!({
+        "bench": "consumer",
+        "metric": metric,
+        "value": value,
+        "unit": unit,
+        "params": params,
+    });
+    println!("BENCH {line}");
 }
 
 fn main() {
@@ -202,6 +224,7 @@ batch_max_ms = 200
     let worker = std::thread::spawn(move || run(&config, &stop2, &metrics2));
     let expected_finals = series as u64 * windows as u64;
     let mut first_merge: Option<Instant> = None;
+    let mut timed_out = false;
     loop {
         std::thread::sleep(Duration::from_millis(50));
         let merged = metrics.merged.load(Ordering::Relaxed);
@@ -213,6 +236,7 @@ batch_max_ms = 200
         }
         if t1.elapsed() > Duration::from_secs(600) {
             println!("timed out: {merged} merged");
+            timed_out = true;
             break;
         }
     }
@@ -231,5 +255,19 @@ batch_max_ms = 200
         total as f64 / busy,
         finals as f64 / busy,
         (busy * 1000.0 / txns.max(1) as f64).round()
+    );
+    if timed_out {
+        std::process::exit(1);
+    }
+    let params = format!(
+        "{total} partials ({series} series x {windows} windows x 3 gateways), {partitions} partitions"
+    );
+    bench_line("merged", total as f64 / busy, "partials/s", &params);
+    bench_line("finalized", finals as f64 / busy, "finals/s", &params);
+    bench_line(
+        "transaction",
+        busy * 1000.0 / txns.max(1) as f64,
+        "ms",
+        &params,
     );
 }

@@ -36,6 +36,10 @@
 //!   the pacer's bucket (two frames deep, so a late timer wake-up does not waste line time) can
 //!   put a short window a fraction of a percent above it.
 //! - **all bytes/s**: every byte the peer read (retransmits and duplicates included).
+//!
+//! Beside the tables it prints one `BENCH {json}` line per figure for the suite runner
+//! (`scripts/bench.sh`; the line format is documented in `bench/src/line.rs`). Quick run:
+//! `-- --secs 2`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -92,7 +96,7 @@ fn codec() {
             Ok(n) => len += n,
             Err(e) => {
                 println!("encode failed: {e}");
-                return;
+                std::process::exit(1);
             }
         }
     }
@@ -131,6 +135,39 @@ fn codec() {
     }
     println!();
     println!("decoded {decoded} of {FRAMES} frames, {errors} errors");
+    let params = format!("{FRAMES} frames x {MAX_READINGS} readings");
+    let frames = f64::from(FRAMES);
+    bench_line("codec_encode", per_s(frames, encode), "frames/s", &params);
+    bench_line("codec_decode", per_s(frames, decode), "frames/s", &params);
+    bench_line(
+        "codec_encode_decode",
+        per_s(frames, encode + decode),
+        "frames/s",
+        &params,
+    );
+    bench_line(
+        "codec_encode_decode_readings",
+        per_s(readings, encode + decode),
+        "readings/s",
+        &params,
+    );
+    bench_line("codec_bytes_per_frame", len as f64 / frames, "B", &params);
+    if decoded != u64::from(FRAMES) || errors > 0 {
+        eprintln!("codec: decoded {decoded} of {FRAMES} frames, {errors} errors");
+        std::process::exit(1);
+    }
+}
+
+/// One machine-readable figure for the suite runner (`edge-bench`).
+fn bench_line(metric: &str, value: f64, unit: &str, params: &str) {
+    let line = serde_json::json!({
+        "bench": "link",
+        "metric": metric,
+        "value": value,
+        "unit": unit,
+        "params": params,
+    });
+    println!("BENCH {line}");
 }
 
 /// Counters the peer task publishes for the measuring loop.
@@ -151,7 +188,7 @@ fn pty(secs: f64) {
         Ok(rt) => rt,
         Err(e) => {
             println!("no tokio runtime: {e}");
-            return;
+            std::process::exit(1);
         }
     };
     // A full frame of this benchmark's readings, for sizing the offered load.
@@ -162,26 +199,58 @@ fn pty(secs: f64) {
     println!();
     println!("| baud | line budget B/s | offered readings/s | readings/s | frame bytes/s | of line rate | all bytes/s (incl. retransmits) | retransmits | evicted readings (upper bound of lost) | decode errors |");
     println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    let mut figures = Vec::new();
+    let mut failed = false;
     for baud in [115_200u32, 921_600] {
         let budget = f64::from(baud) / 10.0;
         let capacity = budget / frame_len as f64 * MAX_READINGS as f64;
         let offered = capacity * 1.3;
         match runtime.block_on(pty_run(baud, offered, secs)) {
-            Ok((seen, summary)) => println!(
-                "| {baud} | {budget:.0} | {offered:.0} | {:.0} | {:.0} | {:.1} % | {:.0} | {} | {} | {} |",
-                seen.readings,
-                seen.unique_bytes,
-                100.0 * seen.unique_bytes / budget,
-                seen.all_bytes,
-                summary.retransmits,
-                summary.evicted_readings,
-                seen.decode_errors,
-            ),
-            Err(e) => println!("| {baud} | run failed: {e} |"),
+            Ok((seen, summary)) => {
+                println!(
+                    "| {baud} | {budget:.0} | {offered:.0} | {:.0} | {:.0} | {:.1} % | {:.0} | {} | {} | {} |",
+                    seen.readings,
+                    seen.unique_bytes,
+                    100.0 * seen.unique_bytes / budget,
+                    seen.all_bytes,
+                    summary.retransmits,
+                    summary.evicted_readings,
+                    seen.decode_errors,
+                );
+                let params = format!("{baud} baud, 4 devices x 4 channels, {secs:.0} s");
+                figures.push((
+                    format!("pty_{baud}_readings"),
+                    seen.readings,
+                    "readings/s",
+                    params.clone(),
+                ));
+                figures.push((
+                    format!("pty_{baud}_of_line_rate"),
+                    100.0 * seen.unique_bytes / budget,
+                    "%",
+                    params.clone(),
+                ));
+                figures.push((
+                    format!("pty_{baud}_retransmits"),
+                    summary.retransmits as f64,
+                    "frames",
+                    params,
+                ));
+            }
+            Err(e) => {
+                println!("| {baud} | run failed: {e} |");
+                failed = true;
+            }
         }
     }
     println!();
     println!("frame size used for the offered load: {frame_len} bytes (16 readings)");
+    for (metric, value, unit, params) in &figures {
+        bench_line(metric, *value, unit, params);
+    }
+    if failed {
+        std::process::exit(1);
+    }
 }
 
 /// Per-second rates over the measuring window.

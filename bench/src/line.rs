@@ -1,0 +1,194 @@
+//! The `BENCH` line: one figure of a benchmark, machine-readable, among its human output.
+//!
+//! # Format
+//!
+//! A benchmark program prints, on standard output, one line per figure:
+//!
+//! ```text
+//! BENCH {"bench":"forward_drain","metric":"drain","value":235661.2,"unit":"records/s","params":"1000000 records x 100 B, batch 10000, 1 partition(s), zstd"}
+//! ```
+//!
+//! - the line starts with `BENCH ` (the word, one space) at column 0, and the rest of the
+//!   line is one JSON object (serde_json's compact output, so it never spans lines);
+//! - `bench` (string): the benchmark family (`link`, `ingest`, `window`, `forward_drain`,
+//!   `latency`, `consumer`);
+//! - `metric` (string, snake_case): the figure within the family; the table shows it with
+//!   spaces for underscores;
+//! - `value` (number): finite; `null` (what serde_json writes for NaN and infinities) is an
+//!   invalid line;
+//! - `unit` (string): what the value counts, e.g. `records/s`, `ms`, `B`, `MiB`, `%`, `x`;
+//! - `params` (string, may be empty or missing): the parameters of the measurement, in words;
+//!   runs of the same program with other arguments differ here.
+//!
+//! Other fields are ignored, so a program may add some. Lines that do not start with `BENCH `
+//! are human output and are ignored. A line that starts with `BENCH ` but does not parse makes
+//! the run fail (see [`crate::run`]), so a broken figure is never silently dropped.
+//!
+//! Each program emits its lines with a five-line helper of its own (`bench_line`), so the
+//! benchmark programs need nothing from this crate.
+
+use serde::{Deserialize, Serialize};
+
+/// The prefix that marks a figure line.
+pub const PREFIX: &str = "BENCH ";
+
+/// One figure, as printed by a benchmark program.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Figure {
+    pub bench: String,
+    pub metric: String,
+    pub value: f64,
+    pub unit: String,
+    #[serde(default)]
+    pub params: String,
+}
+
+/// Why a `BENCH` line was refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum LineError {
+    #[error("not a JSON figure ({reason}): {line}")]
+    Json { line: String, reason: String },
+    #[error("value is not a finite number: {line}")]
+    NotFinite { line: String },
+    #[error("empty bench or metric name: {line}")]
+    EmptyName { line: String },
+}
+
+/// Parses one line of output: `None` for human output, `Some(Ok)` for a figure, `Some(Err)`
+/// for a line that claims to be a figure but is not one.
+pub fn parse_line(line: &str) -> Option<Result<Figure, LineError>> {
+    let json = line.strip_prefix(PREFIX)?;
+    let line = line.trim_end().to_owned();
+    let figure = match serde_json::from_str::<Figure>(json.trim()) {
+        Ok(f) => f,
+        Err(e) => {
+            return Some(Err(LineError::Json {
+                line,
+                reason: e.to_string(),
+            }))
+        }
+    };
+    if !figure.value.is_finite() {
+        return Some(Err(LineError::NotFinite { line }));
+    }
+    if figure.bench.trim().is_empty() || figure.metric.trim().is_empty() {
+        return Some(Err(LineError::EmptyName { line }));
+    }
+    Some(Ok(figure))
+}
+
+/// Every figure of a program's output, in order, and every refused `BENCH` line.
+pub fn parse_output(output: &str) -> (Vec<Figure>, Vec<LineError>) {
+    let mut figures = Vec::new();
+    let mut errors = Vec::new();
+    for result in output.lines().filter_map(parse_line) {
+        match result {
+            Ok(f) => figures.push(f),
+            Err(e) => errors.push(e),
+        }
+    }
+    (figures, errors)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_figure_line_parses_into_its_five_fields() {
+        let line = r#"BENCH {"bench":"forward_drain","metric":"drain","value":235661,"unit":"records/s","params":"1000000 records"}"#;
+        assert_eq!(
+            parse_line(line),
+            Some(Ok(Figure {
+                bench: "forward_drain".into(),
+                metric: "drain".into(),
+                value: 235_661.0,
+                unit: "records/s".into(),
+                params: "1000000 records".into(),
+            }))
+        );
+    }
+
+    #[test]
+    fn human_output_is_not_a_figure() {
+        assert_eq!(parse_line("drained 1000000 records in 4.2 s"), None);
+        assert_eq!(parse_line(""), None);
+        assert_eq!(parse_line(" BENCH {}"), None, "only at column 0");
+        assert_eq!(parse_line("BENCHMARK done"), None);
+    }
+
+    #[test]
+    fn params_may_be_missing_and_unknown_fields_are_ignored() {
+        let line = r#"BENCH {"bench":"b","metric":"m","value":1.5,"unit":"ms","extra":[1,2]}"#;
+        let f = parse_line(line).and_then(Result::ok).expect("figure");
+        assert_eq!(f.params, "");
+        assert_eq!(f.value, 1.5);
+    }
+
+    #[test]
+    fn a_null_value_from_nan_is_refused() {
+        let nan = serde_json::json!({"bench":"b","metric":"m","value":f64::NAN,"unit":"x"});
+        let line = format!("BENCH {nan}");
+        assert!(
+            line.contains("null"),
+            "serde_json writes NaN as null: {line}"
+        );
+        assert!(matches!(
+            parse_line(&line),
+            Some(Err(LineError::Json { .. }))
+        ));
+    }
+
+    #[test]
+    fn broken_or_incomplete_figure_lines_are_errors_not_skipped() {
+        for line in [
+            "BENCH {not json",
+            r#"BENCH {"bench":"b","metric":"m","unit":"x"}"#,
+            r#"BENCH {"bench":"b","metric":"m","value":"12","unit":"x"}"#,
+        ] {
+            assert!(
+                matches!(parse_line(line), Some(Err(LineError::Json { .. }))),
+                "{line}"
+            );
+        }
+        let line = r#"BENCH {"bench":"","metric":"m","value":1,"unit":"x"}"#;
+        assert!(matches!(
+            parse_line(line),
+            Some(Err(LineError::EmptyName { .. }))
+        ));
+    }
+
+    #[test]
+    fn output_keeps_figures_in_order_and_collects_errors() {
+        let output = "\
+# link benchmark
+BENCH {\"bench\":\"link\",\"metric\":\"a\",\"value\":1,\"unit\":\"x\"}
+| table | row |
+BENCH {\"bench\":\"link\",\"metric\":\"b\",\"value\":2e6,\"unit\":\"x\"}
+BENCH oops
+";
+        let (figures, errors) = parse_output(output);
+        let metrics: Vec<_> = figures
+            .iter()
+            .map(|f| (f.metric.as_str(), f.value))
+            .collect();
+        assert_eq!(metrics, [("a", 1.0), ("b", 2e6)]);
+        assert_eq!(errors.len(), 1);
+    }
+
+    #[test]
+    fn what_the_benchmark_programs_print_parses() {
+        // The helper each program carries, byte for byte in its effect.
+        let line = serde_json::json!({
+            "bench": "latency",
+            "metric": "p99",
+            "value": 279.0,
+            "unit": "ms",
+            "params": "1000 readings/s for 20 s, pass-through",
+        });
+        let f = parse_line(&format!("BENCH {line}"))
+            .and_then(Result::ok)
+            .expect("figure");
+        assert_eq!((f.bench.as_str(), f.metric.as_str()), ("latency", "p99"));
+    }
+}
