@@ -33,7 +33,7 @@ bash tests/services/services.sh start >&2
 
 mkdir -p target/bench
 echo "bench: building the benchmark programs (release)" >&2
-cargo build --release --message-format=json-render-diagnostics \
+cargo build --locked --release --message-format=json-render-diagnostics \
   -p edge-bench -p edge-agent -p edge-consumer -p firmware-sim \
   --bin edge-bench --bin edge-agent \
   --example ingest_bench --example bench_window --example bench_forward \

@@ -9,7 +9,8 @@
 # Brokers started here are stopped at the end (set EDGE_KEEP_SERVICES=1 to keep them); brokers
 # that were already running are left running. EDGE_FUZZ_SECONDS (default 20) bounds each fuzz
 # target. EDGE_SKIP_DEPLOY=1 skips the deploy checks (aarch64 cross build under qemu, the amd64
-# package installed with dpkg; about 10 minutes). Then every command of the README runs as written
+# package installed with dpkg; about 10 minutes). Then the benchmark suite runs once on small
+# inputs (scripts/bench.sh --quick) and every command of the README runs as written
 # (tests/readme.sh: the demo three ways, about 3 minutes). The last line sums up every `cargo test`
 # result: "tests: N passed, N failed".
 set -euo pipefail
@@ -54,6 +55,9 @@ if [[ ${EDGE_SKIP_DEPLOY:-0} != 1 ]]; then
   step "deploy: aarch64 cross build run under qemu, amd64 package installed and run, unit verified"
   { bash deploy/cross.sh aarch64 && bash deploy/smoke-qemu.sh && bash deploy/test-deb.sh; } || status=1
 fi
+
+step "benchmarks, quick (scripts/bench.sh --quick: every benchmark on small inputs, one table)"
+bash scripts/bench.sh --quick || status=1
 
 step "README: every command as written (tests/readme.sh)"
 bash tests/readme.sh || status=1
