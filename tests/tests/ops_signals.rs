@@ -5,11 +5,13 @@
 //!   locks the file, and the file itself once the agent stopped;
 //! - SIGHUP with a bad file is refused (file, line, field in the log) and the agent keeps
 //!   running; SIGHUP with a good file applies mid-stream, exactly once;
-//! - SIGHUP that changes the sensor mapping mid-stream loses nothing; the redelivered tail of
-//!   the drain is doubled under the old and the new id (a limitation pinned below).
+//! - SIGHUP that changes the sensor mapping mid-stream stores each reading once, under the old
+//!   id or the new one, never both: the drain flushes the acks of what it committed before the
+//!   MQTT source disconnects (a regression test below).
 
 mod ops_support;
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use edge_tests::Services;
@@ -110,15 +112,15 @@ async fn sighup_with_a_bad_file_is_refused_and_with_a_good_one_applied_mid_strea
     account(&setup, N, 0);
 }
 
-/// Pins a limitation found here: the drain stops an MQTT source before the acks of its last
-/// committed messages have reached the broker, so the broker redelivers them. With an unchanged
-/// mapping the dedupe index drops them (previous tests); when the reload changed their sensor
-/// id, the dedupe key (sensor id + timestamp) differs and they are committed again under the new
-/// id. Nothing is lost, and nothing is doubled under one id; how many are doubled depends on
-/// timing (observed 0 to 260 of 4,000 at about 1,000 messages/s), so it is printed, not bounded.
+/// Regression: a reload that changed the sensor mapping stored the drain's last messages under
+/// both the old and the new id (0 to 260 of 4,000 at about 1,000 messages/s). The MQTT source
+/// stopped polling before the PUBACKs of messages already committed had reached the broker, the
+/// broker redelivered them to the next session, and the new id made a new dedupe key (sensor id
+/// + timestamp). The source now flushes those acks and disconnects cleanly before it stops. The
+/// stream has no quiet gap (bursts of 10 every 10 ms), so the signal lands with messages in
+/// flight; counted by timestamp across both ids.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sighup_changing_the_sensor_mapping_mid_stream_loses_nothing_and_doubles_only_across_the_change(
-) {
+async fn sighup_changing_the_sensor_mapping_mid_stream_stores_each_reading_once_under_one_id() {
     const N: u64 = 4000;
     let services = Services::from_env();
     let bin = agent_binary();
@@ -128,7 +130,7 @@ async fn sighup_changing_the_sensor_mapping_mid_stream_loses_nothing_and_doubles
     setup.wait_ready(&mut agent, Duration::from_secs(30));
     let publisher = {
         let s = clone_setup(&setup);
-        tokio::spawn(async move { publish(&s, 0, N, Duration::from_millis(100)).await })
+        tokio::spawn(async move { publish_paced(&s, 0, N, 10, Duration::from_millis(10)).await })
     };
     tokio::time::sleep(Duration::from_millis(1500)).await;
     setup.write_config("v2-{dev}", "");
@@ -141,20 +143,52 @@ async fn sighup_changing_the_sensor_mapping_mid_stream_loses_nothing_and_doubles
     }
     setup.wait_drained(&mut agent, N, Duration::from_secs(60));
     agent.terminate(Duration::from_secs(30));
-    let sensors = account(&setup, N, N as usize);
-    let last = |v: &Vec<String>| v.last().cloned().unwrap_or_default();
-    let old = sensors
+    let log = agent.stderr();
+    for line in log.lines().filter(|l| l.contains("MQTT source stopped")) {
+        println!("{line}");
+    }
+
+    let records = delivered(&setup);
+    let mut ids_by_ts: BTreeMap<u64, Vec<&str>> = BTreeMap::new();
+    for r in &records {
+        assert_eq!(r.ts, TS0 + r.value, "{r:?}");
+        ids_by_ts.entry(r.ts).or_default().push(&r.sensor);
+    }
+    let is_new = |id: &&str| id.starts_with("v2-");
+    let both: Vec<u64> = ids_by_ts
+        .iter()
+        .filter(|(_, ids)| ids.iter().any(is_new) && !ids.iter().all(is_new))
+        .map(|(ts, _)| ts - TS0)
+        .collect();
+    let old = ids_by_ts
         .values()
-        .filter(|s| !last(s).starts_with("v2-"))
+        .filter(|ids| !ids.iter().any(is_new))
         .count();
-    let new = sensors.len() - old;
-    println!("{old} readings mapped before the reload, {new} after");
+    let new = ids_by_ts
+        .values()
+        .filter(|ids| ids.iter().all(is_new))
+        .count();
+    println!(
+        "{old} readings stored under the old mapping only, {new} under the new only, {} under both",
+        both.len()
+    );
+    assert!(
+        both.is_empty(),
+        "{} readings stored under both the old and the new id (values, first 20): {:?}",
+        both.len(),
+        &both[..both.len().min(20)]
+    );
+    let sensors = account_delivered(&records, N, 0);
     assert!(old > 0 && new > 0, "the reload landed mid-stream");
     assert!(
         sensors
             .get(&(N - 1))
-            .is_some_and(|s| last(s).starts_with("v2-")),
+            .is_some_and(|s| s.iter().all(|id| id.starts_with("v2-"))),
         "the last reading uses the new mapping"
+    );
+    assert!(
+        log.contains("MQTT source stopped") && !log.contains("acks not confirmed"),
+        "{log}"
     );
 }
 

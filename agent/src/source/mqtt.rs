@@ -6,7 +6,8 @@
 //!   downstream, so keepalive pings never lapse. Each incoming publish is parsed and mapped
 //!   into a [`Submission`] (readings plus dead letters) whose ack, when run by the ingest
 //!   writer after its commit, hands the publish to
-//! - the **acker**, which owns the `AsyncClient` side and awaits `ack()` (and `subscribe`).
+//! - the **acker**, which owns the `AsyncClient` side and awaits `ack()` (and `subscribe`,
+//!   and the final `disconnect`), one request at a time, in the order it was asked.
 //!   FACTS.md: awaiting `ack()` on the polling task deadlocks under a flood, so it never does.
 //!
 //! # Invariants and crash reasoning
@@ -16,6 +17,17 @@
 //!   agent dies first, the broker still holds the message for our persistent session
 //!   (`clean_session = false`, same client id) and redelivers it; the dedupe index drops the
 //!   copy if the commit had happened.
+//! - **A stop does not end the session with an ack owed** ([`stop`]). When cancelled (SIGTERM
+//!   drain, SIGHUP reload) the poller submits nothing more, then keeps polling until every
+//!   submission it handed to the writer has either committed and had its PUBACK written, or
+//!   been dropped uncommitted (never acked: the broker redelivers it, which is correct); then
+//!   the source sends DISCONNECT behind those PUBACKs and waits for the broker to close the
+//!   connection, which proves the broker read them. So a message committed by this session is
+//!   never redelivered to the next one, and a reload that changes the sensor mapping cannot
+//!   store it again under a new id. The wait is bounded by [`STOP_FLUSH_MAX`] (inside the
+//!   agent's own drain bound, `ops.shutdown_timeout_s`); if it runs out, or the connection is
+//!   down or breaks, the source stops anyway and logs "acks not confirmed": those messages are
+//!   redelivered as after a crash (deduplicated unless their sensor id changed).
 //! - Memory is bounded without ever pausing the poller: publishes waiting for room in the
 //!   writer's channel sit in `waiting`, which only grows while acks are withheld, and the
 //!   broker stops delivering QoS 1/2 once its in-flight window (Mosquitto
@@ -25,6 +37,8 @@
 //!   rumqttc reconnects and resends the session. A failing source never stops other sources.
 //! - Payloads larger than `max_payload_bytes` are dead-lettered; rumqttc's own packet limit is
 //!   set above that so such a publish does not break the connection.
+
+pub mod stop;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -37,6 +51,8 @@ use rumqttc::{
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use stop::{AckLedger, Outcome, StopReport};
+
 use crate::config::{Idempotency, MqttSource};
 use crate::ingest::{DeadLetter, Dedupe, Submission};
 use crate::mapping::{BrokerUrl, Mapper, Origin};
@@ -46,6 +62,9 @@ use crate::source::payload::PayloadParser;
 pub const QOS0_WAITING_MAX: usize = 10_000;
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// The longest a stop waits for the writer's last commit, the acks it releases and the broker's
+/// close after our DISCONNECT (usually a commit and a round trip: milliseconds).
+pub const STOP_FLUSH_MAX: Duration = Duration::from_secs(5);
 
 /// Why a source could not start. Fatal for that source only.
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +106,8 @@ pub struct MqttSourceTask {
 enum Command {
     Subscribe,
     Ack(Publish),
+    /// The last request of a stop: queued behind every ack.
+    Disconnect,
 }
 
 fn unix_ms() -> u64 {
@@ -165,10 +186,11 @@ impl MqttSourceTask {
         Ok(options)
     }
 
-    /// Runs the source until cancelled. Errors only when it cannot start.
+    /// Runs the source until cancelled, then stops as the module doc says: every ack owed
+    /// flushed to the broker, then DISCONNECT. Errors only when it cannot start.
     pub async fn run(self) -> Result<(), MqttError> {
         let options = Self::options(&self.config, self.max_payload_bytes)?;
-        let (client, eventloop) = AsyncClient::new(options, 1024);
+        let (client, mut eventloop) = AsyncClient::new(options, 1024);
         let (commands, command_rx) = mpsc::unbounded_channel();
         let filters: Vec<SubscribeFilter> = self
             .config
@@ -177,19 +199,29 @@ impl MqttSourceTask {
             .map(|s| SubscribeFilter::new(s.topic.get_ref().clone(), qos(*s.qos.get_ref())))
             .collect();
         let name = self.config.name.get_ref().clone();
-        let acker = tokio::spawn(acker(
-            client,
-            command_rx,
-            filters,
-            name.clone(),
-            self.cancel.clone(),
-        ));
-        self.poll(eventloop, commands).await;
+        let acker = tokio::spawn(acker(client, command_rx, filters, name.clone()));
+        let ledger = Arc::new(AckLedger::default());
+        let connected = self.poll(&mut eventloop, &commands, &ledger).await;
+        let deadline = tokio::time::Instant::now() + STOP_FLUSH_MAX;
+        let report =
+            stop::flush_and_disconnect(&mut eventloop, &commands, &ledger, connected, deadline)
+                .await;
+        log_stop(&name, &report, ledger.dropped());
+        // Only now: the acker holds the client, and rumqttc ends the session early when every
+        // client handle is gone.
         acker.abort();
         Ok(())
     }
 
-    async fn poll(&self, mut eventloop: EventLoop, commands: mpsc::UnboundedSender<Command>) {
+    /// Polls and submits until cancelled (or the writer is gone); returns whether a session is
+    /// up (a ConnAck since the last connection error), so that acks can still be flushed.
+    /// Publishes still waiting for the writer are dropped on return, their acks unrun.
+    async fn poll(
+        &self,
+        eventloop: &mut EventLoop,
+        commands: &mpsc::UnboundedSender<Command>,
+        ledger: &Arc<AckLedger>,
+    ) -> bool {
         let name = self.config.name.get_ref().as_str();
         let dedupe = match self.config.idempotency {
             Idempotency::SensorTs => Dedupe::SensorTs,
@@ -197,21 +229,24 @@ impl MqttSourceTask {
         };
         let mut waiting: VecDeque<Submission> = VecDeque::new();
         let mut backoff = BACKOFF_MIN;
+        let mut connected = false;
         loop {
             tokio::select! {
                 biased;
-                _ = self.cancel.cancelled() => return,
+                _ = self.cancel.cancelled() => return connected,
                 permit = self.submissions.reserve(), if !waiting.is_empty() => match permit {
                     Ok(permit) => {
                         if let Some(s) = waiting.pop_front() {
                             permit.send(s);
                         }
                     }
-                    Err(_) => return, // the writer is gone: the agent is stopping
+                    // The writer is gone: the agent is stopping.
+                    Err(_) => return connected,
                 },
                 event = eventloop.poll() => match event {
                     Ok(Event::Incoming(Packet::ConnAck(connack))) => {
                         backoff = BACKOFF_MIN;
+                        connected = true;
                         self.counters.connects.fetch_add(1, Ordering::Relaxed);
                         tracing::info!(source = name, session_present = connack.session_present, "MQTT connected");
                         let _ = commands.send(Command::Subscribe);
@@ -222,7 +257,7 @@ impl MqttSourceTask {
                             self.counters.qos0_dropped.fetch_add(1, Ordering::Relaxed);
                             continue;
                         }
-                        let submission = self.submission(publish, dedupe, &commands);
+                        let submission = self.submission(publish, dedupe, commands, ledger);
                         if !waiting.is_empty() {
                             // Keep arrival order behind those already waiting.
                             waiting.push_back(submission);
@@ -231,7 +266,7 @@ impl MqttSourceTask {
                         match self.submissions.try_send(submission) {
                             Ok(()) => {}
                             Err(mpsc::error::TrySendError::Full(s)) => waiting.push_back(s),
-                            Err(mpsc::error::TrySendError::Closed(_)) => return,
+                            Err(mpsc::error::TrySendError::Closed(_)) => return connected,
                         }
                     }
                     Ok(Event::Incoming(Packet::SubAck(suback))) => {
@@ -241,10 +276,11 @@ impl MqttSourceTask {
                     }
                     Ok(_) => {}
                     Err(error) => {
+                        connected = false;
                         self.counters.connection_errors.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(source = name, %error, retry_in_ms = backoff.as_millis() as u64, "MQTT connection failed");
                         tokio::select! {
-                            _ = self.cancel.cancelled() => return,
+                            _ = self.cancel.cancelled() => return connected,
                             _ = tokio::time::sleep(backoff) => {}
                         }
                         backoff = (backoff * 2).min(BACKOFF_MAX);
@@ -255,12 +291,14 @@ impl MqttSourceTask {
     }
 
     /// Parses and maps one publish. Whatever fails becomes a dead letter in the same
-    /// submission, so a bad message is acked only once its dead letter is durable.
+    /// submission, so a bad message is acked only once its dead letter is durable. A QoS 1/2
+    /// submission is owed in `ledger` until its ack runs or it is dropped.
     fn submission(
         &self,
         publish: Publish,
         dedupe: Dedupe,
         commands: &mpsc::UnboundedSender<Command>,
+        ledger: &Arc<AckLedger>,
     ) -> Submission {
         let name = self.config.name.get_ref().as_str();
         let now = unix_ms();
@@ -293,8 +331,10 @@ impl MqttSourceTask {
             None
         } else {
             let commands = commands.clone();
+            let owed = ledger.owe();
             Some(Box::new(move || {
                 let _ = commands.send(Command::Ack(publish));
+                owed.ran();
             }))
         };
         Submission {
@@ -305,28 +345,54 @@ impl MqttSourceTask {
     }
 }
 
-/// Sends acks and subscriptions through the client; never runs on the polling task.
+/// Sends acks, subscriptions and the final DISCONNECT through the client, in the order asked;
+/// never runs on the polling task. It does not stop on cancellation: acks released by the
+/// writer's last commit still arrive then, and the stop needs them sent ([`stop`]). The source
+/// aborts it once the event loop is done.
 async fn acker(
     client: AsyncClient,
     mut commands: mpsc::UnboundedReceiver<Command>,
     filters: Vec<SubscribeFilter>,
     name: String,
-    cancel: CancellationToken,
 ) {
-    loop {
-        let command = tokio::select! {
-            _ = cancel.cancelled() => return,
-            c = commands.recv() => match c { Some(c) => c, None => return },
-        };
+    while let Some(command) = commands.recv().await {
         let result = match command {
             Command::Ack(publish) => client.ack(&publish).await,
             Command::Subscribe if filters.is_empty() => Ok(()),
             Command::Subscribe => client.subscribe_many(filters.clone()).await,
+            Command::Disconnect => client.disconnect().await,
         };
         if let Err(error) = result {
             // The event loop is gone (agent stopping); an ack not sent is a redelivery later.
             tracing::debug!(source = name, %error, "MQTT request not sent");
         }
+    }
+}
+
+/// One line per stop: info when the broker was shown every ack, a warning otherwise.
+fn log_stop(name: &str, report: &StopReport, dropped_unrun: u64) {
+    let elapsed_ms = report.elapsed.as_millis() as u64;
+    // Never committed, never acked: the broker redelivers them to the next session.
+    let redelivered = report.not_submitted + dropped_unrun;
+    match report.outcome {
+        Outcome::Disconnected { broker_closed } => tracing::info!(
+            source = name,
+            acks_flushed = report.acks_flushed,
+            uncommitted_left_to_broker = redelivered,
+            broker_closed,
+            elapsed_ms,
+            "MQTT source stopped: the acks of every committed message reached the broker before DISCONNECT"
+        ),
+        outcome => tracing::warn!(
+            source = name,
+            ?outcome,
+            acks_flushed = report.acks_flushed,
+            acks_owed = report.owed,
+            uncommitted_left_to_broker = redelivered,
+            elapsed_ms,
+            "MQTT source stopped with acks not confirmed by the broker: it redelivers those \
+             messages (deduplicated unless the sensor mapping changed their id)"
+        ),
     }
 }
 

@@ -287,6 +287,15 @@ pub async fn create_session(setup: &Setup) {
 /// Publishes values `from..to` at QoS 1 over 4 devices, `per_100` apart every 100 messages;
 /// returns the broker's PUBACK count.
 pub async fn publish(setup: &Setup, from: u64, to: u64, per_100: Duration) -> u64 {
+    publish_paced(setup, from, to, 100, per_100).await
+}
+
+/// The timestamp message `i` carries (value `i`, `ts` = [`TS0`] + `i`).
+pub const TS0: u64 = 1_700_000_000_000;
+
+/// [`publish`] in bursts of `burst` messages, `pause` apart: small bursts make a stream with
+/// no quiet gap for a signal to fall into.
+pub async fn publish_paced(setup: &Setup, from: u64, to: u64, burst: u64, pause: Duration) -> u64 {
     let (client, mut eventloop) = AsyncClient::new(
         edge_tests::mqtt::options(&unique_topic("ops-pub"), &setup.url),
         1000,
@@ -306,13 +315,13 @@ pub async fn publish(setup: &Setup, from: u64, to: u64, per_100: Duration) -> u6
     });
     for i in from..to {
         let topic = format!("{}/d{}/v", setup.root, i % 4);
-        let body = format!(r#"{{"v":{i},"ts":{}}}"#, 1_700_000_000_000u64 + i);
+        let body = format!(r#"{{"v":{i},"ts":{}}}"#, TS0 + i);
         client
             .publish(topic, QoS::AtLeastOnce, false, body)
             .await
             .expect("publish queued");
-        if i % 100 == 99 {
-            tokio::time::sleep(per_100).await;
+        if i % burst == burst - 1 {
+            tokio::time::sleep(pause).await;
         }
     }
     let acked = acks.await.expect("publisher task");
@@ -320,20 +329,48 @@ pub async fn publish(setup: &Setup, from: u64, to: u64, per_100: Duration) -> u6
     acked
 }
 
+/// One pass-through reading as the agent delivered it to Kafka.
+#[derive(Debug, Clone)]
+pub struct Delivered {
+    pub sensor: String,
+    pub ts: u64,
+    pub value: u64,
+}
+
+/// Every reading in the readings topic (`read_committed`), in topic order per partition.
+pub fn delivered(setup: &Setup) -> Vec<Delivered> {
+    let records = read_committed(&setup.bootstrap, &setup.topic, Duration::from_secs(120))
+        .unwrap_or_else(|e| panic!("{e}"));
+    records
+        .iter()
+        .map(|r| {
+            let json: serde_json::Value =
+                serde_json::from_slice(r.payload.as_deref().expect("payload")).expect("JSON");
+            Delivered {
+                sensor: json["sensor"].as_str().expect("sensor").to_owned(),
+                ts: json["ts"].as_u64().expect("ts"),
+                value: json["value"].as_f64().expect("value") as u64,
+            }
+        })
+        .collect()
+}
+
 /// Reads the readings topic (`read_committed`) and asserts every value `0..n` is there, none
 /// twice under one sensor id, and at most `remapped` values twice under two different ids (a
 /// redelivery mapped again after a mapping change); returns the sensor ids of each value.
 pub fn account(setup: &Setup, n: u64, remapped: usize) -> BTreeMap<u64, Vec<String>> {
-    let records = read_committed(&setup.bootstrap, &setup.topic, Duration::from_secs(120))
-        .unwrap_or_else(|e| panic!("{e}"));
+    account_delivered(&delivered(setup), n, remapped)
+}
+
+/// [`account`] over readings already read.
+pub fn account_delivered(
+    records: &[Delivered],
+    n: u64,
+    remapped: usize,
+) -> BTreeMap<u64, Vec<String>> {
     let mut seen: BTreeMap<u64, Vec<String>> = BTreeMap::new();
-    for r in &records {
-        let json: serde_json::Value =
-            serde_json::from_slice(r.payload.as_deref().expect("payload")).expect("JSON");
-        let v = json["value"].as_f64().expect("value") as u64;
-        seen.entry(v)
-            .or_default()
-            .push(json["sensor"].as_str().expect("sensor").to_owned());
+    for r in records {
+        seen.entry(r.value).or_default().push(r.sensor.clone());
     }
     let missing: Vec<u64> = (0..n).filter(|v| !seen.contains_key(v)).collect();
     let twice: Vec<u64> = seen

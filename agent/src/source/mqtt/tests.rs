@@ -2,6 +2,7 @@ use std::path::Path;
 
 use super::*;
 use crate::config::Config;
+use stop::AckLedger;
 
 const CONFIG: &str = r#"
 [agent]
@@ -51,10 +52,12 @@ fn a_good_message_becomes_a_reading_whose_ack_goes_to_the_acker() {
     let config = config(CONFIG);
     let (task, _rx) = task(&config);
     let (commands, mut command_rx) = mpsc::unbounded_channel();
+    let ledger = Arc::new(AckLedger::default());
     let s = task.submission(
         publish("s/d1/v", QoS::AtLeastOnce, r#"{"v":5,"ts":7}"#),
         Dedupe::SensorTs,
         &commands,
+        &ledger,
     );
     assert_eq!(s.readings.len(), 1);
     assert_eq!(
@@ -66,8 +69,10 @@ fn a_good_message_becomes_a_reading_whose_ack_goes_to_the_acker() {
         command_rx.try_recv().is_err(),
         "nothing is acked before the commit"
     );
+    assert_eq!(ledger.owed(), 1, "owed from the moment it is built");
     (s.ack.expect("QoS 1 owes an ack"))();
     assert!(matches!(command_rx.try_recv(), Ok(Command::Ack(p)) if p.pkid == 9));
+    assert_eq!((ledger.owed(), ledger.ran()), (0, 1));
 }
 
 #[test]
@@ -75,6 +80,7 @@ fn unparsable_or_unmappable_messages_become_dead_letters_with_an_ack() {
     let config = config(CONFIG);
     let (task, _rx) = task(&config);
     let (commands, _command_rx) = mpsc::unbounded_channel();
+    let ledger = Arc::new(AckLedger::default());
     for (topic, body, reason) in [
         ("s/d1/v", "{oops", "not JSON"),
         ("s/d1/v", r#"{"v":500,"ts":1}"#, "outside"),
@@ -84,6 +90,7 @@ fn unparsable_or_unmappable_messages_become_dead_letters_with_an_ack() {
             publish(topic, QoS::AtLeastOnce, body),
             Dedupe::SensorTs,
             &commands,
+            &ledger,
         );
         assert!(s.readings.is_empty(), "{body}");
         assert_eq!(s.dead_letters.len(), 1);
@@ -105,12 +112,15 @@ fn qos0_messages_owe_no_ack() {
     let config = config(CONFIG);
     let (task, _rx) = task(&config);
     let (commands, _c) = mpsc::unbounded_channel();
+    let ledger = Arc::new(AckLedger::default());
     let s = task.submission(
         publish("s/d1/v", QoS::AtMostOnce, r#"{"v":5,"ts":7}"#),
         Dedupe::SensorTs,
         &commands,
+        &ledger,
     );
     assert!(s.ack.is_none());
+    assert_eq!(ledger.owed(), 0);
 }
 
 #[test]
@@ -167,4 +177,236 @@ fn a_password_file_loses_its_trailing_newline() {
         (login.username.as_str(), login.password.as_str()),
         ("edge", "s3cret")
     );
+}
+
+/// A scripted MQTT 3.1.1 broker on loopback for one connection: answers CONNECT (session
+/// present) and SUBSCRIBE, then sends QoS 1 publishes numbered from 1 when told, reports every
+/// PUBACK and the DISCONNECT it reads, and closes the connection after a DISCONNECT, as
+/// Mosquitto does.
+mod fake_broker {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio::sync::mpsc;
+
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Seen {
+        PubAck(u16),
+        Disconnect,
+    }
+
+    pub struct Broker {
+        pub port: u16,
+        /// How many more publishes to send.
+        pub send: mpsc::UnboundedSender<u16>,
+        pub seen: mpsc::UnboundedReceiver<Seen>,
+    }
+
+    async fn read_packet(stream: &mut TcpStream) -> Option<(u8, Vec<u8>)> {
+        let header = stream.read_u8().await.ok()?;
+        let (mut len, mut shift) = (0usize, 0);
+        loop {
+            let b = stream.read_u8().await.ok()?;
+            len |= ((b & 0x7f) as usize) << shift;
+            shift += 7;
+            if b & 0x80 == 0 {
+                break;
+            }
+        }
+        let mut body = vec![0; len];
+        stream.read_exact(&mut body).await.ok()?;
+        Some((header, body))
+    }
+
+    fn packet(header: u8, body: &[u8]) -> Vec<u8> {
+        let mut out = vec![header];
+        let mut len = body.len();
+        loop {
+            let mut b = (len % 128) as u8;
+            len /= 128;
+            if len > 0 {
+                b |= 0x80;
+            }
+            out.push(b);
+            if len == 0 {
+                break;
+            }
+        }
+        out.extend_from_slice(body);
+        out
+    }
+
+    fn publish(pkid: u16) -> Vec<u8> {
+        let topic = b"s/d1/v";
+        let mut body = (topic.len() as u16).to_be_bytes().to_vec();
+        body.extend_from_slice(topic);
+        body.extend_from_slice(&pkid.to_be_bytes());
+        body.extend_from_slice(format!(r#"{{"v":1,"ts":{pkid}}}"#).as_bytes());
+        packet(0x32, &body)
+    }
+
+    pub async fn start() -> Broker {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let (send, mut to_send) = mpsc::unbounded_channel::<u16>();
+        let (seen_tx, seen) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.expect("accept");
+            let (mut stream, mut next_pkid, mut subscribed) = (stream, 1u16, false);
+            loop {
+                tokio::select! {
+                    n = to_send.recv(), if subscribed => {
+                        for _ in 0..n.unwrap_or(0) {
+                            stream.write_all(&publish(next_pkid)).await.expect("write");
+                            next_pkid += 1;
+                        }
+                    }
+                    p = read_packet(&mut stream) => match p {
+                        None => return,
+                        Some((header, body)) => match header >> 4 {
+                            1 => stream.write_all(&packet(0x20, &[1, 0])).await.expect("connack"),
+                            8 => {
+                                let reply = [body[0], body[1], 1];
+                                stream.write_all(&packet(0x90, &reply)).await.expect("suback");
+                                subscribed = true;
+                            }
+                            4 => {
+                                let pkid = u16::from_be_bytes([body[0], body[1]]);
+                                let _ = seen_tx.send(Seen::PubAck(pkid));
+                            }
+                            14 => {
+                                let _ = seen_tx.send(Seen::Disconnect);
+                                return; // closes the connection, as Mosquitto does
+                            }
+                            _ => {} // PINGREQ and the like
+                        },
+                    },
+                }
+            }
+        });
+        Broker { port, send, seen }
+    }
+}
+
+fn plain_config(port: u16) -> Config {
+    let text = CONFIG
+        .replace(
+            "password_env = \"EDGE_TEST_MQTT_PASSWORD_UNSET_7f3a\"\n",
+            "",
+        )
+        .replace("username = \"edge\"\n", "")
+        .replace(
+            "mqtts://broker.example:8884",
+            &format!("mqtt://127.0.0.1:{port}"),
+        );
+    config(&text)
+}
+
+async fn next_seen(broker: &mut fake_broker::Broker) -> fake_broker::Seen {
+    tokio::time::timeout(Duration::from_secs(5), broker.seen.recv())
+        .await
+        .expect("the broker saw something within 5 s")
+        .expect("broker running")
+}
+
+async fn submissions(rx: &mut mpsc::Receiver<Submission>, n: usize) -> Vec<Submission> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        let s = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("submitted within 5 s")
+            .expect("source running");
+        out.push(s);
+    }
+    out
+}
+
+/// Regression: a stop used to drop the event loop at once, so the acks of the writer's last
+/// commit (which completes just after the cancellation) never reached the broker, and it
+/// redelivered those committed messages to the next session (doubled after a mapping change).
+#[tokio::test]
+async fn a_stop_flushes_the_acks_of_commits_that_finish_after_it_then_disconnects() {
+    let mut broker = fake_broker::start().await;
+    let config = plain_config(broker.port);
+    let (task, mut rx) = task(&config);
+    let cancel = task.cancel.clone();
+    let source = tokio::spawn(task.run());
+    broker.send.send(6).unwrap();
+    let mut subs = submissions(&mut rx, 6).await;
+
+    // Committed while running: acked at once.
+    for s in subs.drain(..3) {
+        (s.ack.expect("QoS 1"))();
+    }
+    for pkid in 1..=3 {
+        assert_eq!(
+            next_seen(&mut broker).await,
+            fake_broker::Seen::PubAck(pkid)
+        );
+    }
+
+    // The stop begins with 4 and 5 in the writer's last commit and 6 not committed.
+    cancel.cancel();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    broker.send.send(1).unwrap(); // 7 arrives during the stop: never submitted, never acked
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert!(
+        broker.seen.try_recv().is_err(),
+        "no DISCONNECT while acks are owed"
+    );
+    assert!(!source.is_finished(), "the source waits for the commit");
+    let uncommitted = subs.pop().expect("6");
+    for s in subs {
+        (s.ack.expect("QoS 1"))();
+    }
+    drop(uncommitted);
+
+    assert_eq!(next_seen(&mut broker).await, fake_broker::Seen::PubAck(4));
+    assert_eq!(next_seen(&mut broker).await, fake_broker::Seen::PubAck(5));
+    assert_eq!(next_seen(&mut broker).await, fake_broker::Seen::Disconnect);
+    tokio::time::timeout(Duration::from_millis(500), source)
+        .await
+        .expect("the source ends when the broker closes, not at a timeout")
+        .expect("task")
+        .expect("started");
+    assert!(rx.try_recv().is_err(), "nothing submitted after the stop");
+}
+
+#[tokio::test]
+async fn a_stop_whose_commit_never_finishes_gives_up_at_its_deadline_without_disconnect() {
+    let mut broker = fake_broker::start().await;
+    let config = plain_config(broker.port);
+    let options = MqttSourceTask::options(&config.mqtt[0], 1024).expect("options");
+    let (client, mut eventloop) = AsyncClient::new(options, 16);
+    loop {
+        match eventloop.poll().await.expect("connects") {
+            Event::Incoming(Packet::ConnAck(_)) => break,
+            _ => continue,
+        }
+    }
+    let (commands, mut command_rx) = mpsc::unbounded_channel();
+    let acker = tokio::spawn(async move {
+        while let Some(c) = command_rx.recv().await {
+            if let Command::Disconnect = c {
+                let _ = client.disconnect().await;
+            }
+        }
+    });
+    let ledger = Arc::new(AckLedger::default());
+    let _stuck = ledger.owe();
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(300);
+    let report =
+        stop::flush_and_disconnect(&mut eventloop, &commands, &ledger, true, deadline).await;
+    assert_eq!(report.outcome, stop::Outcome::TimedOut);
+    assert!(!report.acks_confirmed());
+    assert_eq!(report.owed, 1);
+    assert!(report.elapsed >= Duration::from_millis(300));
+    drop(eventloop);
+    assert_eq!(
+        tokio::time::timeout(Duration::from_secs(5), broker.seen.recv())
+            .await
+            .expect("the broker sees the connection end"),
+        None,
+        "the connection ends without DISCONNECT"
+    );
+    acker.abort();
 }
