@@ -20,13 +20,13 @@
 //!   is in redb throughout, so a reload loses nothing; ingest pauses for the drain and the
 //!   forwarder's session start (about a second or two against a local broker).
 //!
-//!   **Known cost of a mapping change** (pinned by `tests/tests/ops_signals.rs`): the drain
-//!   stops an MQTT source before the acks of its last committed messages have reached the
-//!   broker, so the broker redelivers them. The dedupe index drops them when their sensor id is
-//!   unchanged; when the new mapping gives them a new id, they are committed again under it and
-//!   appear under both ids (observed 0 to 260 of 4,000 messages at about 1,000/s; never lost,
-//!   never twice under one id). A stop and restart with a changed file behaves the same. The
-//!   fix belongs to the source: flush the acks of committed messages before it stops polling.
+//!   **A mapping change doubles nothing on a clean drain** (pinned by
+//!   `tests/tests/ops_signals.rs`): the MQTT source flushes the acks of every committed message
+//!   and disconnects before it stops (`source/mqtt/stop.rs`), so the broker redelivers nothing
+//!   that was stored. Only an unconfirmed stop (logged "acks not confirmed": the broker was
+//!   away, or the 5 s flush bound passed) or a crash can still let a redelivered message be
+//!   stored again under a new sensor id (the dedupe key is sensor id + timestamp); it is never
+//!   lost and never twice under one id.
 //!
 //! # Invariants
 //!
