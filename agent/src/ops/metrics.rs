@@ -5,44 +5,20 @@
 //! come from the health sampler's last read (at most about a second old). The full list, with
 //! what each alert-worthy value looks like, is in `deploy/OPERATIONS.md`.
 
-use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use edge_ops_http::prometheus::{escape, Out};
 
 use super::health::SourceState;
 use super::Telemetry;
-
-struct Out(String);
-
-impl Out {
-    fn head(&mut self, name: &str, kind: &str, help: &str) {
-        let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
-    }
-    fn one(&mut self, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
-        self.head(name, kind, help);
-        let _ = writeln!(self.0, "{name} {value}");
-    }
-    fn labelled(&mut self, name: &str, labels: &str, value: impl std::fmt::Display) {
-        let _ = match labels.is_empty() {
-            true => writeln!(self.0, "{name} {value}"),
-            false => writeln!(self.0, "{name}{{{labels}}} {value}"),
-        };
-    }
-}
 
 fn get(a: &AtomicU64) -> u64 {
     a.load(Ordering::Relaxed)
 }
 
-/// Escapes a label value.
-fn esc(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
 /// Renders every metric.
 pub fn render(t: &Telemetry) -> String {
-    let mut o = Out(String::with_capacity(8 * 1024));
+    let mut o = Out::with_capacity(8 * 1024);
     let now = tokio::time::Instant::now();
     let health = t.health();
     o.head("edge_agent_info", "gauge", "Build information.");
@@ -218,19 +194,10 @@ pub fn render(t: &Telemetry) -> String {
         get(&f.last_committed_seq),
     );
     let us = |v: u64| v as f64 / 1e6;
-    o.head(
+    o.summary(
         "edge_kafka_commit_latency_seconds",
-        "summary",
         "commit_transaction duration.",
-    );
-    o.labelled(
-        "edge_kafka_commit_latency_seconds_sum",
-        "",
         us(get(&f.commit_latency_us_sum)),
-    );
-    o.labelled(
-        "edge_kafka_commit_latency_seconds_count",
-        "",
         get(&f.transactions_committed),
     );
     o.one(
@@ -320,7 +287,7 @@ pub fn render(t: &Telemetry) -> String {
     for (name, state) in &health.sources {
         o.labelled(
             "edge_source_connected",
-            &format!("source=\"{}\"", esc(name)),
+            &format!("source=\"{}\"", escape(name)),
             u8::from(*state == SourceState::Connected),
         );
     }
@@ -335,7 +302,7 @@ pub fn render(t: &Telemetry) -> String {
             SourceState::Connected,
             SourceState::Disconnected,
         ] {
-            let labels = format!("source=\"{}\",state=\"{}\"", esc(name), s.name());
+            let labels = format!("source=\"{}\",state=\"{}\"", escape(name), s.name());
             o.labelled("edge_source_state", &labels, u8::from(*state == s));
         }
     }
@@ -364,7 +331,11 @@ pub fn render(t: &Telemetry) -> String {
     for (name, help, field) in mqtt_metrics {
         o.head(name, "counter", help);
         for (source, c) in &mqtt {
-            o.labelled(name, &format!("source=\"{}\"", esc(source)), get(field(c)));
+            o.labelled(
+                name,
+                &format!("source=\"{}\"", escape(source)),
+                get(field(c)),
+            );
         }
     }
     let serial = t.serial.lock().unwrap_or_else(|p| p.into_inner()).clone();
@@ -402,8 +373,12 @@ pub fn render(t: &Telemetry) -> String {
     for (name, help, field) in serial_metrics {
         o.head(name, "counter", help);
         for (source, c) in &serial {
-            o.labelled(name, &format!("source=\"{}\"", esc(source)), get(field(c)));
+            o.labelled(
+                name,
+                &format!("source=\"{}\"", escape(source)),
+                get(field(c)),
+            );
         }
     }
-    o.0
+    o.finish()
 }

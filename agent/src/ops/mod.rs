@@ -5,7 +5,7 @@
 //! | [`supervise`] | signals: SIGTERM/SIGINT drain within `ops.shutdown_timeout_s`; SIGHUP reloads the file (drain, reopen, restart) or refuses it and keeps the old one |
 //! | [`health`] | a 1 s sampler over the counters: source connection states, "forwarder failing", stall detection; the `/healthz`, `/readyz` and watchdog predicates (no I/O but the database read) |
 //! | [`metrics`] | the Prometheus text exposition of [`Telemetry`] |
-//! | [`http`] | a tiny HTTP/1.1 responder on tokio's `TcpListener` (GET only, 8 KiB requests, 5 s deadline, 32 connections) |
+//! | [`http`] | the endpoints' path table, served by the shared HTTP/1.1 responder of `edge-ops-http` on tokio's `TcpListener` (GET only, 8 KiB requests, 5 s deadline, 32 connections) |
 //! | [`notify`] | `sd_notify` over `$NOTIFY_SOCKET` (READY, STOPPING, RELOADING, WATCHDOG) with a std `UnixDatagram` |
 //!
 //! # Invariants

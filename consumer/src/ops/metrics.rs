@@ -6,49 +6,25 @@
 //! partitions this instance owns now; they drop to 0 between sessions. The lag gauges refresh
 //! with librdkafka's statistics (every 5 s) and have no series before the first.
 
-use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use edge_ops_http::prometheus::{escape, Out};
+
 use super::health::View;
 use crate::telemetry::{Metrics, Phase};
-
-struct Out(String);
-
-impl Out {
-    fn head(&mut self, name: &str, kind: &str, help: &str) {
-        let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
-    }
-    fn one(&mut self, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
-        self.head(name, kind, help);
-        let _ = writeln!(self.0, "{name} {value}");
-    }
-    fn labelled(&mut self, name: &str, labels: &str, value: impl std::fmt::Display) {
-        let _ = match labels.is_empty() {
-            true => writeln!(self.0, "{name} {value}"),
-            false => writeln!(self.0, "{name}{{{labels}}} {value}"),
-        };
-    }
-}
 
 fn get(a: &AtomicU64) -> u64 {
     a.load(Ordering::Relaxed)
 }
 
-/// Escapes a label value.
-fn esc(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
 /// Renders every metric of `m`; `view` is what `/healthz` and `/readyz` answer now.
 pub fn render(m: &Metrics, view: &View) -> String {
-    let mut o = Out(String::with_capacity(4 * 1024));
+    let mut o = Out::with_capacity(4 * 1024);
     o.head("edge_consumer_info", "gauge", "Build information.");
     o.labelled(
         "edge_consumer_info",
-        &format!("version=\"{}\"", esc(crate::VERSION)),
+        &format!("version=\"{}\"", escape(crate::VERSION)),
         1,
     );
     o.one(
@@ -150,19 +126,10 @@ pub fn render(m: &Metrics, view: &View) -> String {
         get(&m.transactions),
     );
     let secs = |us: u64| us as f64 / 1e6;
-    o.head(
+    o.summary(
         "edge_consumer_transaction_seconds",
-        "summary",
         "begin_transaction to a successful commit_transaction.",
-    );
-    o.labelled(
-        "edge_consumer_transaction_seconds_sum",
-        "",
         secs(get(&m.transaction_us_sum)),
-    );
-    o.labelled(
-        "edge_consumer_transaction_seconds_count",
-        "",
         get(&m.transactions),
     );
     o.one(
@@ -240,10 +207,10 @@ pub fn render(m: &Metrics, view: &View) -> String {
     );
     let lag = m.lag.lock().unwrap_or_else(|p| p.into_inner()).clone();
     for ((topic, partition), records) in &lag {
-        let labels = format!("topic=\"{}\",partition=\"{partition}\"", esc(topic));
+        let labels = format!("topic=\"{}\",partition=\"{partition}\"", escape(topic));
         o.labelled("edge_consumer_lag_records", &labels, records);
     }
-    o.0
+    o.finish()
 }
 
 #[cfg(test)]
@@ -351,10 +318,5 @@ mod tests {
             Some("7")
         );
         assert!(sample(&t, "edge_consumer_last_commit_age_seconds").is_some());
-    }
-
-    #[test]
-    fn label_values_are_escaped() {
-        assert_eq!(esc("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
     }
 }

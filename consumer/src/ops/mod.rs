@@ -5,7 +5,7 @@
 //! | --- | --- |
 //! | [`health`] | the `/healthz` and `/readyz` predicates over the loop's [`Metrics`] (no I/O) |
 //! | [`metrics`] | the Prometheus text exposition of [`Metrics`] |
-//! | [`http`] | a tiny HTTP/1.1 responder on tokio's `TcpListener` (GET only, 8 KiB requests, 5 s deadline, 32 connections) |
+//! | [`http`] | the endpoints' path table, served by the shared HTTP/1.1 responder of `edge-ops-http` on tokio's `TcpListener` (GET only, 8 KiB requests, 5 s deadline, 32 connections) |
 //!
 //! # Invariants
 //!
@@ -75,10 +75,10 @@ impl Server {
             .enable_all()
             .build()
             .map_err(OpsError::Thread)?;
-        let shared = Arc::new(Shared {
+        let shared = Shared {
             metrics,
             stall: Duration::from_secs(*ops.health_stall_s.get_ref()),
-        });
+        };
         let (stop, stopped) = watch::channel(false);
         let thread = std::thread::Builder::new()
             .name("ops-http".into())

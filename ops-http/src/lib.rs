@@ -1,0 +1,23 @@
+//! `edge-ops-http`: what the agent's and the consumer's ops endpoints share. Each service keeps
+//! its own path table and routing (`ops/http.rs`) and its own metrics (`ops/metrics.rs`).
+//!
+//! # Map
+//!
+//! | module | does |
+//! | --- | --- |
+//! | [`request`] | the request-head parser: complete or not, GET/HEAD over HTTP/1.x, the path (no I/O) |
+//! | [`server`] | the accept loop and the responder over a service's [`Router`]; the bounds [`MAX_REQUEST`], [`DEADLINE`], [`MAX_CONNECTIONS`] |
+//! | [`prometheus`] | the Prometheus text exposition format 0.0.4: [`prometheus::Out`] writes families and samples, label values escaped |
+//! | `testing` (feature `test-util`) | a one-shot client for the services' endpoint tests |
+#![forbid(unsafe_code)]
+
+pub mod prometheus;
+pub mod request;
+pub mod server;
+#[cfg(any(test, feature = "test-util"))]
+pub mod testing;
+
+pub use request::{parse, Request};
+pub use server::{
+    serve, serve_with, verdict, Response, Router, DEADLINE, MAX_CONNECTIONS, MAX_REQUEST,
+};

@@ -1,0 +1,290 @@
+//! The accept loop and the responder, on tokio's `TcpListener`, over a [`Router`] the service
+//! provides (its path table).
+//!
+//! Only `GET` (and `HEAD`, which gets the same head without the body); one request per
+//! connection (`Connection: close`). Bounds:
+//!
+//! - a request head of at most [`MAX_REQUEST`] bytes (8 KiB): a longer one is answered 431;
+//! - one [`DEADLINE`] (5 s) per connection, from its accept to its last byte written, routing
+//!   included: a slow or silent client (or a slow route) is dropped without an answer;
+//! - at most [`MAX_CONNECTIONS`] (32) connections at once: the loop accepts the next only when
+//!   one of them ends, and more wait in the kernel's backlog.
+//!
+//! The answer is `HTTP/1.1 {status} {reason}`, `Content-Type`, `Content-Length` and
+//! `Connection: close`, then the body; a head that is not a GET/HEAD over HTTP/1.x is answered
+//! 400 `bad request` (see [`crate::request`]). The loop ends when the stop future completes
+//! (connections already accepted finish within their deadline); a failed accept is logged and
+//! retried after 100 ms.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+
+use crate::request::{parse, Request};
+
+pub const MAX_REQUEST: usize = 8 * 1024;
+pub const DEADLINE: Duration = Duration::from_secs(5);
+pub const MAX_CONNECTIONS: usize = 32;
+
+/// An answer: status code, `Content-Type` and body.
+pub type Response = (u16, &'static str, String);
+
+/// A service's path table.
+pub trait Router: Send + Sync + 'static {
+    /// The answer to a `GET` (or `HEAD`) of `path` (the target without its query). It runs on
+    /// the connection's task, within its [`DEADLINE`]: blocking work belongs in
+    /// `tokio::task::spawn_blocking`.
+    fn route(&self, path: &str) -> impl Future<Output = Response> + Send;
+}
+
+/// Serves `router` until `stop` completes.
+pub async fn serve<R: Router>(listener: TcpListener, router: R, stop: impl Future<Output = ()>) {
+    serve_with(listener, router, stop, DEADLINE).await
+}
+
+/// [`serve`] with another per-connection deadline (tests).
+pub async fn serve_with<R: Router>(
+    listener: TcpListener,
+    router: R,
+    stop: impl Future<Output = ()>,
+    deadline: Duration,
+) {
+    let router = Arc::new(router);
+    let mut stop = std::pin::pin!(stop);
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let accepted = tokio::select! {
+            _ = &mut stop => return,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok((stream, _)) => {
+                let router = router.clone();
+                tokio::spawn(async move {
+                    let _ = tokio::time::timeout(deadline, answer(stream, &*router)).await;
+                    drop(permit);
+                });
+            }
+            Err(error) => {
+                tracing::warn!(%error, "metrics listener: accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn answer<R: Router>(mut stream: TcpStream, router: &R) -> std::io::Result<()> {
+    let mut buf = Vec::with_capacity(512);
+    let mut chunk = [0u8; 1024];
+    let (path, head_only) = loop {
+        match parse(&buf) {
+            Request::Get { path, head_only } => break (path.to_owned(), head_only),
+            Request::Bad => {
+                return respond(&mut stream, 400, "text/plain", "bad request\n", false).await
+            }
+            Request::Incomplete if buf.len() >= MAX_REQUEST => {
+                return respond(&mut stream, 431, "text/plain", "request too large\n", false).await
+            }
+            Request::Incomplete => {}
+        }
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let (status, kind, body) = router.route(&path).await;
+    respond(&mut stream, status, kind, &body, head_only).await
+}
+
+/// A health answer: 200 with `good` while there is no reason against, else 503 with the
+/// reasons, one a line.
+pub fn verdict(why: Vec<String>, good: &str) -> Response {
+    match why.is_empty() {
+        true => (200, "text/plain", format!("{good}\n")),
+        false => (503, "text/plain", why.join("\n") + "\n"),
+    }
+}
+
+async fn respond(
+    stream: &mut TcpStream,
+    status: u16,
+    kind: &str,
+    body: &str,
+    head_only: bool,
+) -> std::io::Result<()> {
+    let reason = match status {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        431 => "Request Header Fields Too Large",
+        503 => "Service Unavailable",
+        _ => "Internal Server Error",
+    };
+    let head = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    if !head_only {
+        stream.write_all(body.as_bytes()).await?;
+    }
+    stream.shutdown().await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::time::Instant;
+
+    use tokio::sync::oneshot;
+
+    use super::*;
+    use crate::testing::exchange;
+
+    /// `/` is `root`, `/slow` outlasts any deadline, `/broken` is a 500, the rest 404.
+    struct Paths;
+
+    impl Router for Paths {
+        async fn route(&self, path: &str) -> Response {
+            match path {
+                "/" => (200, "text/plain", "root\n".to_owned()),
+                "/slow" => {
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                    (200, "text/plain", "late\n".to_owned())
+                }
+                "/broken" => (500, "text/plain", "broken\n".to_owned()),
+                _ => (404, "text/plain", format!("no {path}\n")),
+            }
+        }
+    }
+
+    /// A server of [`Paths`]; sending on (or dropping) the returned sender stops it.
+    async fn server(deadline: Duration) -> (SocketAddr, oneshot::Sender<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let stopped = async move {
+            let _ = stopped.await;
+        };
+        tokio::spawn(serve_with(listener, Paths, stopped, deadline));
+        (addr, stop)
+    }
+
+    #[tokio::test]
+    async fn a_get_is_answered_with_status_type_length_and_close_and_a_head_without_the_body() {
+        let (addr, _stop) = server(DEADLINE).await;
+        let head = "Content-Type: text/plain\r\nContent-Length: 5\r\nConnection: close\r\n\r\n";
+        assert_eq!(
+            exchange(addr, b"GET /?x=1 HTTP/1.1\r\nHost: x\r\n\r\n").await,
+            format!("HTTP/1.1 200 OK\r\n{head}root\n")
+        );
+        assert_eq!(
+            exchange(addr, b"HEAD / HTTP/1.0\r\n\r\n").await,
+            format!("HTTP/1.1 200 OK\r\n{head}")
+        );
+        let n = exchange(addr, b"GET /nope HTTP/1.1\r\n\r\n").await;
+        assert!(n.starts_with("HTTP/1.1 404 Not Found\r\n"), "{n}");
+        assert!(n.ends_with("\r\n\r\nno /nope\n"), "{n}");
+        let e = exchange(addr, b"GET /broken HTTP/1.1\r\n\r\n").await;
+        assert!(
+            e.starts_with("HTTP/1.1 500 Internal Server Error\r\n"),
+            "{e}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_head_written_in_pieces_is_read_to_its_blank_line_and_a_bad_one_is_400() {
+        let (addr, _stop) = server(DEADLINE).await;
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        for piece in [&b"GET / HT"[..], b"TP/1.1\r\nHost: x\r", b"\n\r\n"] {
+            s.write_all(piece).await.expect("write");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.expect("read");
+        assert!(out.ends_with("\r\n\r\nroot\n"), "{out}");
+        let bad = exchange(addr, b"POST / HTTP/1.1\r\n\r\n").await;
+        assert!(bad.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{bad}");
+        assert!(bad.ends_with("\r\n\r\nbad request\n"), "{bad}");
+    }
+
+    #[tokio::test]
+    async fn an_oversized_request_is_refused_and_a_silent_client_is_dropped_at_the_deadline() {
+        let (addr, _stop) = server(Duration::from_millis(300)).await;
+        let mut big = b"GET /metrics HTTP/1.1\r\nX: ".to_vec();
+        big.resize(MAX_REQUEST + 100, b'a');
+        let r = exchange(addr, &big).await;
+        assert!(r.starts_with("HTTP/1.1 431"), "{r}");
+        let mut silent = TcpStream::connect(addr).await.expect("connect");
+        let started = Instant::now();
+        let mut out = Vec::new();
+        let n = silent
+            .read_to_end(&mut out)
+            .await
+            .expect("closed, not reset");
+        assert_eq!(n, 0, "nothing answered");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "dropped at the deadline"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_deadline_covers_a_slow_route_too() {
+        let (addr, _stop) = server(Duration::from_millis(300)).await;
+        let started = Instant::now();
+        assert_eq!(exchange(addr, b"GET /slow HTTP/1.1\r\n\r\n").await, "");
+        assert!(started.elapsed() < Duration::from_secs(3), "dropped");
+    }
+
+    #[tokio::test]
+    async fn a_connection_past_the_limit_waits_for_a_slot() {
+        let deadline = Duration::from_millis(300);
+        let (addr, _stop) = server(deadline).await;
+        let started = Instant::now();
+        let mut silent = Vec::new();
+        for _ in 0..MAX_CONNECTIONS {
+            silent.push(TcpStream::connect(addr).await.expect("connect"));
+        }
+        let r = exchange(addr, b"GET / HTTP/1.1\r\n\r\n").await;
+        assert!(r.starts_with("HTTP/1.1 200 OK\r\n"), "{r}");
+        assert!(
+            started.elapsed() >= deadline,
+            "answered only once a silent connection was dropped"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_listener_closes_when_stop_completes() {
+        let (addr, stop) = server(DEADLINE).await;
+        assert!(exchange(addr, b"GET / HTTP/1.1\r\n\r\n")
+            .await
+            .starts_with("HTTP/1.1 200"));
+        stop.send(()).expect("server listening");
+        let give_up = Instant::now() + Duration::from_secs(5);
+        while TcpStream::connect(addr).await.is_ok() {
+            assert!(Instant::now() < give_up, "still listening");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[test]
+    fn health_is_200_with_the_word_or_503_with_every_reason() {
+        assert_eq!(
+            verdict(vec![], "ok"),
+            (200, "text/plain", "ok\n".to_owned())
+        );
+        assert_eq!(
+            verdict(vec!["a stalled".into(), "b away".into()], "ready"),
+            (503, "text/plain", "a stalled\nb away\n".to_owned())
+        );
+    }
+}
