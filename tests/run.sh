@@ -37,6 +37,9 @@ cargo fmt --all --check
 step "clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+step "docs (rustdoc, broken links are errors)"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
+
 step "no_std builds for thumbv7em-none-eabihf (firmware-ready)"
 cargo build --locked -p edge-protocol --target thumbv7em-none-eabihf
 cargo build --locked -p firmware-sim --no-default-features --lib --target thumbv7em-none-eabihf

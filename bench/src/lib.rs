@@ -12,7 +12,7 @@
 //!
 //! # Modules
 //!
-//! - [`line`]: the `BENCH {json}` line a benchmark program prints per figure (the format), and
+//! - [`line`](mod@line): the `BENCH {json}` line a benchmark program prints per figure (the format), and
 //!   its parser.
 //! - [`suite`]: the benchmarks: which program, which arguments (full and `--quick`), what the
 //!   README shows as the command.

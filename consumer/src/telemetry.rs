@@ -38,7 +38,7 @@ pub struct Metrics {
     pub transaction_us_last: AtomicU64,
     /// Wall clock (Unix ms) of the last successful commit; 0: none yet.
     pub last_commit_unix_ms: AtomicU64,
-    /// Milliseconds after `started` of the loop's last sign of life (see [`Metrics::progress`]).
+    /// Milliseconds after `started` of the loop's last sign of life (see `Metrics::progressed`).
     pub progress_ms: AtomicU64,
     phase: AtomicU8,
     /// The last retryable session error and when it happened (ms after `started`).

@@ -48,7 +48,7 @@ pub struct WindowConfig {
     pub revisions: bool,
     /// Default one hour when `revisions = true`.
     pub revision_horizon_ms: Option<Spanned<u64>>,
-    /// Default [`DEFAULT_MAX_OPEN_WINDOWS`].
+    /// Default `DEFAULT_MAX_OPEN_WINDOWS` (10,000).
     pub max_open_windows: Option<Spanned<usize>>,
     #[serde(default)]
     pub group_by: Grouping,

@@ -1,7 +1,7 @@
 //! Sensor models: what a simulated channel measures.
 //!
 //! A model is sampled at a time `t` (seconds since the device booted) with the device's seeded
-//! [`Rng`], so a run is deterministic for a seed. Every model stays inside [`Model::range`]:
+//! [`Rng`], so a run is deterministic for a seed. Every model stays inside [`ModelSpec::range`]:
 //! noise is clamped to 4 standard deviations, the random walk reflects at its bounds, and the
 //! counter wraps.
 //!
