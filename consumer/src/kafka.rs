@@ -72,7 +72,10 @@ fn base(config: &Config) -> ClientConfig {
     c.set(
         "bootstrap.servers",
         config.kafka.bootstrap_servers.get_ref(),
-    );
+    )
+    // librdkafka's default (10 s, plus up to 50 % jitter) is reached within seconds of an
+    // outage; the first connection attempt after the broker is back could then come 15 s late.
+    .set("reconnect.backoff.max.ms", "1000");
     for (k, v) in &config.kafka.client {
         c.set(k.get_ref(), v);
     }
@@ -338,6 +341,41 @@ mod tests {
             .unwrap()
             .is_empty());
         assert!(partition_lags(b"not json").is_err());
+    }
+
+    #[test]
+    fn every_client_retries_a_lost_broker_at_least_once_a_second_unless_the_user_says_otherwise() {
+        let base = r#"
+[kafka]
+bootstrap_servers = "127.0.0.1:19092"
+group_id = "g"
+instance_id = "a"
+[topics]
+inputs = ["in"]
+finals = "out"
+changelog = "cl"
+dead_letters = "dl"
+"#;
+        let parse = |text: &str| Config::parse(std::path::Path::new("c.toml"), text).unwrap();
+        let ours = parse(base);
+        for c in [
+            consumer_config(&ours),
+            producer_config(&ours),
+            restore_config(&ours),
+        ] {
+            assert_eq!(c.get("reconnect.backoff.max.ms"), Some("1000"));
+        }
+        let theirs = parse(&base.replace(
+            "[topics]",
+            "[kafka.client]\n\"reconnect.backoff.max.ms\" = \"30000\"\n[topics]",
+        ));
+        for c in [
+            consumer_config(&theirs),
+            producer_config(&theirs),
+            restore_config(&theirs),
+        ] {
+            assert_eq!(c.get("reconnect.backoff.max.ms"), Some("30000"));
+        }
     }
 
     #[test]

@@ -44,10 +44,19 @@ pub fn transactional_id(agent: &str) -> String {
     format!("edge-agent.{agent}")
 }
 
-/// Settings every client of the forwarder shares: bootstrap and the passthrough.
+/// Longest wait between two connection attempts to a broker, in ms. librdkafka's default
+/// (10 s, plus up to 50 % jitter) is reached within a few seconds of an outage, so the first
+/// attempt after the broker is back could come 15 s late; a second costs one failed connect a
+/// second while the broker is away. `[kafka.client]` may set it.
+pub const RECONNECT_BACKOFF_MAX_MS: &str = "1000";
+
+/// Settings every client of the forwarder shares: bootstrap, the reconnect backoff (the
+/// passthrough, applied after this, may override it).
 fn common(kafka: &KafkaSection) -> ClientConfig {
     let mut config = ClientConfig::new();
-    config.set("bootstrap.servers", kafka.bootstrap_servers.get_ref());
+    config
+        .set("bootstrap.servers", kafka.bootstrap_servers.get_ref())
+        .set("reconnect.backoff.max.ms", RECONNECT_BACKOFF_MAX_MS);
     config
 }
 

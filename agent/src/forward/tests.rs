@@ -149,6 +149,21 @@ fn the_producer_is_transactional_idempotent_and_zstd_unless_passthrough_override
 }
 
 #[test]
+fn every_client_retries_a_lost_broker_at_least_once_a_second_unless_passthrough_says_otherwise() {
+    let ours = kafka_config("");
+    for config in [producer_config(&ours, "gw-1"), reader_config(&ours, "gw-1")] {
+        assert_eq!(config.get("reconnect.backoff.max.ms"), Some("1000"));
+    }
+    let theirs = kafka_config("[kafka.client]\n\"reconnect.backoff.max.ms\" = \"30000\"\n");
+    for config in [
+        producer_config(&theirs, "gw-1"),
+        reader_config(&theirs, "gw-1"),
+    ] {
+        assert_eq!(config.get("reconnect.backoff.max.ms"), Some("30000"));
+    }
+}
+
+#[test]
 fn settings_exactly_once_depends_on_cannot_be_passed_through() {
     let e = config_error("[kafka.client]\n\"enable.idempotence\" = \"false\"\n");
     assert!(
