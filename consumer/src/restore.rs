@@ -75,7 +75,15 @@ pub fn restore_partition<C: ConsumerContext>(
         match reader.poll(Duration::from_millis(200)) {
             None => {}
             Some(Err(KafkaError::PartitionEOF(_))) => break,
-            Some(Err(e)) => return Err(classify("reading the changelog", e).into()),
+            // A lost broker shows up here as error events that librdkafka retries by itself
+            // (it resumes fetching where it stopped): wait for it, bounded by the deadline.
+            Some(Err(e)) => {
+                let e = classify("reading the changelog", e);
+                if !e.is_retryable() {
+                    return Err(e.into());
+                }
+                tracing::warn!(error = %e, changelog, partition, "restore: read error (librdkafka retries)");
+            }
             Some(Ok(m)) => {
                 read += 1;
                 let Some(key) = m.key() else { continue };
@@ -103,4 +111,89 @@ pub fn restore_partition<C: ConsumerContext>(
         .map_err(|e| classify("unassigning the changelog", e))?;
     let state = PartitionState::restore(settings.clone(), windows, sources, meta);
     Ok((state, read))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use rdkafka::config::ClientConfig;
+    use rdkafka::consumer::BaseConsumer;
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+
+    use super::*;
+    use crate::changelog::{encode, meta_key, source_key};
+
+    fn settings() -> Settings {
+        Settings {
+            rollup_ms: None,
+            idle_timeout_ms: 60_000,
+            revisions: true,
+            horizon_ms: 3_600_000,
+            max_open_windows: 1000,
+            max_finalized_windows: 1000,
+            max_sources: 1000,
+        }
+    }
+
+    /// librdkafka's mock cluster stands in for a broker that goes away and comes back; the
+    /// transactional behaviour it lacks plays no part here.
+    #[test]
+    fn a_broker_lost_and_back_during_a_restore_only_delays_it() {
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic("cl", 1, 1).unwrap();
+        let producer: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", cluster.bootstrap_servers())
+            .create()
+            .unwrap();
+        let source = |n: u8| SourceKey {
+            agent: "gw".into(),
+            series: format!("s{n}"),
+        };
+        let value = Source {
+            group: "g".into(),
+            watermark_ms: 7,
+            last_seen_ms: 9,
+        };
+        let meta = Meta {
+            stream_time_ms: 42,
+            frontier_ms: 40,
+            swept_ms: 0,
+        };
+        let records: Vec<(String, Option<Vec<u8>>)> = vec![
+            (source_key("in", 0, &source(1)), Some(encode(&value))),
+            (source_key("in", 0, &source(2)), Some(encode(&value))),
+            (source_key("in", 0, &source(1)), None),
+            (source_key("in", 1, &source(3)), Some(encode(&value))),
+            (meta_key("in", 0), Some(encode(&meta))),
+        ];
+        for (key, payload) in &records {
+            let mut r = BaseRecord::<str, [u8]>::to("cl").key(key.as_str());
+            if let Some(p) = payload {
+                r = r.payload(p.as_slice());
+            }
+            producer.send(r).map_err(|(e, _)| e).unwrap();
+        }
+        producer.flush(Duration::from_secs(10)).unwrap();
+
+        let reader: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", cluster.bootstrap_servers())
+            .set("group.id", "restore")
+            .set("enable.partition.eof", "true")
+            .set("reconnect.backoff.max.ms", "100")
+            .create()
+            .unwrap();
+        cluster.broker_down(1).unwrap();
+        // The reader meets the lost broker first (errors on its queue), then the broker is back.
+        let restore = std::thread::spawn(move || {
+            restore_partition(&reader, "cl", "in", 0, &settings(), Duration::from_secs(30))
+        });
+        std::thread::sleep(Duration::from_millis(1500));
+        cluster.broker_up(1).unwrap();
+        let (state, read) = restore.join().unwrap().unwrap();
+        assert_eq!(read, records.len() as u64);
+        assert_eq!(state.sources(), 1);
+        assert_eq!(state.meta(), meta);
+    }
 }
