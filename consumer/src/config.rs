@@ -434,10 +434,11 @@ fn line_col(text: &str, at: usize) -> (usize, usize) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    const MINIMAL: &str = r#"
+    /// The smallest valid configuration (other modules' tests build on it too).
+    pub(crate) const MINIMAL: &str = r#"
 [kafka]
 bootstrap_servers = "127.0.0.1:19092"
 group_id = "g"

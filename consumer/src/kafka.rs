@@ -308,6 +308,11 @@ fn create(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::tests::MINIMAL;
+
+    fn parse(text: &str) -> Config {
+        Config::parse(std::path::Path::new("c.toml"), text).unwrap()
+    }
 
     #[test]
     fn lag_is_the_last_stable_offset_minus_the_position_of_each_known_partition() {
@@ -345,18 +350,7 @@ mod tests {
 
     #[test]
     fn every_client_retries_a_lost_broker_at_least_once_a_second_unless_the_user_says_otherwise() {
-        let base = r#"
-[kafka]
-bootstrap_servers = "127.0.0.1:19092"
-group_id = "g"
-instance_id = "a"
-[topics]
-inputs = ["in"]
-finals = "out"
-changelog = "cl"
-dead_letters = "dl"
-"#;
-        let parse = |text: &str| Config::parse(std::path::Path::new("c.toml"), text).unwrap();
+        let base = MINIMAL;
         let ours = parse(base);
         for c in [
             consumer_config(&ours),
@@ -380,18 +374,7 @@ dead_letters = "dl"
 
     #[test]
     fn statistics_are_asked_for_only_with_metrics_and_never_over_the_users_interval() {
-        let base = r#"
-[kafka]
-bootstrap_servers = "127.0.0.1:19092"
-group_id = "g"
-instance_id = "a"
-[topics]
-inputs = ["in"]
-finals = "out"
-changelog = "cl"
-dead_letters = "dl"
-"#;
-        let parse = |text: &str| Config::parse(std::path::Path::new("c.toml"), text).unwrap();
+        let base = MINIMAL;
         let on = consumer_config(&parse(base));
         assert_eq!(on.get("statistics.interval.ms"), Some("5000"));
         let off = consumer_config(&parse(&format!("{base}[ops]\nmetrics = false\n")));

@@ -531,4 +531,4 @@ fn add(w: &mut WindowState, p: &Partial, agent: &str, max_gateways: usize) {
 
 #[cfg(test)]
 #[path = "merge_tests.rs"]
-mod tests;
+pub(crate) mod tests;

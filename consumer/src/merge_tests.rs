@@ -4,7 +4,8 @@
 use super::*;
 use proptest::prelude::*;
 
-fn settings() -> Settings {
+/// Settings for tests (other modules' tests use them too).
+pub(crate) fn settings() -> Settings {
     Settings {
         rollup_ms: None,
         idle_timeout_ms: 60_000,

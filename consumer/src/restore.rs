@@ -124,18 +124,7 @@ mod tests {
 
     use super::*;
     use crate::changelog::{encode, meta_key, source_key};
-
-    fn settings() -> Settings {
-        Settings {
-            rollup_ms: None,
-            idle_timeout_ms: 60_000,
-            revisions: true,
-            horizon_ms: 3_600_000,
-            max_open_windows: 1000,
-            max_finalized_windows: 1000,
-            max_sources: 1000,
-        }
-    }
+    use crate::merge::tests::settings;
 
     /// librdkafka's mock cluster stands in for a broker that goes away and comes back; the
     /// transactional behaviour it lacks plays no part here.
