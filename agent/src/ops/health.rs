@@ -324,12 +324,55 @@ pub fn observe(t: &Telemetry) -> Observation {
     }
 }
 
-/// Samples once a second until `stop` fires; feeds the systemd watchdog while healthy.
+/// How often the sampler looks at the agent, unless the watchdog asks for more often.
+const SAMPLE_EVERY: Duration = Duration::from_secs(1);
+
+/// Paces `WATCHDOG=1` pings at `every` (half of `WatchdogSec`) on a sampler ticking at `tick`.
+///
+/// Invariant: while healthy, two pings are never more than `every + tick` apart, so
+/// `WatchdogSec = 2 * every` is never missed as long as `tick <= every` (the sampler ticks at
+/// `min(SAMPLE_EVERY, every)`). A ping is due once `every - tick / 2` has passed: ticks jitter by
+/// a few milliseconds either way, and an exact `>= every` would skip every other tick whenever
+/// one lands a hair early, stretching the gap to `2 * every` (the whole `WatchdogSec`).
+#[derive(Debug)]
+pub(crate) struct Watchdog {
+    every: Duration,
+    tick: Duration,
+    last: Option<Instant>,
+}
+
+impl Watchdog {
+    pub(crate) fn new(every: Duration, tick: Duration) -> Self {
+        Watchdog {
+            every,
+            tick,
+            last: None,
+        }
+    }
+
+    /// Whether a ping is due at `now`.
+    pub(crate) fn due(&self, now: Instant) -> bool {
+        let slack = self.every.saturating_sub(self.tick / 2);
+        self.last
+            .is_none_or(|p| now.saturating_duration_since(p) >= slack)
+    }
+
+    /// Records a ping sent at `now`.
+    pub(crate) fn pinged(&mut self, now: Instant) {
+        self.last = Some(now);
+    }
+}
+
+/// Samples once a second (or at the watchdog's pace, when faster) until `stop` fires; feeds the
+/// systemd watchdog while healthy.
 pub async fn run(t: Arc<Telemetry>, stall: Duration, stop: CancellationToken) {
     let mut tracker = Tracker::new(stall.max(Duration::from_secs(1)));
-    let watchdog = super::notify::watchdog_interval();
-    let mut last_ping: Option<Instant> = None;
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let every = super::notify::watchdog_interval();
+    let period = every.map_or(SAMPLE_EVERY, |e| {
+        e.clamp(Duration::from_millis(100), SAMPLE_EVERY)
+    });
+    let mut watchdog = every.map(|e| Watchdog::new(e, period));
+    let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -346,12 +389,11 @@ pub async fn run(t: Arc<Telemetry>, stall: Duration, stop: CancellationToken) {
         let sick = health.unhealthy(now);
         *t.health.lock().unwrap_or_else(|p| p.into_inner()) = health;
         let armed = t.ready_sent.load(Ordering::Relaxed);
-        if let (Some(every), true) = (watchdog, armed) {
-            let due = last_ping.is_none_or(|p| now.saturating_duration_since(p) >= every);
-            if due && sick.is_empty() {
+        if let (Some(w), true) = (watchdog.as_mut(), armed) {
+            if w.due(now) && sick.is_empty() {
                 super::notify::notify("WATCHDOG=1");
-                last_ping = Some(now);
-            } else if due {
+                w.pinged(now);
+            } else if w.due(now) {
                 tracing::error!(reasons = ?sick, "not feeding the systemd watchdog");
             }
         }

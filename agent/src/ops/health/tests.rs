@@ -160,3 +160,35 @@ fn a_serial_port_that_failed_before_the_first_sample_is_disconnected() {
     );
     assert_eq!(h.sources["rs485"], SourceState::Disconnected);
 }
+
+/// The pings a watchdog sends on ticks at `offsets_ms` from a start.
+fn pings(w: &mut Watchdog, offsets_ms: &[u64]) -> Vec<u64> {
+    let t0 = Instant::now();
+    let mut sent = Vec::new();
+    for &ms in offsets_ms {
+        let now = t0 + Duration::from_millis(ms);
+        if w.due(now) {
+            w.pinged(now);
+            sent.push(ms);
+        }
+    }
+    sent
+}
+
+#[test]
+fn a_tick_landing_a_hair_early_still_feeds_the_watchdog() {
+    // WatchdogSec=2: ping every second on a one-second sampler whose ticks jitter.
+    let mut w = Watchdog::new(Duration::from_secs(1), Duration::from_secs(1));
+    let ticks = [0, 998, 2003, 2999, 3997, 5002];
+    assert_eq!(pings(&mut w, &ticks), ticks);
+}
+
+#[test]
+fn a_long_watchdog_is_fed_at_half_its_period_not_on_every_tick() {
+    // WatchdogSec=10: ping every 5 s on a one-second sampler.
+    let mut w = Watchdog::new(Duration::from_secs(5), Duration::from_secs(1));
+    let ticks: Vec<u64> = (0..=12).map(|s| s * 1000 - (s % 2)).collect();
+    let sent = pings(&mut w, &ticks);
+    assert_eq!(sent.len(), 3, "{sent:?}");
+    assert!(sent.windows(2).all(|p| p[1] - p[0] <= 6000), "{sent:?}");
+}
