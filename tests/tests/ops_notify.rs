@@ -65,20 +65,21 @@ async fn the_agent_tells_systemd_ready_feeds_the_watchdog_while_healthy_and_anno
     assert!(pings >= 3, "a ping about every second: {first:?}");
 
     agent.signal("HUP");
-    let reload = collect(&socket, Duration::from_secs(4));
+    let reload = collect_until(&socket, Some("READY=1"), Duration::from_secs(20));
     let at = |what: &str| reload.iter().position(|m| m == what);
     assert!(at("RELOADING=1").is_some(), "{reload:?}");
     assert!(
         at("READY=1") > at("RELOADING=1"),
         "ready again after the reload: {reload:?}"
     );
+    let after = collect(&socket, Duration::from_millis(2_500));
     assert!(
-        reload.iter().any(|m| m == "WATCHDOG=1"),
-        "pings continue: {reload:?}"
+        after.iter().any(|m| m == "WATCHDOG=1"),
+        "pings continue: {after:?}"
     );
 
     agent.signal("TERM");
-    let stop = collect(&socket, Duration::from_secs(2));
+    let stop = collect_until(&socket, Some("STOPPING=1"), Duration::from_secs(10));
     assert!(stop.iter().any(|m| m == "STOPPING=1"), "{stop:?}");
     agent.terminate_waited(Duration::from_secs(20));
 }
