@@ -40,6 +40,17 @@ impl KafkaCallError {
     }
 }
 
+/// A poll's error event: fails when fatal; a retryable one (a lost broker, which librdkafka
+/// reconnects to and resumes fetching from by itself) is logged and ridden out.
+pub fn poll_error(during: &'static str, e: KafkaError) -> Result<(), KafkaCallError> {
+    let e = classify(during, e);
+    if !e.is_retryable() {
+        return Err(e);
+    }
+    tracing::warn!(error = %e, "{during}: error event (librdkafka retries)");
+    Ok(())
+}
+
 /// Classifies `e`, raised while `during`.
 pub fn classify(during: &'static str, e: KafkaError) -> KafkaCallError {
     let fatal = match &e {
@@ -350,8 +361,7 @@ mod tests {
 
     #[test]
     fn every_client_retries_a_lost_broker_at_least_once_a_second_unless_the_user_says_otherwise() {
-        let base = MINIMAL;
-        let ours = parse(base);
+        let ours = parse(MINIMAL);
         for c in [
             consumer_config(&ours),
             producer_config(&ours),
@@ -359,7 +369,7 @@ mod tests {
         ] {
             assert_eq!(c.get("reconnect.backoff.max.ms"), Some("1000"));
         }
-        let theirs = parse(&base.replace(
+        let theirs = parse(&MINIMAL.replace(
             "[topics]",
             "[kafka.client]\n\"reconnect.backoff.max.ms\" = \"30000\"\n[topics]",
         ));
@@ -374,12 +384,11 @@ mod tests {
 
     #[test]
     fn statistics_are_asked_for_only_with_metrics_and_never_over_the_users_interval() {
-        let base = MINIMAL;
-        let on = consumer_config(&parse(base));
+        let on = consumer_config(&parse(MINIMAL));
         assert_eq!(on.get("statistics.interval.ms"), Some("5000"));
-        let off = consumer_config(&parse(&format!("{base}[ops]\nmetrics = false\n")));
+        let off = consumer_config(&parse(&format!("{MINIMAL}[ops]\nmetrics = false\n")));
         assert_eq!(off.get("statistics.interval.ms"), None);
-        let user = base.replace(
+        let user = MINIMAL.replace(
             "[topics]",
             "[kafka.client]\n\"statistics.interval.ms\" = \"60000\"\n[topics]",
         );

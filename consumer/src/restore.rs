@@ -24,7 +24,7 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::changelog::{decode_entry, ChangelogError, Entry};
-use crate::kafka::{classify, KafkaCallError};
+use crate::kafka::{classify, poll_error, KafkaCallError};
 use crate::merge::{Meta, PartitionState, Settings, Source, SourceKey, WindowKey, WindowState};
 
 /// Why a partition could not be restored.
@@ -77,13 +77,7 @@ pub fn restore_partition<C: ConsumerContext>(
             Some(Err(KafkaError::PartitionEOF(_))) => break,
             // A lost broker shows up here as error events that librdkafka retries by itself
             // (it resumes fetching where it stopped): wait for it, bounded by the deadline.
-            Some(Err(e)) => {
-                let e = classify("reading the changelog", e);
-                if !e.is_retryable() {
-                    return Err(e.into());
-                }
-                tracing::warn!(error = %e, changelog, partition, "restore: read error (librdkafka retries)");
-            }
+            Some(Err(e)) => poll_error("reading the changelog", e)?,
             Some(Ok(m)) => {
                 read += 1;
                 let Some(key) = m.key() else { continue };

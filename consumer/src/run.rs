@@ -372,13 +372,7 @@ impl Session<'_> {
                         self.states.keys().filter(|tp| tp.1 == p).cloned().collect();
                     self.eof_seen.extend(owned);
                 }
-                Some(Err(e)) => {
-                    let e = classify("polling", e);
-                    if !e.is_retryable() {
-                        return Err(e.into());
-                    }
-                    tracing::warn!(error = %e, "poll error (librdkafka retries)");
-                }
+                Some(Err(e)) => kafka::poll_error("polling", e)?,
             }
         }
         // librdkafka reports EOF when its fetcher reaches the end, which can be before the

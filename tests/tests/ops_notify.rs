@@ -22,7 +22,7 @@ fn collect_until(socket: &UnixDatagram, until: Option<&str>, d: Duration) -> Vec
     let mut out = Vec::new();
     let mut buf = [0u8; 512];
     while Instant::now() < deadline {
-        if until.is_some() && out.last().map(String::as_str) == until {
+        if until.is_some_and(|u| out.last().is_some_and(|m| m == u)) {
             break;
         }
         socket

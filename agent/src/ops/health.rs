@@ -331,9 +331,10 @@ const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 ///
 /// Invariant: while healthy, two pings are never more than `every + tick` apart, so
 /// `WatchdogSec = 2 * every` is never missed as long as `tick <= every` (the sampler ticks at
-/// `min(SAMPLE_EVERY, every)`). A ping is due once `every - tick / 2` has passed: ticks jitter by
-/// a few milliseconds either way, and an exact `>= every` would skip every other tick whenever
-/// one lands a hair early, stretching the gap to `2 * every` (the whole `WatchdogSec`).
+/// `min(SAMPLE_EVERY, every)`, never faster than every 100 ms). A ping is due once
+/// `every - tick / 2` has passed: ticks jitter by a few milliseconds either way, and an exact
+/// `>= every` would skip every other tick whenever one lands a hair early, stretching the gap to
+/// `2 * every` (the whole `WatchdogSec`).
 #[derive(Debug)]
 pub(crate) struct Watchdog {
     every: Duration,
@@ -390,10 +391,11 @@ pub async fn run(t: Arc<Telemetry>, stall: Duration, stop: CancellationToken) {
         *t.health.lock().unwrap_or_else(|p| p.into_inner()) = health;
         let armed = t.ready_sent.load(Ordering::Relaxed);
         if let (Some(w), true) = (watchdog.as_mut(), armed) {
-            if w.due(now) && sick.is_empty() {
+            let due = w.due(now);
+            if due && sick.is_empty() {
                 super::notify::notify("WATCHDOG=1");
                 w.pinged(now);
-            } else if w.due(now) {
+            } else if due {
                 tracing::error!(reasons = ?sick, "not feeding the systemd watchdog");
             }
         }
