@@ -237,6 +237,9 @@ mqtt_conf() {
 # Test broker for edge-ingest. The queue limits are set on purpose: Mosquitto's default
 # max_queued_messages (1000) silently drops QoS 1 messages for a subscriber that falls behind,
 # which is exactly what an agent applying backpressure is. 0 = no limit (bounded by memory).
+# Run as whoever starts it: started as root, Mosquitto would otherwise switch to user
+# "mosquitto", which cannot reach a checkout under a private directory (mktemp -d is 0700).
+user $(id -un)
 per_listener_settings false
 allow_anonymous true
 persistence true
@@ -272,9 +275,6 @@ mqtt_start() {
   mqtt_tls
   mqtt_conf > "$dir/mosquitto.conf"
   : > "$dir/mosquitto.log"
-  # Mosquitto drops privileges to user "mosquitto" when started as root; it then needs to read
-  # its config and write its data dir.
-  if [[ $(id -u) == 0 ]] && id mosquitto >/dev/null 2>&1; then chown -R mosquitto "$dir"; fi
   local t0=$SECONDS
   setsid "$bin" -c "$dir/mosquitto.conf" > "$dir/stdout.log" 2>&1 < /dev/null &
   echo $! > "$dir/pid"
