@@ -7,6 +7,7 @@
 //!
 //! | module | stage |
 //! | --- | --- |
+//! | [`clock`] | the wall clock in ms since the Unix epoch (one `unix_ms` for every stage) |
 //! | [`config`] | the TOML file: sources, sensor mapping, pipelines, quota; `check-config` |
 //! | [`mapping`] | topic patterns, id templates, calibration and range checks (no I/O) |
 //! | [`reading`] | the `Reading` value and its stored encoding |
@@ -21,6 +22,7 @@
 //! | [`inspect`] | `edge-agent inspect`: the buffer state, from the file read-only or from the running agent |
 #![forbid(unsafe_code)]
 
+pub mod clock;
 pub mod config;
 pub mod forward;
 pub mod ingest;

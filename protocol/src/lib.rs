@@ -11,6 +11,7 @@
 //! | `aggregate` | mergeable aggregate state: count, sum, min, max, mean/variance, first/last, quantile sketch |
 //! | `sketch` | the DDSketch-style quantile sketch inside an aggregate (1 % relative error, bounded size) |
 //! | `partial` | the versioned partial-aggregate envelope the agent sends to Kafka |
+//! | `backoff` | capped exponential backoff, the retry pacing of every loop (a pure value, no clock) |
 //!
 //! Every format is written down beside its code with golden byte vectors checked by tests.
 #![no_std]
@@ -20,6 +21,7 @@
 extern crate std;
 
 pub mod aggregate;
+pub mod backoff;
 pub mod link;
 pub mod partial;
 pub mod sketch;
