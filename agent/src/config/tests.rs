@@ -1,26 +1,7 @@
 use std::path::Path;
 
+use super::fixtures::{self, MINIMAL};
 use super::*;
-
-const MINIMAL: &str = r#"
-[agent]
-id = "gw-1"
-data_dir = "/tmp/edge"
-
-[[mqtt]]
-name = "broker"
-url = "mqtt://127.0.0.1:1883"
-client_id = "agent-gw-1"
-payload = { format = "json", value = "/v", timestamp = "/ts" }
-subscribe = [{ topic = "plant/+/+/temp", qos = 1 }]
-
-[[sensor]]
-source = "broker"
-topic = "plant/{site}/{device}/temp"
-id = "{site}.{device}.temp"
-min = -40.0
-max = 125.0
-"#;
 
 fn parse(text: &str) -> Result<Config, ConfigError> {
     Config::from_toml(Path::new("agent.toml"), text)
@@ -43,7 +24,7 @@ fn the_example_configuration_parses_and_validates() {
 
 #[test]
 fn a_minimal_configuration_gets_the_documented_defaults() {
-    let config = parse(MINIMAL).unwrap_or_else(|e| panic!("{e}"));
+    let config = fixtures::minimal();
     assert_eq!(config.buffer.on_full, OnFull::Backpressure);
     assert_eq!(*config.buffer.quota_bytes.get_ref(), 256 * 1024 * 1024);
     assert!(config.mqtt[0].persistent_session);
