@@ -12,6 +12,14 @@ fn raw(value: f64) -> RawReading {
     }
 }
 
+/// [`raw`] from the payload's sensor `temp`.
+fn temp(value: f64) -> RawReading {
+    RawReading {
+        sensor: Some("temp".into()),
+        ..raw(value)
+    }
+}
+
 #[test]
 fn topic_patterns_capture_named_levels_and_honour_wildcards() {
     let p = TopicPattern::parse("plant/{site}/+/{dev}/#").unwrap();
@@ -152,10 +160,8 @@ fn mapper() -> Mapper {
 
 #[test]
 fn a_topic_maps_to_its_sensor_id_with_calibration() {
-    let mut r = raw(20.0);
-    r.sensor = Some("temp".into());
     let reading = mapper()
-        .map("b", Origin::Topic("site/kitchen/t"), &r, 5)
+        .map("b", Origin::Topic("site/kitchen/t"), &temp(20.0), 5)
         .unwrap();
     assert_eq!(reading.sensor, "kitchen.temp");
     assert_eq!(reading.value, 3.0);
@@ -164,10 +170,8 @@ fn a_topic_maps_to_its_sensor_id_with_calibration() {
 
 #[test]
 fn values_outside_the_valid_range_are_rejected() {
-    let mut r = raw(200.0);
-    r.sensor = Some("temp".into());
     let err = mapper()
-        .map("b", Origin::Topic("site/k/t"), &r, 5)
+        .map("b", Origin::Topic("site/k/t"), &temp(200.0), 5)
         .unwrap_err();
     assert!(matches!(err, MapError::OutOfRange { value, .. } if value == 21.0));
 }
