@@ -26,6 +26,12 @@
 //!   names the file, the line and column, the field and what is allowed.
 //!
 //! Template and topic-pattern syntax live in [`crate::mapping`], which also applies them.
+//!
+//! Reading the file, parsing it and locating an error ([`Location`]), the spanned defaults
+//! (`defaults::u64::<60_000>`) and the glob and template language are `edge_config_toml`'s,
+//! shared with the consumer; the wording of every message is the agent's ([`ConfigError`]).
+//! Unit tests build their configurations from `config::fixtures` (`AGENT`, `MINIMAL`,
+//! `with_agent`, `config`).
 
 mod error;
 mod kafka;
