@@ -26,6 +26,12 @@
 //!   names the file, the line and column, the field and what is allowed.
 //!
 //! Template and topic-pattern syntax live in [`crate::mapping`], which also applies them.
+//!
+//! Reading the file, parsing it and locating an error ([`Location`]), the spanned defaults
+//! (`defaults::u64::<60_000>`) and the glob and template language are `edge_config_toml`'s,
+//! shared with the consumer; the wording of every message is the agent's ([`ConfigError`]).
+//! Unit tests build their configurations from `config::fixtures` (`AGENT`, `MINIMAL`,
+//! `with_agent`, `config`).
 
 mod error;
 mod kafka;
@@ -35,6 +41,7 @@ mod window;
 
 use std::path::{Path, PathBuf};
 
+use edge_config_toml::defaults::{self, plain, unspanned};
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -112,14 +119,14 @@ pub struct BufferSection {
 impl Default for BufferSection {
     fn default() -> Self {
         BufferSection {
-            quota_bytes: Spanned::new(0..0, 256 * 1024 * 1024),
+            quota_bytes: unspanned(256 * 1024 * 1024),
             on_full: OnFull::Backpressure,
-            batch_max_readings: Spanned::new(0..0, 1000),
+            batch_max_readings: unspanned(1000),
             batch_max_ms: 5,
-            channel_capacity: Spanned::new(0..0, 1024),
-            dedupe_max_entries: Spanned::new(0..0, 1_000_000),
+            channel_capacity: unspanned(1024),
+            dedupe_max_entries: unspanned(1_000_000),
             dedupe_max_age_s: 7 * 24 * 3600,
-            max_payload_bytes: Spanned::new(0..0, 64 * 1024),
+            max_payload_bytes: unspanned(64 * 1024),
         }
     }
 }
@@ -140,25 +147,18 @@ pub struct MqttSource {
     pub password_file: Option<PathBuf>,
     /// PEM CA bundle for `mqtts://`; the system roots when absent.
     pub ca_file: Option<Spanned<PathBuf>>,
-    #[serde(default = "default_keep_alive_s")]
+    /// Default 30.
+    #[serde(default = "plain::u64::<30>")]
     pub keep_alive_s: u64,
     /// `clean_session = false`: the broker keeps subscriptions and unacknowledged messages while
     /// the agent is away. Turning it off gives up redelivery after a crash.
-    #[serde(default = "default_true")]
+    #[serde(default = "defaults::default_true")]
     pub persistent_session: bool,
     /// How redeliveries are recognised.
     #[serde(default)]
     pub idempotency: Idempotency,
     pub payload: PayloadConfig,
     pub subscribe: Vec<Subscription>,
-}
-
-fn default_keep_alive_s() -> u64 {
-    30
-}
-
-fn default_true() -> bool {
-    true
 }
 
 /// The dedupe key of an MQTT reading.
@@ -178,13 +178,9 @@ pub enum Idempotency {
 pub struct Subscription {
     /// An MQTT topic filter (`+` and `#` wildcards).
     pub topic: Spanned<String>,
-    /// 0, 1 or 2. Only QoS 1 and 2 are redelivered after a crash.
-    #[serde(default = "default_qos")]
+    /// 0, 1 or 2. Only QoS 1 and 2 are redelivered after a crash. Default 1.
+    #[serde(default = "defaults::u8::<1>")]
     pub qos: Spanned<u8>,
-}
-
-fn default_qos() -> Spanned<u8> {
-    Spanned::new(0..0, 1)
 }
 
 /// `[mqtt.payload]`: how a message body becomes readings.
@@ -230,13 +226,10 @@ pub enum TimestampUnit {
 pub struct SerialSource {
     pub name: Spanned<String>,
     pub path: PathBuf,
-    #[serde(default = "default_baud")]
+    /// Default 115,200.
+    #[serde(default = "plain::u32::<115_200>")]
     pub baud: u32,
     pub framing: SerialFraming,
-}
-
-fn default_baud() -> u32 {
-    115_200
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -293,23 +286,12 @@ pub struct Pipeline {
 impl Config {
     /// Reads, parses and validates `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        Config::from_toml(path, &text)
+        Config::from_toml(path, &edge_config_toml::read(path)?)
     }
 
     /// Parses and validates `text`; `path` is only used to name the file in errors.
     pub fn from_toml(path: &Path, text: &str) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|source| {
-            let at = Location::of(text, source.span().map_or(0, |s| s.start));
-            ConfigError::Syntax {
-                path: path.to_owned(),
-                at,
-                source: Box::new(source),
-            }
-        })?;
+        let config: Config = edge_config_toml::parse(path, text)?;
         validate(&config).map_err(|(span, problem)| ConfigError::Invalid {
             path: path.to_owned(),
             at: Location::of(text, span.start),
@@ -332,5 +314,7 @@ impl Config {
     }
 }
 
+#[cfg(test)]
+pub(crate) mod fixtures;
 #[cfg(test)]
 mod tests;

@@ -10,6 +10,28 @@
 //!   only allowed as placeholder delimiters.
 //! - **Sensor glob** (`[[pipeline]] sensors`): literal text where `*` matches any run.
 //!
+//! The id template and the sensor glob are the language the consumer's grouping rules speak too:
+//! both live in `edge_config_toml` ([`Template`], [`Glob`]) and are re-exported here.
+//!
+//! # Topics: why not `rumqttc::matches` / `rumqttc::valid_filter`
+//!
+//! [`TopicFilter::parse`] accepts exactly the filters `rumqttc::valid_filter` accepts (a test
+//! checks it over generated filters), but it also says *why* a filter is refused, which the
+//! configuration error shows; `valid_filter` only says no. [`TopicPattern::matches`] is not an
+//! MQTT filter match: it captures `{name}` levels, and it matches a topic starting with `$`
+//! when the pattern spells that level out (`$SYS/{what}`), where `rumqttc::matches` refuses
+//! every `$` topic, even for the filter `$SYS/+`. For plain filters on other topics the two
+//! agree (tested), so the hand-written matcher stays, with that difference pinned.
+//!
+//! # Broker URLs: why not the `url` crate
+//!
+//! [`BrokerUrl::parse`] accepts `mqtt[s]://host[:port][/]`, with IPv6 literals in brackets
+//! (`mqtt://[::1]`, `mqtt://[::1]:1883`; the host keeps its brackets, which is how rumqttc
+//! joins host and port for the TCP connect). `url` would accept more (user info, paths,
+//! queries, fragments, an empty port, upper-case schemes), so keeping the refusals would take a
+//! check for each on top of it, and it would bring `idna` and its Unicode tables into the
+//! gateway binary: more code and more bytes than the parser below.
+//!
 //! # Invariants
 //!
 //! - The first `[[sensor]]` rule (in file order) whose source and topic / device / channel match
@@ -18,11 +40,14 @@
 //!   finite value inside the rule's `[min, max]`, so the ingest log never stores a value that
 //!   the mapping would refuse.
 
+use edge_config_toml::valid_name;
+pub use edge_config_toml::{Glob, Template};
+
 use crate::config::{Config, SensorMapping};
 use crate::reading::{Reading, MAX_SENSOR_LEN};
 use crate::source::payload::RawReading;
 
-/// `mqtt://host[:port]` or `mqtts://host[:port]`.
+/// `mqtt://host[:port]` or `mqtts://host[:port]`; `host` may be an IPv6 literal in brackets.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BrokerUrl {
     pub tls: bool,
@@ -40,6 +65,9 @@ impl BrokerUrl {
             return Err("scheme must be mqtt:// or mqtts://");
         };
         let rest = rest.strip_suffix('/').unwrap_or(rest);
+        if let Some(url) = BrokerUrl::ipv6(tls, rest) {
+            return url;
+        }
         let (host, port) = match rest.rsplit_once(':') {
             Some((host, port)) => (host, port.parse().map_err(|_| "bad port")?),
             None => (rest, if tls { 8883 } else { 1883 }),
@@ -52,6 +80,32 @@ impl BrokerUrl {
             host: host.to_owned(),
             port,
         })
+    }
+
+    /// `[v6]` or `[v6]:port`, when the brackets hold an IPv6 address; `None` leaves the text
+    /// to the host-and-port rules above (which accept `[v6]:port` the same way, and refused
+    /// `[v6]` without a port before IPv6 literals were understood).
+    fn ipv6(tls: bool, rest: &str) -> Option<Result<BrokerUrl, &'static str>> {
+        let (address, after) = rest.strip_prefix('[')?.split_once(']')?;
+        address.parse::<std::net::Ipv6Addr>().ok()?;
+        let port = match after {
+            "" => {
+                if tls {
+                    8883
+                } else {
+                    1883
+                }
+            }
+            _ => match after.strip_prefix(':')?.parse() {
+                Ok(port) => port,
+                Err(_) => return Some(Err("bad port")),
+            },
+        };
+        Some(Ok(BrokerUrl {
+            tls,
+            host: format!("[{address}]"),
+            port,
+        }))
     }
 }
 
@@ -88,10 +142,6 @@ enum Level {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicPattern {
     levels: Vec<Level>,
-}
-
-fn valid_name(name: &str) -> bool {
-    !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 impl TopicPattern {
@@ -155,107 +205,6 @@ impl TopicPattern {
             }
         }
         parts.next().is_none().then_some(captures)
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Part {
-    Text(String),
-    Var(String),
-}
-
-/// A compiled sensor id template.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Template {
-    parts: Vec<Part>,
-}
-
-impl Template {
-    pub fn parse(template: &str) -> Result<Template, &'static str> {
-        if template.is_empty() {
-            return Err("empty");
-        }
-        let mut parts = Vec::new();
-        let mut rest = template;
-        while !rest.is_empty() {
-            match rest.find(['{', '}']) {
-                None => {
-                    parts.push(Part::Text(rest.to_owned()));
-                    rest = "";
-                }
-                Some(i) if rest.as_bytes()[i] == b'}' => return Err("`}` without `{`"),
-                Some(i) => {
-                    if i > 0 {
-                        parts.push(Part::Text(rest[..i].to_owned()));
-                    }
-                    let after = &rest[i + 1..];
-                    let end = after.find('}').ok_or("`{` without `}`")?;
-                    let name = &after[..end];
-                    if !valid_name(name) {
-                        return Err("a placeholder is `{name}` with name in [A-Za-z0-9_]");
-                    }
-                    parts.push(Part::Var(name.to_owned()));
-                    rest = &after[end + 1..];
-                }
-            }
-        }
-        Ok(Template { parts })
-    }
-
-    pub fn placeholders(&self) -> impl Iterator<Item = &str> {
-        self.parts.iter().filter_map(|p| match p {
-            Part::Var(name) => Some(name.as_str()),
-            Part::Text(_) => None,
-        })
-    }
-
-    /// Fills the placeholders; the name of the first one `lookup` cannot supply is the error.
-    pub fn render(&self, lookup: impl Fn(&str) -> Option<String>) -> Result<String, &str> {
-        let mut out = String::new();
-        for part in &self.parts {
-            match part {
-                Part::Text(text) => out.push_str(text),
-                Part::Var(name) => out.push_str(&lookup(name).ok_or(name.as_str())?),
-            }
-        }
-        Ok(out)
-    }
-}
-
-/// A `*` glob over sensor ids.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Glob {
-    pieces: Vec<String>,
-}
-
-impl Glob {
-    pub fn parse(glob: &str) -> Result<Glob, &'static str> {
-        if glob.is_empty() {
-            return Err("empty");
-        }
-        Ok(Glob {
-            pieces: glob.split('*').map(str::to_owned).collect(),
-        })
-    }
-
-    pub fn matches(&self, text: &str) -> bool {
-        let (first, rest) = match self.pieces.split_first() {
-            Some(split) => split,
-            None => return false,
-        };
-        let Some(mut remaining) = text.strip_prefix(first.as_str()) else {
-            return false;
-        };
-        let Some((last, middle)) = rest.split_last() else {
-            return remaining.is_empty();
-        };
-        for piece in middle {
-            match remaining.find(piece.as_str()) {
-                Some(i) => remaining = &remaining[i + piece.len()..],
-                None => return false,
-            }
-        }
-        remaining.len() >= last.len() && remaining.ends_with(last.as_str())
     }
 }
 

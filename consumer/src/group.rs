@@ -8,18 +8,20 @@
 //!
 //! Example: `match = "plant7.*.temp*"`, `key = "plant7.{1}.temperature"` merges every
 //! temperature sensor of a line into one group per line.
+//!
+//! The glob and the template scanner are `edge_config_toml`'s, shared with the agent's
+//! `[[pipeline]] sensors` and `[[sensor]] id` (a run of stars is one star; captures take the
+//! shortest run first). What stays here is the consumer's own reading of a template, which
+//! differs from the agent's on purpose (see `edge_config_toml::template`): names are `series` or
+//! a star number (`usize` syntax), and a `}` outside a placeholder is literal text.
+
+use edge_config_toml::{segments, Glob, Segment, Unclosed};
 
 /// One rule: glob and template.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rule {
-    pattern: Vec<Piece>,
+    pattern: Glob,
     template: Vec<Part>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Piece {
-    Literal(String),
-    Star,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,60 +35,35 @@ impl Rule {
     /// Builds a rule; the reason when the template refers to a star the pattern does not have, or
     /// has an unclosed brace.
     pub fn new(pattern: &str, template: &str) -> Result<Rule, &'static str> {
-        if pattern.is_empty() {
-            return Err("the pattern must not be empty");
-        }
-        let mut pieces = Vec::new();
-        for (i, literal) in pattern.split('*').enumerate() {
-            if i > 0 && pieces.last() != Some(&Piece::Star) {
-                pieces.push(Piece::Star);
-            }
-            if !literal.is_empty() {
-                pieces.push(Piece::Literal(literal.to_owned()));
-            }
-        }
-        let stars = pieces.iter().filter(|p| **p == Piece::Star).count();
+        let pattern = Glob::parse(pattern).map_err(|_| "the pattern must not be empty")?;
         let mut parts = Vec::new();
-        let mut rest = template;
-        while let Some(open) = rest.find('{') {
-            if open > 0 {
-                parts.push(Part::Literal(rest[..open].to_owned()));
-            }
-            let close = rest[open..]
-                .find('}')
-                .ok_or("an unclosed `{` in the key template")?;
-            let name = &rest[open + 1..open + close];
-            if name == "series" {
-                parts.push(Part::Series);
-            } else {
-                let n: usize = name
-                    .parse()
-                    .map_err(|_| "the key template knows only {series} and {1}, {2}, ...")?;
-                if n == 0 || n > stars {
-                    return Err("the key template names a star the pattern does not have");
+        for segment in segments(template) {
+            match segment.map_err(|Unclosed| "an unclosed `{` in the key template")? {
+                Segment::Text(text) => parts.push(Part::Literal(text.to_owned())),
+                Segment::Placeholder("series") => parts.push(Part::Series),
+                Segment::Placeholder(name) => {
+                    let n: usize = name
+                        .parse()
+                        .map_err(|_| "the key template knows only {series} and {1}, {2}, ...")?;
+                    if n == 0 || n > pattern.stars() {
+                        return Err("the key template names a star the pattern does not have");
+                    }
+                    parts.push(Part::Capture(n));
                 }
-                parts.push(Part::Capture(n));
             }
-            rest = &rest[open + close + 1..];
-        }
-        if !rest.is_empty() {
-            parts.push(Part::Literal(rest.to_owned()));
         }
         if parts.is_empty() {
             return Err("the key template must not be empty");
         }
         Ok(Rule {
-            pattern: pieces,
+            pattern,
             template: parts,
         })
     }
 
     /// The group key of `series`, when the pattern matches it.
     pub fn apply(&self, series: &str) -> Option<String> {
-        let mut captures = Vec::new();
-        if !matches(&self.pattern, series, &mut captures) {
-            return None;
-        }
+        let captures = self.pattern.captures(series)?;
         let mut out = String::new();
         for part in &self.template {
             match part {
@@ -96,29 +73,6 @@ impl Rule {
             }
         }
         Some(out)
-    }
-}
-
-/// Glob match with captures, shortest run first, backtracking.
-fn matches<'a>(pieces: &[Piece], text: &'a str, captures: &mut Vec<&'a str>) -> bool {
-    match pieces.split_first() {
-        None => text.is_empty(),
-        Some((Piece::Literal(l), rest)) => {
-            text.starts_with(l.as_str()) && matches(rest, &text[l.len()..], captures)
-        }
-        Some((Piece::Star, rest)) => {
-            for (cut, _) in text
-                .char_indices()
-                .chain(std::iter::once((text.len(), ' ')))
-            {
-                captures.push(&text[..cut]);
-                if matches(rest, &text[cut..], captures) {
-                    return true;
-                }
-                captures.pop();
-            }
-            false
-        }
     }
 }
 

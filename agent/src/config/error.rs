@@ -1,7 +1,12 @@
 //! Configuration errors: every one names the file, line, column, field and what is allowed.
+//!
+//! The place is an [`edge_config_toml::Location`] (shared with the consumer); the wording is the
+//! agent's own.
 
-use std::fmt;
 use std::path::PathBuf;
+
+use edge_config_toml::LoadError;
+pub use edge_config_toml::Location;
 
 /// Why a configuration file was refused. All variants are fatal: retrying cannot help.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +50,15 @@ impl ConfigError {
         match self {
             ConfigError::Read { .. } => None,
             ConfigError::Syntax { at, .. } | ConfigError::Invalid { at, .. } => Some(at),
+        }
+    }
+}
+
+impl From<LoadError> for ConfigError {
+    fn from(error: LoadError) -> Self {
+        match error {
+            LoadError::Read { path, source } => ConfigError::Read { path, source },
+            LoadError::Syntax { path, at, source } => ConfigError::Syntax { path, at, source },
         }
     }
 }
@@ -109,58 +123,4 @@ pub enum Invalid {
         key: String,
         reserved: Vec<&'static str>,
     },
-}
-
-/// A place in the file: 1-based line and column, and the table and key found there.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Location {
-    pub line: usize,
-    pub column: usize,
-    /// The `[table]` or `[[array]]` header the line is under, e.g. `[[mqtt.subscribe]]`.
-    pub table: Option<String>,
-    /// The key on that line, when the line is `key = value`.
-    pub key: Option<String>,
-}
-
-impl Location {
-    /// Locates byte `offset` in `text` (clamped to the text).
-    pub fn of(text: &str, offset: usize) -> Location {
-        let mut offset = offset.min(text.len());
-        while !text.is_char_boundary(offset) {
-            offset -= 1;
-        }
-        let before = &text[..offset];
-        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-        let line = before.matches('\n').count() + 1;
-        let column = before[line_start..].chars().count() + 1;
-        let line_text = text[line_start..].lines().next().unwrap_or("");
-        let key = line_text
-            .split_once('=')
-            .map(|(k, _)| k.trim())
-            .filter(|k| !k.is_empty() && !k.starts_with('['))
-            .map(str::to_owned);
-        let table = text[..line_start]
-            .lines()
-            .chain(std::iter::once(line_text))
-            .rfind(|l| l.trim_start().starts_with('['))
-            .map(|l| l.trim().to_owned());
-        Location {
-            line,
-            column,
-            table,
-            key,
-        }
-    }
-}
-
-impl fmt::Display for Location {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.line, self.column)?;
-        match (&self.table, &self.key) {
-            (Some(t), Some(k)) => write!(f, ": in {t}, field `{k}`"),
-            (None, Some(k)) => write!(f, ": field `{k}`"),
-            (Some(t), None) => write!(f, ": in {t}"),
-            (None, None) => Ok(()),
-        }
-    }
 }

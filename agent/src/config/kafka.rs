@@ -6,9 +6,11 @@
 use std::collections::BTreeMap;
 use std::ops::Range;
 
+use edge_config_toml::defaults::{self, plain, unspanned};
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::validate::{at_least, legal_name_char};
 use super::Invalid;
 
 /// `[kafka]`.
@@ -26,7 +28,7 @@ pub struct KafkaSection {
     #[serde(default)]
     pub topics: KafkaTopics,
     /// Create missing topics (`true`, default) or refuse to start naming the missing one.
-    #[serde(default = "default_true")]
+    #[serde(default = "defaults::default_true")]
     pub create_topics: bool,
     /// Partitions of topics the agent creates; the broker's `num.partitions` when absent.
     pub partitions: Option<Spanned<i32>>,
@@ -35,17 +37,17 @@ pub struct KafkaSection {
     pub replication_factor: Option<Spanned<i32>>,
     /// `transaction.timeout.ms` of the producer: the broker aborts a transaction left open
     /// longer (a crashed agent's), and a reader of the progress topic waits at most about this
-    /// long for another agent's open transaction. At least 1000.
-    #[serde(default = "default_transaction_timeout_ms")]
+    /// long for another agent's open transaction. At least 1000; default 60,000.
+    #[serde(default = "defaults::u64::<60_000>")]
     pub transaction_timeout_ms: Spanned<u64>,
-    /// At most this many outbox records per Kafka transaction ...
-    #[serde(default = "default_batch_max_records")]
+    /// At most this many outbox records per Kafka transaction (default 10,000) ...
+    #[serde(default = "defaults::usize::<10_000>")]
     pub batch_max_records: Spanned<usize>,
-    /// ... and at most about this many payload bytes (one record more at most).
-    #[serde(default = "default_batch_max_bytes")]
+    /// ... and at most about this many payload bytes (one record more at most; default 8 MiB).
+    #[serde(default = "defaults::usize::<8_388_608>")]
     pub batch_max_bytes: Spanned<usize>,
-    /// How often an empty outbox is looked at again, in ms.
-    #[serde(default = "default_poll_interval_ms")]
+    /// How often an empty outbox is looked at again, in ms (default 10).
+    #[serde(default = "plain::u64::<10>")]
     pub poll_interval_ms: u64,
     /// Take over the progress of another instance (another database) that used this agent id.
     /// Refused by default: see `forward` ("instance id").
@@ -71,7 +73,7 @@ pub struct KafkaTopics {
 
 impl Default for KafkaTopics {
     fn default() -> Self {
-        let name = |s: &str| Spanned::new(0..0, s.to_owned());
+        let name = |s: &str| unspanned(s.to_owned());
         KafkaTopics {
             partials: name("edge.partials"),
             readings: name("edge.readings"),
@@ -80,26 +82,6 @@ impl Default for KafkaTopics {
             progress: name("edge.progress"),
         }
     }
-}
-
-fn default_true() -> bool {
-    true
-}
-
-fn default_transaction_timeout_ms() -> Spanned<u64> {
-    Spanned::new(0..0, 60_000)
-}
-
-fn default_batch_max_records() -> Spanned<usize> {
-    Spanned::new(0..0, 10_000)
-}
-
-fn default_batch_max_bytes() -> Spanned<usize> {
-    Spanned::new(0..0, 8 * 1024 * 1024)
-}
-
-fn default_poll_interval_ms() -> u64 {
-    10
 }
 
 /// librdkafka settings the forwarder sets itself, because exactly-once depends on them.
@@ -150,8 +132,7 @@ pub fn validate_kafka(kafka: &KafkaSection) -> Result<(), (Range<usize>, Invalid
         if expanded.is_empty() {
             return fail(name.span(), Invalid::Empty { field });
         }
-        let legal = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
-        if !expanded.chars().all(legal) || expanded.len() > MAX_TOPIC_LEN {
+        if !expanded.chars().all(legal_name_char) || expanded.len() > MAX_TOPIC_LEN {
             return fail(name.span(), Invalid::BadName { field });
         }
     }
@@ -163,51 +144,19 @@ pub fn validate_kafka(kafka: &KafkaSection) -> Result<(), (Range<usize>, Invalid
         };
         return fail(span, Invalid::BadName { field: "topics" });
     }
-    if let Some(p) = &kafka.partitions {
-        if *p.get_ref() < 1 {
-            return fail(
-                p.span(),
-                Invalid::TooSmall {
-                    field: "kafka.partitions",
-                    least: 1,
-                },
-            );
+    for (value, field) in [
+        (&kafka.partitions, "kafka.partitions"),
+        (&kafka.replication_factor, "kafka.replication_factor"),
+    ] {
+        if let Some(value) = value {
+            at_least(value, field, 1)?;
         }
     }
-    if let Some(r) = &kafka.replication_factor {
-        if *r.get_ref() < 1 {
-            return fail(
-                r.span(),
-                Invalid::TooSmall {
-                    field: "kafka.replication_factor",
-                    least: 1,
-                },
-            );
-        }
-    }
-    let least = |value: u64, span: Range<usize>, field, least: u64| {
-        if value < least {
-            Err((span, Invalid::TooSmall { field, least }))
-        } else {
-            Ok(())
-        }
-    };
-    least(
-        *kafka.transaction_timeout_ms.get_ref(),
-        kafka.transaction_timeout_ms.span(),
+    at_least(
+        &kafka.transaction_timeout_ms,
         "kafka.transaction_timeout_ms",
         1000,
     )?;
-    least(
-        *kafka.batch_max_records.get_ref() as u64,
-        kafka.batch_max_records.span(),
-        "kafka.batch_max_records",
-        1,
-    )?;
-    least(
-        *kafka.batch_max_bytes.get_ref() as u64,
-        kafka.batch_max_bytes.span(),
-        "kafka.batch_max_bytes",
-        1,
-    )
+    at_least(&kafka.batch_max_records, "kafka.batch_max_records", 1)?;
+    at_least(&kafka.batch_max_bytes, "kafka.batch_max_bytes", 1)
 }

@@ -1,29 +1,19 @@
 use std::path::Path;
 
+use super::fixtures::{self, MINIMAL};
 use super::*;
-
-const MINIMAL: &str = r#"
-[agent]
-id = "gw-1"
-data_dir = "/tmp/edge"
-
-[[mqtt]]
-name = "broker"
-url = "mqtt://127.0.0.1:1883"
-client_id = "agent-gw-1"
-payload = { format = "json", value = "/v", timestamp = "/ts" }
-subscribe = [{ topic = "plant/+/+/temp", qos = 1 }]
-
-[[sensor]]
-source = "broker"
-topic = "plant/{site}/{device}/temp"
-id = "{site}.{device}.temp"
-min = -40.0
-max = 125.0
-"#;
 
 fn parse(text: &str) -> Result<Config, ConfigError> {
     Config::from_toml(Path::new("agent.toml"), text)
+}
+
+/// The refusal message of `text`, after checking it mentions every one of `words`.
+fn message_mentions(text: &str, words: &[&str]) -> String {
+    let message = error_of(text).to_string();
+    for word in words {
+        assert!(message.contains(word), "{word}: {message}");
+    }
+    message
 }
 
 fn error_of(text: &str) -> ConfigError {
@@ -43,7 +33,7 @@ fn the_example_configuration_parses_and_validates() {
 
 #[test]
 fn a_minimal_configuration_gets_the_documented_defaults() {
-    let config = parse(MINIMAL).unwrap_or_else(|e| panic!("{e}"));
+    let config = fixtures::minimal();
     assert_eq!(config.buffer.on_full, OnFull::Backpressure);
     assert_eq!(*config.buffer.quota_bytes.get_ref(), 256 * 1024 * 1024);
     assert!(config.mqtt[0].persistent_session);
@@ -82,12 +72,7 @@ fn a_wrong_type_names_the_line_and_the_field() {
 #[test]
 fn an_unknown_on_full_policy_lists_the_allowed_ones() {
     let text = format!("{MINIMAL}\n[buffer]\non_full = \"drop_newest\"\n");
-    let message = error_of(&text).to_string();
-    assert!(
-        message.contains("backpressure") && message.contains("drop_oldest"),
-        "{message}"
-    );
-    assert!(message.contains("field `on_full`"), "{message}");
+    message_mentions(&text, &["backpressure", "drop_oldest", "field `on_full`"]);
 }
 
 #[test]
@@ -114,12 +99,7 @@ fn an_undefined_placeholder_is_refused_with_the_allowed_names() {
 #[test]
 fn a_mapping_to_an_unknown_source_names_the_defined_sources() {
     let text = MINIMAL.replace("source = \"broker\"", "source = \"brokr\"");
-    let message = error_of(&text).to_string();
-    assert!(
-        message.contains("brokr") && message.contains("\"broker\""),
-        "{message}"
-    );
-    assert!(message.contains("agent.toml:14:"), "{message}");
+    message_mentions(&text, &["brokr", "\"broker\"", "agent.toml:14:"]);
 }
 
 #[test]
@@ -143,8 +123,7 @@ fn bad_urls_qos_and_topic_filters_are_refused() {
             "topic",
         ),
     ] {
-        let message = error_of(&MINIMAL.replace(from, to)).to_string();
-        assert!(message.contains(expect), "{to}: {message}");
+        message_mentions(&MINIMAL.replace(from, to), &[expect]);
     }
 }
 
@@ -152,8 +131,7 @@ fn bad_urls_qos_and_topic_filters_are_refused() {
 fn a_window_must_be_a_table() {
     let text =
         format!("{MINIMAL}\n[[pipeline]]\nname = \"p\"\nsensors = [\"*\"]\nwindow = \"10s\"\n");
-    let message = error_of(&text).to_string();
-    assert!(message.contains("window"), "{message}");
+    message_mentions(&text, &["window"]);
 }
 
 #[test]

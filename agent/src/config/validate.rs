@@ -83,22 +83,25 @@ fn name(value: &Spanned<String>, field: &'static str) -> Result<(), Failure> {
     if text.is_empty() {
         return Err(at(value, Invalid::Empty { field }));
     }
-    if !text
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-    {
+    if !text.chars().all(legal_name_char) {
         return Err(at(value, Invalid::BadName { field }));
     }
     Ok(())
 }
 
-fn at_least<T: Copy + TryInto<u64>>(
+/// What agent ids, source, pipeline and topic names may hold: `[A-Za-z0-9._-]`.
+pub(super) fn legal_name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')
+}
+
+/// `value >= least`, for any integer field (signed ones too: `-1` is less than 1).
+pub(super) fn at_least<T: Copy + TryInto<i128>>(
     value: &Spanned<T>,
     field: &'static str,
     least: u64,
 ) -> Result<(), Failure> {
-    let wide: u64 = (*value.get_ref()).try_into().unwrap_or(u64::MAX);
-    if wide < least {
+    let wide: i128 = (*value.get_ref()).try_into().unwrap_or(i128::MAX);
+    if wide < i128::from(least) {
         return Err(at(value, Invalid::TooSmall { field, least }));
     }
     Ok(())

@@ -150,14 +150,14 @@ impl WindowConfig {
 mod tests {
     use std::path::Path;
 
+    use crate::config::fixtures::with_agent;
     use crate::config::{Config, ConfigError, Invalid};
 
-    const BASE: &str = "[agent]\nid = \"gw\"\ndata_dir = \"/tmp/x\"\n\n[[pipeline]]\nname = \"p\"\nsensors = [\"*\"]\n";
-
     fn parse(window: &str) -> Result<Config, ConfigError> {
+        let pipeline = "\n[[pipeline]]\nname = \"p\"\nsensors = [\"*\"]\n[pipeline.window]\n";
         Config::from_toml(
             Path::new("a.toml"),
-            &format!("{BASE}[pipeline.window]\n{window}"),
+            &with_agent(&format!("{pipeline}{window}")),
         )
     }
 

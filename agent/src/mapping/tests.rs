@@ -1,7 +1,7 @@
-use std::path::Path;
+use proptest::prelude::*;
 
 use super::*;
-use crate::config::Config;
+use crate::config::fixtures;
 
 fn raw(value: f64) -> RawReading {
     RawReading {
@@ -9,6 +9,14 @@ fn raw(value: f64) -> RawReading {
         ts_ms: Some(1_000),
         value,
         seq: None,
+    }
+}
+
+/// [`raw`] from the payload's sensor `temp`.
+fn temp(value: f64) -> RawReading {
+    RawReading {
+        sensor: Some("temp".into()),
+        ..raw(value)
     }
 }
 
@@ -44,26 +52,6 @@ fn malformed_patterns_and_templates_are_refused() {
 }
 
 #[test]
-fn templates_render_placeholders_and_name_the_missing_one() {
-    let t = Template::parse("x.{a}.{b}").unwrap();
-    assert_eq!(t.placeholders().collect::<Vec<_>>(), ["a", "b"]);
-    let lookup = |n: &str| (n == "a").then(|| "1".to_owned());
-    assert_eq!(t.render(lookup), Err("b"));
-    assert_eq!(t.render(|n: &str| Some(n.to_uppercase())).unwrap(), "x.A.B");
-}
-
-#[test]
-fn globs_match_any_run_for_each_star() {
-    let g = Glob::parse("plant.*.temp*").unwrap();
-    assert!(g.matches("plant.a.temp"));
-    assert!(g.matches("plant.a.b.temp2"));
-    assert!(!g.matches("plant.temp"));
-    assert!(!g.matches("xplant.a.temp"));
-    assert!(Glob::parse("*").unwrap().matches(""));
-    assert!(!Glob::parse("ab*ba").unwrap().matches("aba"));
-}
-
-#[test]
 fn broker_urls_default_their_ports_by_scheme() {
     assert_eq!(BrokerUrl::parse("mqtt://h").unwrap().port, 1883);
     let tls = BrokerUrl::parse("mqtts://h:18831/").unwrap();
@@ -72,10 +60,76 @@ fn broker_urls_default_their_ports_by_scheme() {
     assert!(BrokerUrl::parse("mqtt://:1").is_err());
 }
 
-const CONFIG: &str = r##"
-[agent]
-id = "gw"
-data_dir = "/tmp/x"
+#[test]
+fn broker_urls_take_ipv6_literals_in_brackets_with_or_without_a_port() {
+    let url = |s: &str| BrokerUrl::parse(s).map(|u| (u.tls, u.host, u.port));
+    assert_eq!(url("mqtt://[::1]:1884"), Ok((false, "[::1]".into(), 1884)));
+    assert_eq!(url("mqtt://[::1]"), Ok((false, "[::1]".into(), 1883)));
+    assert_eq!(
+        url("mqtts://[fe80::1]/"),
+        Ok((true, "[fe80::1]".into(), 8883))
+    );
+    for bad in ["mqtt://[::1]:", "mqtt://[::1]:x", "mqtt://[::1]x"] {
+        assert!(BrokerUrl::parse(bad).is_err(), "{bad}");
+    }
+}
+
+/// The set the parser accepted before IPv6 literals, pinned so the bracket rule only adds.
+#[test]
+fn broker_urls_keep_what_they_accepted_and_refused() {
+    let url = |s: &str| BrokerUrl::parse(s).map(|u| (u.tls, u.host, u.port));
+    assert_eq!(url("mqtt://h:1"), Ok((false, "h".into(), 1)));
+    assert_eq!(url("mqtt://[zz]"), Ok((false, "[zz]".into(), 1883)));
+    // Unbracketed colons split at the last one, as they always did (host `:`, `[:`).
+    assert_eq!(url("mqtt://::1"), Ok((false, ":".into(), 1)));
+    assert_eq!(url("mqtt://[::1"), Ok((false, "[:".into(), 1)));
+    for bad in [
+        "MQTT://h",
+        "mqtt://",
+        "mqtt://h:",
+        "mqtt://h:99999",
+        "mqtt://u@h",
+        "mqtt://h/x",
+        "mqtt://h//",
+        "http://h",
+    ] {
+        assert!(BrokerUrl::parse(bad).is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn topic_patterns_follow_the_mqtt_edge_cases() {
+    let m = |p: &str, t: &str| TopicPattern::parse(p).unwrap().matches(t).is_some();
+    // `#` also matches the parent level; `+` matches an empty level.
+    assert!(m("a/#", "a") && m("a/#", "a/b/c") && m("#", "a/b"));
+    assert!(m("a/+/c", "a//c") && !m("a/+", "a/b/c") && !m("a/+", "a"));
+    // A pattern that spells out a `$` level matches it (rumqttc::matches never does); a
+    // wildcard-only pattern matches `$` topics too (the broker does not deliver them to one).
+    assert!(m("$SYS/{what}", "$SYS/load") && m("+/load", "$SYS/load"));
+    assert!(!rumqttc::matches("$SYS/load", "$SYS/+"));
+}
+
+proptest! {
+    /// `TopicFilter::parse` refuses exactly what rumqttc refuses (and says why).
+    #[test]
+    fn topic_filters_are_refused_exactly_as_rumqttc_refuses_them(filter in "[a+#/$]{0,8}") {
+        prop_assert_eq!(TopicFilter::parse(&filter).is_ok(), rumqttc::valid_filter(&filter));
+    }
+
+    /// Without captures and `$` topics, a topic pattern is an MQTT filter: it matches what
+    /// rumqttc::matches matches.
+    #[test]
+    fn plain_patterns_match_as_rumqttc_matches(
+        filter in "[ab+#/]{1,7}",
+        topic in "[ab/]{0,7}",
+    ) {
+        prop_assume!(rumqttc::valid_filter(&filter));
+        let pattern = TopicPattern::parse(&filter).unwrap();
+        prop_assert_eq!(pattern.matches(&topic).is_some(), rumqttc::matches(&topic, &filter));
+    }
+}
+
+const SECTIONS: &str = r##"
 [[mqtt]]
 name = "b"
 url = "mqtt://h"
@@ -101,15 +155,13 @@ id = "d{device}.c{channel}"
 "##;
 
 fn mapper() -> Mapper {
-    Mapper::new(&Config::from_toml(Path::new("t.toml"), CONFIG).unwrap_or_else(|e| panic!("{e}")))
+    Mapper::new(&fixtures::config(&fixtures::with_agent(SECTIONS)))
 }
 
 #[test]
 fn a_topic_maps_to_its_sensor_id_with_calibration() {
-    let mut r = raw(20.0);
-    r.sensor = Some("temp".into());
     let reading = mapper()
-        .map("b", Origin::Topic("site/kitchen/t"), &r, 5)
+        .map("b", Origin::Topic("site/kitchen/t"), &temp(20.0), 5)
         .unwrap();
     assert_eq!(reading.sensor, "kitchen.temp");
     assert_eq!(reading.value, 3.0);
@@ -118,10 +170,8 @@ fn a_topic_maps_to_its_sensor_id_with_calibration() {
 
 #[test]
 fn values_outside_the_valid_range_are_rejected() {
-    let mut r = raw(200.0);
-    r.sensor = Some("temp".into());
     let err = mapper()
-        .map("b", Origin::Topic("site/k/t"), &r, 5)
+        .map("b", Origin::Topic("site/k/t"), &temp(200.0), 5)
         .unwrap_err();
     assert!(matches!(err, MapError::OutOfRange { value, .. } if value == 21.0));
 }
