@@ -77,9 +77,9 @@ impl Dedupe {
         let sensor_key = |tag: u8, n: u64| {
             let mut k = ByteWriter::with_capacity(11 + reading.sensor.len());
             k.u8(tag)
-                .u16_be(reading.sensor.len() as u16)
+                .bytes(&(reading.sensor.len() as u16).to_be_bytes())
                 .bytes(reading.sensor.as_bytes())
-                .u64_be(n);
+                .bytes(&n.to_be_bytes());
             k.into_vec()
         };
         match *self {
@@ -97,10 +97,10 @@ impl Dedupe {
             } => {
                 let mut k = ByteWriter::with_capacity(15);
                 k.u8(1)
-                    .u32_be(device)
-                    .u32_be(boot)
-                    .u32_be(seq)
-                    .u16_be(index);
+                    .bytes(&device.to_be_bytes())
+                    .bytes(&boot.to_be_bytes())
+                    .bytes(&seq.to_be_bytes())
+                    .bytes(&index.to_be_bytes());
                 Some(k.into_vec())
             }
         }
@@ -158,10 +158,7 @@ impl DeadLetter {
     /// windowing stage takes the Kafka key (the source) from it.
     pub fn decode(bytes: &[u8]) -> Result<DeadLetter, BadDeadLetter> {
         let mut r = ByteReader::new(bytes);
-        let version = r.u8()?;
-        if version != DEAD_LETTER_VERSION {
-            return Err(BadDeadLetter::Version(version));
-        }
+        r.version(DEAD_LETTER_VERSION, BadDeadLetter::Version)?;
         let received_ms = r.u64()?;
         let text = |b: &[u8]| {
             std::str::from_utf8(b)

@@ -178,10 +178,7 @@ impl OutboxRecord {
     /// Reads version-1 bytes; never panics.
     pub fn decode(bytes: &[u8]) -> Result<OutboxRecord, CorruptRecord> {
         let mut r = ByteReader::new(bytes);
-        let version = r.u8()?;
-        if version != RECORD_VERSION {
-            return Err(CorruptRecord::Version(version));
-        }
+        r.version(RECORD_VERSION, CorruptRecord::Version)?;
         let kind_byte = r.u8()?;
         let kind = RecordKind::from_byte(kind_byte).ok_or(CorruptRecord::Kind(kind_byte))?;
         let created_ms = r.u64()?;

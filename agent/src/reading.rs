@@ -87,10 +87,7 @@ impl Reading {
 
     pub fn decode(bytes: &[u8]) -> Result<Reading, DecodeError> {
         let mut r = ByteReader::new(bytes);
-        let version = r.u8()?;
-        if version != VERSION {
-            return Err(DecodeError::Version(version));
-        }
+        r.version(VERSION, DecodeError::Version)?;
         let flags = r.u8()?;
         if flags & !FLAG_SEQ != 0 {
             return Err(DecodeError::Flags(flags));

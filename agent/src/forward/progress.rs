@@ -97,10 +97,7 @@ impl Marker {
     /// Reads version-1 bytes; never panics.
     pub fn decode(bytes: &[u8]) -> Result<Marker, BadMarker> {
         let mut r = ByteReader::new(bytes);
-        let version = r.u8()?;
-        if version != MARKER_VERSION {
-            return Err(BadMarker::Version(version));
-        }
+        r.version(MARKER_VERSION, BadMarker::Version)?;
         let agent = std::str::from_utf8(r.bytes_u16()?)
             .map_err(|_| BadMarker::Agent)?
             .to_owned();

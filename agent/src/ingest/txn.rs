@@ -24,6 +24,13 @@ const KEYS: [&str; 8] = [
     UPSTREAM_GAPS,
 ];
 
+/// The two sequenced tables of the log.
+#[derive(Clone, Copy)]
+enum Log {
+    Readings,
+    DeadLetters,
+}
+
 pub struct Tables<'t> {
     readings: Table<'t, u64, &'static [u8]>,
     dead: Table<'t, u64, &'static [u8]>,
@@ -125,19 +132,11 @@ impl<'t> Tables<'t> {
                         self.add(UPSTREAM_GAPS, seq - last - 1);
                     }
                 }
-                let seq = self.get(NEXT_SEQ);
-                let bytes = reading.encode();
-                self.readings.insert(seq, bytes.as_slice())?;
-                self.add(NEXT_SEQ, 1);
-                self.add(LOG_BYTES, row_bytes(bytes.len()));
+                self.append(Log::Readings, &reading.encode())?;
                 done.accepted += 1;
             }
             for dead in &sub.dead_letters {
-                let seq = self.get(NEXT_DEAD_LETTER);
-                let bytes = dead.encode();
-                self.dead.insert(seq, bytes.as_slice())?;
-                self.add(NEXT_DEAD_LETTER, 1);
-                self.add(LOG_BYTES, row_bytes(bytes.len()));
+                self.append(Log::DeadLetters, &dead.encode())?;
                 done.rejected += 1;
             }
             done.submissions += 1;
@@ -147,6 +146,23 @@ impl<'t> Tables<'t> {
         self.add(REJECTED, done.rejected);
         self.add(DROPPED, done.dropped);
         Ok(done)
+    }
+
+    /// Stores `bytes` under the next sequence number of `log`, counting it into `log_bytes`.
+    fn append(&mut self, log: Log, bytes: &[u8]) -> Result<(), IngestError> {
+        let next = match log {
+            Log::Readings => NEXT_SEQ,
+            Log::DeadLetters => NEXT_DEAD_LETTER,
+        };
+        let seq = self.get(next);
+        let table = match log {
+            Log::Readings => &mut self.readings,
+            Log::DeadLetters => &mut self.dead,
+        };
+        table.insert(seq, bytes)?;
+        self.add(next, 1);
+        self.add(LOG_BYTES, row_bytes(bytes.len()));
+        Ok(())
     }
 
     /// `drop_oldest`: evicts oldest readings (then dead letters) until `need` more bytes fit.

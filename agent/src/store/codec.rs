@@ -7,7 +7,7 @@
 //! of `r.u8()?`, `r.u64()?`, ... and ends with [`ByteReader::finish`] (no trailing bytes).
 //!
 //! Big-endian appears in one place only, the `dedupe` keys, whose integers must sort as bytes
-//! (`FORMAT.md`); those use [`ByteWriter::u16_be`] and friends. Never host-endian.
+//! (`FORMAT.md`); those write `to_be_bytes()` with [`ByteWriter::bytes`]. Never host-endian.
 
 /// A read ran past the end of the bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,21 +49,6 @@ impl ByteWriter {
         self.u64(v.to_bits())
     }
 
-    /// Big-endian, for keys that must sort as bytes.
-    pub fn u16_be(&mut self, v: u16) -> &mut Self {
-        self.bytes(&v.to_be_bytes())
-    }
-
-    /// Big-endian, for keys that must sort as bytes.
-    pub fn u32_be(&mut self, v: u32) -> &mut Self {
-        self.bytes(&v.to_be_bytes())
-    }
-
-    /// Big-endian, for keys that must sort as bytes.
-    pub fn u64_be(&mut self, v: u64) -> &mut Self {
-        self.bytes(&v.to_be_bytes())
-    }
-
     /// Raw bytes, no length.
     pub fn bytes(&mut self, v: &[u8]) -> &mut Self {
         self.0.extend_from_slice(v);
@@ -92,6 +77,19 @@ pub struct ByteReader<'a>(&'a [u8]);
 impl<'a> ByteReader<'a> {
     pub fn new(bytes: &'a [u8]) -> ByteReader<'a> {
         ByteReader(bytes)
+    }
+
+    /// The version byte every record starts with: `Ok` when it is `expected`, otherwise the
+    /// format's own error made by `unknown` from the byte read.
+    pub fn version<E: From<Truncated>>(
+        &mut self,
+        expected: u8,
+        unknown: impl FnOnce(u8) -> E,
+    ) -> Result<(), E> {
+        match self.u8()? {
+            v if v == expected => Ok(()),
+            v => Err(unknown(v)),
+        }
     }
 
     /// The next `n` bytes.
@@ -169,7 +167,9 @@ mod tests {
     fn what_the_writer_writes_the_reader_reads_back() {
         let mut w = ByteWriter::default();
         w.u8(1).u16(0x0203).u32(0x0405_0607).u64(8).i64(-1).f64(1.5);
-        w.bytes_u16(b"ab").bytes_u32(b"cde").u16_be(0x0102);
+        w.bytes_u16(b"ab")
+            .bytes_u32(b"cde")
+            .bytes(&0x0102u16.to_be_bytes());
         let bytes = w.into_vec();
         let mut r = ByteReader::new(&bytes);
         assert_eq!(r.u8(), Ok(1));
@@ -191,5 +191,28 @@ mod tests {
         assert_eq!(r.rest(), &[1]);
         assert_eq!(r.u64(), Err(Truncated));
         assert_eq!(r.finish(), Err(1));
+    }
+
+    #[test]
+    fn an_unknown_version_is_the_formats_own_error() {
+        #[derive(Debug, PartialEq)]
+        enum E {
+            Truncated,
+            Version(u8),
+        }
+        impl From<Truncated> for E {
+            fn from(_: Truncated) -> E {
+                E::Truncated
+            }
+        }
+        assert_eq!(ByteReader::new(&[1]).version(1, E::Version), Ok(()));
+        assert_eq!(
+            ByteReader::new(&[2]).version(1, E::Version),
+            Err(E::Version(2))
+        );
+        assert_eq!(
+            ByteReader::new(&[]).version(1, E::Version),
+            Err(E::Truncated)
+        );
     }
 }
