@@ -20,8 +20,8 @@
 //! 4. **Dense, increasing sequence.** Readings get `next_seq, next_seq + 1, ...`; `next_seq` is
 //!    stored in `meta` in the same transaction, so a sequence number is never reused even after
 //!    trimming the whole log.
-//! 5. **Quota.** `log_bytes` (readings + dead letters, estimated per `store/FORMAT.md`) is updated in
-//!    the same transaction as the rows it counts. Under `backpressure` a submission that would
+//! 5. **Quota.** `log_bytes` (readings + dead letters, estimated per `store/FORMAT.md`) is
+//!    updated in the same transaction as the rows it counts. Under `backpressure` a submission that would
 //!    pass the quota is not committed (and not acked) unless the log is empty (so one
 //!    submission larger than the quota cannot wedge the agent; the quota may be exceeded by
 //!    at most one submission). Under `drop_oldest` the oldest readings are evicted first and

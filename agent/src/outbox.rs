@@ -23,8 +23,8 @@
 //! u32 payload_len LE, payload the Kafka value, as the record kind's schema says
 //! ```
 //!
-//! Golden vector in `store/FORMAT.md`, checked by the store's tests. Stability: version 1 is frozen; a new layout gets a new version
-//! byte and the reader keeps reading version 1.
+//! Golden vector in `store/FORMAT.md`, checked by the store's tests. Stability: version 1 is
+//! frozen; a new layout gets a new version byte and the reader keeps reading version 1.
 //!
 //! # Invariants
 //!

@@ -51,6 +51,7 @@ use tokio_util::sync::CancellationToken;
 use super::error::{kafka, BadMarker, ForwardError};
 use crate::store::codec::{ByteReader, ByteWriter};
 use crate::store::meta::INSTANCE_ID;
+use crate::store::open_if_exists;
 use crate::store::tables::FORWARD_META;
 
 /// Version byte of the marker encoding.
@@ -116,18 +117,11 @@ impl Marker {
 
 /// This database's instance id, made (from `/dev/urandom`) and stored on first use.
 pub fn instance_id(db: &Database) -> Result<InstanceId, ForwardError> {
-    {
-        let txn = db.begin_read()?;
-        match txn.open_table(FORWARD_META) {
-            Ok(table) => {
-                if let Some(v) = table.get(INSTANCE_ID)? {
-                    if let Ok(id) = <[u8; 16]>::try_from(v.value()) {
-                        return Ok(InstanceId(id));
-                    }
-                }
+    if let Some(table) = open_if_exists(&db.begin_read()?, FORWARD_META)? {
+        if let Some(v) = table.get(INSTANCE_ID)? {
+            if let Ok(id) = <[u8; 16]>::try_from(v.value()) {
+                return Ok(InstanceId(id));
             }
-            Err(redb::TableError::TableDoesNotExist(_)) => {}
-            Err(e) => return Err(e.into()),
         }
     }
     let mut fresh = [0u8; 16];

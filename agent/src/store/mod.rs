@@ -38,9 +38,24 @@ pub mod meta;
 pub mod rows;
 pub mod tables;
 
+use redb::{Key, ReadOnlyTable, ReadTransaction, TableDefinition, TableError, Value};
+
 pub use codec::{ByteReader, ByteWriter, Truncated};
 pub(crate) use error::redb_errors_into;
 pub use error::StoreError;
+
+/// Opens `table` in a read transaction; `None` when it was never created (a database a stage
+/// or the forwarder never ran on reads as empty, never as an error).
+pub fn open_if_exists<K: Key + 'static, V: Value + 'static>(
+    txn: &ReadTransaction,
+    table: TableDefinition<K, V>,
+) -> Result<Option<ReadOnlyTable<K, V>>, StoreError> {
+    match txn.open_table(table) {
+        Ok(table) => Ok(Some(table)),
+        Err(TableError::TableDoesNotExist(_)) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
 
 /// Estimated B-tree bytes per row besides key and value (FACTS: 71 bytes on disk for a
 /// 40-byte record with an 8-byte key).
