@@ -35,7 +35,10 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use redb::{Database, Durability, ReadableDatabase, ReadableTableMetadata, WriteTransaction};
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTableMetadata, TableDefinition,
+    WriteTransaction,
+};
 
 use crate::config::OnFull;
 use crate::reading::{DecodeError, Reading};
@@ -441,17 +444,9 @@ impl IngestLog {
         from: u64,
         limit: usize,
     ) -> Result<Vec<(u64, Reading)>, IngestError> {
-        let txn = db.begin_read()?;
-        let table = txn.open_table(READINGS)?;
-        let mut out = Vec::new();
-        for row in table.range(from..)?.take(limit) {
-            let (k, v) = row?;
-            let seq = k.value();
-            let reading = Reading::decode(v.value())
-                .map_err(|source| IngestError::Corrupt { seq, source })?;
-            out.push((seq, reading));
-        }
-        Ok(out)
+        read_from(db, READINGS, from, limit, |seq, bytes| {
+            Reading::decode(bytes).map_err(|source| IngestError::Corrupt { seq, source })
+        })
     }
 
     /// Up to `limit` dead letters from `from`, as stored bytes (`store/FORMAT.md`).
@@ -469,14 +464,7 @@ impl IngestLog {
         from: u64,
         limit: usize,
     ) -> Result<Vec<(u64, Vec<u8>)>, IngestError> {
-        let txn = db.begin_read()?;
-        let table = txn.open_table(DEAD_LETTERS)?;
-        let mut out = Vec::new();
-        for row in table.range(from..)?.take(limit) {
-            let (k, v) = row?;
-            out.push((k.value(), v.value().to_vec()));
-        }
-        Ok(out)
+        read_from(db, DEAD_LETTERS, from, limit, |_, bytes| Ok(bytes.to_vec()))
     }
 
     /// The persisted counters and sizes.
@@ -503,6 +491,25 @@ impl IngestLog {
         let txn = self.db.begin_read()?;
         Ok(txn.open_table(DEDUPE)?.len()?)
     }
+}
+
+/// Up to `limit` rows of a sequenced table from seq `from`, in order, each through `decode`.
+fn read_from<T>(
+    db: &Database,
+    table: TableDefinition<u64, &[u8]>,
+    from: u64,
+    limit: usize,
+    mut decode: impl FnMut(u64, &[u8]) -> Result<T, IngestError>,
+) -> Result<Vec<(u64, T)>, IngestError> {
+    let txn = db.begin_read()?;
+    let table = txn.open_table(table)?;
+    let mut out = Vec::new();
+    for row in table.range(from..)?.take(limit) {
+        let (k, v) = row?;
+        let seq = k.value();
+        out.push((seq, decode(seq, v.value())?));
+    }
+    Ok(out)
 }
 
 impl Counters {

@@ -212,3 +212,28 @@ fn a_dead_letter_with_damaged_bytes_is_an_error_not_a_panic() {
     padded.push(0);
     assert!(DeadLetter::decode(&padded).is_err());
 }
+
+proptest::proptest! {
+    /// The fuzz target's property (`agent/fuzz`, `stored_records`), run here on stable: a
+    /// damaged dead letter is an error, never a panic, and whatever decodes re-encodes to the
+    /// same bytes.
+    #[test]
+    fn arbitrary_bytes_never_panic_the_dead_letter_decoder(
+        bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+    ) {
+        if let Ok(dead) = DeadLetter::decode(&bytes) {
+            proptest::prop_assert_eq!(dead.encode(), bytes);
+        }
+    }
+
+    #[test]
+    fn any_dead_letter_round_trips(
+        received_ms: u64,
+        source in "[a-z:-]{0,20}",
+        reason in "\\PC{0,40}",
+        payload in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2_000),
+    ) {
+        let dead = DeadLetter::new(received_ms, &source, &reason, &payload);
+        proptest::prop_assert_eq!(DeadLetter::decode(&dead.encode()), Ok(dead));
+    }
+}
