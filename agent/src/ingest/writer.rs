@@ -16,7 +16,9 @@
 //! - **Write errors** (full disk, I/O): counted, logged, retried with exponential backoff
 //!   (10 ms .. 5 s); the batch and its acks are kept, so nothing is acked that is not durable
 //!   and nothing waiting is lost. After an I/O error the database is reopened (redb latches the
-//!   failure). Only corruption is fatal.
+//!   failure). What is retried follows the store's one rule
+//!   ([`crate::store::StoreError::is_retryable`]): corruption and a poisoned redb lock are
+//!   fatal (the agent stops; systemd restarts it).
 //! - **Shutdown**: on cancellation the writer stops at a safe point (between commits). Anything
 //!   not committed is dropped with its ack unrun: the sources redeliver it.
 

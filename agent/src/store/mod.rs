@@ -25,12 +25,22 @@
 //! 3. **Quota in one place.** `meta.log_bytes` counts every `readings`, `dead_letters` and
 //!    `outbox` row as [`row_bytes`] of its value, added and subtracted in the transaction that
 //!    inserts or removes the row.
-//! 4. **Formats are frozen per version.** Each record begins with a version byte; a new layout
-//!    gets a new version and readers keep reading version 1 (`FORMAT.md`). Values are
+//! 4. **Formats are frozen per version.** Each record (reading, dead letter, outbox record,
+//!    window shape and state) begins with a version byte; a new layout gets a new version and
+//!    readers keep reading version 1; a layout without one changes only as a new table
+//!    (`FORMAT.md`). Values are
 //!    little-endian, never host-endian; only `dedupe` keys are big-endian, so they sort.
 //! 5. **Retry only what can clear.** Only I/O failures are retried ([`StoreError::is_retryable`]
 //!    says why a poisoned lock is not); every caller retries a whole transaction from the last
 //!    commit, so a retry never repeats half of one.
+//!
+//! # Adding a table or a `meta` key
+//!
+//! Declare it in [`tables`] (or the key in [`meta`], with what it holds and who writes it),
+//! write its layout and a golden vector in `FORMAT.md`, and test the vector in `tests.rs`
+//! (`every_golden_vector_in_format_md_is_under_test` refuses a vector without a test). Encode
+//! values with [`codec`]; wrap errors by giving the stage's error a `#[from] StoreError` variant
+//! and `redb_errors_into!(ThatError)`.
 
 pub mod codec;
 pub mod error;
