@@ -12,30 +12,13 @@
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error(transparent)]
-    Redb(#[from] redb::Error),
+    Redb(redb::Error),
 }
 
-macro_rules! store_error_from {
-    ($($t:ty),*) => {$(
-        impl From<$t> for StoreError {
-            fn from(e: $t) -> Self {
-                StoreError::Redb(e.into())
-            }
-        }
-    )*};
-}
-store_error_from!(
-    redb::DatabaseError,
-    redb::TransactionError,
-    redb::TableError,
-    redb::StorageError,
-    redb::CommitError,
-    redb::SetDurabilityError
-);
-
-/// Implements `From<redb::…Error>` for a stage's error type through [`StoreError`], so `?`
-/// works on redb calls there. The type needs `From<StoreError>` (a `#[from] StoreError`
-/// variant).
+/// Implements `From<redb::…Error>` for an error type through [`StoreError`], so `?` works on
+/// redb calls there: every redb error becomes `redb::Error` (same message) inside
+/// `StoreError::Redb`. The type needs `From<StoreError>` (a `#[from] StoreError` variant); for
+/// `StoreError` itself that is the identity.
 macro_rules! redb_errors_into {
     ($t:ty) => {
         $crate::store::redb_errors_into!(
@@ -46,12 +29,14 @@ macro_rules! redb_errors_into {
     (@each $t:ty: $($e:ty),*) => {$(
         impl From<$e> for $t {
             fn from(e: $e) -> Self {
-                <$t>::from($crate::store::StoreError::from(e))
+                <$t>::from($crate::store::StoreError::Redb(e.into()))
             }
         }
     )*};
 }
 pub(crate) use redb_errors_into;
+
+redb_errors_into!(StoreError);
 
 impl StoreError {
     /// The one retry rule for the database: only I/O failures are worth retrying.
@@ -61,13 +46,15 @@ impl StoreError {
     ///   failed commit leaves the last committed state (redb is copy-on-write), every caller
     ///   keeps its batch (and its acks) and redoes the whole transaction, so a retry repeats
     ///   nothing. After either, the handle must be reopened ([`StoreError::needs_reopen`]).
-    /// - `LockPoisoned` is **not** retryable. redb's docs: a thread panicked while holding one
-    ///   of the database's internal locks, so that handle's in-memory state can no longer be
-    ///   trusted; the lock stays poisoned for the life of the handle, so every retry on it fails
-    ///   the same way (the ingest writer used to retry it forever, acking nothing, while it
-    ///   looked alive). Reopening is no way out either: the other stages hold the same handle,
-    ///   and a second open fails as "already open". Fatal: the agent stops, systemd restarts
-    ///   it, and the fresh process reads the last commit, which the panic never touched.
+    /// - `LockPoisoned` is **not** retryable. redb returns it when one of the database's
+    ///   internal locks is poisoned (std's `PoisonError`, converted in redb's `error.rs` with
+    ///   the location the lock was taken): a thread panicked while holding it, in the middle of
+    ///   changing that handle's in-memory state. A std lock stays poisoned for good, so every
+    ///   retry on the handle fails the same way (the ingest writer used to retry it forever,
+    ///   acking nothing, while it looked alive). Reopening is no way out either: the other
+    ///   stages hold the same handle, and a second open fails as "already open". Fatal: the
+    ///   agent stops, systemd restarts it, and the fresh process reads the last commit, which
+    ///   the panic could not touch (copy-on-write).
     /// - Everything else (corruption, a database held by another process, a table of the
     ///   wrong type, an upgrade required, a value too large, a closed database) is a fact about
     ///   the file or the code that waiting will not change.

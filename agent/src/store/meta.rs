@@ -18,7 +18,7 @@ pub const LOG_BYTES: &str = "log_bytes";
 pub const ACCEPTED: &str = "accepted";
 /// Readings dropped as duplicates. Ingest writer.
 pub const DUPLICATE: &str = "duplicate";
-/// Submissions' dead letters stored (failed parsing or mapping). Ingest writer.
+/// Dead letters stored (input that failed parsing or mapping). Ingest writer.
 pub const REJECTED: &str = "rejected";
 /// Readings and dead letters evicted by `drop_oldest`. Ingest writer.
 pub const DROPPED: &str = "dropped";
