@@ -237,3 +237,61 @@ proptest::proptest! {
         proptest::prop_assert_eq!(DeadLetter::decode(&dead.encode()), Ok(dead));
     }
 }
+
+/// Regression: the retry rule for redb errors existed five times and the copies disagreed (the
+/// ingest log retried a poisoned lock, the stage and the forwarder did not). Every stage's
+/// error now delegates to [`super::StoreError::is_retryable`].
+#[test]
+fn every_stage_error_retries_the_database_by_the_one_rule() {
+    use crate::forward::ForwardError;
+    use crate::ingest::IngestError;
+    use crate::outbox::OutboxError;
+    use crate::stage::StageError;
+    use redb::StorageError;
+
+    let cases: [(fn() -> StorageError, bool); 4] = [
+        (
+            || StorageError::Io(std::io::Error::other("disk full")),
+            true,
+        ),
+        (|| StorageError::PreviousIo, true),
+        (
+            || StorageError::LockPoisoned(std::panic::Location::caller()),
+            false,
+        ),
+        (|| StorageError::Corrupted("bad page".into()), false),
+    ];
+    for (make, retryable) in cases {
+        let name = make().to_string();
+        assert_eq!(
+            super::StoreError::from(make()).is_retryable(),
+            retryable,
+            "{name}"
+        );
+        assert_eq!(
+            IngestError::from(make()).is_retryable(),
+            retryable,
+            "{name}"
+        );
+        assert_eq!(
+            IngestError::from(make()).needs_reopen(),
+            retryable,
+            "{name}"
+        );
+        assert_eq!(
+            OutboxError::from(make()).is_retryable(),
+            retryable,
+            "{name}"
+        );
+        assert_eq!(StageError::from(make()).is_retryable(), retryable, "{name}");
+        let via_outbox = StageError::Outbox(OutboxError::from(make()));
+        assert_eq!(via_outbox.is_retryable(), retryable, "{name}");
+        assert_eq!(
+            ForwardError::from(make()).is_retryable(),
+            retryable,
+            "{name}"
+        );
+        let via_outbox = ForwardError::Outbox(OutboxError::from(make()));
+        assert_eq!(via_outbox.is_retryable(), retryable, "{name}");
+    }
+}
