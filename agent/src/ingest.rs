@@ -1,7 +1,7 @@
 //! The ingest log: every reading the agent acknowledges, durable in redb, deduplicated.
 //!
 //! [`IngestLog`] is the synchronous core (tables, dedupe, quota); [`writer`] is the task that
-//! group-commits into it and releases acks. Table layouts and byte encodings: `ingest/FORMAT.md`.
+//! group-commits into it and releases acks. Table layouts and byte encodings: `store/FORMAT.md`.
 //!
 //! # Invariants and crash reasoning
 //!
@@ -20,8 +20,8 @@
 //! 4. **Dense, increasing sequence.** Readings get `next_seq, next_seq + 1, ...`; `next_seq` is
 //!    stored in `meta` in the same transaction, so a sequence number is never reused even after
 //!    trimming the whole log.
-//! 5. **Quota.** `log_bytes` (readings + dead letters, estimated per FORMAT.md) is updated in
-//!    the same transaction as the rows it counts. Under `backpressure` a submission that would
+//! 5. **Quota.** `log_bytes` (readings + dead letters, estimated per `store/FORMAT.md`) is
+//!    updated in the same transaction as the rows it counts. Under `backpressure` a submission that would
 //!    pass the quota is not committed (and not acked) unless the log is empty (so one
 //!    submission larger than the quota cannot wedge the agent; the quota may be exceeded by
 //!    at most one submission). Under `drop_oldest` the oldest readings are evicted first and
@@ -42,17 +42,12 @@ use redb::{
 
 use crate::config::OnFull;
 use crate::reading::{DecodeError, Reading};
+use crate::store::codec::{ByteReader, ByteWriter, Truncated};
+use crate::store::tables::{DEAD_LETTERS, DEDUPE, DEDUPE_AGE, META, READINGS, UPSTREAM_SEQ};
+use crate::store::{meta as keys, redb_errors_into, row_bytes, StoreError};
 
-const READINGS: TableDefinition<u64, &[u8]> = TableDefinition::new("readings");
-const DEAD_LETTERS: TableDefinition<u64, &[u8]> = TableDefinition::new("dead_letters");
-const DEDUPE: TableDefinition<&[u8], u64> = TableDefinition::new("dedupe");
-const DEDUPE_AGE: TableDefinition<u64, &[u8]> = TableDefinition::new("dedupe_age");
-const UPSTREAM_SEQ: TableDefinition<&str, u64> = TableDefinition::new("upstream_seq");
-const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
-
-/// Estimated B-tree bytes per row besides key and value (FACTS: 71 bytes on disk for a
-/// 40-byte record with an 8-byte key).
-pub const ROW_OVERHEAD: u64 = 32;
+/// Estimated B-tree bytes per row besides key and value (moved to [`crate::store`]).
+pub use crate::store::ROW_OVERHEAD;
 /// redb's page cache (its default is 1 GiB, grown as pages are touched). Memory is bounded by
 /// configuration, not by the log's size: the writer only appends at the end and readers read
 /// bounded batches in order, so a small cache costs little.
@@ -79,16 +74,16 @@ pub enum Dedupe {
 }
 
 impl Dedupe {
-    /// The key bytes (FORMAT.md, `dedupe`): a tag, then big-endian integers so keys sort by
-    /// their fields.
+    /// The key bytes (`store/FORMAT.md`, `dedupe`): a tag, then big-endian integers so keys
+    /// sort by their fields.
     pub fn key(&self, reading: &Reading) -> Option<Vec<u8>> {
         let sensor_key = |tag: u8, n: u64| {
-            let mut k = Vec::with_capacity(11 + reading.sensor.len());
-            k.push(tag);
-            k.extend_from_slice(&(reading.sensor.len() as u16).to_be_bytes());
-            k.extend_from_slice(reading.sensor.as_bytes());
-            k.extend_from_slice(&n.to_be_bytes());
-            k
+            let mut k = ByteWriter::with_capacity(11 + reading.sensor.len());
+            k.u8(tag)
+                .bytes(&(reading.sensor.len() as u16).to_be_bytes())
+                .bytes(reading.sensor.as_bytes())
+                .bytes(&n.to_be_bytes());
+            k.into_vec()
         };
         match *self {
             Dedupe::None => None,
@@ -103,13 +98,13 @@ impl Dedupe {
                 seq,
                 index,
             } => {
-                let mut k = Vec::with_capacity(15);
-                k.push(1);
-                k.extend_from_slice(&device.to_be_bytes());
-                k.extend_from_slice(&boot.to_be_bytes());
-                k.extend_from_slice(&seq.to_be_bytes());
-                k.extend_from_slice(&index.to_be_bytes());
-                Some(k)
+                let mut k = ByteWriter::with_capacity(15);
+                k.u8(1)
+                    .bytes(&device.to_be_bytes())
+                    .bytes(&boot.to_be_bytes())
+                    .bytes(&seq.to_be_bytes())
+                    .bytes(&index.to_be_bytes());
+                Some(k.into_vec())
             }
         }
     }
@@ -140,7 +135,9 @@ impl DeadLetter {
         }
     }
 
-    /// FORMAT.md, `dead_letters` value.
+    /// The `dead_letters` value (`store/FORMAT.md`, DeadLetter record v1). Fields longer than
+    /// their length prefix allows are cut (at a character boundary), the payload at
+    /// [`DEAD_LETTER_PAYLOAD_CAP`].
     pub fn encode(&self) -> Vec<u8> {
         let cap = |s: &str| -> Vec<u8> {
             let mut end = s.len().min(u16::MAX as usize);
@@ -151,16 +148,64 @@ impl DeadLetter {
         };
         let (source, reason) = (cap(&self.source), cap(&self.reason));
         let payload = &self.payload[..self.payload.len().min(DEAD_LETTER_PAYLOAD_CAP)];
-        let mut out = Vec::with_capacity(17 + source.len() + reason.len() + payload.len());
-        out.push(1);
-        out.extend_from_slice(&self.received_ms.to_le_bytes());
-        for field in [&source, &reason] {
-            out.extend_from_slice(&(field.len() as u16).to_le_bytes());
-            out.extend_from_slice(field);
+        let mut out = ByteWriter::with_capacity(17 + source.len() + reason.len() + payload.len());
+        out.u8(DEAD_LETTER_VERSION)
+            .u64(self.received_ms)
+            .bytes_u16(&source)
+            .bytes_u16(&reason)
+            .bytes_u32(payload);
+        out.into_vec()
+    }
+
+    /// Reads a DeadLetter record v1; never panics. The one reader of this format: the
+    /// windowing stage takes the Kafka key (the source) from it.
+    pub fn decode(bytes: &[u8]) -> Result<DeadLetter, BadDeadLetter> {
+        let mut r = ByteReader::new(bytes);
+        r.version(DEAD_LETTER_VERSION, BadDeadLetter::Version)?;
+        let received_ms = r.u64()?;
+        let text = |b: &[u8]| {
+            std::str::from_utf8(b)
+                .map(str::to_owned)
+                .map_err(|_| BadDeadLetter::Utf8)
+        };
+        let source = text(r.bytes_u16()?)?;
+        let reason = text(r.bytes_u16()?)?;
+        let payload = r.bytes_u32()?;
+        if payload.len() > DEAD_LETTER_PAYLOAD_CAP {
+            return Err(BadDeadLetter::Payload(payload.len()));
         }
-        out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-        out.extend_from_slice(payload);
-        out
+        let payload = payload.to_vec();
+        r.finish().map_err(BadDeadLetter::Trailing)?;
+        Ok(DeadLetter {
+            received_ms,
+            source,
+            reason,
+            payload,
+        })
+    }
+}
+
+/// Version byte of the DeadLetter record.
+pub const DEAD_LETTER_VERSION: u8 = 1;
+
+/// Why stored bytes are not a DeadLetter record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BadDeadLetter {
+    #[error("record ends early")]
+    Truncated,
+    #[error("unknown dead letter version {0}")]
+    Version(u8),
+    #[error("source or reason is not UTF-8")]
+    Utf8,
+    #[error("payload of {0} bytes is over the cap")]
+    Payload(usize),
+    #[error("{0} bytes after the record")]
+    Trailing(usize),
+}
+
+impl From<Truncated> for BadDeadLetter {
+    fn from(_: Truncated) -> Self {
+        BadDeadLetter::Truncated
     }
 }
 
@@ -200,17 +245,13 @@ impl Submission {
     }
 }
 
-fn row_bytes(value_len: usize) -> u64 {
-    8 + value_len as u64 + ROW_OVERHEAD
-}
-
 /// Why the log could not be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
     #[error("cannot create the data directory: {0}")]
     DataDir(#[from] std::io::Error),
     #[error("ingest log: {0}")]
-    Redb(#[from] redb::Error),
+    Store(#[from] StoreError),
     #[error("the ingest writer's blocking thread failed")]
     WriterThread,
     #[error("stopped before the ingest log could be reopened")]
@@ -224,15 +265,12 @@ pub enum IngestError {
 }
 
 impl IngestError {
-    /// Whether retrying (after a backoff) can succeed: I/O trouble such as a full disk is;
-    /// corruption and a database held by another process are not.
+    /// Whether retrying (after a backoff) can succeed: creating the data directory may (a
+    /// full disk); the database by [`StoreError::is_retryable`]'s one rule; corruption never.
     pub fn is_retryable(&self) -> bool {
         match self {
             IngestError::DataDir(_) => true,
-            IngestError::Redb(e) => matches!(
-                e,
-                redb::Error::Io(_) | redb::Error::PreviousIo | redb::Error::LockPoisoned(_)
-            ),
+            IngestError::Store(e) => e.is_retryable(),
             IngestError::Corrupt { .. } | IngestError::WriterThread | IngestError::Stopped => false,
         }
     }
@@ -240,30 +278,11 @@ impl IngestError {
     /// Whether the database must be closed and opened again before retrying (redb latches
     /// an I/O failure until then).
     pub fn needs_reopen(&self) -> bool {
-        matches!(
-            self,
-            IngestError::Redb(redb::Error::PreviousIo | redb::Error::Io(_))
-        )
+        matches!(self, IngestError::Store(e) if e.needs_reopen())
     }
 }
 
-macro_rules! from_redb {
-    ($($t:ty),*) => {$(
-        impl From<$t> for IngestError {
-            fn from(e: $t) -> Self {
-                IngestError::Redb(e.into())
-            }
-        }
-    )*};
-}
-from_redb!(
-    redb::DatabaseError,
-    redb::TransactionError,
-    redb::TableError,
-    redb::StorageError,
-    redb::CommitError,
-    redb::SetDurabilityError
-);
+redb_errors_into!(IngestError);
 
 /// Limits the log keeps.
 #[derive(Debug, Clone, Copy)]
@@ -324,7 +343,7 @@ pub struct IngestLog {
     limits: Limits,
 }
 
-mod meta;
+mod txn;
 
 impl IngestLog {
     /// Opens (or creates) the database at `path` and its tables.
@@ -364,7 +383,7 @@ impl IngestLog {
         let mut txn = self.db.begin_write()?;
         txn.set_durability(Durability::Immediate)?;
         let done = {
-            let mut t = meta::Tables::open(&txn)?;
+            let mut t = txn::Tables::open(&txn)?;
             let done = t.apply(batch, &self.limits, now_ms)?;
             t.evict_dedupe(&self.limits, now_ms)?;
             t.store_meta()?;
@@ -379,7 +398,7 @@ impl IngestLog {
     pub fn trim_readings_through(&mut self, through: u64) -> Result<u64, IngestError> {
         let txn = self.db.begin_write()?;
         let n = {
-            let mut t = meta::Tables::open(&txn)?;
+            let mut t = txn::Tables::open(&txn)?;
             let n = t.trim(through)?;
             t.store_meta()?;
             n
@@ -397,7 +416,7 @@ impl IngestLog {
         readings_through: Option<u64>,
         dead_letters_through: Option<u64>,
     ) -> Result<u64, IngestError> {
-        let mut t = meta::Tables::open(txn)?;
+        let mut t = txn::Tables::open(txn)?;
         let mut n = 0;
         if let Some(through) = readings_through {
             n += t.trim(through)?;
@@ -425,20 +444,12 @@ impl IngestLog {
         from: u64,
         limit: usize,
     ) -> Result<Vec<(u64, Reading)>, IngestError> {
-        let txn = db.begin_read()?;
-        let table = txn.open_table(READINGS)?;
-        let mut out = Vec::new();
-        for row in table.range(from..)?.take(limit) {
-            let (k, v) = row?;
-            let seq = k.value();
-            let reading = Reading::decode(v.value())
-                .map_err(|source| IngestError::Corrupt { seq, source })?;
-            out.push((seq, reading));
-        }
-        Ok(out)
+        read_from(db, READINGS, from, limit, |seq, bytes| {
+            Reading::decode(bytes).map_err(|source| IngestError::Corrupt { seq, source })
+        })
     }
 
-    /// Up to `limit` dead letters from `from`, as stored bytes (FORMAT.md).
+    /// Up to `limit` dead letters from `from`, as stored bytes (`store/FORMAT.md`).
     pub fn dead_letters_from(
         &self,
         from: u64,
@@ -453,33 +464,25 @@ impl IngestLog {
         from: u64,
         limit: usize,
     ) -> Result<Vec<(u64, Vec<u8>)>, IngestError> {
-        let txn = db.begin_read()?;
-        let table = txn.open_table(DEAD_LETTERS)?;
-        let mut out = Vec::new();
-        for row in table.range(from..)?.take(limit) {
-            let (k, v) = row?;
-            out.push((k.value(), v.value().to_vec()));
-        }
-        Ok(out)
+        read_from(db, DEAD_LETTERS, from, limit, |_, bytes| Ok(bytes.to_vec()))
     }
 
     /// The persisted counters and sizes.
     pub fn stats(&self) -> Result<Stats, IngestError> {
         let txn = self.db.begin_read()?;
         let meta = txn.open_table(META)?;
-        let get =
-            |k: &str| -> Result<u64, IngestError> { Ok(meta.get(k)?.map_or(0, |v| v.value())) };
+        let get = |k: &str| keys::get(&meta, k);
         Ok(Stats {
-            next_seq: get(meta::NEXT_SEQ)?,
-            next_dead_letter: get(meta::NEXT_DEAD_LETTER)?,
-            log_bytes: get(meta::LOG_BYTES)?,
+            next_seq: get(keys::NEXT_SEQ)?,
+            next_dead_letter: get(keys::NEXT_DEAD_LETTER)?,
+            log_bytes: get(keys::LOG_BYTES)?,
             readings: txn.open_table(READINGS)?.len()?,
             dead_letters: txn.open_table(DEAD_LETTERS)?.len()?,
-            accepted: get(meta::ACCEPTED)?,
-            duplicate: get(meta::DUPLICATE)?,
-            rejected: get(meta::REJECTED)?,
-            dropped: get(meta::DROPPED)?,
-            upstream_gaps: get(meta::UPSTREAM_GAPS)?,
+            accepted: get(keys::ACCEPTED)?,
+            duplicate: get(keys::DUPLICATE)?,
+            rejected: get(keys::REJECTED)?,
+            dropped: get(keys::DROPPED)?,
+            upstream_gaps: get(keys::UPSTREAM_GAPS)?,
         })
     }
 
@@ -488,6 +491,25 @@ impl IngestLog {
         let txn = self.db.begin_read()?;
         Ok(txn.open_table(DEDUPE)?.len()?)
     }
+}
+
+/// Up to `limit` rows of a sequenced table from seq `from`, in order, each through `decode`.
+fn read_from<T>(
+    db: &Database,
+    table: TableDefinition<u64, &[u8]>,
+    from: u64,
+    limit: usize,
+    mut decode: impl FnMut(u64, &[u8]) -> Result<T, IngestError>,
+) -> Result<Vec<(u64, T)>, IngestError> {
+    let txn = db.begin_read()?;
+    let table = txn.open_table(table)?;
+    let mut out = Vec::new();
+    for row in table.range(from..)?.take(limit) {
+        let (k, v) = row?;
+        let seq = k.value();
+        out.push((seq, decode(seq, v.value())?));
+    }
+    Ok(out)
 }
 
 impl Counters {

@@ -14,9 +14,9 @@
 //!
 //! # What it reads
 //!
-//! Table and key names mirror `ingest/FORMAT.md`, `outbox.rs` and `stage.rs` (read only: this
-//! module never writes): `meta` (`next_seq`, `log_bytes`, the persisted counters,
-//! `outbox_next_seq`, `outbox_trimmed_through`, `window_next_reading`,
+//! Tables and `meta` keys are the store's ([`crate::store::tables`], [`crate::store::meta`],
+//! `store/FORMAT.md`; read only: this module never writes): `meta` (`next_seq`, `log_bytes`,
+//! the persisted counters, `outbox_next_seq`, `outbox_trimmed_through`, `window_next_reading`,
 //! `window_next_dead_letter`), `readings`, `dead_letters`, `outbox`, `window_series`. A missing
 //! table reads as empty (a database the stage or forwarder never ran on).
 
@@ -25,16 +25,13 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition, TableError};
+use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use serde::{Deserialize, Serialize};
 
 use crate::outbox::OutboxRecord;
-
-const READINGS: TableDefinition<u64, &[u8]> = TableDefinition::new("readings");
-const DEAD_LETTERS: TableDefinition<u64, &[u8]> = TableDefinition::new("dead_letters");
-const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
-const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
-const WINDOW_SERIES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("window_series");
+use crate::store::meta as keys;
+use crate::store::tables::{DEAD_LETTERS, META, OUTBOX, READINGS, WINDOW_SERIES};
+use crate::store::{open_if_exists, redb_errors_into, StoreError};
 
 /// Why `inspect` could not show the state.
 #[derive(Debug, thiserror::Error)]
@@ -46,7 +43,7 @@ pub enum InspectError {
         source: redb::DatabaseError,
     },
     #[error("reading the database: {0}")]
-    Read(#[from] redb::Error),
+    Read(#[from] StoreError),
     #[error("outbox record {seq} does not decode")]
     Corrupt { seq: u64 },
     #[error("the database is locked by a running agent, and its metrics listener {addr} did not answer: {source}")]
@@ -59,21 +56,7 @@ pub enum InspectError {
     BadAnswer { addr: SocketAddr },
 }
 
-impl From<redb::TransactionError> for InspectError {
-    fn from(e: redb::TransactionError) -> Self {
-        InspectError::Read(e.into())
-    }
-}
-impl From<redb::StorageError> for InspectError {
-    fn from(e: redb::StorageError) -> Self {
-        InspectError::Read(e.into())
-    }
-}
-impl From<TableError> for InspectError {
-    fn from(e: TableError) -> Self {
-        InspectError::Read(e.into())
-    }
-}
+redb_errors_into!(InspectError);
 
 /// The buffer state: depths, cursors, oldest unsent, last committed progress.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -111,57 +94,39 @@ pub struct Snapshot {
 pub fn snapshot(db: &impl ReadableDatabase) -> Result<Snapshot, InspectError> {
     let txn = db.begin_read()?;
     let mut s = Snapshot::default();
-    match txn.open_table(META) {
-        Ok(meta) => {
-            let get = |k: &str| -> Result<u64, InspectError> {
-                Ok(meta.get(k)?.map_or(0, |v| v.value()))
-            };
-            s.log_next_seq = get("next_seq")?;
-            s.log_bytes = get("log_bytes")?;
-            s.accepted = get("accepted")?;
-            s.duplicate = get("duplicate")?;
-            s.rejected = get("rejected")?;
-            s.dropped = get("dropped")?;
-            s.upstream_gaps = get("upstream_gaps")?;
-            s.outbox_next_seq = get("outbox_next_seq")?.max(1);
-            s.outbox_trimmed_through = get("outbox_trimmed_through")?;
-            s.window_next_reading = get("window_next_reading")?;
-            s.window_next_dead_letter = get("window_next_dead_letter")?;
+    if let Some(meta) = open_if_exists(&txn, META)? {
+        let get = |k: &str| keys::get(&meta, k);
+        s.log_next_seq = get(keys::NEXT_SEQ)?;
+        s.log_bytes = get(keys::LOG_BYTES)?;
+        s.accepted = get(keys::ACCEPTED)?;
+        s.duplicate = get(keys::DUPLICATE)?;
+        s.rejected = get(keys::REJECTED)?;
+        s.dropped = get(keys::DROPPED)?;
+        s.upstream_gaps = get(keys::UPSTREAM_GAPS)?;
+        s.outbox_next_seq = get(keys::OUTBOX_NEXT_SEQ)?.max(1);
+        s.outbox_trimmed_through = get(keys::OUTBOX_TRIMMED_THROUGH)?;
+        s.window_next_reading = get(keys::WINDOW_NEXT_READING)?;
+        s.window_next_dead_letter = get(keys::WINDOW_NEXT_DEAD_LETTER)?;
+    }
+    if let Some(t) = open_if_exists(&txn, READINGS)? {
+        s.log_readings = t.len()?;
+        s.log_first_seq = t.first()?.map(|(k, _)| k.value());
+    }
+    if let Some(t) = open_if_exists(&txn, DEAD_LETTERS)? {
+        s.dead_letters = t.len()?;
+    }
+    if let Some(t) = open_if_exists(&txn, WINDOW_SERIES)? {
+        s.window_series = t.len()?;
+    }
+    if let Some(t) = open_if_exists(&txn, OUTBOX)? {
+        s.outbox_records = t.len()?;
+        if let Some((k, v)) = t.first()? {
+            let seq = k.value();
+            let record =
+                OutboxRecord::decode(v.value()).map_err(|_| InspectError::Corrupt { seq })?;
+            s.outbox_first_seq = Some(seq);
+            s.oldest_unsent_created_ms = Some(record.created_ms);
         }
-        Err(TableError::TableDoesNotExist(_)) => {}
-        Err(e) => return Err(e.into()),
-    }
-    match txn.open_table(READINGS) {
-        Ok(t) => {
-            s.log_readings = t.len()?;
-            s.log_first_seq = t.first()?.map(|(k, _)| k.value());
-        }
-        Err(TableError::TableDoesNotExist(_)) => {}
-        Err(e) => return Err(e.into()),
-    }
-    match txn.open_table(DEAD_LETTERS) {
-        Ok(t) => s.dead_letters = t.len()?,
-        Err(TableError::TableDoesNotExist(_)) => {}
-        Err(e) => return Err(e.into()),
-    }
-    match txn.open_table(WINDOW_SERIES) {
-        Ok(t) => s.window_series = t.len()?,
-        Err(TableError::TableDoesNotExist(_)) => {}
-        Err(e) => return Err(e.into()),
-    }
-    match txn.open_table(OUTBOX) {
-        Ok(t) => {
-            s.outbox_records = t.len()?;
-            if let Some((k, v)) = t.first()? {
-                let seq = k.value();
-                let record =
-                    OutboxRecord::decode(v.value()).map_err(|_| InspectError::Corrupt { seq })?;
-                s.outbox_first_seq = Some(seq);
-                s.oldest_unsent_created_ms = Some(record.created_ms);
-            }
-        }
-        Err(TableError::TableDoesNotExist(_)) => {}
-        Err(e) => return Err(e.into()),
     }
     Ok(s)
 }

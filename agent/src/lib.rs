@@ -12,6 +12,7 @@
 //! | [`mapping`] | topic patterns, id templates, calibration and range checks (no I/O) |
 //! | [`reading`] | the `Reading` value and its stored encoding |
 //! | [`source`] | `payload` parsers (no I/O); `mqtt` (rumqttc, persistent session, manual acks after commit); `serial` (link frames with cumulative acks after commit, or text lines) and its `link_acks` state machine |
+//! | [`store`] | the one owner of the redb file: every table, the `meta` keys, `StoreError` and its retry rule, the byte codec, `store/FORMAT.md` |
 //! | [`ingest`] | the redb ingest log (`IngestLog`) and its group-committing `writer`; acks released only after commit; dedupe; quota |
 //! | [`service`] | wiring for `edge-agent run`: writer + sources, one cancellation token, one tracker |
 //! | [`stage`] | the windowing task: ingest log -> windows -> outbox in one transaction per batch, with cursors, window state and trimming (exactly-once reasoning) |
@@ -34,6 +35,7 @@ pub mod reading;
 pub mod service;
 pub mod source;
 pub mod stage;
+pub mod store;
 pub mod window;
 
 /// The agent's version, as reported by `--version` and in logs.

@@ -5,7 +5,7 @@
 //! reads bounded batches in sequence order, delivers them in one Kafka transaction together with
 //! a progress marker, and trims them only after that transaction committed.
 //!
-//! # Table and encodings (version 1)
+//! # Table and encodings (version 1; all tables: `store/FORMAT.md`)
 //!
 //! | table | key | value |
 //! | --- | --- | --- |
@@ -23,8 +23,8 @@
 //! u32 payload_len LE, payload the Kafka value, as the record kind's schema says
 //! ```
 //!
-//! Golden vector in the tests. Stability: version 1 is frozen; a new layout gets a new version
-//! byte and the reader keeps reading version 1.
+//! Golden vector in `store/FORMAT.md`, checked by the store's tests. Stability: version 1 is
+//! frozen; a new layout gets a new version byte and the reader keeps reading version 1.
 //!
 //! # Invariants
 //!
@@ -47,20 +47,14 @@
 
 use std::ops::RangeInclusive;
 
-use redb::{
-    Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
-    WriteTransaction,
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, WriteTransaction};
+
+use crate::store::codec::{ByteReader, ByteWriter, Truncated};
+use crate::store::meta::{
+    self as keys, LOG_BYTES, OUTBOX_NEXT_SEQ as NEXT_SEQ, OUTBOX_TRIMMED_THROUGH as TRIMMED_THROUGH,
 };
-
-use crate::ingest::ROW_OVERHEAD;
-
-const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
-/// The `meta` table of the ingest log (same name and types).
-const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
-
-const NEXT_SEQ: &str = "outbox_next_seq";
-const TRIMMED_THROUGH: &str = "outbox_trimmed_through";
-const LOG_BYTES: &str = "log_bytes";
+use crate::store::tables::{META, OUTBOX};
+use crate::store::{redb_errors_into, row_bytes, StoreError};
 
 /// Version byte of the record encoding.
 pub const RECORD_VERSION: u8 = 1;
@@ -117,7 +111,7 @@ pub struct OutboxRecord {
 #[derive(Debug, thiserror::Error)]
 pub enum OutboxError {
     #[error("outbox: {0}")]
-    Redb(#[from] redb::Error),
+    Store(#[from] StoreError),
     #[error("outbox record {seq} is corrupt: {reason}")]
     Corrupt { seq: u64, reason: CorruptRecord },
     #[error("outbox record field too long: {field} has {len} bytes")]
@@ -139,21 +133,24 @@ pub enum CorruptRecord {
     Route,
 }
 
-macro_rules! from_redb {
-    ($($t:ty),*) => {$(
-        impl From<$t> for OutboxError {
-            fn from(e: $t) -> Self {
-                OutboxError::Redb(e.into())
-            }
+redb_errors_into!(OutboxError);
+
+impl OutboxError {
+    /// Whether a retry can succeed: the database by [`StoreError::is_retryable`]'s rule; a
+    /// corrupt or oversized record never.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            OutboxError::Store(e) => e.is_retryable(),
+            OutboxError::Corrupt { .. } | OutboxError::TooLong { .. } => false,
         }
-    )*};
+    }
 }
-from_redb!(
-    redb::TransactionError,
-    redb::TableError,
-    redb::StorageError,
-    redb::CommitError
-);
+
+impl From<Truncated> for CorruptRecord {
+    fn from(_: Truncated) -> Self {
+        CorruptRecord::Truncated
+    }
+}
 
 impl OutboxRecord {
     /// The version-1 bytes of the module doc.
@@ -165,40 +162,32 @@ impl OutboxRecord {
         let payload_len = u32::try_from(self.payload.len())
             .map_err(|_| too_long("payload", self.payload.len()))?;
         let mut out =
-            Vec::with_capacity(18 + self.route.len() + self.key.len() + self.payload.len());
-        out.push(RECORD_VERSION);
-        out.push(self.kind.to_byte());
-        out.extend_from_slice(&self.created_ms.to_le_bytes());
-        out.extend_from_slice(&route_len.to_le_bytes());
-        out.extend_from_slice(self.route.as_bytes());
-        out.extend_from_slice(&key_len.to_le_bytes());
-        out.extend_from_slice(&self.key);
-        out.extend_from_slice(&payload_len.to_le_bytes());
-        out.extend_from_slice(&self.payload);
-        Ok(out)
+            ByteWriter::with_capacity(18 + self.route.len() + self.key.len() + self.payload.len());
+        out.u8(RECORD_VERSION)
+            .u8(self.kind.to_byte())
+            .u64(self.created_ms)
+            .u16(route_len)
+            .bytes(self.route.as_bytes())
+            .u16(key_len)
+            .bytes(&self.key)
+            .u32(payload_len)
+            .bytes(&self.payload);
+        Ok(out.into_vec())
     }
 
     /// Reads version-1 bytes; never panics.
     pub fn decode(bytes: &[u8]) -> Result<OutboxRecord, CorruptRecord> {
-        let mut r = Reader(bytes);
-        let version = r.u8()?;
-        if version != RECORD_VERSION {
-            return Err(CorruptRecord::Version(version));
-        }
+        let mut r = ByteReader::new(bytes);
+        r.version(RECORD_VERSION, CorruptRecord::Version)?;
         let kind_byte = r.u8()?;
         let kind = RecordKind::from_byte(kind_byte).ok_or(CorruptRecord::Kind(kind_byte))?;
-        let created_ms = u64::from_le_bytes(r.array()?);
-        let route_len = usize::from(u16::from_le_bytes(r.array()?));
-        let route = std::str::from_utf8(r.take(route_len)?)
+        let created_ms = r.u64()?;
+        let route = std::str::from_utf8(r.bytes_u16()?)
             .map_err(|_| CorruptRecord::Route)?
             .to_owned();
-        let key_len = usize::from(u16::from_le_bytes(r.array()?));
-        let key = r.take(key_len)?.to_vec();
-        let payload_len = u32::from_le_bytes(r.array()?) as usize;
-        let payload = r.take(payload_len)?.to_vec();
-        if !r.0.is_empty() {
-            return Err(CorruptRecord::Trailing);
-        }
+        let key = r.bytes_u16()?.to_vec();
+        let payload = r.bytes_u32()?.to_vec();
+        r.finish().map_err(|_| CorruptRecord::Trailing)?;
         Ok(OutboxRecord {
             kind,
             created_ms,
@@ -207,31 +196,6 @@ impl OutboxRecord {
             payload,
         })
     }
-}
-
-struct Reader<'a>(&'a [u8]);
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], CorruptRecord> {
-        if self.0.len() < n {
-            return Err(CorruptRecord::Truncated);
-        }
-        let (head, tail) = self.0.split_at(n);
-        self.0 = tail;
-        Ok(head)
-    }
-    fn u8(&mut self) -> Result<u8, CorruptRecord> {
-        Ok(self.take(1)?[0])
-    }
-    fn array<const N: usize>(&mut self) -> Result<[u8; N], CorruptRecord> {
-        let mut out = [0u8; N];
-        out.copy_from_slice(self.take(N)?);
-        Ok(out)
-    }
-}
-
-fn row_bytes(value_len: usize) -> u64 {
-    8 + value_len as u64 + ROW_OVERHEAD
 }
 
 /// Creates the outbox table if it does not exist yet (call once at start-up).
@@ -264,7 +228,7 @@ pub fn append(
         seq += 1;
     }
     meta.insert(NEXT_SEQ, seq)?;
-    let log_bytes = meta.get(LOG_BYTES)?.map_or(0, |v| v.value());
+    let log_bytes = keys::get(&meta, LOG_BYTES)?;
     meta.insert(LOG_BYTES, log_bytes.saturating_add(bytes))?;
     Ok(Some(first..=seq - 1))
 }
@@ -314,9 +278,9 @@ pub fn trim_through(db: &Database, through: u64) -> Result<u64, OutboxError> {
             freed += row_bytes(value.len());
             false
         })?;
-        let trimmed = meta.get(TRIMMED_THROUGH)?.map_or(0, |v| v.value());
+        let trimmed = keys::get(&meta, TRIMMED_THROUGH)?;
         meta.insert(TRIMMED_THROUGH, trimmed.max(through))?;
-        let log_bytes = meta.get(LOG_BYTES)?.map_or(0, |v| v.value());
+        let log_bytes = keys::get(&meta, LOG_BYTES)?;
         meta.insert(LOG_BYTES, log_bytes.saturating_sub(freed))?;
         removed
     };
@@ -357,7 +321,7 @@ pub fn stats(db: &Database) -> Result<OutboxStats, OutboxError> {
         depth: table.len()?,
         first_seq: first.map(|(seq, _)| seq),
         next_seq: meta.get(NEXT_SEQ)?.map_or(1, |v| v.value()).max(1),
-        trimmed_through: meta.get(TRIMMED_THROUGH)?.map_or(0, |v| v.value()),
+        trimmed_through: keys::get(&meta, TRIMMED_THROUGH)?,
         oldest_created_ms,
     })
 }

@@ -1,6 +1,6 @@
 //! [`Reading`]: one calibrated sensor value, the unit the ingest log stores.
 //!
-//! # Stored encoding (version 1; the `readings` table's value, see `ingest` FORMAT)
+//! # Stored encoding (version 1; the `readings` table's value, see `store/FORMAT.md`)
 //!
 //! ```text
 //! offset size field
@@ -15,6 +15,8 @@
 //!
 //! Little-endian because these bytes are values, never compared as keys. Stability: version 1 is
 //! read forever; a new layout gets a new version byte and the decoder keeps reading the old.
+
+use crate::store::codec::{ByteReader, ByteWriter, Truncated};
 
 /// Longest sensor id, in bytes.
 pub const MAX_SENSOR_LEN: usize = 256;
@@ -50,6 +52,12 @@ pub enum DecodeError {
 const VERSION: u8 = 1;
 const FLAG_SEQ: u8 = 1;
 
+impl From<Truncated> for DecodeError {
+    fn from(_: Truncated) -> Self {
+        DecodeError::Truncated
+    }
+}
+
 impl Reading {
     /// Bytes of [`Reading::encode`]'s output, without encoding.
     pub fn encoded_len(&self) -> usize {
@@ -65,44 +73,38 @@ impl Reading {
             cut -= 1;
         }
         sensor = &sensor[..cut];
-        let mut out = Vec::with_capacity(self.encoded_len());
-        out.push(VERSION);
-        out.push(if self.seq.is_some() { FLAG_SEQ } else { 0 });
-        out.extend_from_slice(&self.ts_ms.to_le_bytes());
-        out.extend_from_slice(&self.value.to_bits().to_le_bytes());
+        let mut out = ByteWriter::with_capacity(self.encoded_len());
+        out.u8(VERSION)
+            .u8(if self.seq.is_some() { FLAG_SEQ } else { 0 })
+            .u64(self.ts_ms)
+            .f64(self.value);
         if let Some(seq) = self.seq {
-            out.extend_from_slice(&seq.to_le_bytes());
+            out.u64(seq);
         }
-        out.extend_from_slice(&(sensor.len() as u16).to_le_bytes());
-        out.extend_from_slice(sensor.as_bytes());
-        out
+        out.bytes_u16(sensor.as_bytes());
+        out.into_vec()
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Reading, DecodeError> {
-        let mut r = Cursor(bytes);
-        let version = r.take::<1>()?[0];
-        if version != VERSION {
-            return Err(DecodeError::Version(version));
-        }
-        let flags = r.take::<1>()?[0];
+        let mut r = ByteReader::new(bytes);
+        r.version(VERSION, DecodeError::Version)?;
+        let flags = r.u8()?;
         if flags & !FLAG_SEQ != 0 {
             return Err(DecodeError::Flags(flags));
         }
-        let ts_ms = u64::from_le_bytes(r.take()?);
-        let value = f64::from_bits(u64::from_le_bytes(r.take()?));
+        let ts_ms = r.u64()?;
+        let value = r.f64()?;
         let seq = if flags & FLAG_SEQ != 0 {
-            Some(u64::from_le_bytes(r.take()?))
+            Some(r.u64()?)
         } else {
             None
         };
-        let len = usize::from(u16::from_le_bytes(r.take()?));
-        if len == 0 || len > MAX_SENSOR_LEN || r.0.len() < len {
+        let len = usize::from(r.u16()?);
+        if len == 0 || len > MAX_SENSOR_LEN {
             return Err(DecodeError::Sensor);
         }
-        let (sensor, rest) = r.0.split_at(len);
-        if !rest.is_empty() {
-            return Err(DecodeError::Trailing(rest.len()));
-        }
+        let sensor = r.take(len).map_err(|Truncated| DecodeError::Sensor)?;
+        r.finish().map_err(DecodeError::Trailing)?;
         let sensor = std::str::from_utf8(sensor).map_err(|_| DecodeError::Sensor)?;
         Ok(Reading {
             sensor: sensor.to_owned(),
@@ -110,19 +112,6 @@ impl Reading {
             value,
             seq,
         })
-    }
-}
-
-struct Cursor<'a>(&'a [u8]);
-
-impl Cursor<'_> {
-    fn take<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
-        let (head, rest) = self
-            .0
-            .split_first_chunk::<N>()
-            .ok_or(DecodeError::Truncated)?;
-        self.0 = rest;
-        Ok(*head)
     }
 }
 

@@ -34,12 +34,12 @@
 //! - The outbox has its own dense sequence and the forwarder delivers it exactly once
 //!   (`outbox`, `forward`), which completes the chain to Kafka.
 //!
-//! # Tables (in the shared database, version 1)
+//! # Tables (in the shared database, version 1; bytes and golden vectors: `store/FORMAT.md`)
 //!
 //! | table | key | value |
 //! | --- | --- | --- |
 //! | `meta` | `"window_next_reading"`, `"window_next_dead_letter"` | `u64` next sequence to read |
-//! | `window_shape` | `&str` pipeline name | `u8 version = 1`, `u64 size_ms LE`, `u64 slide_ms LE`: the shape its series rows were written with |
+//! | `window_shape` | `&str` pipeline name | [`WindowShape`]: `u8 version = 1`, `i64 size_ms LE`, `i64 slide_ms LE`: the shape its series rows were written with |
 //! | `window_series` | `(&str pipeline, &str series)` (redb tuple key) | a row of [`Windows::take_dirty`]: `u8 version = 1` ++ postcard(watermark, open windows, closed records) |
 //!
 //! One row per series, rewritten only when a batch changed that series, so a commit writes
@@ -53,7 +53,8 @@
 //! - `Partial`: `edge_protocol::partial` version 1 bytes, key = series.
 //! - `Reading` / `Late`: JSON `{"sensor": .., "ts": <ms>, "value": .., "seq": <u64 or null>}`,
 //!   key = sensor id, route = pipeline.
-//! - `DeadLetter`: the ingest log's DeadLetter record v1 (`ingest/FORMAT.md`), key = source;
+//! - `DeadLetter`: the ingest log's DeadLetter record v1 (`store/FORMAT.md`), key = source
+//!   (read with [`DeadLetter::decode`]);
 //!   unwindowable readings become such a record with source `window:<pipeline>`, the reason,
 //!   and the stored Reading record as the payload.
 //!
@@ -65,28 +66,32 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use edge_protocol::backoff::Backoff;
 use edge_protocol::partial::{Partial, MAX_ENCODED_LEN};
-use redb::{Database, Durability, ReadableDatabase, TableDefinition};
+use redb::{Database, Durability, ReadableDatabase};
 
 use crate::config::Config;
 use crate::ingest::{DeadLetter, IngestError, IngestLog};
 use crate::mapping::Glob;
 use crate::outbox::{self, OutboxError, OutboxRecord, RecordKind};
 use crate::reading::Reading;
+use crate::store::meta::{
+    self as keys, WINDOW_NEXT_DEAD_LETTER as NEXT_DEAD_LETTER, WINDOW_NEXT_READING as NEXT_READING,
+};
+use crate::store::rows::WindowShape;
+use crate::store::tables::{META, WINDOW_SERIES, WINDOW_SHAPE};
+use crate::store::{redb_errors_into, StoreError};
 use crate::window::{Counts, Output, WindowError, Windows};
 
-const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
-const WINDOW_SHAPE: TableDefinition<&str, &[u8]> = TableDefinition::new("window_shape");
-const WINDOW_SERIES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("window_series");
-const NEXT_READING: &str = "window_next_reading";
-const NEXT_DEAD_LETTER: &str = "window_next_dead_letter";
-const STATE_ROW_VERSION: u8 = 1;
+/// Wall clock, ms since the Unix epoch (the one [`crate::clock::unix_ms`], kept here for
+/// callers that name it `stage::unix_ms`).
+pub use crate::clock::unix_ms;
 
 /// Why a step failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StageError {
     #[error("windowing stage: {0}")]
-    Redb(#[from] redb::Error),
+    Store(#[from] StoreError),
     #[error("windowing stage: {0}")]
     Ingest(#[from] IngestError),
     #[error("windowing stage: {0}")]
@@ -103,34 +108,18 @@ pub enum StageError {
 
 impl StageError {
     /// Whether a retry (after reloading from the last commit) can succeed.
+    /// The database parts delegate to [`StoreError::is_retryable`]'s one rule.
     pub fn is_retryable(&self) -> bool {
         match self {
-            StageError::Redb(e) => matches!(e, redb::Error::Io(_) | redb::Error::PreviousIo),
+            StageError::Store(e) => e.is_retryable(),
             StageError::Ingest(e) => e.is_retryable(),
-            StageError::Outbox(OutboxError::Redb(e)) => {
-                matches!(e, redb::Error::Io(_) | redb::Error::PreviousIo)
-            }
-            _ => false,
+            StageError::Outbox(e) => e.is_retryable(),
+            StageError::Window { .. } | StageError::Partial(_) => false,
         }
     }
 }
 
-macro_rules! from_redb {
-    ($($t:ty),*) => {$(
-        impl From<$t> for StageError {
-            fn from(e: $t) -> Self {
-                StageError::Redb(e.into())
-            }
-        }
-    )*};
-}
-from_redb!(
-    redb::TransactionError,
-    redb::TableError,
-    redb::StorageError,
-    redb::CommitError,
-    redb::SetDurabilityError
-);
+redb_errors_into!(StageError);
 
 /// What the stage did, since start (published after each commit).
 #[derive(Debug, Default)]
@@ -220,8 +209,8 @@ impl Stage {
         self.routes.clear();
         let txn = self.db.begin_read()?;
         let meta = txn.open_table(META)?;
-        self.next_reading = meta.get(NEXT_READING)?.map_or(0, |v| v.value());
-        self.next_dead_letter = meta.get(NEXT_DEAD_LETTER)?.map_or(0, |v| v.value());
+        self.next_reading = keys::get(&meta, NEXT_READING)?;
+        self.next_dead_letter = keys::get(&meta, NEXT_DEAD_LETTER)?;
         let shapes = txn.open_table(WINDOW_SHAPE)?;
         let rows = txn.open_table(WINDOW_SERIES)?;
         let agent = self.config.agent.id.get_ref().as_str();
@@ -245,18 +234,12 @@ impl Stage {
                     let mut windows =
                         Windows::new(spec.clone(), &name, agent).map_err(window_error)?;
                     if let Some(row) = shapes.get(name.as_str())? {
-                        let row = row.value();
-                        let shape = row.get(1..17).map(|b| {
-                            let (size, slide) = b.split_at(8);
-                            let le = |b: &[u8]| b.try_into().map_or(0, i64::from_le_bytes);
-                            (le(size), le(slide))
-                        });
-                        let version = row.first().copied().unwrap_or(0);
-                        let Some((size_ms, slide_ms)) =
-                            shape.filter(|_| version == STATE_ROW_VERSION)
-                        else {
-                            return Err(window_error(WindowError::State { version }));
-                        };
+                        let WindowShape { size_ms, slide_ms } = WindowShape::decode(row.value())
+                            .map_err(|bad| {
+                                window_error(WindowError::State {
+                                    version: bad.version,
+                                })
+                            })?;
                         let mut old = spec.clone();
                         (old.size_ms, old.slide_ms) = (size_ms, slide_ms);
                         let mut stored = Windows::new(old, &name, agent).map_err(window_error)?;
@@ -333,7 +316,7 @@ impl Stage {
                 kind: RecordKind::DeadLetter,
                 created_ms: now_ms,
                 route: String::new(),
-                key: dead_letter_source(bytes).to_vec(),
+                key: dead_letter_source(bytes),
                 payload: bytes.clone(),
             });
         }
@@ -371,10 +354,11 @@ impl Stage {
                     continue;
                 }
                 let spec = w.spec();
-                let mut shape = vec![STATE_ROW_VERSION];
-                shape.extend_from_slice(&spec.size_ms.to_le_bytes());
-                shape.extend_from_slice(&spec.slide_ms.to_le_bytes());
-                shapes.insert(name, shape.as_slice())?;
+                let shape = WindowShape {
+                    size_ms: spec.size_ms,
+                    slide_ms: spec.slide_ms,
+                };
+                shapes.insert(name, shape.encode().as_slice())?;
                 for (series, row) in changed {
                     rows.insert((name, series.as_str()), row.as_slice())?;
                 }
@@ -462,13 +446,6 @@ impl Stage {
     }
 }
 
-/// Wall clock, ms since the Unix epoch.
-pub fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 const POLL: std::time::Duration = std::time::Duration::from_millis(20);
 const BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -477,19 +454,19 @@ impl Stage {
     /// when caught up. Retryable errors back off (20 ms .. 5 s) and retry from the last commit;
     /// any other error is returned (fatal).
     pub fn run(mut self, cancel: &tokio_util::sync::CancellationToken) -> Result<(), StageError> {
-        let mut backoff = POLL;
+        let mut backoff = Backoff::new(POLL, BACKOFF_MAX);
         while !cancel.is_cancelled() {
             match self.step(unix_ms()) {
                 Ok(step) => {
-                    backoff = POLL;
+                    backoff.reset();
                     if step.caught_up && step.dead_letters < self.batch {
                         std::thread::sleep(POLL);
                     }
                 }
                 Err(error) if error.is_retryable() => {
-                    tracing::error!(%error, retry_in_ms = backoff.as_millis() as u64, "windowing step failed; retrying from the last commit");
-                    std::thread::sleep(backoff);
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    let delay = backoff.next_delay();
+                    tracing::error!(%error, retry_in_ms = delay.as_millis() as u64, "windowing step failed; retrying from the last commit");
+                    std::thread::sleep(delay);
                 }
                 Err(error) => return Err(error),
             }
@@ -565,12 +542,12 @@ fn reading_record(
     }
 }
 
-/// The source name inside a stored DeadLetter record v1 (empty when unreadable).
-fn dead_letter_source(record: &[u8]) -> &[u8] {
-    let len = record
-        .get(9..11)
-        .map_or(0, |b| usize::from(u16::from_le_bytes([b[0], b[1]])));
-    record.get(11..11 + len).unwrap_or_default()
+/// The source name inside a stored DeadLetter record v1 (empty when unreadable), read by the
+/// format's one decoder.
+fn dead_letter_source(record: &[u8]) -> Vec<u8> {
+    DeadLetter::decode(record)
+        .map(|dead| dead.source.into_bytes())
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -217,7 +217,8 @@ impl SeriesState {
     }
 }
 
-/// Version byte of [`Windows::encode_state`].
+/// Version byte of [`Windows::take_dirty`]'s rows and [`Windows::encode_state`] (the
+/// `window_series` value: layout and golden vector in `store/FORMAT.md`).
 pub const STATE_VERSION: u8 = 1;
 
 /// The windows of one pipeline.
@@ -497,14 +498,11 @@ impl Windows {
         row: &[u8],
         now_ms: u64,
     ) -> Result<(), WindowError> {
-        let (&version, body) = row.split_first().ok_or(WindowError::State { version: 0 })?;
-        if version != STATE_VERSION {
-            return Err(WindowError::State { version });
-        }
-        let mut s: SeriesState =
-            postcard::from_bytes(body).map_err(|_| WindowError::State { version })?;
+        let mut s: SeriesState = state_body(row)?;
         if !self.acceptable(key, &s) {
-            return Err(WindowError::State { version });
+            return Err(WindowError::State {
+                version: STATE_VERSION,
+            });
         }
         s.last_seen_ms = now_ms;
         for start in s.open.keys() {
@@ -539,17 +537,12 @@ impl Windows {
     /// Restores [`Windows::encode_state`] output; every series gets a fresh idle period
     /// starting at `now_ms`.
     pub fn restore_state(&mut self, bytes: &[u8], now_ms: u64) -> Result<(), WindowError> {
-        let (&version, body) = bytes
-            .split_first()
-            .ok_or(WindowError::State { version: 0 })?;
-        if version != STATE_VERSION {
-            return Err(WindowError::State { version });
-        }
-        let mut series: BTreeMap<String, SeriesState> =
-            postcard::from_bytes(body).map_err(|_| WindowError::State { version })?;
+        let mut series: BTreeMap<String, SeriesState> = state_body(bytes)?;
         let broken = series.iter().any(|(key, s)| !self.acceptable(key, s));
         if broken {
-            return Err(WindowError::State { version });
+            return Err(WindowError::State {
+                version: STATE_VERSION,
+            });
         }
         self.by_start.clear();
         for (key, s) in series.iter_mut() {
@@ -561,6 +554,18 @@ impl Windows {
         self.series = series;
         Ok(())
     }
+}
+
+/// Reads `[STATE_VERSION] ++ postcard(T)` (`store/FORMAT.md`, window state row v1); the error
+/// carries the version byte seen (0 when empty).
+fn state_body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, WindowError> {
+    let (&version, body) = bytes
+        .split_first()
+        .ok_or(WindowError::State { version: 0 })?;
+    if version != STATE_VERSION {
+        return Err(WindowError::State { version });
+    }
+    postcard::from_bytes(body).map_err(|_| WindowError::State { version })
 }
 
 #[cfg(test)]

@@ -1,9 +1,11 @@
 //! Fuzzes the decoders of what the agent reads back from its own database (a damaged file must
-//! give an error, never a panic): ingest log readings, outbox records, and the forwarder's
-//! progress marker as read back from Kafka. Whatever decodes re-encodes to the same bytes.
+//! give an error, never a panic): ingest log readings and dead letters, outbox records, and the
+//! forwarder's progress marker as read back from Kafka. Whatever decodes re-encodes to the same
+//! bytes.
 #![no_main]
 
 use edge_agent::forward::progress::Marker;
+use edge_agent::ingest::DeadLetter;
 use edge_agent::outbox::OutboxRecord;
 use edge_agent::reading::Reading;
 use libfuzzer_sys::fuzz_target;
@@ -11,6 +13,9 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     if let Ok(reading) = Reading::decode(data) {
         assert_eq!(reading.encode(), data, "a stored reading re-encodes to its bytes");
+    }
+    if let Ok(dead) = DeadLetter::decode(data) {
+        assert_eq!(dead.encode(), data, "a stored dead letter re-encodes to its bytes");
     }
     if let Ok(record) = OutboxRecord::decode(data) {
         assert_eq!(record.encode().expect("a decoded record fits"), data);

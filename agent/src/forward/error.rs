@@ -6,6 +6,8 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
 use super::progress::InstanceId;
 use crate::outbox::OutboxError;
+use crate::store::codec::Truncated;
+use crate::store::{redb_errors_into, StoreError};
 
 /// Why a forwarding session (or the forwarder) stopped.
 #[derive(Debug, thiserror::Error)]
@@ -66,7 +68,7 @@ pub enum ForwardError {
     #[error("outbox: {0}")]
     Outbox(#[from] OutboxError),
     #[error("forwarder state in the database: {0}")]
-    Redb(#[from] redb::Error),
+    Store(#[from] StoreError),
     #[error("cannot read /dev/urandom for the instance id: {0}")]
     Random(#[source] std::io::Error),
     #[error("cannot start the admin client's runtime: {0}")]
@@ -89,6 +91,14 @@ pub enum BadMarker {
     Agent,
 }
 
+impl From<Truncated> for BadMarker {
+    fn from(_: Truncated) -> Self {
+        BadMarker::Truncated
+    }
+}
+
+redb_errors_into!(ForwardError);
+
 /// Codes that mean another producer took our transactional id.
 const FENCED: [RDKafkaErrorCode; 3] = [
     RDKafkaErrorCode::Fenced,
@@ -106,7 +116,8 @@ impl ForwardError {
     /// transactions and even a producer librdkafka declared unusable are retryable: a new
     /// producer resumes from the progress in Kafka. Not retryable: fencing, another instance's
     /// progress, a missing topic we may not create, an unreadable marker, a bad client
-    /// configuration, a corrupt outbox.
+    /// configuration, a corrupt outbox. The database parts delegate to
+    /// [`StoreError::is_retryable`]'s one rule.
     pub fn is_retryable(&self) -> bool {
         match self {
             ForwardError::Fenced { .. }
@@ -120,10 +131,8 @@ impl ForwardError {
                 source,
                 KafkaError::ClientConfig(..) | KafkaError::ClientCreation(_)
             ),
-            ForwardError::Outbox(OutboxError::Redb(e)) | ForwardError::Redb(e) => {
-                matches!(e, redb::Error::Io(_) | redb::Error::PreviousIo)
-            }
-            ForwardError::Outbox(_) => false,
+            ForwardError::Outbox(e) => e.is_retryable(),
+            ForwardError::Store(e) => e.is_retryable(),
             ForwardError::ProgressTimeout { .. }
             | ForwardError::Aborted(_)
             | ForwardError::Cancelled => true,

@@ -11,11 +11,12 @@
 //! u64 committed_unix_ms LE    the writer's wall clock when it began the commit (information)
 //! ```
 //!
-//! Golden vector in the tests. Stability: version 1 is frozen; a new layout gets a new version
+//! Golden vector in the tests (the marker is a Kafka value, not a stored row; it is written with
+//! the store's byte codec). Stability: version 1 is frozen; a new layout gets a new version
 //! byte and readers keep reading version 1. A reader meeting an unknown version refuses to
 //! start rather than guess (resuming from a misread seq would skip or resend records).
 //!
-//! # Table `forward_meta` (redb, in the agent's database)
+//! # Table `forward_meta` (redb, in the agent's database; `store/FORMAT.md`)
 //!
 //! | key | value |
 //! | --- | --- |
@@ -44,16 +45,17 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable};
 use tokio_util::sync::CancellationToken;
 
 use super::error::{kafka, BadMarker, ForwardError};
+use crate::store::codec::{ByteReader, ByteWriter};
+use crate::store::meta::INSTANCE_ID;
+use crate::store::open_if_exists;
+use crate::store::tables::FORWARD_META;
 
 /// Version byte of the marker encoding.
 pub const MARKER_VERSION: u8 = 1;
-
-const FORWARD_META: TableDefinition<&str, &[u8]> = TableDefinition::new("forward_meta");
-const INSTANCE_ID: &str = "instance_id";
 
 /// Which database (which outbox sequence) a marker counts in.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -84,45 +86,26 @@ impl Marker {
     /// The version-1 bytes of the module doc.
     pub fn encode(&self) -> Vec<u8> {
         let agent = &self.agent.as_bytes()[..self.agent.len().min(u16::MAX as usize)];
-        let mut out = Vec::with_capacity(35 + agent.len());
-        out.push(MARKER_VERSION);
-        out.extend_from_slice(&(agent.len() as u16).to_le_bytes());
-        out.extend_from_slice(agent);
-        out.extend_from_slice(&self.instance.0);
-        out.extend_from_slice(&self.last_seq.to_le_bytes());
-        out.extend_from_slice(&self.committed_ms.to_le_bytes());
-        out
+        let mut out = ByteWriter::with_capacity(35 + agent.len());
+        out.u8(MARKER_VERSION)
+            .bytes_u16(agent)
+            .bytes(&self.instance.0)
+            .u64(self.last_seq)
+            .u64(self.committed_ms);
+        out.into_vec()
     }
 
     /// Reads version-1 bytes; never panics.
     pub fn decode(bytes: &[u8]) -> Result<Marker, BadMarker> {
-        let take = |at: &mut usize, n: usize| -> Result<&[u8], BadMarker> {
-            let end = at.checked_add(n).ok_or(BadMarker::Truncated)?;
-            let slice = bytes.get(*at..end).ok_or(BadMarker::Truncated)?;
-            *at = end;
-            Ok(slice)
-        };
-        let mut at = 0;
-        let version = take(&mut at, 1)?[0];
-        if version != MARKER_VERSION {
-            return Err(BadMarker::Version(version));
-        }
-        let len = u16::from_le_bytes([take(&mut at, 1)?[0], take(&mut at, 1)?[0]]) as usize;
-        let agent = std::str::from_utf8(take(&mut at, len)?)
+        let mut r = ByteReader::new(bytes);
+        r.version(MARKER_VERSION, BadMarker::Version)?;
+        let agent = std::str::from_utf8(r.bytes_u16()?)
             .map_err(|_| BadMarker::Agent)?
             .to_owned();
-        let mut instance = [0u8; 16];
-        instance.copy_from_slice(take(&mut at, 16)?);
-        let u64_at = |at: &mut usize| -> Result<u64, BadMarker> {
-            let mut b = [0u8; 8];
-            b.copy_from_slice(take(at, 8)?);
-            Ok(u64::from_le_bytes(b))
-        };
-        let last_seq = u64_at(&mut at)?;
-        let committed_ms = u64_at(&mut at)?;
-        if at != bytes.len() {
-            return Err(BadMarker::Trailing);
-        }
+        let instance = r.array::<16>()?;
+        let last_seq = r.u64()?;
+        let committed_ms = r.u64()?;
+        r.finish().map_err(|_| BadMarker::Trailing)?;
         Ok(Marker {
             agent,
             instance: InstanceId(instance),
@@ -134,43 +117,33 @@ impl Marker {
 
 /// This database's instance id, made (from `/dev/urandom`) and stored on first use.
 pub fn instance_id(db: &Database) -> Result<InstanceId, ForwardError> {
-    {
-        let txn = db.begin_read().map_err(redb::Error::from)?;
-        match txn.open_table(FORWARD_META) {
-            Ok(table) => {
-                if let Some(v) = table.get(INSTANCE_ID).map_err(redb::Error::from)? {
-                    if let Ok(id) = <[u8; 16]>::try_from(v.value()) {
-                        return Ok(InstanceId(id));
-                    }
-                }
+    if let Some(table) = open_if_exists(&db.begin_read()?, FORWARD_META)? {
+        if let Some(v) = table.get(INSTANCE_ID)? {
+            if let Ok(id) = <[u8; 16]>::try_from(v.value()) {
+                return Ok(InstanceId(id));
             }
-            Err(redb::TableError::TableDoesNotExist(_)) => {}
-            Err(e) => return Err(redb::Error::from(e).into()),
         }
     }
     let mut fresh = [0u8; 16];
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut fresh))
         .map_err(ForwardError::Random)?;
-    let txn = db.begin_write().map_err(redb::Error::from)?;
+    let txn = db.begin_write()?;
     let id = {
-        let mut table = txn.open_table(FORWARD_META).map_err(redb::Error::from)?;
+        let mut table = txn.open_table(FORWARD_META)?;
         // Another writer may have made one meanwhile: keep the first.
         let existing = table
-            .get(INSTANCE_ID)
-            .map_err(redb::Error::from)?
+            .get(INSTANCE_ID)?
             .and_then(|v| <[u8; 16]>::try_from(v.value()).ok());
         match existing {
             Some(id) => id,
             None => {
-                table
-                    .insert(INSTANCE_ID, fresh.as_slice())
-                    .map_err(redb::Error::from)?;
+                table.insert(INSTANCE_ID, fresh.as_slice())?;
                 fresh
             }
         }
     };
-    txn.commit().map_err(redb::Error::from)?;
+    txn.commit()?;
     Ok(InstanceId(id))
 }
 

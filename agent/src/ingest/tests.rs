@@ -141,12 +141,20 @@ fn the_dedupe_index_forgets_the_oldest_keys_past_its_bounds() {
     assert_eq!(log.dedupe_len().unwrap(), 1);
 }
 
-#[test]
-fn backpressure_commits_nothing_past_the_quota_until_a_trim_frees_space() {
+/// A log whose quota holds three readings (`per` bytes each), and a batch of five.
+fn five_for_a_quota_of_three(
+    on_full: OnFull,
+) -> (tempfile::TempDir, IngestLog, u64, Vec<Submission>) {
     let dir = tempfile::tempdir().unwrap();
     let per = one("a", 0).estimated_bytes();
-    let mut log = open(&dir, limits(per * 3, OnFull::Backpressure));
-    let batch: Vec<_> = (0..5).map(|i| one("a", i)).collect();
+    let log = open(&dir, limits(per * 3, on_full));
+    let batch = (0..5).map(|i| one("a", i)).collect();
+    (dir, log, per, batch)
+}
+
+#[test]
+fn backpressure_commits_nothing_past_the_quota_until_a_trim_frees_space() {
+    let (_dir, mut log, per, batch) = five_for_a_quota_of_three(OnFull::Backpressure);
     let done = log.commit(&batch, 0).unwrap();
     assert_eq!(done.submissions, 3);
     assert_eq!(log.commit(&batch[3..], 0).unwrap().submissions, 0);
@@ -158,10 +166,7 @@ fn backpressure_commits_nothing_past_the_quota_until_a_trim_frees_space() {
 
 #[test]
 fn drop_oldest_evicts_and_counts_the_oldest_readings() {
-    let dir = tempfile::tempdir().unwrap();
-    let per = one("a", 0).estimated_bytes();
-    let mut log = open(&dir, limits(per * 3, OnFull::DropOldest));
-    let batch: Vec<_> = (0..5).map(|i| one("a", i)).collect();
+    let (_dir, mut log, _, batch) = five_for_a_quota_of_three(OnFull::DropOldest);
     let done = log.commit(&batch, 0).unwrap();
     assert_eq!((done.submissions, done.accepted, done.dropped), (5, 5, 2));
     let seqs: Vec<u64> = log

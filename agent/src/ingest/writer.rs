@@ -16,7 +16,9 @@
 //! - **Write errors** (full disk, I/O): counted, logged, retried with exponential backoff
 //!   (10 ms .. 5 s); the batch and its acks are kept, so nothing is acked that is not durable
 //!   and nothing waiting is lost. After an I/O error the database is reopened (redb latches the
-//!   failure). Only corruption is fatal.
+//!   failure). What is retried follows the store's one rule
+//!   ([`crate::store::StoreError::is_retryable`]): corruption and a poisoned redb lock are
+//!   fatal (the agent stops; systemd restarts it).
 //! - **Shutdown**: on cancellation the writer stops at a safe point (between commits). Anything
 //!   not committed is dropped with its ack unrun: the sources redeliver it.
 
@@ -26,11 +28,13 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use edge_protocol::backoff::Backoff;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{Counters, IngestError, IngestLog, Submission};
+use crate::clock::unix_ms;
 
 /// Group-commit limits.
 #[derive(Debug, Clone, Copy)]
@@ -57,12 +61,6 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// How often a writer blocked by the quota re-checks without a trim.
 const QUOTA_RECHECK: Duration = Duration::from_millis(200);
 
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 fn weight(s: &Submission) -> usize {
     (s.readings.len() + s.dead_letters.len()).max(1)
 }
@@ -71,7 +69,7 @@ impl Writer {
     /// Runs until cancelled or every sender is gone. Returns an error only when it is fatal.
     pub async fn run(mut self) -> Result<(), IngestError> {
         let mut pending: VecDeque<Submission> = VecDeque::new();
-        let mut backoff = BACKOFF_MIN;
+        let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
         let mut blocked = false;
         let mut log = Some(self.log);
         let mut inputs_closed = false;
@@ -109,7 +107,7 @@ impl Writer {
             log = Some(current);
             match result {
                 Ok(done) => {
-                    backoff = BACKOFF_MIN;
+                    backoff.reset();
                     self.counters.add(&done);
                     let rest = batch.split_off(done.submissions.min(batch.len()));
                     for sub in batch {
@@ -147,13 +145,13 @@ impl Writer {
                         tracing::error!(%error, "ingest log failed fatally");
                         return Err(error);
                     }
-                    tracing::error!(%error, retry_in_ms = backoff.as_millis() as u64, "ingest commit failed; keeping the batch and its acks");
+                    let delay = backoff.next_delay();
+                    tracing::error!(%error, retry_in_ms = delay.as_millis() as u64, "ingest commit failed; keeping the batch and its acks");
                     pending.extend(batch);
                     tokio::select! {
                         _ = self.cancel.cancelled() => return Ok(()),
-                        _ = tokio::time::sleep(backoff) => {}
+                        _ = tokio::time::sleep(delay) => {}
                     }
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
                     if error.needs_reopen() {
                         let limits = log.as_ref().map(|l| l.limits());
                         drop(log.take());
@@ -223,7 +221,7 @@ async fn reopen(
     limits: super::Limits,
     cancel: &CancellationToken,
 ) -> Result<IngestLog, IngestError> {
-    let mut backoff = BACKOFF_MIN;
+    let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
     loop {
         match IngestLog::open(path, limits) {
             Ok(log) => return Ok(log),
@@ -234,8 +232,7 @@ async fn reopen(
         }
         tokio::select! {
             _ = cancel.cancelled() => return Err(IngestError::Stopped),
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(backoff.next_delay()) => {}
         }
-        backoff = (backoff * 2).min(BACKOFF_MAX);
     }
 }

@@ -64,6 +64,15 @@ fn put(log: &mut IngestLog, readings: &[(&str, u64, f64)], dead: usize) {
     log.commit(&[sub], 0).unwrap();
 }
 
+/// A fresh log in a temporary directory (kept alive by the caller) holding `readings` and
+/// `dead` dead letters.
+fn log_with(readings: &[(&str, u64, f64)], dead: usize) -> (tempfile::TempDir, IngestLog) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = log(dir.path());
+    put(&mut log, readings, dead);
+    (dir, log)
+}
+
 fn outbox_all(db: &Database) -> Vec<OutboxRecord> {
     outbox::read_after(db, 0, usize::MAX, usize::MAX)
         .unwrap()
@@ -82,9 +91,7 @@ fn partials(records: &[OutboxRecord]) -> Vec<Partial> {
 
 #[test]
 fn a_pipeline_without_a_window_passes_readings_through_as_json_and_trims_the_log() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut log = log(dir.path());
-    put(&mut log, &[("raw.a", 5, 1.5), ("nowhere", 6, 1.0)], 0);
+    let (_dir, log) = log_with(&[("raw.a", 5, 1.5), ("nowhere", 6, 1.0)], 0);
     let mut stage = Stage::open(log.database(), config(CONFIG), 100, 0).unwrap();
     let step = stage.step(0).unwrap();
     assert_eq!((step.readings, step.records), (2, 1));
@@ -106,9 +113,7 @@ fn a_pipeline_without_a_window_passes_readings_through_as_json_and_trims_the_log
 
 #[test]
 fn dead_letters_reach_the_outbox_with_their_own_cursor() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut log = log(dir.path());
-    put(&mut log, &[], 3);
+    let (_dir, log) = log_with(&[], 3);
     let mut stage = Stage::open(log.database(), config(CONFIG), 2, 0).unwrap();
     stage.step(0).unwrap();
     stage.step(0).unwrap();
@@ -154,9 +159,7 @@ fn a_stage_reopened_between_batches_emits_what_one_uninterrupted_stage_emits() {
 
 #[test]
 fn an_idle_close_is_committed_once_and_a_reopened_stage_treats_the_window_as_closed() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut log = log(dir.path());
-    put(&mut log, &[("w.a", 5, 1.0)], 0);
+    let (_dir, mut log) = log_with(&[("w.a", 5, 1.0)], 0);
     let mut stage = Stage::open(log.database(), config(CONFIG), 100, 0).unwrap();
     stage.step(0).unwrap();
     assert!(partials(&outbox_all(&log.database())).is_empty());
@@ -176,9 +179,7 @@ fn an_idle_close_is_committed_once_and_a_reopened_stage_treats_the_window_as_clo
 
 #[test]
 fn a_changed_window_shape_sends_the_stored_windows_before_starting_afresh() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut log = log(dir.path());
-    put(&mut log, &[("w.a", 5, 1.0), ("w.b", 6, 2.0)], 0);
+    let (_dir, log) = log_with(&[("w.a", 5, 1.0), ("w.b", 6, 2.0)], 0);
     let mut stage = Stage::open(log.database(), config(CONFIG), 100, 0).unwrap();
     stage.step(0).unwrap();
     drop(stage);

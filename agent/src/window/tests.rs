@@ -41,6 +41,15 @@ fn run(w: &mut Windows, readings: &[Reading]) -> Vec<Output> {
     out
 }
 
+/// [`run`] over `(sensor, ts_ms, value)` readings.
+fn run_all(w: &mut Windows, readings: &[(&str, u64, f64)]) -> Vec<Output> {
+    let readings: Vec<Reading> = readings
+        .iter()
+        .map(|&(sensor, ts_ms, value)| reading(sensor, ts_ms, value))
+        .collect();
+    run(w, &readings)
+}
+
 fn partials(out: &[Output]) -> Vec<&Partial> {
     out.iter()
         .filter_map(|o| match o {
@@ -81,14 +90,9 @@ fn assert_same(a: &Aggregate, b: &Aggregate) {
 #[test]
 fn a_reading_on_a_boundary_belongs_to_the_window_it_starts() {
     let mut w = machine(spec(10, 10, 0));
-    let out = run(
+    let out = run_all(
         &mut w,
-        &[
-            reading("s", 0, 1.0),
-            reading("s", 9, 2.0),
-            reading("s", 10, 3.0),
-            reading("s", 20, 4.0),
-        ],
+        &[("s", 0, 1.0), ("s", 9, 2.0), ("s", 10, 3.0), ("s", 20, 4.0)],
     );
     let p = partials(&out);
     assert_eq!(p.len(), 2);
@@ -136,14 +140,7 @@ fn a_reading_for_a_closed_window_is_forwarded_late_or_dropped() {
         let mut s = spec(10, 10, 0);
         s.late = policy;
         let mut w = machine(s);
-        let out = run(
-            &mut w,
-            &[
-                reading("s", 5, 1.0),
-                reading("s", 25, 1.0),
-                reading("s", 3, 9.0),
-            ],
-        );
+        let out = run_all(&mut w, &[("s", 5, 1.0), ("s", 25, 1.0), ("s", 3, 9.0)]);
         assert_eq!(late(&out), forwarded);
         assert_eq!(
             partials(&out).len(),
@@ -208,14 +205,7 @@ fn at_the_cap_the_oldest_open_window_is_force_closed() {
     let mut s = spec(10, 10, 1_000);
     s.max_open_windows = 2;
     let mut w = machine(s);
-    let out = run(
-        &mut w,
-        &[
-            reading("a", 5, 1.0),
-            reading("b", 15, 1.0),
-            reading("c", 25, 1.0),
-        ],
-    );
+    let out = run_all(&mut w, &[("a", 5, 1.0), ("b", 15, 1.0), ("c", 25, 1.0)]);
     let p = partials(&out);
     assert_eq!(p.len(), 1);
     assert_eq!((p[0].series.as_str(), p[0].window_start_ms), ("a", 0));
@@ -258,14 +248,7 @@ fn pipeline_grouping_makes_one_series_named_after_the_pipeline() {
     let mut s = spec(10, 10, 0);
     s.group_by = Grouping::Pipeline;
     let mut w = machine(s);
-    let out = run(
-        &mut w,
-        &[
-            reading("a", 1, 1.0),
-            reading("b", 2, 1.0),
-            reading("a", 10, 1.0),
-        ],
-    );
+    let out = run_all(&mut w, &[("a", 1, 1.0), ("b", 2, 1.0), ("a", 10, 1.0)]);
     let p = partials(&out);
     assert_eq!((p[0].series.as_str(), p[0].aggregate.count()), ("p", 2));
 }

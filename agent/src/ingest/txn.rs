@@ -4,20 +4,14 @@
 
 use redb::{ReadableTable, ReadableTableMetadata, Table, WriteTransaction};
 
-use super::{
-    row_bytes, Committed, IngestError, Limits, Submission, DEAD_LETTERS, DEDUPE, DEDUPE_AGE, META,
-    READINGS, UPSTREAM_SEQ,
-};
+use super::{Committed, IngestError, Limits, Submission};
 use crate::config::OnFull;
-
-pub const NEXT_SEQ: &str = "next_seq";
-pub const NEXT_DEAD_LETTER: &str = "next_dead_letter";
-pub const LOG_BYTES: &str = "log_bytes";
-pub const ACCEPTED: &str = "accepted";
-pub const DUPLICATE: &str = "duplicate";
-pub const REJECTED: &str = "rejected";
-pub const DROPPED: &str = "dropped";
-pub const UPSTREAM_GAPS: &str = "upstream_gaps";
+use crate::store::meta::{
+    ACCEPTED, DROPPED, DUPLICATE, LOG_BYTES, NEXT_DEAD_LETTER, NEXT_SEQ, REJECTED, UPSTREAM_GAPS,
+};
+use crate::store::row_bytes;
+use crate::store::rows::DedupeAge;
+use crate::store::tables::{DEAD_LETTERS, DEDUPE, DEDUPE_AGE, META, READINGS, UPSTREAM_SEQ};
 
 const KEYS: [&str; 8] = [
     NEXT_SEQ,
@@ -29,6 +23,13 @@ const KEYS: [&str; 8] = [
     DROPPED,
     UPSTREAM_GAPS,
 ];
+
+/// The two sequenced tables of the log.
+#[derive(Clone, Copy)]
+enum Log {
+    Readings,
+    DeadLetters,
+}
 
 pub struct Tables<'t> {
     readings: Table<'t, u64, &'static [u8]>,
@@ -46,7 +47,7 @@ impl<'t> Tables<'t> {
         let meta = txn.open_table(META)?;
         let mut values = [0u64; 8];
         for (value, key) in values.iter_mut().zip(KEYS) {
-            *value = meta.get(key)?.map_or(0, |v| v.value());
+            *value = crate::store::meta::get(&meta, key)?;
         }
         Ok(Tables {
             readings: txn.open_table(READINGS)?,
@@ -116,10 +117,11 @@ impl<'t> Tables<'t> {
                     }
                     let seq = self.get(NEXT_SEQ);
                     self.dedupe.insert(key.as_slice(), seq)?;
-                    let mut aged = Vec::with_capacity(8 + key.len());
-                    aged.extend_from_slice(&now_ms.to_le_bytes());
-                    aged.extend_from_slice(&key);
-                    self.dedupe_age.insert(seq, aged.as_slice())?;
+                    let aged = DedupeAge {
+                        inserted_ms: now_ms,
+                        key: &key,
+                    };
+                    self.dedupe_age.insert(seq, aged.encode().as_slice())?;
                 }
                 if let Some(seq) = reading.seq {
                     let last = self
@@ -130,19 +132,11 @@ impl<'t> Tables<'t> {
                         self.add(UPSTREAM_GAPS, seq - last - 1);
                     }
                 }
-                let seq = self.get(NEXT_SEQ);
-                let bytes = reading.encode();
-                self.readings.insert(seq, bytes.as_slice())?;
-                self.add(NEXT_SEQ, 1);
-                self.add(LOG_BYTES, row_bytes(bytes.len()));
+                self.append(Log::Readings, &reading.encode())?;
                 done.accepted += 1;
             }
             for dead in &sub.dead_letters {
-                let seq = self.get(NEXT_DEAD_LETTER);
-                let bytes = dead.encode();
-                self.dead.insert(seq, bytes.as_slice())?;
-                self.add(NEXT_DEAD_LETTER, 1);
-                self.add(LOG_BYTES, row_bytes(bytes.len()));
+                self.append(Log::DeadLetters, &dead.encode())?;
                 done.rejected += 1;
             }
             done.submissions += 1;
@@ -152,6 +146,23 @@ impl<'t> Tables<'t> {
         self.add(REJECTED, done.rejected);
         self.add(DROPPED, done.dropped);
         Ok(done)
+    }
+
+    /// Stores `bytes` under the next sequence number of `log`, counting it into `log_bytes`.
+    fn append(&mut self, log: Log, bytes: &[u8]) -> Result<(), IngestError> {
+        let next = match log {
+            Log::Readings => NEXT_SEQ,
+            Log::DeadLetters => NEXT_DEAD_LETTER,
+        };
+        let seq = self.get(next);
+        let table = match log {
+            Log::Readings => &mut self.readings,
+            Log::DeadLetters => &mut self.dead,
+        };
+        table.insert(seq, bytes)?;
+        self.add(next, 1);
+        self.add(LOG_BYTES, row_bytes(bytes.len()));
+        Ok(())
     }
 
     /// `drop_oldest`: evicts oldest readings (then dead letters) until `need` more bytes fit.
@@ -179,14 +190,11 @@ impl<'t> Tables<'t> {
             let over = self.dedupe_age.len()? > limits.dedupe_max_entries;
             let (ordinal, key) = match self.dedupe_age.first()? {
                 Some((k, v)) => {
-                    let aged = v.value();
-                    let inserted = aged
-                        .first_chunk::<8>()
-                        .map_or(0, |b| u64::from_le_bytes(*b));
-                    if !over && inserted >= horizon {
+                    let aged = DedupeAge::decode(v.value());
+                    if !over && aged.inserted_ms >= horizon {
                         break;
                     }
-                    (k.value(), aged.get(8..).unwrap_or_default().to_vec())
+                    (k.value(), aged.key.to_vec())
                 }
                 None => break,
             };
@@ -201,27 +209,29 @@ impl<'t> Tables<'t> {
 
     /// Removes readings up to `through`, freeing their bytes.
     pub fn trim(&mut self, through: u64) -> Result<u64, IngestError> {
-        let mut n = 0;
-        let mut freed = 0;
-        for row in self.readings.extract_from_if(..=through, |_, _| true)? {
-            let (_, v) = row?;
-            freed += row_bytes(v.value().len());
-            n += 1;
-        }
+        let (n, freed) = remove_through(&mut self.readings, through)?;
         self.sub(LOG_BYTES, freed);
         Ok(n)
     }
 
     /// Removes dead letters up to `through`, freeing their bytes.
     pub fn trim_dead_letters(&mut self, through: u64) -> Result<u64, IngestError> {
-        let mut n = 0;
-        let mut freed = 0;
-        for row in self.dead.extract_from_if(..=through, |_, _| true)? {
-            let (_, v) = row?;
-            freed += row_bytes(v.value().len());
-            n += 1;
-        }
+        let (n, freed) = remove_through(&mut self.dead, through)?;
         self.sub(LOG_BYTES, freed);
         Ok(n)
     }
+}
+
+/// Removes the rows with keys up to `through`; returns how many, and their quota bytes.
+fn remove_through(
+    table: &mut Table<'_, u64, &'static [u8]>,
+    through: u64,
+) -> Result<(u64, u64), IngestError> {
+    let (mut n, mut freed) = (0, 0);
+    table.retain_in(..=through, |_, v| {
+        freed += row_bytes(v.len());
+        n += 1;
+        false
+    })?;
+    Ok((n, freed))
 }
