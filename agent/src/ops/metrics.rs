@@ -382,3 +382,6 @@ pub fn render(t: &Telemetry) -> String {
     }
     o.finish()
 }
+
+#[cfg(test)]
+mod tests;
