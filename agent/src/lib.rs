@@ -34,6 +34,7 @@ pub mod reading;
 pub mod service;
 pub mod source;
 pub mod stage;
+pub mod telemetry;
 pub mod window;
 
 /// The agent's version, as reported by `--version` and in logs.

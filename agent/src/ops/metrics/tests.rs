@@ -7,12 +7,15 @@
 //! by accident.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use tokio::time::Instant;
 
 use super::*;
 use crate::inspect::Snapshot;
 use crate::ops::health::{Health, SourceState};
+use crate::source::mqtt::{self, MqttCounters};
+use crate::source::serial::{self, SerialCounters};
 
 const GOLDEN: &str = include_str!("exposition.golden");
 
@@ -20,8 +23,9 @@ fn set(a: &AtomicU64, v: u64) {
     a.store(v, Ordering::Relaxed);
 }
 
-/// Telemetry in which every counter holds its own value, so a crossed wire shows.
-fn telemetry() -> Telemetry {
+/// Telemetry in which every counter holds its own value, so a crossed wire shows, and a fresh
+/// health view.
+fn telemetry() -> (Telemetry, Health) {
     let t = Telemetry::default();
     set(&t.reloads, 1);
     set(&t.reload_failures, 2);
@@ -77,7 +81,7 @@ fn telemetry() -> Telemetry {
     set(&f.commit_latency_us_last, 1_500);
     set(&f.commit_latency_us_sum, 2_500_000);
     set(&f.commit_latency_us_max, 7_000);
-    let m = t.mqtt_source("plant \"a\"");
+    let m: Arc<MqttCounters> = t.sources.counters(&mqtt::KIND, "plant \"a\"");
     for (n, a) in [
         &m.received,
         &m.connects,
@@ -89,7 +93,7 @@ fn telemetry() -> Telemetry {
     {
         set(a, 60 + n as u64);
     }
-    let c = t.serial_source("rs485");
+    let c: Arc<SerialCounters> = t.sources.counters(&serial::KIND, "rs485");
     for (n, a) in [
         &c.frames,
         &c.duplicate_frames,
@@ -103,7 +107,7 @@ fn telemetry() -> Telemetry {
     {
         set(a, 70 + n as u64);
     }
-    *t.health.lock().unwrap() = Health {
+    let health = Health {
         sampled_at: Some(Instant::now()),
         snapshot: Some(Snapshot {
             log_readings: 80,
@@ -123,13 +127,13 @@ fn telemetry() -> Telemetry {
         stalled: vec!["windowing"],
         running: true,
     };
-    t
+    (t, health)
 }
 
 /// The page with the clock-dependent sample and the crate version masked.
-fn page(t: &Telemetry) -> String {
+fn page((t, health): &(Telemetry, Health)) -> String {
     let version = format!("version=\"{}\"", crate::VERSION);
-    render(t)
+    render(t, health)
         .lines()
         .map(|l| match l.starts_with("edge_agent_uptime_seconds ") {
             true => "edge_agent_uptime_seconds <uptime>\n".to_owned(),
@@ -156,7 +160,7 @@ fn the_exposition_is_the_documented_page_line_for_line() {
 
 #[test]
 fn every_family_has_help_and_type_and_every_counter_ends_in_total() {
-    let text = render(&Telemetry::default());
+    let text = render(&Telemetry::default(), &Health::default());
     let mut typed = Vec::new();
     for line in text.lines() {
         if let Some(rest) = line.strip_prefix("# TYPE ") {
