@@ -41,6 +41,20 @@ impl Out {
         let _ = writeln!(self.0, "{name} {value}");
     }
 
+    /// A family of `kind` with its labelled samples: `(labels, value)` as for [`Out::labelled`].
+    pub fn family<L: AsRef<str>, V: Display>(
+        &mut self,
+        name: &str,
+        kind: &str,
+        help: &str,
+        samples: impl IntoIterator<Item = (L, V)>,
+    ) {
+        self.head(name, kind, help);
+        for (labels, value) in samples {
+            self.labelled(name, labels.as_ref(), value);
+        }
+    }
+
     /// Counter families with one unlabelled sample each: `(name, help, value)` in order.
     pub fn counters(&mut self, rows: &[(&str, &str, u64)]) {
         for (name, help, value) in rows {
@@ -98,8 +112,12 @@ mod tests {
         let mut o = Out::with_capacity(256);
         o.counters(&[("x_total", "Things.", 3)]);
         o.summary("y_seconds", "Durations.", 2.5, 4u64);
-        o.head("z", "gauge", "By source.");
-        o.labelled("z", &format!("source=\"{}\"", escape("a\"b")), 0.0);
+        o.family(
+            "z",
+            "gauge",
+            "By source.",
+            [(format!("source=\"{}\"", escape("a\"b")), 0.0)],
+        );
         assert_eq!(
             o.finish(),
             "# HELP x_total Things.\n# TYPE x_total counter\nx_total 3\n\

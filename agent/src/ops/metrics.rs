@@ -41,11 +41,12 @@ pub fn render(t: &Telemetry, health: &Health) -> String {
 /// The process: build, uptime, the health verdicts, reloads.
 fn agent(o: &mut Out, t: &Telemetry, health: &Health) {
     let now = tokio::time::Instant::now();
-    o.head("edge_agent_info", "gauge", "Build information.");
-    o.labelled(
+    let version = format!("version=\"{}\"", crate::VERSION);
+    o.family(
         "edge_agent_info",
-        &format!("version=\"{}\"", crate::VERSION),
-        1,
+        "gauge",
+        "Build information.",
+        [(version, 1)],
     );
     o.gauges(&[
         (
@@ -149,20 +150,14 @@ fn window(o: &mut Out, s: &StageCounters) {
             get(&s.revisions),
         ),
     ]);
-    o.head(
+    o.family(
         "edge_window_late_total",
         "counter",
         "Readings behind the watermark, by what happened to them.",
-    );
-    o.labelled(
-        "edge_window_late_total",
-        "action=\"forwarded\"",
-        get(&s.late_forwarded),
-    );
-    o.labelled(
-        "edge_window_late_total",
-        "action=\"dropped\"",
-        get(&s.late_dropped),
+        [
+            ("action=\"forwarded\"", get(&s.late_forwarded)),
+            ("action=\"dropped\"", get(&s.late_dropped)),
+        ],
     );
     o.counters(&[
         (
@@ -236,18 +231,15 @@ fn kafka(o: &mut Out, f: &ForwardMetrics, health: &Health) {
         "1 after a forwarder session error within the last 30 s.",
         u8::from(health.forwarder_failing),
     )]);
-    o.head(
+    o.family(
         "edge_stage_stalled",
         "gauge",
         "1 while a stage with pending work shows no event for watchdog_stall_s.",
+        ["forwarder", "windowing"].map(|stage| {
+            let stalled = u8::from(health.stalled.contains(&stage));
+            (format!("stage=\"{stage}\""), stalled)
+        }),
     );
-    for stage in ["forwarder", "windowing"] {
-        o.labelled(
-            "edge_stage_stalled",
-            &format!("stage=\"{stage}\""),
-            u8::from(health.stalled.contains(&stage)),
-        );
-    }
 }
 
 /// The buffer gauges of the sampler's last database read (none before the first), and whether

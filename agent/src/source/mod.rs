@@ -56,6 +56,7 @@ use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use edge_ops_http::prometheus::{escape, Out};
@@ -119,6 +120,11 @@ pub trait SourceCounters: Any + Debug + Send + Sync {
     fn values(&self) -> Vec<u64>;
     /// For the [`Registry`] to hand back the concrete type.
     fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync>;
+}
+
+/// The values of `fields` now, in order (for [`SourceCounters::values`]).
+pub fn load(fields: &[&AtomicU64]) -> Vec<u64> {
+    fields.iter().map(|a| a.load(Ordering::Relaxed)).collect()
 }
 
 /// A source's connection, as its kind's [`SourceHealth`] derives it from the counters.
@@ -220,25 +226,24 @@ pub fn render_families(o: &mut Out, registry: &Registry) {
 
 /// The `edge_source_connected` and `edge_source_state` gauges of every source.
 pub fn render_states(o: &mut Out, states: &BTreeMap<String, SourceState>) {
-    o.head(
+    o.family(
         "edge_source_connected",
         "gauge",
         "1 while the source is connected (see ops::health for how it is derived).",
+        states.iter().map(|(name, state)| {
+            let connected = u8::from(*state == SourceState::Connected);
+            (format!("source=\"{}\"", escape(name)), connected)
+        }),
     );
-    for (name, state) in states {
-        let labels = format!("source=\"{}\"", escape(name));
-        let connected = u8::from(*state == SourceState::Connected);
-        o.labelled("edge_source_connected", &labels, connected);
-    }
-    o.head(
+    o.family(
         "edge_source_state",
         "gauge",
         "The source's connection state (one series per state, 1 for the current).",
+        states.iter().flat_map(|(name, state)| {
+            SourceState::ALL.map(|s| {
+                let labels = format!("source=\"{}\",state=\"{}\"", escape(name), s.name());
+                (labels, u8::from(*state == s))
+            })
+        }),
     );
-    for (name, state) in states {
-        for s in SourceState::ALL {
-            let labels = format!("source=\"{}\",state=\"{}\"", escape(name), s.name());
-            o.labelled("edge_source_state", &labels, u8::from(*state == s));
-        }
-    }
 }

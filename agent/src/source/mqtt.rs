@@ -135,14 +135,12 @@ const CONNECTION_ERRORS: usize = 2;
 
 impl SourceCounters for MqttCounters {
     fn values(&self) -> Vec<u64> {
-        [
+        super::load(&[
             &self.received,
             &self.connects,
             &self.connection_errors,
             &self.qos0_dropped,
-        ]
-        .map(|a| a.load(Ordering::Relaxed))
-        .to_vec()
+        ])
     }
 
     fn into_any(self: Arc<Self>) -> Arc<dyn std::any::Any + Send + Sync> {

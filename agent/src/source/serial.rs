@@ -107,16 +107,14 @@ const PORT_ERRORS: usize = 5;
 
 impl SourceCounters for SerialCounters {
     fn values(&self) -> Vec<u64> {
-        [
+        super::load(&[
             &self.frames,
             &self.duplicate_frames,
             &self.bad_frames,
             &self.busy,
             &self.upstream_dropped,
             &self.port_errors,
-        ]
-        .map(|a| a.load(Ordering::Relaxed))
-        .to_vec()
+        ])
     }
 
     fn into_any(self: Arc<Self>) -> Arc<dyn std::any::Any + Send + Sync> {

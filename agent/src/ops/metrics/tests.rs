@@ -23,6 +23,13 @@ fn set(a: &AtomicU64, v: u64) {
     a.store(v, Ordering::Relaxed);
 }
 
+/// Sets `fields` to `first`, `first + 1`, ...
+fn fill(fields: &[&AtomicU64], first: u64) {
+    for (n, a) in fields.iter().enumerate() {
+        set(a, first + n as u64);
+    }
+}
+
 /// Telemetry in which every counter holds its own value, so a crossed wire shows, and a fresh
 /// health view.
 fn telemetry() -> (Telemetry, Health) {
@@ -30,83 +37,73 @@ fn telemetry() -> (Telemetry, Health) {
     set(&t.reloads, 1);
     set(&t.reload_failures, 2);
     let i = &t.ingest;
-    for (n, a) in [
-        &i.accepted,
-        &i.duplicate,
-        &i.rejected,
-        &i.dropped,
-        &i.upstream_gaps,
-        &i.write_errors,
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        set(a, 10 + n as u64);
-    }
+    fill(
+        &[
+            &i.accepted,
+            &i.duplicate,
+            &i.rejected,
+            &i.dropped,
+            &i.upstream_gaps,
+            &i.write_errors,
+        ],
+        10,
+    );
     let s = &t.stage;
-    for (n, a) in [
-        &s.readings,
-        &s.passed_through,
-        &s.unrouted,
-        &s.dead_letters,
-        &s.partials,
-        &s.windows_closed,
-        &s.idle_closes,
-        &s.forced_closes,
-        &s.revisions,
-        &s.late_forwarded,
-        &s.late_dropped,
-        &s.rejected,
-        &s.commits,
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        set(a, 20 + n as u64);
-    }
+    fill(
+        &[
+            &s.readings,
+            &s.passed_through,
+            &s.unrouted,
+            &s.dead_letters,
+            &s.partials,
+            &s.windows_closed,
+            &s.idle_closes,
+            &s.forced_closes,
+            &s.revisions,
+            &s.late_forwarded,
+            &s.late_dropped,
+            &s.rejected,
+            &s.commits,
+        ],
+        20,
+    );
     let f = &t.forward;
-    for (n, a) in [
-        &f.transactions_committed,
-        &f.records_committed,
-        &f.bytes_committed,
-        &f.last_committed_seq,
-        &f.transactions_aborted,
-        &f.session_errors,
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        set(a, 40 + n as u64);
-    }
+    fill(
+        &[
+            &f.transactions_committed,
+            &f.records_committed,
+            &f.bytes_committed,
+            &f.last_committed_seq,
+            &f.transactions_aborted,
+            &f.session_errors,
+        ],
+        40,
+    );
     set(&f.commit_latency_us_last, 1_500);
     set(&f.commit_latency_us_sum, 2_500_000);
     set(&f.commit_latency_us_max, 7_000);
     let m: Arc<MqttCounters> = t.sources.counters(&mqtt::KIND, "plant \"a\"");
-    for (n, a) in [
-        &m.received,
-        &m.connects,
-        &m.connection_errors,
-        &m.qos0_dropped,
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        set(a, 60 + n as u64);
-    }
+    fill(
+        &[
+            &m.received,
+            &m.connects,
+            &m.connection_errors,
+            &m.qos0_dropped,
+        ],
+        60,
+    );
     let c: Arc<SerialCounters> = t.sources.counters(&serial::KIND, "rs485");
-    for (n, a) in [
-        &c.frames,
-        &c.duplicate_frames,
-        &c.bad_frames,
-        &c.busy,
-        &c.upstream_dropped,
-        &c.port_errors,
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        set(a, 70 + n as u64);
-    }
+    fill(
+        &[
+            &c.frames,
+            &c.duplicate_frames,
+            &c.bad_frames,
+            &c.busy,
+            &c.upstream_dropped,
+            &c.port_errors,
+        ],
+        70,
+    );
     let health = Health {
         sampled_at: Some(Instant::now()),
         snapshot: Some(Snapshot {
