@@ -1,5 +1,10 @@
 //! Wiring: opens the ingest log, starts the writer and every source, and stops them together.
 //!
+//! Sources are started from the configured list through the seam in [`crate::source`]
+//! (`source::spawn_all` over `source::KINDS`): this file names no source kind. It reports into a
+//! [`Telemetry`] and knows nothing of the ops endpoints or systemd: the supervisor
+//! ([`crate::ops::supervise`]) passes the `ready` callback that announces `READY=1`.
+//!
 //! One shutdown path: a [`CancellationToken`] cloned into every task and a [`TaskTracker`]
 //! awaited until they drain. The writer stops between commits and the sources stop polling;
 //! whatever was not committed was not acked, so the brokers redeliver it on the next start.
@@ -102,10 +107,10 @@ pub async fn run_with_telemetry(
             crate::clock::unix_ms(),
         )?),
     };
-    let mut stage = stage;
-    if let Some(stage) = stage.as_mut() {
+    let stage = stage.map(|mut stage| {
         stage.counters = telemetry.stage.clone();
-    }
+        stage
+    });
     let stage_counters: Option<Arc<StageCounters>> = stage.as_ref().map(|s| s.counters.clone());
     let (submissions, submissions_rx) = mpsc::channel(*config.buffer.channel_capacity.get_ref());
     // The windowing stage trims the log in its own transactions and the writer re-checks the

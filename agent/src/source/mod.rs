@@ -247,3 +247,80 @@ pub fn render_states(o: &mut Out, states: &BTreeMap<String, SourceState>) {
         }),
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    const CONFIG: &str = r#"
+[agent]
+id = "gw"
+data_dir = "/unused"
+[[mqtt]]
+name = "plant"
+url = "mqtt://127.0.0.1:1"
+client_id = "c"
+payload = { format = "json", value = "/v" }
+subscribe = [{ topic = "s/+/v", qos = 1 }]
+[[serial]]
+name = "rs485"
+path = "/dev/null"
+framing = "line"
+"#;
+
+    #[test]
+    fn every_kind_names_its_own_counter_families() {
+        let mut seen = Vec::new();
+        for kind in KINDS {
+            assert!(
+                kind.name.chars().all(|c| c.is_ascii_lowercase()),
+                "{kind:?}"
+            );
+            for f in kind.families {
+                let prefix = format!("edge_{}_", kind.name);
+                assert!(f.name.starts_with(&prefix), "{} of {kind:?}", f.name);
+                assert!(f.name.ends_with("_total"), "{} is a counter", f.name);
+                assert!(!seen.contains(&f.name), "{} twice", f.name);
+                seen.push(f.name);
+            }
+        }
+    }
+
+    #[test]
+    fn counters_are_kept_by_name_across_reloads_until_a_source_leaves_the_file() {
+        let config =
+            Config::from_toml(Path::new("t.toml"), CONFIG).unwrap_or_else(|e| panic!("{e}"));
+        let r = Registry::default();
+        let a: Arc<mqtt::MqttCounters> = r.counters(&mqtt::KIND, "plant");
+        a.received.store(5, Ordering::Relaxed);
+        let again: Arc<mqtt::MqttCounters> = r.counters(&mqtt::KIND, "plant");
+        assert!(Arc::ptr_eq(&a, &again));
+        let _: Arc<serial::SerialCounters> = r.counters(&serial::KIND, "rs485");
+        let _: Arc<serial::SerialCounters> = r.counters(&serial::KIND, "gone");
+        r.retain(&config);
+        let names: Vec<_> = r.sample().into_iter().map(|(k, n, _)| (k, n)).collect();
+        assert_eq!(
+            names,
+            [("mqtt", "plant".to_owned()), ("serial", "rs485".to_owned())]
+        );
+        assert_eq!(r.sample()[0].2, [5, 0, 0, 0]);
+    }
+
+    #[test]
+    fn the_configured_list_spawns_one_task_per_source_of_every_kind() {
+        let config =
+            Config::from_toml(Path::new("t.toml"), CONFIG).unwrap_or_else(|e| panic!("{e}"));
+        let registry = Registry::default();
+        let (submissions, _rx) = mpsc::channel(1);
+        let cx = Context {
+            mapper: Arc::new(Mapper::new(&config)),
+            submissions,
+            cancel: CancellationToken::new(),
+            registry: &registry,
+        };
+        assert_eq!(spawn_all(&config, &cx).len(), 2);
+        assert_eq!(registry.sample().len(), 2, "counters registered at spawn");
+    }
+}
