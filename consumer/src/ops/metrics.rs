@@ -7,12 +7,11 @@
 //! with librdkafka's statistics (every 5 s) and have no series before the first.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use edge_ops_http::prometheus::{escape, Out};
 
 use super::health::View;
-use crate::telemetry::{Metrics, Phase};
+use crate::telemetry::{unix_ms, Metrics, Phase};
 
 fn get(a: &AtomicU64) -> u64 {
     a.load(Ordering::Relaxed)
@@ -139,10 +138,7 @@ pub fn render(m: &Metrics, view: &View) -> String {
         "Seconds since the last committed transaction (no sample before the first). Grows while no partial arrives.",
     );
     if last_commit_ms > 0 {
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        let age = now_ms.saturating_sub(last_commit_ms) as f64 / 1000.0;
+        let age = unix_ms().saturating_sub(last_commit_ms) as f64 / 1000.0;
         o.labelled("edge_consumer_last_commit_age_seconds", "", age);
     }
     o.counters(&[
