@@ -46,6 +46,24 @@
 //! - A source's counters are created on first use and kept by name across reloads; a reload
 //!   forgets the sources its configuration no longer lists ([`Registry::retain`]).
 
+/// Implements [`SourceCounters`] for a kind's struct of `AtomicU64` fields: its values are the
+/// fields named, in the order of the kind's [`Kind::families`].
+macro_rules! source_counters {
+    ($ty:ty { $($field:ident),* $(,)? }) => {
+        impl $crate::source::SourceCounters for $ty {
+            fn values(&self) -> Vec<u64> {
+                $crate::source::load(&[$(&self.$field),*])
+            }
+
+            fn into_any(
+                self: std::sync::Arc<Self>,
+            ) -> std::sync::Arc<dyn std::any::Any + Send + Sync> {
+                self
+            }
+        }
+    };
+}
+
 pub mod link_acks;
 pub mod mqtt;
 pub mod payload;
@@ -114,7 +132,7 @@ pub fn spawn_all(config: &Config, cx: &Context<'_>) -> Vec<Task> {
     KINDS.iter().flat_map(|k| (k.spawn)(config, cx)).collect()
 }
 
-/// The live counters of one source of some kind.
+/// The live counters of one source of some kind (implemented with `source_counters!`).
 pub trait SourceCounters: Any + Debug + Send + Sync {
     /// One value per family of its kind ([`Kind::families`]), in that order.
     fn values(&self) -> Vec<u64>;
@@ -254,20 +272,11 @@ mod tests {
 
     use super::*;
 
+    /// One source of each kind (inline tables: the same file as `[agent]`, `[[mqtt]]`, ...).
     const CONFIG: &str = r#"
-[agent]
-id = "gw"
-data_dir = "/unused"
-[[mqtt]]
-name = "plant"
-url = "mqtt://127.0.0.1:1"
-client_id = "c"
-payload = { format = "json", value = "/v" }
-subscribe = [{ topic = "s/+/v", qos = 1 }]
-[[serial]]
-name = "rs485"
-path = "/dev/null"
-framing = "line"
+agent = { id = "gw", data_dir = "/unused" }
+mqtt = [{ name = "plant", url = "mqtt://127.0.0.1:1", client_id = "c", payload = { format = "json", value = "/v" }, subscribe = [{ topic = "s/+/v", qos = 1 }] }]
+serial = [{ name = "rs485", path = "/dev/null", framing = "line" }]
 "#;
 
     #[test]

@@ -56,7 +56,7 @@ use stop::{AckLedger, Outcome, StopReport};
 use edge_protocol::backoff::Backoff;
 use tokio::time::Instant;
 
-use super::{Context, Family, Kind, SourceCounters, SourceHealth, SourceState, Task};
+use super::{Context, Family, Kind, SourceHealth, SourceState, Task};
 use crate::clock::unix_ms;
 use crate::config::{Config, Idempotency, MqttSource};
 use crate::ingest::{DeadLetter, Dedupe, Submission};
@@ -133,20 +133,12 @@ pub static KIND: Kind = Kind {
 const CONNECTS: usize = 1;
 const CONNECTION_ERRORS: usize = 2;
 
-impl SourceCounters for MqttCounters {
-    fn values(&self) -> Vec<u64> {
-        super::load(&[
-            &self.received,
-            &self.connects,
-            &self.connection_errors,
-            &self.qos0_dropped,
-        ])
-    }
-
-    fn into_any(self: Arc<Self>) -> Arc<dyn std::any::Any + Send + Sync> {
-        self
-    }
-}
+source_counters!(MqttCounters {
+    received,
+    connects,
+    connection_errors,
+    qos0_dropped
+});
 
 /// The MQTT health rule: `connecting` until the first ConnAck; then `connected` after a sample
 /// in which `connects` advanced, `disconnected` after one in which only `connection_errors` did.

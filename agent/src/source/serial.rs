@@ -38,7 +38,7 @@ use tokio::time::Instant;
 
 use super::link_acks::{AckState, OnReadings};
 use super::payload::RawReading;
-use super::{Context, Family, Kind, SourceCounters, SourceHealth, SourceState, Task};
+use super::{Context, Family, Kind, SourceHealth, SourceState, Task};
 use crate::clock::unix_ms;
 use crate::config::{Config, SerialFraming, SerialSource};
 use crate::ingest::{DeadLetter, Dedupe, Submission};
@@ -105,22 +105,14 @@ pub static KIND: Kind = Kind {
 /// Position of `port_errors` in [`SerialCounters::values`] (the order of `KIND.families`).
 const PORT_ERRORS: usize = 5;
 
-impl SourceCounters for SerialCounters {
-    fn values(&self) -> Vec<u64> {
-        super::load(&[
-            &self.frames,
-            &self.duplicate_frames,
-            &self.bad_frames,
-            &self.busy,
-            &self.upstream_dropped,
-            &self.port_errors,
-        ])
-    }
-
-    fn into_any(self: Arc<Self>) -> Arc<dyn std::any::Any + Send + Sync> {
-        self
-    }
-}
+source_counters!(SerialCounters {
+    frames,
+    duplicate_frames,
+    bad_frames,
+    busy,
+    upstream_dropped,
+    port_errors
+});
 
 /// How long a port error keeps the source `disconnected`: longer than the longest reopen
 /// backoff ([`BACKOFF_MAX`], 30 s), so a port that keeps failing never looks connected.
