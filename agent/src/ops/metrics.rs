@@ -6,8 +6,8 @@
 //! what each alert-worthy value looks like, is in `deploy/OPERATIONS.md`; `metrics/tests.rs`
 //! pins the whole page against `metrics/exposition.golden`.
 //!
-//! One block per stage, in page order: [`agent`] (build, uptime, health, reloads), [`ingest`],
-//! [`window`], [`kafka`] (the forwarder), [`buffer`] (the sampler's database read), then the
+//! One block per stage, in page order: `agent` (build, uptime, health, reloads), `ingest`,
+//! `window`, `kafka` (the forwarder), `buffer` (the sampler's database read), then the
 //! sources: their states ([`crate::source::render_states`]) and every kind's own families
 //! ([`crate::source::render_families`], from the kind's file).
 
