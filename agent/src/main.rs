@@ -151,6 +151,6 @@ fn inspect(
     let (snapshot, origin) = inspect::inspect(&path, agent.unwrap_or(listen))?;
     Ok(match json {
         true => serde_json::to_string_pretty(&snapshot)? + "\n",
-        false => inspect::render(&snapshot, &origin, edge_agent::stage::unix_ms()),
+        false => inspect::render(&snapshot, &origin, edge_agent::clock::unix_ms()),
     })
 }

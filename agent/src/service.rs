@@ -1,5 +1,10 @@
 //! Wiring: opens the ingest log, starts the writer and every source, and stops them together.
 //!
+//! Sources are started from the configured list through the seam in [`crate::source`]
+//! (`source::spawn_all` over `source::KINDS`): this file names no source kind. It reports into a
+//! [`Telemetry`] and knows nothing of the ops endpoints or systemd: the supervisor
+//! ([`crate::ops::supervise`]) passes the `ready` callback that announces `READY=1`.
+//!
 //! One shutdown path: a [`CancellationToken`] cloned into every task and a [`TaskTracker`]
 //! awaited until they drain. The writer stops between commits and the sources stop polling;
 //! whatever was not committed was not acked, so the brokers redeliver it on the next start.
@@ -28,11 +33,9 @@ use crate::forward::{ForwardError, Forwarder};
 use crate::ingest::writer::{BatchLimits, Writer};
 use crate::ingest::{Counters, IngestError, IngestLog, Limits};
 use crate::mapping::Mapper;
-use crate::ops::Telemetry;
-use crate::source::mqtt::MqttSourceTask;
-use crate::source::payload::PayloadParser;
-use crate::source::serial::SerialSourceTask;
+use crate::source::{self, Context};
 use crate::stage::{Stage, StageCounters, StageError};
+use crate::telemetry::Telemetry;
 
 /// Why the agent stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +47,12 @@ pub enum ServiceError {
     Forward(#[from] ForwardError),
     #[error("the forwarder's thread failed")]
     ForwarderThread,
+    /// The windowing stage's blocking thread panicked.
+    #[error("the windowing stage's thread failed")]
+    StageThread,
+    /// The task running [`run_with_telemetry`] panicked (seen by [`crate::ops::supervise`]).
+    #[error("the pipeline's task failed")]
+    PipelineTask,
     #[error(transparent)]
     Stage(#[from] StageError),
 }
@@ -73,15 +82,17 @@ pub async fn run_with_counters(
         ingest: counters,
         ..Telemetry::default()
     };
-    run_with_telemetry(config, cancel, Arc::new(telemetry)).await
+    run_with_telemetry(config, cancel, Arc::new(telemetry), || {}).await
 }
 
 /// [`run`], registering every task's counters and the database in `telemetry` (the ops
-/// endpoints read them) and announcing `READY=1` to systemd once the tasks run.
+/// endpoints read them) and calling `ready` once the tasks run (the supervisor announces
+/// `READY=1` to systemd there).
 pub async fn run_with_telemetry(
     config: Config,
     cancel: CancellationToken,
     telemetry: Arc<Telemetry>,
+    ready: impl FnOnce(),
 ) -> Result<(), ServiceError> {
     let counters = telemetry.ingest.clone();
     let path = config.ingest_path();
@@ -93,13 +104,13 @@ pub async fn run_with_telemetry(
             database.clone(),
             Arc::new(config.clone()),
             *config.buffer.batch_max_readings.get_ref(),
-            crate::stage::unix_ms(),
+            crate::clock::unix_ms(),
         )?),
     };
-    let mut stage = stage;
-    if let Some(stage) = stage.as_mut() {
+    let stage = stage.map(|mut stage| {
         stage.counters = telemetry.stage.clone();
-    }
+        stage
+    });
     let stage_counters: Option<Arc<StageCounters>> = stage.as_ref().map(|s| s.counters.clone());
     let (submissions, submissions_rx) = mpsc::channel(*config.buffer.channel_capacity.get_ref());
     // The windowing stage trims the log in its own transactions and the writer re-checks the
@@ -120,36 +131,17 @@ pub async fn run_with_telemetry(
     };
     let writer = tracker.spawn(writer.run());
 
-    let mapper = Arc::new(Mapper::new(&config));
-    let max_payload_bytes = *config.buffer.max_payload_bytes.get_ref();
-    for source in &config.mqtt {
-        let task = MqttSourceTask {
-            parser: PayloadParser::new(&source.payload, max_payload_bytes),
-            config: source.clone(),
-            mapper: mapper.clone(),
-            max_payload_bytes,
-            submissions: submissions.clone(),
-            counters: telemetry.mqtt_source(source.name.get_ref()),
-            cancel: cancel.clone(),
-        };
-        let name = source.name.get_ref().clone();
-        tracker.spawn(async move {
-            if let Err(error) = task.run().await {
-                // One failing source does not stop the others.
-                tracing::error!(source = name, %error, "MQTT source did not start");
-            }
-        });
+    // Every configured source of every kind, from the kinds' own list (`source::KINDS`).
+    let cx = Context {
+        mapper: Arc::new(Mapper::new(&config)),
+        submissions: submissions.clone(),
+        cancel: cancel.clone(),
+        registry: &telemetry.sources,
+    };
+    for task in source::spawn_all(&config, &cx) {
+        tracker.spawn(task);
     }
-    for source in &config.serial {
-        let task = SerialSourceTask {
-            config: source.clone(),
-            mapper: mapper.clone(),
-            submissions: submissions.clone(),
-            counters: telemetry.serial_source(source.name.get_ref()),
-            cancel: cancel.clone(),
-        };
-        tracker.spawn(task.run());
-    }
+    drop(cx);
     let stage_task = stage.map(|stage| {
         let cancel = cancel.clone();
         tracker.spawn_blocking(move || {
@@ -176,8 +168,7 @@ pub async fn run_with_telemetry(
         .forward_enabled
         .store(forwarder.is_some(), Ordering::Relaxed);
     telemetry.running.store(true, Ordering::Relaxed);
-    crate::ops::notify::notify("READY=1");
-    telemetry.ready_sent.store(true, Ordering::Relaxed);
+    ready();
     tracing::info!(
         agent = config.agent.id.get_ref().as_str(),
         "edge-agent ingesting"
@@ -214,7 +205,7 @@ pub async fn run_with_telemetry(
         None => Ok(()),
         Some(task) => match task.await {
             Ok(r) => r.map_err(ServiceError::from),
-            Err(_) => Err(ServiceError::Ingest(IngestError::WriterThread)),
+            Err(_) => Err(ServiceError::StageThread),
         },
     };
     if let Some(c) = stage_counters {

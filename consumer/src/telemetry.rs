@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Live counters and the loop's state, readable from another thread (the ops endpoints, the
 /// benchmark, logs). Counters count the effects of committed transactions since the process
@@ -146,4 +146,12 @@ impl Metrics {
         self.progress_ms
             .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
+}
+
+/// Wall clock, ms since the Unix epoch (0 if the clock reads before 1970): the unit of
+/// [`Metrics::last_commit_unix_ms`].
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }

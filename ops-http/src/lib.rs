@@ -7,7 +7,7 @@
 //! | --- | --- |
 //! | [`request`] | the request-head parser: complete or not, GET/HEAD over HTTP/1.x, the path (no I/O) |
 //! | [`server`] | the accept loop and the responder over a service's [`Router`]; the bounds [`MAX_REQUEST`], [`DEADLINE`], [`MAX_CONNECTIONS`] |
-//! | [`prometheus`] | the Prometheus text exposition format 0.0.4: [`prometheus::Out`] writes families and samples, label values escaped |
+//! | [`prometheus`] | the Prometheus text exposition format 0.0.4: [`prometheus::Out`] writes families and samples (one at a time or from row tables: `counters`, `gauges`, `family`), label values escaped |
 //! | `testing` (feature `test-util`) | a one-shot client for the services' endpoint tests |
 #![forbid(unsafe_code)]
 

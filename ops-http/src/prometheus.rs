@@ -41,6 +41,34 @@ impl Out {
         let _ = writeln!(self.0, "{name} {value}");
     }
 
+    /// A family of `kind` with its labelled samples: `(labels, value)` as for [`Out::labelled`].
+    pub fn family<L: AsRef<str>, V: Display>(
+        &mut self,
+        name: &str,
+        kind: &str,
+        help: &str,
+        samples: impl IntoIterator<Item = (L, V)>,
+    ) {
+        self.head(name, kind, help);
+        for (labels, value) in samples {
+            self.labelled(name, labels.as_ref(), value);
+        }
+    }
+
+    /// Counter families with one unlabelled sample each: `(name, help, value)` in order.
+    pub fn counters(&mut self, rows: &[(&str, &str, u64)]) {
+        for (name, help, value) in rows {
+            self.one(name, "counter", help, value);
+        }
+    }
+
+    /// Gauge families with one unlabelled sample each: `(name, help, value)` in order.
+    pub fn gauges<V: Display>(&mut self, rows: &[(&str, &str, V)]) {
+        for (name, help, value) in rows {
+            self.one(name, "gauge", help, value);
+        }
+    }
+
     /// One sample of the family headed last; `labels` is `key="value",...` with the values
     /// [`escape`]d, or empty for none.
     pub fn labelled(&mut self, name: &str, labels: &str, value: impl Display) {
@@ -82,16 +110,26 @@ mod tests {
     #[test]
     fn a_family_is_help_type_then_its_samples_one_a_line() {
         let mut o = Out::with_capacity(256);
-        o.one("x_total", "counter", "Things.", 3);
+        o.counters(&[("x_total", "Things.", 3)]);
         o.summary("y_seconds", "Durations.", 2.5, 4u64);
-        o.head("z", "gauge", "By source.");
-        o.labelled("z", &format!("source=\"{}\"", escape("a\"b")), 0.0);
+        o.family(
+            "z",
+            "gauge",
+            "By source.",
+            [(format!("source=\"{}\"", escape("a\"b")), 0.0)],
+        );
         assert_eq!(
             o.finish(),
             "# HELP x_total Things.\n# TYPE x_total counter\nx_total 3\n\
              # HELP y_seconds Durations.\n# TYPE y_seconds summary\n\
              y_seconds_sum 2.5\ny_seconds_count 4\n\
              # HELP z By source.\n# TYPE z gauge\nz{source=\"a\\\"b\"} 0\n"
+        );
+        let mut o = Out::default();
+        o.gauges(&[("a", "A.", 0.5), ("b", "B.", 2.0)]);
+        assert_eq!(
+            o.finish(),
+            "# HELP a A.\n# TYPE a gauge\na 0.5\n# HELP b B.\n# TYPE b gauge\nb 2\n"
         );
     }
 }

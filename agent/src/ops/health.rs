@@ -5,15 +5,13 @@
 //!
 //! # Definitions
 //!
-//! - **Source state.** MQTT: `connecting` until the first ConnAck; then `connected` after a
-//!   sample in which `connects` advanced, `disconnected` after one in which only
-//!   `connection_errors` did. When both advanced within one sample the source counts as
-//!   connected: rumqttc resets its backoff on ConnAck, so a source that failed again shows a new
-//!   error within the next sample. (Derived from counters, so a state change is seen within
-//!   about a second.) Serial: `disconnected` while `port_errors` advanced within the last 35 s
-//!   (longer than its 30 s reopen backoff), else `connected`; a port that recovered shows
-//!   `connected` 35 s after its last error. (An exact `connected` flag in the sources' counters
-//!   would remove both approximations.)
+//! - **Source state.** Each source kind owns its rule ([`crate::source::Kind::health`]: a state
+//!   machine over samples of the source's counters, beside the source's code). MQTT
+//!   (`source/mqtt.rs`): `connecting` until the first ConnAck, then `connected` or
+//!   `disconnected` by whichever of `connects` and `connection_errors` advanced last. Serial
+//!   (`source/serial.rs`): `disconnected` while `port_errors` advanced within the last 35 s
+//!   (longer than its 30 s reopen backoff), else `connected`. (Derived from counters, so a state
+//!   change is seen within about a second.)
 //! - **Forwarder failing**: a session error (broker down, timeout, refused) within the last 30 s.
 //! - **Stalled**: a stage *with pending work* that has shown no event for `watchdog_stall_s`.
 //!   Forwarder: pending while the outbox holds records; events are commits, aborts and session
@@ -35,35 +33,16 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::Telemetry;
+use super::Shared;
 use crate::inspect::Snapshot;
+use crate::source::SourceHealth;
+pub use crate::source::SourceState;
+use crate::telemetry::Telemetry;
 
-/// How long a serial port error keeps the source `disconnected`: longer than the serial
-/// source's longest reopen backoff (30 s), so a port that keeps failing never looks connected.
-const SERIAL_ERROR_HOLD: Duration = Duration::from_secs(35);
 /// How long a forwarder session error counts as "failing".
 const FORWARD_FAILING_HOLD: Duration = Duration::from_secs(30);
 /// A sample older than this means the sampler (or the runtime) is stuck.
 pub const SAMPLE_FRESH: Duration = Duration::from_secs(5);
-
-/// A source's connection, as derived from its counters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SourceState {
-    Connecting,
-    Connected,
-    Disconnected,
-}
-
-impl SourceState {
-    /// The `state` label value and the gauge value (1 connected, 0 otherwise).
-    pub fn name(self) -> &'static str {
-        match self {
-            SourceState::Connecting => "connecting",
-            SourceState::Connected => "connected",
-            SourceState::Disconnected => "disconnected",
-        }
-    }
-}
 
 /// The sampler's latest view.
 #[derive(Debug, Clone, Default)]
@@ -118,10 +97,9 @@ impl Health {
 /// One sample of the counters the tracker judges.
 #[derive(Debug, Clone, Default)]
 pub struct Observation {
-    /// Per MQTT source: (connects, connection_errors).
-    pub mqtt: BTreeMap<String, (u64, u64)>,
-    /// Per serial source: port errors.
-    pub serial: BTreeMap<String, u64>,
+    /// Per source name: its kind ([`crate::source::Kind::name`]) and its counter values
+    /// ([`crate::source::SourceCounters::values`]).
+    pub sources: BTreeMap<String, (&'static str, Vec<u64>)>,
     pub forward_enabled: bool,
     /// Commits + aborts + session errors of the forwarder.
     pub forward_events: u64,
@@ -134,53 +112,56 @@ pub struct Observation {
     pub running: bool,
 }
 
+/// A counter of stage events and when it last moved; a stage with pending work whose counter
+/// stands still for longer than the stall bound is stalled.
 #[derive(Debug, Clone, Copy)]
-struct Seen {
+struct Progress {
     value: u64,
     changed: Instant,
 }
 
-impl Seen {
-    fn update(&mut self, value: u64, now: Instant) -> bool {
-        let moved = value != self.value;
-        if moved {
-            *self = Seen {
+impl Progress {
+    /// Folds in `value` at `now`; returns whether the stage is stalled: `pending` work and no
+    /// event for longer than `stall`. Idle is healthy: the stall clock starts when work appears.
+    fn stalled(
+        seen: &mut Option<Progress>,
+        value: u64,
+        pending: bool,
+        now: Instant,
+        stall: Duration,
+    ) -> bool {
+        let p = seen.get_or_insert(Progress {
+            value,
+            changed: now,
+        });
+        if value != p.value || !pending {
+            *p = Progress {
                 value,
                 changed: now,
             };
         }
-        moved
+        pending && now.saturating_duration_since(p.changed) > stall
     }
-}
-
-/// Records `value` into `seen`; returns when it last grew. (No `Instant` arithmetic: on a
-/// gateway just booted the monotonic clock is near zero.)
-fn grew(seen: &mut (u64, Option<Instant>), value: u64, now: Instant) -> Option<Instant> {
-    if value != seen.0 {
-        *seen = (value, Some(now));
-    }
-    seen.1
 }
 
 /// The state machine behind [`Health`]. No I/O.
 #[derive(Debug)]
 pub struct Tracker {
     stall: Duration,
-    mqtt: BTreeMap<String, (Seen, Seen, SourceState)>,
-    /// Per serial source: port errors seen, and when they last grew (never: `None`).
-    serial: BTreeMap<String, (u64, Option<Instant>)>,
-    forward_events: Option<Seen>,
-    /// Forwarder session errors seen, and when they last grew.
+    /// Per source name: its kind and its kind's health rule.
+    sources: BTreeMap<String, (&'static str, Box<dyn SourceHealth>)>,
+    forward_events: Option<Progress>,
+    /// Forwarder session errors seen, and when they last grew (never: `None`). No `Instant`
+    /// arithmetic: on a gateway just booted the monotonic clock is near zero.
     forward_errors: Option<(u64, Option<Instant>)>,
-    stage_commits: Option<Seen>,
+    stage_commits: Option<Progress>,
 }
 
 impl Tracker {
     pub fn new(stall: Duration) -> Tracker {
         Tracker {
             stall,
-            mqtt: BTreeMap::new(),
-            serial: BTreeMap::new(),
+            sources: BTreeMap::new(),
             forward_events: None,
             forward_errors: None,
             stage_commits: None,
@@ -190,75 +171,37 @@ impl Tracker {
     /// Folds one sample in and returns the view it gives.
     pub fn observe(&mut self, now: Instant, o: Observation) -> Health {
         let mut sources = BTreeMap::new();
-        self.mqtt.retain(|k, _| o.mqtt.contains_key(k));
-        for (name, &(connects, errors)) in &o.mqtt {
-            let entry = self.mqtt.entry(name.clone()).or_insert((
-                Seen {
-                    value: 0,
-                    changed: now,
-                },
-                Seen {
-                    value: 0,
-                    changed: now,
-                },
-                SourceState::Connecting,
-            ));
-            let connected = entry.0.update(connects, now);
-            let failed = entry.1.update(errors, now);
-            entry.2 = match (connected, failed) {
-                (true, _) => SourceState::Connected,
-                (false, true) => SourceState::Disconnected,
-                (false, false) if connects == 0 && entry.2 != SourceState::Disconnected => {
-                    SourceState::Connecting
-                }
-                (false, false) => entry.2,
+        self.sources
+            .retain(|name, (kind, _)| o.sources.get(name).is_some_and(|s| s.0 == *kind));
+        for (name, (kind, values)) in &o.sources {
+            let Some(k) = crate::source::kind(kind) else {
+                continue;
             };
-            sources.insert(name.clone(), entry.2);
-        }
-        self.serial.retain(|k, _| o.serial.contains_key(k));
-        for (name, &errors) in &o.serial {
-            let seen = self.serial.entry(name.clone()).or_insert((0, None));
-            let failed_at = grew(seen, errors, now);
-            let state = match failed_at
-                .is_some_and(|t| now.saturating_duration_since(t) < SERIAL_ERROR_HOLD)
-            {
-                true => SourceState::Disconnected,
-                false => SourceState::Connected,
-            };
-            sources.insert(name.clone(), state);
+            let (_, rule) = self
+                .sources
+                .entry(name.clone())
+                .or_insert_with(|| (k.name, (k.health)()));
+            sources.insert(name.clone(), rule.observe(now, values));
         }
         let mut stalled = Vec::new();
         let forwarder_failing = if o.forward_enabled {
             let errors = self.forward_errors.get_or_insert((o.forward_errors, None));
-            let failed_at = grew(errors, o.forward_errors, now);
-            let events = self.forward_events.get_or_insert(Seen {
-                value: o.forward_events,
-                changed: now,
-            });
-            let moved = events.update(o.forward_events, now);
-            let pending = o.snapshot.as_ref().is_some_and(|s| s.outbox_records > 0);
-            if !pending && !moved {
-                // Idle is healthy: the stall clock starts when work appears.
-                events.changed = now;
+            if o.forward_errors != errors.0 {
+                *errors = (o.forward_errors, Some(now));
             }
-            if pending && now.saturating_duration_since(events.changed) > self.stall {
+            let pending = o.snapshot.as_ref().is_some_and(|s| s.outbox_records > 0);
+            let events = &mut self.forward_events;
+            if Progress::stalled(events, o.forward_events, pending, now, self.stall) {
                 stalled.push("forwarder");
             }
-            failed_at.is_some_and(|t| now.saturating_duration_since(t) < FORWARD_FAILING_HOLD)
+            (errors.1).is_some_and(|t| now.saturating_duration_since(t) < FORWARD_FAILING_HOLD)
         } else {
             false
         };
         if o.stage_enabled {
-            let commits = self.stage_commits.get_or_insert(Seen {
-                value: o.stage_commits,
-                changed: now,
-            });
-            let moved = commits.update(o.stage_commits, now);
             let pending = o.snapshot.as_ref().is_some_and(|s| s.log_readings > 0);
-            if !pending && !moved {
-                commits.changed = now;
-            }
-            if pending && now.saturating_duration_since(commits.changed) > self.stall {
+            let commits = &mut self.stage_commits;
+            if Progress::stalled(commits, o.stage_commits, pending, now, self.stall) {
                 stalled.push("windowing");
             }
         }
@@ -283,19 +226,11 @@ impl Tracker {
 /// Reads one [`Observation`] from the telemetry (a short read transaction on the database).
 pub fn observe(t: &Telemetry) -> Observation {
     let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-    let mqtt = t
-        .mqtt
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .iter()
-        .map(|(k, c)| (k.clone(), (get(&c.connects), get(&c.connection_errors))))
-        .collect();
-    let serial = t
-        .serial
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .iter()
-        .map(|(k, c)| (k.clone(), get(&c.port_errors)))
+    let sources = t
+        .sources
+        .sample()
+        .into_iter()
+        .map(|(kind, name, values)| (name, (kind, values)))
         .collect();
     let f = &t.forward;
     let (snapshot, db_error) = match t.database() {
@@ -309,8 +244,7 @@ pub fn observe(t: &Telemetry) -> Observation {
         },
     };
     Observation {
-        mqtt,
-        serial,
+        sources,
         forward_enabled: t.forward_enabled.load(Ordering::Relaxed),
         forward_events: get(&f.transactions_committed)
             + get(&f.transactions_aborted)
@@ -366,7 +300,7 @@ impl Watchdog {
 
 /// Samples once a second (or at the watchdog's pace, when faster) until `stop` fires; feeds the
 /// systemd watchdog while healthy.
-pub async fn run(t: Arc<Telemetry>, stall: Duration, stop: CancellationToken) {
+pub async fn run(shared: Arc<Shared>, stall: Duration, stop: CancellationToken) {
     let mut tracker = Tracker::new(stall.max(Duration::from_secs(1)));
     let every = super::notify::watchdog_interval();
     let period = every.map_or(SAMPLE_EVERY, |e| {
@@ -380,16 +314,16 @@ pub async fn run(t: Arc<Telemetry>, stall: Duration, stop: CancellationToken) {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let t2 = t.clone();
+        let t = shared.telemetry.clone();
         // The database read may block on the disk: keep it off the runtime's workers.
-        let Ok(o) = tokio::task::spawn_blocking(move || observe(&t2)).await else {
+        let Ok(o) = tokio::task::spawn_blocking(move || observe(&t)).await else {
             continue;
         };
         let now = Instant::now();
         let health = tracker.observe(now, o);
         let sick = health.unhealthy(now);
-        *t.health.lock().unwrap_or_else(|p| p.into_inner()) = health;
-        let armed = t.ready_sent.load(Ordering::Relaxed);
+        shared.set_health(health);
+        let armed = shared.telemetry.ready_sent.load(Ordering::Relaxed);
         if let (Some(w), true) = (watchdog.as_mut(), armed) {
             let due = w.due(now);
             if due && sick.is_empty() {

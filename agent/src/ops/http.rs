@@ -18,25 +18,28 @@ use edge_ops_http::{prometheus, verdict, Response, Router};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use super::Telemetry;
+use super::Shared;
 
-/// The path table, over the process's [`Telemetry`].
-struct Endpoints(Arc<Telemetry>);
+/// The path table, over the process's telemetry and health view.
+struct Endpoints(Arc<Shared>);
 
 impl Router for Endpoints {
     async fn route(&self, path: &str) -> Response {
-        let t = &self.0;
+        let shared = &self.0;
+        let t = &shared.telemetry;
         let now = tokio::time::Instant::now();
         match path {
             "/metrics" => {
-                let t2 = t.clone();
-                let text = tokio::task::spawn_blocking(move || super::metrics::render(&t2))
-                    .await
-                    .unwrap_or_default();
+                let s2 = shared.clone();
+                let text = tokio::task::spawn_blocking(move || {
+                    super::metrics::render(&s2.telemetry, &s2.health())
+                })
+                .await
+                .unwrap_or_default();
                 (200, prometheus::CONTENT_TYPE, text)
             }
-            "/healthz" => verdict(t.health().unhealthy(now), "ok"),
-            "/readyz" => verdict(t.health().unready(now), "ready"),
+            "/healthz" => verdict(shared.health().unhealthy(now), "ok"),
+            "/readyz" => verdict(shared.health().unready(now), "ready"),
             "/inspect" => {
                 let t2 = t.clone();
                 let snap = tokio::task::spawn_blocking(move || {
@@ -65,8 +68,8 @@ impl Router for Endpoints {
 }
 
 /// Serves until `stop` fires.
-pub async fn serve(listener: TcpListener, t: Arc<Telemetry>, stop: CancellationToken) {
-    edge_ops_http::serve(listener, Endpoints(t), stop.cancelled_owned()).await
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken) {
+    edge_ops_http::serve(listener, Endpoints(shared), stop.cancelled_owned()).await
 }
 
 #[cfg(test)]
@@ -79,8 +82,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let stop = CancellationToken::new();
-        let t = Arc::new(Telemetry::default());
-        tokio::spawn(serve(listener, t, stop.clone()));
+        tokio::spawn(serve(listener, Arc::default(), stop.clone()));
         (addr, stop)
     }
 

@@ -44,7 +44,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::{notify, OpsError, Telemetry};
+use super::{notify, OpsError, Shared, Telemetry};
 use crate::config::Config;
 use crate::service::{self, ServiceError};
 
@@ -57,6 +57,7 @@ enum Next {
 /// Runs the agent from `path` (already loaded as `config`) until a signal stops it.
 pub async fn run(path: PathBuf, config: Config) -> Result<(), OpsError> {
     let telemetry = Arc::new(Telemetry::default());
+    let shared = Arc::new(Shared::new(telemetry.clone()));
     let ops = config.ops.clone();
     let ops_stop = CancellationToken::new();
     let _guard = ops_stop.clone().drop_guard();
@@ -66,7 +67,7 @@ pub async fn run(path: PathBuf, config: Config) -> Result<(), OpsError> {
                 tracing::info!(listen = %ops.metrics_listen, "serving /metrics /healthz /readyz /inspect");
                 tokio::spawn(super::http::serve(
                     listener,
-                    telemetry.clone(),
+                    shared.clone(),
                     ops_stop.clone(),
                 ));
             }
@@ -80,11 +81,7 @@ pub async fn run(path: PathBuf, config: Config) -> Result<(), OpsError> {
         }
     }
     let stall = Duration::from_secs(ops.watchdog_stall_s.max(1));
-    tokio::spawn(super::health::run(
-        telemetry.clone(),
-        stall,
-        ops_stop.clone(),
-    ));
+    tokio::spawn(super::health::run(shared, stall, ops_stop.clone()));
     let installs = |kind: SignalKind, name: &'static str| {
         signal(kind).map_err(|source| OpsError::Signal {
             signal: name,
@@ -98,8 +95,14 @@ pub async fn run(path: PathBuf, config: Config) -> Result<(), OpsError> {
     let mut config = config;
     loop {
         let cancel = CancellationToken::new();
+        let t = telemetry.clone();
+        // systemd arms the watchdog at READY: the sampler feeds it from then on.
+        let ready = move || {
+            notify::notify("READY=1");
+            t.ready_sent.store(true, Ordering::Relaxed);
+        };
         let mut pipeline: JoinHandle<Result<(), ServiceError>> = tokio::spawn(
-            service::run_with_telemetry(config.clone(), cancel.clone(), telemetry.clone()),
+            service::run_with_telemetry(config.clone(), cancel.clone(), telemetry.clone(), ready),
         );
         let next = loop {
             tokio::select! {
@@ -117,7 +120,7 @@ pub async fn run(path: PathBuf, config: Config) -> Result<(), OpsError> {
         };
         let new = match next {
             Next::Ended(Ok(result)) => return result.map_err(OpsError::from),
-            Next::Ended(Err(_)) => return Err(ServiceError::ForwarderThread.into()),
+            Next::Ended(Err(_)) => return Err(ServiceError::PipelineTask.into()),
             Next::Stop => {
                 tracing::info!(bound_s = bound.as_secs(), "stopping: draining");
                 notify::notify("STOPPING=1");
@@ -140,17 +143,7 @@ pub async fn run(path: PathBuf, config: Config) -> Result<(), OpsError> {
             waited += Duration::from_millis(10);
         }
         config = *new;
-        let mqtt: Vec<&str> = config
-            .mqtt
-            .iter()
-            .map(|m| m.name.get_ref().as_str())
-            .collect();
-        let serial: Vec<&str> = config
-            .serial
-            .iter()
-            .map(|s| s.name.get_ref().as_str())
-            .collect();
-        telemetry.retain_sources(&mqtt, &serial);
+        telemetry.sources.retain(&config);
         telemetry.reloads.fetch_add(1, Ordering::Relaxed);
         tracing::info!("SIGHUP: reload applied; pipeline restarting");
     }
@@ -172,7 +165,7 @@ async fn drain(
             );
             result.map_err(OpsError::from)
         }
-        Ok(Err(_)) => Err(ServiceError::ForwarderThread.into()),
+        Ok(Err(_)) => Err(ServiceError::PipelineTask.into()),
         Err(_) => {
             tracing::error!(
                 bound_s = bound.as_secs(),

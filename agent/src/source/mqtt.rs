@@ -53,7 +53,12 @@ use tokio_util::sync::CancellationToken;
 
 use stop::{AckLedger, Outcome, StopReport};
 
-use crate::config::{Idempotency, MqttSource};
+use edge_protocol::backoff::Backoff;
+use tokio::time::Instant;
+
+use super::{Context, Family, Kind, SourceHealth, SourceState, Task};
+use crate::clock::unix_ms;
+use crate::config::{Config, Idempotency, MqttSource};
 use crate::ingest::{DeadLetter, Dedupe, Submission};
 use crate::mapping::{BrokerUrl, Mapper, Origin};
 use crate::source::payload::PayloadParser;
@@ -85,11 +90,118 @@ pub enum MqttError {
 
 /// Live counters of one source.
 #[derive(Debug, Default)]
-pub struct SourceCounters {
+pub struct MqttCounters {
     pub received: AtomicU64,
     pub connects: AtomicU64,
     pub connection_errors: AtomicU64,
     pub qos0_dropped: AtomicU64,
+}
+
+/// The MQTT source kind: `[[mqtt]]` tables, the `edge_mqtt_*` families, the health rule below.
+pub static KIND: Kind = Kind {
+    name: "mqtt",
+    families: &[
+        Family {
+            name: "edge_mqtt_received_total",
+            help: "MQTT publishes received.",
+        },
+        Family {
+            name: "edge_mqtt_connects_total",
+            help: "MQTT ConnAcks.",
+        },
+        Family {
+            name: "edge_mqtt_connection_errors_total",
+            help: "MQTT connection errors.",
+        },
+        Family {
+            name: "edge_mqtt_qos0_dropped_total",
+            help: "QoS 0 publishes dropped under backpressure.",
+        },
+    ],
+    names: |config| {
+        config
+            .mqtt
+            .iter()
+            .map(|s| s.name.get_ref().clone())
+            .collect()
+    },
+    spawn,
+    health: || Box::<MqttHealth>::default(),
+};
+
+/// Positions in [`MqttCounters::values`] (the order of `KIND.families`).
+const CONNECTS: usize = 1;
+const CONNECTION_ERRORS: usize = 2;
+
+source_counters!(MqttCounters {
+    received,
+    connects,
+    connection_errors,
+    qos0_dropped
+});
+
+/// The MQTT health rule: `connecting` until the first ConnAck; then `connected` after a sample
+/// in which `connects` advanced, `disconnected` after one in which only `connection_errors` did.
+/// When both advanced within one sample the source counts as connected: rumqttc resets its
+/// backoff on ConnAck, so a source that failed again shows a new error within the next sample.
+/// (Derived from counters, so a state change is seen within about a second.)
+#[derive(Debug)]
+struct MqttHealth {
+    connects: u64,
+    errors: u64,
+    state: SourceState,
+}
+
+impl Default for MqttHealth {
+    fn default() -> Self {
+        MqttHealth {
+            connects: 0,
+            errors: 0,
+            state: SourceState::Connecting,
+        }
+    }
+}
+
+impl SourceHealth for MqttHealth {
+    fn observe(&mut self, _now: Instant, values: &[u64]) -> SourceState {
+        let connects = values.get(CONNECTS).copied().unwrap_or(0);
+        let errors = values.get(CONNECTION_ERRORS).copied().unwrap_or(0);
+        let connected = std::mem::replace(&mut self.connects, connects) != connects;
+        let failed = std::mem::replace(&mut self.errors, errors) != errors;
+        self.state = match (connected, failed) {
+            (true, _) => SourceState::Connected,
+            (false, true) => SourceState::Disconnected,
+            (false, false) if connects == 0 && self.state != SourceState::Disconnected => {
+                SourceState::Connecting
+            }
+            (false, false) => self.state,
+        };
+        self.state
+    }
+}
+
+/// One task per `[[mqtt]]` table.
+fn spawn(config: &Config, cx: &Context<'_>) -> Vec<Task> {
+    let max_payload_bytes = *config.buffer.max_payload_bytes.get_ref();
+    let tasks = config.mqtt.iter().map(|source| {
+        let task = MqttSourceTask {
+            parser: PayloadParser::new(&source.payload, max_payload_bytes),
+            config: source.clone(),
+            mapper: cx.mapper.clone(),
+            max_payload_bytes,
+            submissions: cx.submissions.clone(),
+            counters: cx.registry.counters(&KIND, source.name.get_ref()),
+            cancel: cx.cancel.clone(),
+        };
+        let name = source.name.get_ref().clone();
+        Box::pin(async move {
+            if let Err(error) = task.run().await {
+                // One failing source does not stop the others.
+                tracing::error!(source = name, %error, "MQTT source did not start");
+            }
+        }) as Task
+    });
+    tasks.collect()
 }
 
 /// Everything one MQTT source needs.
@@ -99,7 +211,7 @@ pub struct MqttSourceTask {
     pub mapper: Arc<Mapper>,
     pub max_payload_bytes: usize,
     pub submissions: mpsc::Sender<Submission>,
-    pub counters: Arc<SourceCounters>,
+    pub counters: Arc<MqttCounters>,
     pub cancel: CancellationToken,
 }
 
@@ -108,12 +220,6 @@ enum Command {
     Ack(Publish),
     /// The last request of a stop: queued behind every ack.
     Disconnect,
-}
-
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn qos(level: u8) -> QoS {
@@ -228,7 +334,7 @@ impl MqttSourceTask {
             Idempotency::PayloadSeq => Dedupe::SensorSeq,
         };
         let mut waiting: VecDeque<Submission> = VecDeque::new();
-        let mut backoff = BACKOFF_MIN;
+        let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
         let mut connected = false;
         loop {
             tokio::select! {
@@ -245,7 +351,7 @@ impl MqttSourceTask {
                 },
                 event = eventloop.poll() => match event {
                     Ok(Event::Incoming(Packet::ConnAck(connack))) => {
-                        backoff = BACKOFF_MIN;
+                        backoff.reset();
                         connected = true;
                         self.counters.connects.fetch_add(1, Ordering::Relaxed);
                         tracing::info!(source = name, session_present = connack.session_present, "MQTT connected");
@@ -278,12 +384,12 @@ impl MqttSourceTask {
                     Err(error) => {
                         connected = false;
                         self.counters.connection_errors.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(source = name, %error, retry_in_ms = backoff.as_millis() as u64, "MQTT connection failed");
+                        let delay = backoff.next_delay();
+                        tracing::warn!(source = name, %error, retry_in_ms = delay.as_millis() as u64, "MQTT connection failed");
                         tokio::select! {
                             _ = self.cancel.cancelled() => return connected,
-                            _ = tokio::time::sleep(backoff) => {}
+                            _ = tokio::time::sleep(delay) => {}
                         }
-                        backoff = (backoff * 2).min(BACKOFF_MAX);
                     }
                 },
             }

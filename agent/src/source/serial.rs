@@ -33,9 +33,14 @@ use tokio::sync::mpsc;
 use tokio_serial::SerialPortBuilderExt;
 use tokio_util::sync::CancellationToken;
 
+use edge_protocol::backoff::Backoff;
+use tokio::time::Instant;
+
 use super::link_acks::{AckState, OnReadings};
 use super::payload::RawReading;
-use crate::config::{SerialFraming, SerialSource};
+use super::{Context, Family, Kind, SourceHealth, SourceState, Task};
+use crate::clock::unix_ms;
+use crate::config::{Config, SerialFraming, SerialSource};
 use crate::ingest::{DeadLetter, Dedupe, Submission};
 use crate::mapping::{Mapper, Origin};
 
@@ -57,6 +62,102 @@ pub struct SerialCounters {
     /// Readings the devices reported discarding (ring overflow): upstream loss.
     pub upstream_dropped: AtomicU64,
     pub port_errors: AtomicU64,
+}
+
+/// The serial source kind: `[[serial]]` tables, the `edge_serial_*` families, the health rule
+/// below.
+pub static KIND: Kind = Kind {
+    name: "serial",
+    families: &[
+        Family {
+            name: "edge_serial_frames_total",
+            help: "Serial frames received.",
+        },
+        Family {
+            name: "edge_serial_duplicate_frames_total",
+            help: "Serial frames received twice.",
+        },
+        Family {
+            name: "edge_serial_bad_frames_total",
+            help: "Serial frames that failed decoding.",
+        },
+        Family {
+            name: "edge_serial_busy_total",
+            help: "BUSY answers sent under backpressure.",
+        },
+        Family {
+            name: "edge_serial_upstream_dropped_total",
+            help: "Frames the firmware reports dropped.",
+        },
+        Family {
+            name: "edge_serial_port_errors_total",
+            help: "Serial port errors (reopened with backoff).",
+        },
+    ],
+    names: |config| {
+        let names = config.serial.iter().map(|s| s.name.get_ref().clone());
+        names.collect()
+    },
+    spawn,
+    health: || Box::<SerialHealth>::default(),
+};
+
+/// Position of `port_errors` in [`SerialCounters::values`] (the order of `KIND.families`).
+const PORT_ERRORS: usize = 5;
+
+source_counters!(SerialCounters {
+    frames,
+    duplicate_frames,
+    bad_frames,
+    busy,
+    upstream_dropped,
+    port_errors
+});
+
+/// How long a port error keeps the source `disconnected`: longer than the longest reopen
+/// backoff ([`BACKOFF_MAX`], 30 s), so a port that keeps failing never looks connected.
+const ERROR_HOLD: Duration = Duration::from_secs(35);
+
+/// The serial health rule: `disconnected` while `port_errors` advanced within the last
+/// [`ERROR_HOLD`], else `connected`; a port that recovered shows `connected` 35 s after its last
+/// error. (An exact `connected` flag in the counters would remove the approximation.)
+#[derive(Debug, Default)]
+struct SerialHealth {
+    /// Port errors seen, and when they last grew (never: `None`). No `Instant` arithmetic: on a
+    /// gateway just booted the monotonic clock is near zero.
+    errors: u64,
+    failed_at: Option<Instant>,
+}
+
+impl SourceHealth for SerialHealth {
+    fn observe(&mut self, now: Instant, values: &[u64]) -> SourceState {
+        let errors = values.get(PORT_ERRORS).copied().unwrap_or(0);
+        if errors != self.errors {
+            (self.errors, self.failed_at) = (errors, Some(now));
+        }
+        match self
+            .failed_at
+            .is_some_and(|t| now.saturating_duration_since(t) < ERROR_HOLD)
+        {
+            true => SourceState::Disconnected,
+            false => SourceState::Connected,
+        }
+    }
+}
+
+/// One task per `[[serial]]` table.
+fn spawn(config: &Config, cx: &Context<'_>) -> Vec<Task> {
+    let tasks = config.serial.iter().map(|source| {
+        let task = SerialSourceTask {
+            config: source.clone(),
+            mapper: cx.mapper.clone(),
+            submissions: cx.submissions.clone(),
+            counters: cx.registry.counters(&KIND, source.name.get_ref()),
+            cancel: cx.cancel.clone(),
+        };
+        Box::pin(task.run()) as Task
+    });
+    tasks.collect()
 }
 
 /// Why a port session ended.
@@ -81,40 +182,34 @@ pub struct SerialSourceTask {
     pub cancel: CancellationToken,
 }
 
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 impl SerialSourceTask {
     /// Opens the port and serves it until cancelled, reopening with backoff after errors.
     pub async fn run(self) {
         let name = self.config.name.get_ref().clone();
-        let mut backoff = BACKOFF_MIN;
+        let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
         while !self.cancel.is_cancelled() {
             let opened = tokio_serial::new(self.config.path.to_string_lossy(), self.config.baud)
                 .open_native_async();
             let result = match opened {
                 Ok(port) => {
                     tracing::info!(source = name, path = %self.config.path.display(), "serial port open");
-                    backoff = BACKOFF_MIN;
+                    backoff.reset();
                     self.serve(port).await
                 }
                 Err(e) => Err(SerialError::from(e)),
             };
+            let delay = backoff.next_delay();
             match result {
                 Ok(()) => return,
                 Err(error) => {
                     self.counters.port_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(source = name, %error, retry_in_ms = backoff.as_millis() as u64, "serial source failed");
+                    tracing::warn!(source = name, %error, retry_in_ms = delay.as_millis() as u64, "serial source failed");
                 }
             }
             tokio::select! {
                 _ = self.cancel.cancelled() => return,
-                _ = tokio::time::sleep(backoff) => {}
+                _ = tokio::time::sleep(delay) => {}
             }
-            backoff = (backoff * 2).min(BACKOFF_MAX);
         }
     }
 

@@ -7,12 +7,11 @@
 //! with librdkafka's statistics (every 5 s) and have no series before the first.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use edge_ops_http::prometheus::{escape, Out};
 
 use super::health::View;
-use crate::telemetry::{Metrics, Phase};
+use crate::telemetry::{unix_ms, Metrics, Phase};
 
 fn get(a: &AtomicU64) -> u64 {
     a.load(Ordering::Relaxed)
@@ -21,11 +20,12 @@ fn get(a: &AtomicU64) -> u64 {
 /// Renders every metric of `m`; `view` is what `/healthz` and `/readyz` answer now.
 pub fn render(m: &Metrics, view: &View) -> String {
     let mut o = Out::with_capacity(4 * 1024);
-    o.head("edge_consumer_info", "gauge", "Build information.");
-    o.labelled(
+    let version = format!("version=\"{}\"", escape(crate::VERSION));
+    o.family(
         "edge_consumer_info",
-        &format!("version=\"{}\"", escape(crate::VERSION)),
-        1,
+        "gauge",
+        "Build information.",
+        [(version, 1)],
     );
     o.one(
         "edge_consumer_uptime_seconds",
@@ -45,15 +45,12 @@ pub fn render(m: &Metrics, view: &View) -> String {
         "1 while /readyz answers 200.",
         u8::from(view.unready().is_empty()),
     );
-    o.head(
+    o.family(
         "edge_consumer_phase",
         "gauge",
         "The loop's phase (one series per phase, 1 for the current).",
+        Phase::ALL.map(|p| (format!("phase=\"{}\"", p.name()), u8::from(view.phase == p))),
     );
-    for p in Phase::ALL {
-        let labels = format!("phase=\"{}\"", p.name());
-        o.labelled("edge_consumer_phase", &labels, u8::from(view.phase == p));
-    }
     o.one(
         "edge_consumer_progress_age_seconds",
         "gauge",
@@ -61,56 +58,46 @@ pub fn render(m: &Metrics, view: &View) -> String {
         view.progress_age.as_secs_f64(),
     );
 
-    o.one(
-        "edge_consumer_merged_total",
-        "counter",
-        "Partials merged, in committed transactions.",
-        get(&m.merged),
-    );
-    o.one(
-        "edge_consumer_finals_total",
-        "counter",
-        "Final records emitted (first finals and revisions), in committed transactions.",
-        get(&m.finals),
-    );
-    o.one(
-        "edge_consumer_dead_letters_total",
-        "counter",
-        "Partials that could not be merged, sent to the dead-letter topic with a reason.",
-        get(&m.dead_letters),
-    );
-    o.one(
-        "edge_consumer_windows_finalized_total",
-        "counter",
-        "Windows that became final (by watermark, idle sources or the open-window cap).",
-        get(&m.windows_finalized),
-    );
-    o.one(
-        "edge_consumer_revisions_total",
-        "counter",
-        "Partials merged into a window already final (each re-emits it with revision + 1).",
-        get(&m.revisions),
-    );
-    o.one(
-        "edge_consumer_forced_finalizations_total",
-        "counter",
-        "Windows finalized early by limits.max_open_windows.",
-        get(&m.forced_finalizations),
-    );
-    o.head(
+    o.counters(&[
+        (
+            "edge_consumer_merged_total",
+            "Partials merged, in committed transactions.",
+            get(&m.merged),
+        ),
+        (
+            "edge_consumer_finals_total",
+            "Final records emitted (first finals and revisions), in committed transactions.",
+            get(&m.finals),
+        ),
+        (
+            "edge_consumer_dead_letters_total",
+            "Partials that could not be merged, sent to the dead-letter topic with a reason.",
+            get(&m.dead_letters),
+        ),
+        (
+            "edge_consumer_windows_finalized_total",
+            "Windows that became final (by watermark, idle sources or the open-window cap).",
+            get(&m.windows_finalized),
+        ),
+        (
+            "edge_consumer_revisions_total",
+            "Partials merged into a window already final (each re-emits it with revision + 1).",
+            get(&m.revisions),
+        ),
+        (
+            "edge_consumer_forced_finalizations_total",
+            "Windows finalized early by limits.max_open_windows.",
+            get(&m.forced_finalizations),
+        ),
+    ]);
+    o.family(
         "edge_consumer_windows_evicted_total",
         "counter",
         "Final windows dropped from memory; later partials for them are dead-lettered.",
-    );
-    o.labelled(
-        "edge_consumer_windows_evicted_total",
-        "reason=\"cap\"",
-        get(&m.evicted_by_cap),
-    );
-    o.labelled(
-        "edge_consumer_windows_evicted_total",
-        "reason=\"horizon\"",
-        get(&m.evicted_by_horizon),
+        [
+            ("reason=\"cap\"", get(&m.evicted_by_cap)),
+            ("reason=\"horizon\"", get(&m.evicted_by_horizon)),
+        ],
     );
     o.one(
         "edge_consumer_sources_forgotten_total",
@@ -151,55 +138,48 @@ pub fn render(m: &Metrics, view: &View) -> String {
         "Seconds since the last committed transaction (no sample before the first). Grows while no partial arrives.",
     );
     if last_commit_ms > 0 {
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        let age = now_ms.saturating_sub(last_commit_ms) as f64 / 1000.0;
+        let age = unix_ms().saturating_sub(last_commit_ms) as f64 / 1000.0;
         o.labelled("edge_consumer_last_commit_age_seconds", "", age);
     }
-    o.one(
-        "edge_consumer_sessions_total",
-        "counter",
-        "Consumer sessions started (clients created, group joined); 1 while nothing failed.",
-        get(&m.sessions),
-    );
-    o.one(
-        "edge_consumer_session_errors_total",
-        "counter",
-        "Sessions ended by a retryable error (broker away, aborted transaction, timeout).",
-        get(&m.session_errors),
-    );
-    o.one(
-        "edge_consumer_restored_partitions_total",
-        "counter",
-        "Input partitions restored from the changelog (on every assignment).",
-        get(&m.restored_partitions),
-    );
-
-    o.one(
-        "edge_consumer_assigned_partitions",
-        "gauge",
-        "Input partitions owned now (assigned and restored).",
-        get(&m.assigned_partitions),
-    );
-    o.one(
-        "edge_consumer_open_windows",
-        "gauge",
-        "Windows not final yet, over the partitions owned now.",
-        get(&m.open_windows),
-    );
-    o.one(
-        "edge_consumer_final_windows",
-        "gauge",
-        "Final windows kept for revisions (until horizon_ms), over the partitions owned now.",
-        get(&m.finalized_windows),
-    );
-    o.one(
-        "edge_consumer_sources",
-        "gauge",
-        "Sources (agent x series) tracked, over the partitions owned now.",
-        get(&m.sources),
-    );
+    o.counters(&[
+        (
+            "edge_consumer_sessions_total",
+            "Consumer sessions started (clients created, group joined); 1 while nothing failed.",
+            get(&m.sessions),
+        ),
+        (
+            "edge_consumer_session_errors_total",
+            "Sessions ended by a retryable error (broker away, aborted transaction, timeout).",
+            get(&m.session_errors),
+        ),
+        (
+            "edge_consumer_restored_partitions_total",
+            "Input partitions restored from the changelog (on every assignment).",
+            get(&m.restored_partitions),
+        ),
+    ]);
+    o.gauges(&[
+        (
+            "edge_consumer_assigned_partitions",
+            "Input partitions owned now (assigned and restored).",
+            get(&m.assigned_partitions),
+        ),
+        (
+            "edge_consumer_open_windows",
+            "Windows not final yet, over the partitions owned now.",
+            get(&m.open_windows),
+        ),
+        (
+            "edge_consumer_final_windows",
+            "Final windows kept for revisions (until horizon_ms), over the partitions owned now.",
+            get(&m.finalized_windows),
+        ),
+        (
+            "edge_consumer_sources",
+            "Sources (agent x series) tracked, over the partitions owned now.",
+            get(&m.sources),
+        ),
+    ]);
     o.head(
         "edge_consumer_lag_records",
         "gauge",
@@ -273,6 +253,70 @@ mod tests {
             sample(&t, "edge_consumer_last_commit_age_seconds").is_none(),
             "no age before the first commit"
         );
+    }
+
+    /// Pins the whole page (names, HELP/TYPE lines, labels, which counter feeds which sample)
+    /// against `metrics/exposition.golden`; the clock-dependent samples and the version are
+    /// masked. Update it on purpose: `UPDATE_GOLDEN=1 cargo test -p edge-consumer --lib metrics`.
+    #[test]
+    fn the_exposition_is_the_documented_page_line_for_line() {
+        let m = Metrics::default();
+        let fields = [
+            &m.merged,
+            &m.finals,
+            &m.dead_letters,
+            &m.transactions,
+            &m.restored_partitions,
+            &m.open_windows,
+            &m.finalized_windows,
+            &m.sessions,
+            &m.session_errors,
+            &m.sources,
+            &m.assigned_partitions,
+            &m.windows_finalized,
+            &m.revisions,
+            &m.forced_finalizations,
+            &m.evicted_by_cap,
+            &m.evicted_by_horizon,
+            &m.sources_forgotten,
+            &m.transaction_us_sum,
+            &m.transaction_us_last,
+        ];
+        for (n, a) in fields.into_iter().enumerate() {
+            a.store(100 + n as u64, Ordering::Relaxed);
+        }
+        m.last_commit_unix_ms.store(1_500, Ordering::Relaxed);
+        m.lag.lock().unwrap().insert(("edge.partials".into(), 2), 7);
+        let version = format!("version=\"{}\"", crate::VERSION);
+        let masked = [
+            "_uptime_seconds ",
+            "_progress_age_seconds ",
+            "_last_commit_age_seconds ",
+        ];
+        let got: String = rendered(&m)
+            .lines()
+            .map(|l| {
+                match masked
+                    .iter()
+                    .find(|s| !l.starts_with('#') && l.contains(*s))
+                {
+                    Some(s) => format!("{}{s}<clock>\n", l.split(s).next().unwrap_or_default()),
+                    None => format!("{}\n", l.replace(&version, "version=\"<version>\"")),
+                }
+            })
+            .collect();
+        if std::env::var_os("UPDATE_GOLDEN").is_some() {
+            let path = concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/src/ops/metrics/exposition.golden"
+            );
+            std::fs::write(path, &got).expect("write golden");
+        }
+        let golden = include_str!("metrics/exposition.golden");
+        for (n, (g, want)) in got.lines().zip(golden.lines()).enumerate() {
+            assert_eq!(g, want, "line {}", n + 1);
+        }
+        assert_eq!(got.lines().count(), golden.lines().count());
     }
 
     #[test]

@@ -5,13 +5,19 @@ use tokio::time::Instant;
 use super::*;
 use crate::inspect::Snapshot;
 
+/// A sample of MQTT source `plant` (counters in `source::mqtt::KIND.families` order).
 fn mqtt(connects: u64, errors: u64) -> Observation {
     Observation {
-        mqtt: [("plant".to_owned(), (connects, errors))].into(),
+        sources: [("plant".to_owned(), ("mqtt", vec![0, connects, errors, 0]))].into(),
         running: true,
         snapshot: Some(Snapshot::default()),
         ..Observation::default()
     }
+}
+
+/// A sample of a serial source with `port_errors` (in `source::serial::KIND.families` order).
+fn serial(port_errors: u64) -> (&'static str, Vec<u64>) {
+    ("serial", vec![0, 0, 0, 0, 0, port_errors])
 }
 
 #[test]
@@ -126,7 +132,7 @@ fn a_serial_port_error_marks_the_source_disconnected_until_35_s_without_one() {
     let mut t = Tracker::new(Duration::from_secs(60));
     let t0 = Instant::now();
     let obs = |errors: u64| Observation {
-        serial: [("rs485".to_owned(), errors)].into(),
+        sources: [("rs485".to_owned(), serial(errors))].into(),
         running: true,
         ..Observation::default()
     };
@@ -153,7 +159,7 @@ fn a_serial_port_that_failed_before_the_first_sample_is_disconnected() {
     let h = t.observe(
         Instant::now(),
         Observation {
-            serial: [("rs485".to_owned(), 2)].into(),
+            sources: [("rs485".to_owned(), serial(2))].into(),
             running: true,
             ..Observation::default()
         },

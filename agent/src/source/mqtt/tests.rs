@@ -35,7 +35,7 @@ fn task(config: &Config) -> (MqttSourceTask, mpsc::Receiver<Submission>) {
         mapper: Arc::new(Mapper::new(config)),
         max_payload_bytes: 1024,
         submissions,
-        counters: Arc::new(SourceCounters::default()),
+        counters: Arc::new(MqttCounters::default()),
         cancel: CancellationToken::new(),
     };
     (task, rx)
