@@ -26,7 +26,7 @@ idle_timeout_ms = 1000
 "#;
 
 fn config(text: &str) -> Arc<Config> {
-    Arc::new(Config::from_toml(Path::new("t.toml"), text).unwrap())
+    Arc::new(crate::config::fixtures::config(text))
 }
 
 fn log(dir: &Path) -> IngestLog {

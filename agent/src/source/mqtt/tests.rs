@@ -1,5 +1,3 @@
-use std::path::Path;
-
 use super::*;
 use crate::config::Config;
 use stop::AckLedger;
@@ -23,9 +21,7 @@ id = "{dev}"
 max = 100.0
 "#;
 
-fn config(text: &str) -> Config {
-    Config::from_toml(Path::new("t.toml"), text).unwrap_or_else(|e| panic!("{e}"))
-}
+use crate::config::fixtures::config;
 
 fn task(config: &Config) -> (MqttSourceTask, mpsc::Receiver<Submission>) {
     let (submissions, rx) = mpsc::channel(4);

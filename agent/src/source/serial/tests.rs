@@ -1,4 +1,3 @@
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -6,7 +5,8 @@ use edge_protocol::link::{Ack, Hello, Reading as LinkReading, Readings};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
 use super::*;
-use crate::config::{Config, OnFull};
+use crate::config::fixtures::config;
+use crate::config::OnFull;
 use crate::ingest::writer::{BatchLimits, Writer};
 use crate::ingest::{Counters, IngestLog, Limits};
 
@@ -50,7 +50,7 @@ fn limits() -> Limits {
 
 /// A writer on a fresh log and the source `index` of CONFIG serving one end of a duplex pipe.
 fn rig(index: usize) -> (Rig, DuplexStream) {
-    let config = Config::from_toml(Path::new("t.toml"), CONFIG).unwrap_or_else(|e| panic!("{e}"));
+    let config = config(CONFIG);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ingest.redb");
     let log = IngestLog::open(&path, limits()).unwrap();
@@ -284,7 +284,7 @@ async fn a_real_pty_serial_port_carries_frames_both_ways() {
     let path = agent_end.name().expect("pty slave has a path");
     drop(agent_end);
     let text = CONFIG.replacen("path = \"/dev/null\"", &format!("path = {path:?}"), 1);
-    let config = Config::from_toml(Path::new("t.toml"), &text).unwrap_or_else(|e| panic!("{e}"));
+    let config = config(&text);
     let (submissions, mut rx) = mpsc::channel(4);
     let cancel = CancellationToken::new();
     let task = SerialSourceTask {
