@@ -18,51 +18,20 @@
 //! `min` .. `p99` are `null` only for an empty window (never emitted in practice). Quantiles are
 //! within 1 % relative error (`edge_protocol::sketch`); the others are exact up to floating-point
 //! rounding. `revision` 0 is the first final; each partial merged afterwards adds 1. Headers:
-//! `schema = edge.final.v1`.
+//! `schema = edge.final.v1`. The record type, its key, its field order and its stability are
+//! [`edge_protocol::contract`]'s (with golden bytes); this module fills it from a window.
 
-use serde::Serialize;
+use edge_protocol::contract::{final_key, schema};
+pub use edge_protocol::contract::{Final, FinalPoint as PointJson};
 
 use crate::merge::{WindowKey, WindowState};
 
 /// `schema` header value of a final.
-pub const SCHEMA: &str = "edge.final.v1";
-
-/// A first or last reading.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct PointJson {
-    pub ts_ms: i64,
-    pub value: f64,
-}
-
-/// The JSON value of a final.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Final<'a> {
-    pub group: &'a str,
-    pub window_start_ms: i64,
-    pub window_end_ms: i64,
-    pub window_start: String,
-    pub window_end: String,
-    pub count: u64,
-    pub sum: f64,
-    pub min: Option<f64>,
-    pub max: Option<f64>,
-    pub mean: Option<f64>,
-    pub stddev: Option<f64>,
-    pub first: Option<PointJson>,
-    pub last: Option<PointJson>,
-    pub p50: Option<f64>,
-    pub p90: Option<f64>,
-    pub p95: Option<f64>,
-    pub p99: Option<f64>,
-    pub revision: u32,
-    pub gateways: Vec<&'a str>,
-    pub gateways_truncated: u32,
-    pub partials: u64,
-}
+pub const SCHEMA: &str = schema::FINAL;
 
 /// The record key of a window's final.
 pub fn key(k: &WindowKey) -> String {
-    format!("{}|{}|{}", k.group, k.start_ms, k.end_ms)
+    final_key(&k.group, k.start_ms, k.end_ms)
 }
 
 /// The JSON value of a window's final.
@@ -75,7 +44,7 @@ pub fn value(k: &WindowKey, w: &WindowState) -> Vec<u8> {
         })
     };
     let f = Final {
-        group: &k.group,
+        group: k.group.clone(),
         window_start_ms: k.start_ms,
         window_end_ms: k.end_ms,
         window_start: iso8601(k.start_ms),
@@ -93,7 +62,7 @@ pub fn value(k: &WindowKey, w: &WindowState) -> Vec<u8> {
         p95: a.quantile(0.95),
         p99: a.quantile(0.99),
         revision: w.revision,
-        gateways: w.gateways.iter().map(String::as_str).collect(),
+        gateways: w.gateways.iter().cloned().collect(),
         gateways_truncated: w.gateways_truncated,
         partials: w.partials,
     };
