@@ -109,6 +109,38 @@ mod tests {
         let _ = iso8601(i64::MAX);
     }
 
+    /// Golden bytes of a whole final: field order, number formatting, dates. A failure here
+    /// means the finals' JSON changed for every reader of the topic.
+    #[test]
+    fn a_final_matches_the_golden_bytes() {
+        let mut aggregate = Aggregate::new();
+        aggregate.add(10_500, 2.0).unwrap();
+        let k = WindowKey {
+            group: "plant7.t".into(),
+            start_ms: 1_767_225_600_000,
+            end_ms: 1_767_225_660_000,
+        };
+        let w = WindowState {
+            aggregate,
+            revision: 0,
+            finalized: true,
+            gateways: BTreeSet::from(["gw-a".to_owned(), "gw-b".to_owned()]),
+            gateways_truncated: 0,
+            partials: 2,
+        };
+        let got = String::from_utf8(value(&k, &w)).unwrap();
+        assert_eq!(got, GOLDEN);
+    }
+
+    const GOLDEN: &str = concat!(
+        r#"{"group":"plant7.t","window_start_ms":1767225600000,"window_end_ms":1767225660000,"#,
+        r#""window_start":"2026-01-01T00:00:00.000Z","window_end":"2026-01-01T00:01:00.000Z","#,
+        r#""count":1,"sum":2.0,"min":2.0,"max":2.0,"mean":2.0,"stddev":0.0,"#,
+        r#""first":{"ts_ms":10500,"value":2.0},"last":{"ts_ms":10500,"value":2.0},"#,
+        r#""p50":2.0,"p90":2.0,"p95":2.0,"p99":2.0,"revision":0,"#,
+        r#""gateways":["gw-a","gw-b"],"gateways_truncated":0,"partials":2}"#
+    );
+
     #[test]
     fn a_final_is_one_json_object_with_every_field() {
         let mut aggregate = Aggregate::new();
