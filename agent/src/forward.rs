@@ -10,7 +10,10 @@
 //! transaction, send each record (topic by kind and pipeline, key = the record's key, headers
 //! `agent`, `seq`, `schema`; see [`route`]), send the marker naming the batch's last seq, commit,
 //! then [`outbox::trim_through`]. It runs on a blocking thread of its own: librdkafka's
-//! transaction calls block.
+//! transaction calls block. The producer's life cycle (bounded init, begin, send, delivery
+//! wait, commit, abort, fencing detection), the base client settings and the topic calls are
+//! `edge_kafka`'s, shared with the consumer; the header and schema names are
+//! `edge_protocol::contract`'s.
 //!
 //! # Where the progress marker lives: a compacted topic
 //!

@@ -96,6 +96,11 @@ pub fn consumer_config(config: &Config) -> ClientConfig {
 pub const STATISTICS_INTERVAL_MS: u64 = 5000;
 
 /// The parts of librdkafka's statistics JSON (`STATISTICS.md` of librdkafka) the lag needs.
+///
+/// Not `rdkafka::statistics::Statistics`: its structs have no serde defaults, so a statistics
+/// message that lacks any one of its ~150 fields (another librdkafka version, a partition
+/// librdkafka has not fetched yet) would not parse at all, and the lag gauges would go blank.
+/// Reading only these five fields, each with librdkafka's "invalid" default, keeps them.
 #[derive(Debug, Deserialize)]
 struct Statistics {
     #[serde(default)]

@@ -143,8 +143,39 @@ mod finals {
     }
 }
 
-#[cfg(all(test, feature = "std"))]
+#[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn header_and_schema_values_are_the_frozen_ones() {
+        assert_eq!(
+            [header::AGENT, header::SEQ, header::SCHEMA],
+            ["agent", "seq", "schema"]
+        );
+        assert_eq!(
+            [
+                schema::PARTIAL,
+                schema::READING,
+                schema::LATE,
+                schema::DEAD_LETTER,
+                schema::PROGRESS,
+                schema::FINAL
+            ],
+            [
+                "edge.partial",
+                "edge.reading",
+                "edge.late",
+                "edge.dead-letter",
+                "edge.progress.v1",
+                "edge.final.v1"
+            ]
+        );
+    }
+}
+
+#[cfg(all(test, feature = "std"))]
+mod final_tests {
     use super::*;
     use std::borrow::ToOwned;
     use std::vec;
@@ -214,31 +245,5 @@ mod tests {
     #[test]
     fn the_key_names_group_and_window() {
         assert_eq!(final_key("a|b", -5, 10), "a|b|-5|10");
-    }
-
-    #[test]
-    fn header_and_schema_values_are_the_frozen_ones() {
-        assert_eq!(
-            [header::AGENT, header::SEQ, header::SCHEMA],
-            ["agent", "seq", "schema"]
-        );
-        assert_eq!(
-            [
-                schema::PARTIAL,
-                schema::READING,
-                schema::LATE,
-                schema::DEAD_LETTER,
-                schema::PROGRESS,
-                schema::FINAL
-            ],
-            [
-                "edge.partial",
-                "edge.reading",
-                "edge.late",
-                "edge.dead-letter",
-                "edge.progress.v1",
-                "edge.final.v1"
-            ]
-        );
     }
 }
