@@ -129,3 +129,43 @@ impl TxnProducer {
         &self.producer
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::mocking::MockCluster;
+
+    use super::*;
+    use crate::{client_config, set_transactional};
+
+    /// librdkafka's mock cluster accepts every transactional call (it does not hide aborted
+    /// records, which plays no part here): the life cycle runs end to end without a broker.
+    #[test]
+    fn a_transaction_runs_init_begin_send_wait_commit_and_another_aborts() {
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic("t", 1, 1).unwrap();
+        let mut config = client_config(&cluster.bootstrap_servers());
+        set_transactional(&mut config, "edge-kafka.test", 10_000);
+        let p = TxnProducer::create(&config).unwrap();
+        let timeout = Duration::from_secs(10);
+        p.init(timeout).unwrap();
+        p.begin().unwrap();
+        for i in 0..3u8 {
+            p.send(BaseRecord::<[u8], [u8]>::to("t").payload(&[i][..]), timeout)
+                .unwrap();
+        }
+        p.wait_delivered(timeout).unwrap();
+        assert_eq!(p.producer().in_flight_count(), 0);
+        p.commit(timeout).unwrap();
+        p.begin().unwrap();
+        p.send(
+            BaseRecord::<[u8], [u8]>::to("t").payload(&b"x"[..]),
+            timeout,
+        )
+        .unwrap();
+        // librdkafka's abort wants the delivery reports served first.
+        p.wait_delivered(timeout).unwrap();
+        p.abort(timeout).unwrap();
+        let plain = KafkaError::MessageProduction(RDKafkaErrorCode::AllBrokersDown);
+        assert!(!p.fenced(&plain));
+    }
+}
