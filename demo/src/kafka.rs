@@ -30,7 +30,7 @@ pub fn create_topics(bootstrap: &str, topics: &[&str], partitions: i32) -> Resul
         Err(TopicError::Runtime(e)) => Err(e.into()),
         Err(TopicError::Request(e)) => Err(e)
             .with_context(|| format!("Kafka at {bootstrap} did not answer a CreateTopics request")),
-        Err(TopicError::Refused { topic, code }) => {
+        Err(TopicError::Refused { topic, code, .. }) => {
             anyhow::bail!("creating topic {topic} at {bootstrap}: {code}")
         }
     }

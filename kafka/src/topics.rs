@@ -21,11 +21,12 @@ pub enum TopicError {
     /// The CreateTopics request failed as a whole (broker away, timeout).
     #[error("the CreateTopics request: {0}")]
     Request(#[source] KafkaError),
-    /// The broker refused one topic.
+    /// The broker refused one topic (`created`: the topics answered before it, which exist).
     #[error("creating topic {topic}: {code}")]
     Refused {
         topic: String,
         code: RDKafkaErrorCode,
+        created: Vec<String>,
     },
 }
 
@@ -72,7 +73,13 @@ pub fn create_topics<'a>(
         match result {
             Ok(topic) => created.push(topic),
             Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((topic, code)) => return Err(TopicError::Refused { topic, code }),
+            Err((topic, code)) => {
+                return Err(TopicError::Refused {
+                    topic,
+                    code,
+                    created,
+                })
+            }
         }
     }
     Ok(created)

@@ -140,16 +140,24 @@ pub fn ensure_topics(
             new
         })
         .collect();
-    let created = create_topics(reader, &new, &admin_options(timeout)).map_err(|e| match e {
-        TopicError::Client(source) => kafka_err("creating an admin client")(source),
-        TopicError::Runtime(io) => ForwardError::Runtime(io),
-        TopicError::Request(source) => kafka_err("creating topics")(source),
-        TopicError::Refused { code, .. } => kafka_err("creating topics")(KafkaError::AdminOp(code)),
-    })?;
-    for topic in created {
-        tracing::info!(topic, "created Kafka topic");
+    let log = |created: Vec<String>| {
+        for topic in created {
+            tracing::info!(topic, "created Kafka topic");
+        }
+    };
+    match create_topics(reader, &new, &admin_options(timeout)) {
+        Ok(created) => {
+            log(created);
+            Ok(())
+        }
+        Err(TopicError::Client(source)) => Err(kafka_err("creating an admin client")(source)),
+        Err(TopicError::Runtime(io)) => Err(ForwardError::Runtime(io)),
+        Err(TopicError::Request(source)) => Err(kafka_err("creating topics")(source)),
+        Err(TopicError::Refused { code, created, .. }) => {
+            log(created);
+            Err(kafka_err("creating topics")(KafkaError::AdminOp(code)))
+        }
     }
-    Ok(())
 }
 
 fn kafka_err(during: &'static str) -> impl Fn(KafkaError) -> ForwardError {
