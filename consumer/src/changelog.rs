@@ -201,8 +201,14 @@ mod tests {
     use std::collections::BTreeSet;
 
     fn window() -> (WindowKey, WindowState) {
+        window_with_reading_at(5)
+    }
+
+    /// Window `a|b` [-10, 10) with one reading (`ts_ms`, 2.0) from gateway `gw`, final at
+    /// revision 2 after 3 partials.
+    fn window_with_reading_at(ts_ms: i64) -> (WindowKey, WindowState) {
         let mut aggregate = Aggregate::new();
-        aggregate.add(5, 2.0).unwrap();
+        aggregate.add(ts_ms, 2.0).unwrap();
         let k = WindowKey {
             group: "a|b".into(),
             start_ms: -10,
@@ -254,16 +260,7 @@ mod tests {
     /// failure here means the stored format changed: bump VERSION, keep reading version 1.
     #[test]
     fn values_match_the_golden_vectors() {
-        let mut aggregate = Aggregate::new();
-        aggregate.add(10_500, 2.0).unwrap();
-        let w = WindowState {
-            aggregate,
-            revision: 2,
-            finalized: true,
-            gateways: BTreeSet::from(["gw".to_owned()]),
-            gateways_truncated: 0,
-            partials: 3,
-        };
+        let (k, w) = window_with_reading_at(10_500);
         let two = [0, 0, 0, 0, 0, 0, 0, 0x40];
         let mut golden = vec![1, 1]; // version, count 1
         for _ in 0..4 {
@@ -277,9 +274,9 @@ mod tests {
         golden.extend_from_slice(&[0, 1, 0x46, 1, 0]); // sketch
         golden.extend_from_slice(&[2, 1, 1, 2, b'g', b'w', 0, 3]);
         assert_eq!(encode(&w), golden);
-        let key = window_key("in", 0, &window().0);
+        let key = window_key("in", 0, &k);
         let back = decode_entry("in", 0, key.as_bytes(), Some(&golden)).unwrap();
-        assert_eq!(back, Some(Entry::Window(window().0, Some(Box::new(w)))));
+        assert_eq!(back, Some(Entry::Window(k, Some(Box::new(w)))));
 
         let g = Source {
             group: "g".into(),

@@ -97,7 +97,6 @@ pub fn iso8601(ms: i64) -> String {
 mod tests {
     use super::*;
     use edge_protocol::aggregate::Aggregate;
-    use std::collections::BTreeSet;
 
     #[test]
     fn iso8601_formats_known_instants() {
@@ -113,21 +112,12 @@ mod tests {
     /// means the finals' JSON changed for every reader of the topic.
     #[test]
     fn a_final_matches_the_golden_bytes() {
-        let mut aggregate = Aggregate::new();
-        aggregate.add(10_500, 2.0).unwrap();
         let k = WindowKey {
             group: "plant7.t".into(),
             start_ms: 1_767_225_600_000,
             end_ms: 1_767_225_660_000,
         };
-        let w = WindowState {
-            aggregate,
-            revision: 0,
-            finalized: true,
-            gateways: BTreeSet::from(["gw-a".to_owned(), "gw-b".to_owned()]),
-            gateways_truncated: 0,
-            partials: 2,
-        };
+        let w = final_window(&[(10_500, 2.0)], 0, &["gw-a", "gw-b"]);
         let got = String::from_utf8(value(&k, &w)).unwrap();
         assert_eq!(got, GOLDEN);
     }
@@ -141,25 +131,30 @@ mod tests {
         r#""gateways":["gw-a","gw-b"],"gateways_truncated":0,"partials":2}"#
     );
 
-    #[test]
-    fn a_final_is_one_json_object_with_every_field() {
+    /// A final window of `readings`, from `gateways`, after 2 partials.
+    fn final_window(readings: &[(i64, f64)], revision: u32, gateways: &[&str]) -> WindowState {
         let mut aggregate = Aggregate::new();
-        for (t, v) in [(61_000, 1.0), (62_000, 3.0)] {
+        for &(t, v) in readings {
             aggregate.add(t, v).unwrap();
         }
+        WindowState {
+            aggregate,
+            revision,
+            finalized: true,
+            gateways: gateways.iter().map(|g| (*g).to_owned()).collect(),
+            gateways_truncated: 0,
+            partials: 2,
+        }
+    }
+
+    #[test]
+    fn a_final_is_one_json_object_with_every_field() {
         let k = WindowKey {
             group: "g".into(),
             start_ms: 60_000,
             end_ms: 120_000,
         };
-        let w = WindowState {
-            aggregate,
-            revision: 1,
-            finalized: true,
-            gateways: BTreeSet::from(["a".to_owned()]),
-            gateways_truncated: 0,
-            partials: 2,
-        };
+        let w = final_window(&[(61_000, 1.0), (62_000, 3.0)], 1, &["a"]);
         assert_eq!(key(&k), "g|60000|120000");
         let v: serde_json::Value = serde_json::from_slice(&value(&k, &w)).unwrap();
         assert_eq!(v["window_start"], "1970-01-01T00:01:00.000Z");
