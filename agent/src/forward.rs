@@ -10,7 +10,10 @@
 //! transaction, send each record (topic by kind and pipeline, key = the record's key, headers
 //! `agent`, `seq`, `schema`; see [`route`]), send the marker naming the batch's last seq, commit,
 //! then [`outbox::trim_through`]. It runs on a blocking thread of its own: librdkafka's
-//! transaction calls block.
+//! transaction calls block. The producer's life cycle (bounded init, begin, send, delivery
+//! wait, commit, abort, fencing detection), the base client settings and the topic calls are
+//! `edge_kafka`'s, shared with the consumer; the header and schema names are
+//! `edge_protocol::contract`'s.
 //!
 //! # Where the progress marker lives: a compacted topic
 //!
@@ -76,17 +79,20 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use edge_kafka::TxnProducer;
+use edge_protocol::backoff::Backoff;
 use rdkafka::config::ClientConfig;
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::error::KafkaError;
+use rdkafka::producer::BaseRecord;
 use redb::Database;
 use tokio_util::sync::CancellationToken;
 
+use error::kafka;
 pub use error::ForwardError;
-use error::{fenced_code, kafka};
 use progress::{InstanceId, Marker};
 use route::Routes;
 
+use crate::clock::unix_ms;
 use crate::config::{Config, KafkaSection};
 use crate::outbox::{self, OutboxRecord};
 
@@ -162,7 +168,7 @@ impl Forwarder {
             instance,
             forwarder: &self,
         };
-        let mut backoff = BACKOFF_MIN;
+        let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
         loop {
             if cancel.is_cancelled() {
                 return Ok(());
@@ -171,9 +177,9 @@ impl Forwarder {
                 Ok(()) | Err(ForwardError::Cancelled) => return Ok(()),
                 Err(error) if error.is_retryable() => {
                     self.metrics.session_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(%error, retry_in_ms = backoff.as_millis() as u64, "forwarder: retrying");
-                    sleep(backoff, &cancel);
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    let delay = backoff.next_delay();
+                    tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "forwarder: retrying");
+                    sleep(delay, &cancel);
                 }
                 Err(error) => return Err(error),
             }
@@ -195,7 +201,7 @@ impl Session<'_> {
     fn run(
         &mut self,
         cancel: &CancellationToken,
-        backoff: &mut Duration,
+        backoff: &mut Backoff,
     ) -> Result<(), ForwardError> {
         let f = self.forwarder;
         let t0 = Instant::now();
@@ -230,12 +236,10 @@ impl Session<'_> {
             Err(error) => tracing::debug!(%error, "forwarder: no quick look at the progress"),
         }
         let t1 = Instant::now();
-        let producer: BaseProducer = self
-            .producer_config
-            .create()
-            .map_err(kafka("creating the producer"))?;
+        let producer =
+            TxnProducer::create(&self.producer_config).map_err(kafka("creating the producer"))?;
         producer
-            .init_transactions(COMMIT_TIMEOUT)
+            .init(COMMIT_TIMEOUT)
             .map_err(|e| self.classify(&producer, "initialising transactions", e))?;
         let t2 = Instant::now();
         let mut last = self.resume_point(cancel)?;
@@ -270,7 +274,7 @@ impl Session<'_> {
             self.ensure_batch_topics(&batch)?;
             self.deliver(&producer, &batch, through)?;
             last_commit = Instant::now();
-            *backoff = BACKOFF_MIN;
+            backoff.reset();
             last = through;
             outbox::trim_through(&f.db, through)?;
         }
@@ -356,18 +360,21 @@ impl Session<'_> {
     /// is aborted (when the producer still can) and the error returned.
     fn deliver(
         &mut self,
-        producer: &BaseProducer,
+        producer: &TxnProducer,
         batch: &[(u64, OutboxRecord)],
         through: u64,
     ) -> Result<(), ForwardError> {
         producer
-            .begin_transaction()
+            .begin()
             .map_err(|e| self.classify(producer, "beginning a transaction", e))?;
         let started = Instant::now();
         let result = self.send_batch(producer, batch, through).and_then(|bytes| {
-            wait_delivered(producer)?;
+            // Delivery reports in 1 ms steps first: see `edge_kafka::txn`.
             producer
-                .commit_transaction(COMMIT_TIMEOUT)
+                .wait_delivered(COMMIT_TIMEOUT)
+                .map_err(|e| ("waiting for delivery", e))?;
+            producer
+                .commit(COMMIT_TIMEOUT)
                 .map(|()| bytes)
                 .map_err(|e| ("committing a transaction", e))
         });
@@ -390,7 +397,7 @@ impl Session<'_> {
                 if !error.is_retryable() {
                     return Err(error);
                 }
-                match producer.abort_transaction(ABORT_TIMEOUT) {
+                match producer.abort(ABORT_TIMEOUT) {
                     Ok(()) => {
                         m.transactions_aborted.fetch_add(1, Ordering::Relaxed);
                         Err(ForwardError::Aborted(Box::new(error)))
@@ -409,7 +416,7 @@ impl Session<'_> {
     /// Sends every record and the marker; returns the payload bytes sent.
     fn send_batch(
         &mut self,
-        producer: &BaseProducer,
+        producer: &TxnProducer,
         batch: &[(u64, OutboxRecord)],
         through: u64,
     ) -> Result<u64, (&'static str, KafkaError)> {
@@ -447,59 +454,29 @@ impl Session<'_> {
     /// Turns a Kafka error into a [`ForwardError`], recognising fencing.
     fn classify(
         &self,
-        producer: &BaseProducer,
+        producer: &TxnProducer,
         during: &'static str,
         e: KafkaError,
     ) -> ForwardError {
-        let fatal = producer.client().fatal_error().map(|(code, _)| code);
-        let fenced = fenced_code(&e).or(fatal.filter(|c| ForwardError::is_fenced_code(*c)));
-        match fenced {
-            Some(_) => ForwardError::Fenced {
+        if producer.fenced(&e) {
+            ForwardError::Fenced {
                 agent: self.forwarder.agent.clone(),
                 transactional_id: producer::transactional_id(&self.forwarder.agent),
-            },
-            None => ForwardError::Kafka { during, source: e },
+            }
+        } else {
+            ForwardError::Kafka { during, source: e }
         }
     }
 }
 
 /// Enqueues one record, waiting (polling) while librdkafka's queue is full.
 fn send(
-    producer: &BaseProducer,
-    mut record: BaseRecord<'_, [u8], [u8]>,
+    producer: &TxnProducer,
+    record: BaseRecord<'_, [u8], [u8]>,
 ) -> Result<(), (&'static str, KafkaError)> {
-    let deadline = Instant::now() + COMMIT_TIMEOUT;
-    loop {
-        match producer.send(record) {
-            Ok(()) => return Ok(()),
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back))
-                if Instant::now() < deadline =>
-            {
-                record = back;
-                producer.poll(Duration::from_millis(10));
-            }
-            Err((e, _)) => return Err(("sending a record", e)),
-        }
-    }
-}
-
-/// Serves delivery reports until every message is acknowledged (or [`COMMIT_TIMEOUT`]).
-///
-/// `commit_transaction` flushes by itself, but rdkafka's `BaseProducer::flush` polls in steps
-/// that always last 100 ms, which would add 100 ms to every transaction; polling in 1 ms steps
-/// here leaves it nothing to wait for.
-fn wait_delivered(producer: &BaseProducer) -> Result<(), (&'static str, KafkaError)> {
-    let deadline = Instant::now() + COMMIT_TIMEOUT;
-    while producer.in_flight_count() > 0 {
-        if Instant::now() >= deadline {
-            return Err((
-                "waiting for delivery",
-                KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut),
-            ));
-        }
-        producer.poll(Duration::from_millis(1));
-    }
-    Ok(())
+    producer
+        .send(record, COMMIT_TIMEOUT)
+        .map_err(|e| ("sending a record", e))
 }
 
 /// Sleeps `d`, waking early when `cancel` fires.
@@ -512,12 +489,6 @@ fn sleep(d: Duration, cancel: &CancellationToken) {
         }
         std::thread::sleep(left.min(Duration::from_millis(20)));
     }
-}
-
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 #[cfg(test)]

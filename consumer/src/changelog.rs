@@ -20,8 +20,30 @@
 //! `[0x01] ++ postcard(value)`: [`WindowState`], [`Source`] or [`Meta`] (postcard: fields in
 //! declaration order, varints, zig-zag signed, `f64` little-endian; the aggregate as in
 //! `edge_protocol::aggregate`). A **tombstone** (null value) means the window or gateway was
-//! dropped; compaction then removes the key. Stability: version 1 is frozen; a new layout gets a
-//! new version byte and readers keep reading version 1.
+//! dropped; compaction then removes the key. The value carries no type tag: the key's first
+//! letter says which type it is.
+//!
+//! | value | bytes after the version byte, in order |
+//! | --- | --- |
+//! | window | aggregate (count varint; sum, min, max, mean, m2 as `f64` LE; first, last as `0` or `1 ++ ts_ms zig-zag varint ++ value f64 LE`; the sketch: zero count varint, positive and negative bins as a varint length and (bin zig-zag varint, count varint) pairs) ++ revision varint ++ finalized (`0`/`1`) ++ gateways (varint count, each a varint length and UTF-8, sorted) ++ gateways_truncated varint ++ partials varint |
+//! | source | group (varint length, UTF-8) ++ watermark_ms zig-zag varint ++ last_seen_ms zig-zag varint |
+//! | clocks | stream_time_ms ++ frontier_ms ++ swept_ms, each a zig-zag varint |
+//!
+//! For example the window holding one reading `(10500 ms, 2.0)` from gateway `gw`, final at
+//! revision 2 after 3 partials, is (the test `values_match_the_golden_vectors` holds these
+//! bytes, and those of a source and the clocks):
+//!
+//! ```text
+//! 01                                   version 1
+//! 01 00..00 40 (x4) 00..00             count 1; sum, min, max, mean 2.0; m2 0.0
+//! 01 88 a4 01 00..00 40 (x2)           first, last: (10500, 2.0)
+//! 00 01 46 01 00                       sketch: zero 0; positive [(bin 35, 1)]; negative []
+//! 02 01 01 02 67 77 00 03              revision 2, finalized, gateways ["gw"], truncated 0, partials 3
+//! ```
+//!
+//! Stability: version 1 is frozen (state written by one release is restored by the next); a new
+//! layout gets a new version byte and readers keep reading version 1. A change to
+//! `edge_protocol::aggregate`'s serde form changes this format too: the golden test fails first.
 //!
 //! # Invariant
 //!
@@ -179,8 +201,14 @@ mod tests {
     use std::collections::BTreeSet;
 
     fn window() -> (WindowKey, WindowState) {
+        window_with_reading_at(5)
+    }
+
+    /// Window `a|b` [-10, 10) with one reading (`ts_ms`, 2.0) from gateway `gw`, final at
+    /// revision 2 after 3 partials.
+    fn window_with_reading_at(ts_ms: i64) -> (WindowKey, WindowState) {
         let mut aggregate = Aggregate::new();
-        aggregate.add(5, 2.0).unwrap();
+        aggregate.add(ts_ms, 2.0).unwrap();
         let k = WindowKey {
             group: "a|b".into(),
             start_ms: -10,
@@ -228,21 +256,42 @@ mod tests {
         assert_eq!(e, Some(Entry::Meta(Some(m))));
     }
 
-    /// Golden vector: the version-1 bytes of a source and the partition clocks.
+    /// Golden vector: the version-1 bytes of a source, the partition clocks and a window. A
+    /// failure here means the stored format changed: bump VERSION, keep reading version 1.
     #[test]
     fn values_match_the_golden_vectors() {
+        let (k, w) = window_with_reading_at(10_500);
+        let two = [0, 0, 0, 0, 0, 0, 0, 0x40];
+        let mut golden = vec![1, 1]; // version, count 1
+        for _ in 0..4 {
+            golden.extend_from_slice(&two); // sum, min, max, mean
+        }
+        golden.extend_from_slice(&[0; 8]); // m2
+        for _ in 0..2 {
+            golden.extend_from_slice(&[1, 0x88, 0xa4, 0x01]); // first, last: ts 10500 ...
+            golden.extend_from_slice(&two); // ... value 2.0
+        }
+        golden.extend_from_slice(&[0, 1, 0x46, 1, 0]); // sketch
+        golden.extend_from_slice(&[2, 1, 1, 2, b'g', b'w', 0, 3]);
+        assert_eq!(encode(&w), golden);
+        let key = window_key("in", 0, &k);
+        let back = decode_entry("in", 0, key.as_bytes(), Some(&golden)).unwrap();
+        assert_eq!(back, Some(Entry::Window(k, Some(Box::new(w)))));
+
         let g = Source {
             group: "g".into(),
             watermark_ms: 21_000,
             last_seen_ms: -1,
         };
         assert_eq!(encode(&g), [1, 1, b'g', 0x90, 0xc8, 0x02, 0x01]);
+        assert_eq!(decode::<Source>("s", &encode(&g)), Ok(g));
         let m = Meta {
             stream_time_ms: 1,
             frontier_ms: 0,
             swept_ms: -2,
         };
         assert_eq!(encode(&m), [1, 2, 0, 3]);
+        assert_eq!(decode::<Meta>("m", &[1, 2, 0, 3]), Ok(m));
     }
 
     #[test]

@@ -1,14 +1,16 @@
 //! Kafka clients and topics: the consumer's and producer's settings, topic checks and creation,
-//! and what a Kafka error means for the loop (retry the session, or stop).
+//! and what a Kafka error means for the loop (retry the session, or stop). The base settings,
+//! the transactional ones, the topic calls and the fatal-or-retryable rule are `edge_kafka`'s,
+//! shared with the agent's forwarder.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use edge_kafka::{admin_options, create_topics, partition_count, TopicError};
+use rdkafka::admin::{NewTopic, TopicReplication};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::KafkaError;
 use serde::Deserialize;
 
 use crate::config::Config;
@@ -51,25 +53,9 @@ pub fn poll_error(during: &'static str, e: KafkaError) -> Result<(), KafkaCallEr
     Ok(())
 }
 
-/// Classifies `e`, raised while `during`.
+/// Classifies `e`, raised while `during` ([`edge_kafka::is_fatal`] sorts it).
 pub fn classify(during: &'static str, e: KafkaError) -> KafkaCallError {
-    let fatal = match &e {
-        KafkaError::Transaction(t) => t.is_fatal(),
-        KafkaError::ClientCreation(_) | KafkaError::ClientConfig(..) => true,
-        other => matches!(
-            other.rdkafka_error_code(),
-            Some(
-                RDKafkaErrorCode::Fenced
-                    | RDKafkaErrorCode::ProducerFenced
-                    | RDKafkaErrorCode::InvalidProducerEpoch
-                    | RDKafkaErrorCode::TopicAuthorizationFailed
-                    | RDKafkaErrorCode::GroupAuthorizationFailed
-                    | RDKafkaErrorCode::TransactionalIdAuthorizationFailed
-                    | RDKafkaErrorCode::ClusterAuthorizationFailed
-                    | RDKafkaErrorCode::Fatal
-            )
-        ),
-    };
+    let fatal = edge_kafka::is_fatal(&e);
     let source = Box::new(e);
     if fatal {
         KafkaCallError::Fatal { during, source }
@@ -78,15 +64,10 @@ pub fn classify(during: &'static str, e: KafkaError) -> KafkaCallError {
     }
 }
 
+/// Bootstrap and the reconnect backoff ([`edge_kafka::client_config`]: librdkafka's default
+/// would retry a broker that is back up to 15 s late), then the user's `[kafka.client]`.
 fn base(config: &Config) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set(
-        "bootstrap.servers",
-        config.kafka.bootstrap_servers.get_ref(),
-    )
-    // librdkafka's default (10 s, plus up to 50 % jitter) is reached within seconds of an
-    // outage; the first connection attempt after the broker is back could then come 15 s late.
-    .set("reconnect.backoff.max.ms", "1000");
+    let mut c = edge_kafka::client_config(config.kafka.bootstrap_servers.get_ref());
     for (k, v) in &config.kafka.client {
         c.set(k.get_ref(), v);
     }
@@ -115,6 +96,11 @@ pub fn consumer_config(config: &Config) -> ClientConfig {
 pub const STATISTICS_INTERVAL_MS: u64 = 5000;
 
 /// The parts of librdkafka's statistics JSON (`STATISTICS.md` of librdkafka) the lag needs.
+///
+/// Not `rdkafka::statistics::Statistics`: its structs have no serde defaults, so a statistics
+/// message that lacks any one of its ~150 fields (another librdkafka version, a partition
+/// librdkafka has not fetched yet) would not parse at all, and the lag gauges would go blank.
+/// Reading only these five fields, each with librdkafka's "invalid" default, keeps them.
 #[derive(Debug, Deserialize)]
 struct Statistics {
     #[serde(default)]
@@ -203,20 +189,12 @@ pub fn producer_config(config: &Config) -> ClientConfig {
     for (k, v) in user.config_map() {
         c.set(k, v);
     }
-    c.set(
-        "transactional.id",
-        format!(
-            "{}.{}",
-            config.kafka.group_id.get_ref(),
-            config.kafka.instance_id.get_ref()
-        ),
-    )
-    .set("enable.idempotence", "true")
-    .set("acks", "all")
-    .set(
-        "transaction.timeout.ms",
-        config.kafka.transaction_timeout_ms.get_ref().to_string(),
+    let id = format!(
+        "{}.{}",
+        config.kafka.group_id.get_ref(),
+        config.kafka.instance_id.get_ref()
     );
+    edge_kafka::set_transactional(&mut c, &id, *config.kafka.transaction_timeout_ms.get_ref());
     c
 }
 
@@ -231,14 +209,9 @@ pub fn prepare_topics(
         .create()
         .map_err(|e| classify("creating a metadata client", e))?;
     let count = |topic: &str| -> Result<Option<i32>, KafkaCallError> {
-        let md = probe
-            .fetch_metadata(Some(topic), timeout)
+        let n = partition_count(probe.client(), topic, timeout)
             .map_err(|e| classify("fetching topic metadata", e))?;
-        Ok(md
-            .topics()
-            .iter()
-            .find(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
-            .map(|t| t.partitions().len() as i32))
+        Ok(n.map(|n| n as i32))
     };
     let mut inputs = BTreeMap::new();
     for topic in config.topics.inputs.get_ref() {
@@ -286,33 +259,20 @@ fn create(
     policy: &str,
     timeout: Duration,
 ) -> Result<(), KafkaCallError> {
-    let admin: AdminClient<DefaultClientContext> = base(config)
-        .create()
-        .map_err(|e| classify("creating an admin client", e))?;
     let replication = match &config.topics.replication_factor {
         Some(r) => TopicReplication::Fixed(*r.get_ref()),
         None => TopicReplication::Fixed(-1),
     };
     let new = NewTopic::new(topic, partitions, replication).set("cleanup.policy", policy);
-    let options = AdminOptions::new()
-        .request_timeout(Some(timeout))
-        .operation_timeout(Some(timeout));
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|_| KafkaCallError::Topic {
+    create_topics(&base(config), [&new], &admin_options(timeout)).map_err(|e| match e {
+        TopicError::Client(e) => classify("creating an admin client", e),
+        TopicError::Runtime(_) => KafkaCallError::Topic {
             topic: topic.into(),
             reason: "no runtime for the admin client".into(),
-        })?;
-    let results = runtime
-        .block_on(admin.create_topics([&new], &options))
-        .map_err(|e| classify("creating a topic", e))?;
-    for r in results {
-        match r {
-            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((_, code)) => return Err(classify("creating a topic", KafkaError::AdminOp(code))),
-        }
-    }
+        },
+        TopicError::Request(e) => classify("creating a topic", e),
+        TopicError::Refused { code, .. } => classify("creating a topic", KafkaError::AdminOp(code)),
+    })?;
     Ok(())
 }
 

@@ -8,9 +8,9 @@
 //! | [`group`] | series key -> group key (glob rules with captures) | none |
 //! | [`merge`] | one partition's state machine: merge by (group, window), per-gateway watermarks, finalization, revisions, horizon, caps | none |
 //! | [`changelog`] | the changelog topic's keys and versioned values | none |
-//! | [`output`] | the finals' JSON and keys | none |
+//! | [`output`] | the finals' JSON and keys (the record type is `edge_protocol::contract::Final`) | none |
 //! | [`records`] | decoding a partial (postcard or JSON), grouping and merging it; dead letters | none |
-//! | [`kafka`] | client settings, topic checks and creation, error classes | Kafka |
+//! | [`kafka`] | client settings, topic checks and creation, error classes (on `edge_kafka`, shared with the agent) | Kafka |
 //! | [`restore`] | a new owner rebuilds a partition's state from the changelog | Kafka |
 //! | [`run`] | the loop: one poll batch = one transaction (finals, changelog, dead letters, offsets) | Kafka |
 //! | [`telemetry`] | the loop's live counters, gauges and phase, read from other threads | none |

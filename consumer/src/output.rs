@@ -18,51 +18,20 @@
 //! `min` .. `p99` are `null` only for an empty window (never emitted in practice). Quantiles are
 //! within 1 % relative error (`edge_protocol::sketch`); the others are exact up to floating-point
 //! rounding. `revision` 0 is the first final; each partial merged afterwards adds 1. Headers:
-//! `schema = edge.final.v1`.
+//! `schema = edge.final.v1`. The record type, its key, its field order and its stability are
+//! [`edge_protocol::contract`]'s (with golden bytes); this module fills it from a window.
 
-use serde::Serialize;
+use edge_protocol::contract::{final_key, schema};
+pub use edge_protocol::contract::{Final, FinalPoint as PointJson};
 
 use crate::merge::{WindowKey, WindowState};
 
 /// `schema` header value of a final.
-pub const SCHEMA: &str = "edge.final.v1";
-
-/// A first or last reading.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct PointJson {
-    pub ts_ms: i64,
-    pub value: f64,
-}
-
-/// The JSON value of a final.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Final<'a> {
-    pub group: &'a str,
-    pub window_start_ms: i64,
-    pub window_end_ms: i64,
-    pub window_start: String,
-    pub window_end: String,
-    pub count: u64,
-    pub sum: f64,
-    pub min: Option<f64>,
-    pub max: Option<f64>,
-    pub mean: Option<f64>,
-    pub stddev: Option<f64>,
-    pub first: Option<PointJson>,
-    pub last: Option<PointJson>,
-    pub p50: Option<f64>,
-    pub p90: Option<f64>,
-    pub p95: Option<f64>,
-    pub p99: Option<f64>,
-    pub revision: u32,
-    pub gateways: Vec<&'a str>,
-    pub gateways_truncated: u32,
-    pub partials: u64,
-}
+pub const SCHEMA: &str = schema::FINAL;
 
 /// The record key of a window's final.
 pub fn key(k: &WindowKey) -> String {
-    format!("{}|{}|{}", k.group, k.start_ms, k.end_ms)
+    final_key(&k.group, k.start_ms, k.end_ms)
 }
 
 /// The JSON value of a window's final.
@@ -75,7 +44,7 @@ pub fn value(k: &WindowKey, w: &WindowState) -> Vec<u8> {
         })
     };
     let f = Final {
-        group: &k.group,
+        group: k.group.clone(),
         window_start_ms: k.start_ms,
         window_end_ms: k.end_ms,
         window_start: iso8601(k.start_ms),
@@ -93,7 +62,7 @@ pub fn value(k: &WindowKey, w: &WindowState) -> Vec<u8> {
         p95: a.quantile(0.95),
         p99: a.quantile(0.99),
         revision: w.revision,
-        gateways: w.gateways.iter().map(String::as_str).collect(),
+        gateways: w.gateways.iter().cloned().collect(),
         gateways_truncated: w.gateways_truncated,
         partials: w.partials,
     };
@@ -128,7 +97,6 @@ pub fn iso8601(ms: i64) -> String {
 mod tests {
     use super::*;
     use edge_protocol::aggregate::Aggregate;
-    use std::collections::BTreeSet;
 
     #[test]
     fn iso8601_formats_known_instants() {
@@ -140,25 +108,53 @@ mod tests {
         let _ = iso8601(i64::MAX);
     }
 
+    /// Golden bytes of a whole final: field order, number formatting, dates. A failure here
+    /// means the finals' JSON changed for every reader of the topic.
     #[test]
-    fn a_final_is_one_json_object_with_every_field() {
+    fn a_final_matches_the_golden_bytes() {
+        let k = WindowKey {
+            group: "plant7.t".into(),
+            start_ms: 1_767_225_600_000,
+            end_ms: 1_767_225_660_000,
+        };
+        let w = final_window(&[(10_500, 2.0)], 0, &["gw-a", "gw-b"]);
+        let got = String::from_utf8(value(&k, &w)).unwrap();
+        assert_eq!(got, GOLDEN);
+    }
+
+    const GOLDEN: &str = concat!(
+        r#"{"group":"plant7.t","window_start_ms":1767225600000,"window_end_ms":1767225660000,"#,
+        r#""window_start":"2026-01-01T00:00:00.000Z","window_end":"2026-01-01T00:01:00.000Z","#,
+        r#""count":1,"sum":2.0,"min":2.0,"max":2.0,"mean":2.0,"stddev":0.0,"#,
+        r#""first":{"ts_ms":10500,"value":2.0},"last":{"ts_ms":10500,"value":2.0},"#,
+        r#""p50":2.0,"p90":2.0,"p95":2.0,"p99":2.0,"revision":0,"#,
+        r#""gateways":["gw-a","gw-b"],"gateways_truncated":0,"partials":2}"#
+    );
+
+    /// A final window of `readings`, from `gateways`, after 2 partials.
+    fn final_window(readings: &[(i64, f64)], revision: u32, gateways: &[&str]) -> WindowState {
         let mut aggregate = Aggregate::new();
-        for (t, v) in [(61_000, 1.0), (62_000, 3.0)] {
+        for &(t, v) in readings {
             aggregate.add(t, v).unwrap();
         }
+        WindowState {
+            aggregate,
+            revision,
+            finalized: true,
+            gateways: gateways.iter().map(|g| (*g).to_owned()).collect(),
+            gateways_truncated: 0,
+            partials: 2,
+        }
+    }
+
+    #[test]
+    fn a_final_is_one_json_object_with_every_field() {
         let k = WindowKey {
             group: "g".into(),
             start_ms: 60_000,
             end_ms: 120_000,
         };
-        let w = WindowState {
-            aggregate,
-            revision: 1,
-            finalized: true,
-            gateways: BTreeSet::from(["a".to_owned()]),
-            gateways_truncated: 0,
-            partials: 2,
-        };
+        let w = final_window(&[(61_000, 1.0), (62_000, 3.0)], 1, &["a"]);
         assert_eq!(key(&k), "g|60000|120000");
         let v: serde_json::Value = serde_json::from_slice(&value(&k, &w)).unwrap();
         assert_eq!(v["window_start"], "1970-01-01T00:01:00.000Z");

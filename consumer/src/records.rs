@@ -2,6 +2,7 @@
 //! grouping and merging it, and the dead letter of a record that cannot be merged. No Kafka
 //! calls.
 
+use edge_protocol::contract::{header, schema};
 use edge_protocol::partial::Partial;
 use rdkafka::message::{Header, OwnedHeaders};
 
@@ -10,7 +11,7 @@ use crate::group::Grouping;
 use crate::merge::PartitionState;
 
 /// `schema` header of dead letters.
-pub const DEAD_LETTER_SCHEMA: &str = "edge.dead-letter";
+pub const DEAD_LETTER_SCHEMA: &str = schema::DEAD_LETTER;
 
 /// One input record, owned.
 pub(crate) struct Rec {
@@ -38,11 +39,11 @@ pub(crate) fn merge_one(
     grouping: &Grouping,
     rec: &Rec,
 ) -> Result<(), String> {
-    if let Some((_, schema)) = rec.headers.iter().find(|(k, _)| k == "schema") {
-        if schema != b"edge.partial" {
+    if let Some((_, found)) = rec.headers.iter().find(|(k, _)| k == header::SCHEMA) {
+        if found != schema::PARTIAL.as_bytes() {
             return Err(format!(
                 "unexpected schema header {:?}",
-                String::from_utf8_lossy(schema)
+                String::from_utf8_lossy(found)
             ));
         }
     }
@@ -76,27 +77,27 @@ pub(crate) fn dead_letter(config: &Config, rec: &Rec, reason: &str) -> Out {
     let offset = rec.offset.to_string();
     let mut headers = OwnedHeaders::new()
         .insert(Header {
-            key: "schema",
+            key: header::SCHEMA,
             value: Some(DEAD_LETTER_SCHEMA),
         })
         .insert(Header {
-            key: "reason",
+            key: header::REASON,
             value: Some(reason),
         })
         .insert(Header {
-            key: "source.topic",
+            key: header::SOURCE_TOPIC,
             value: Some(&rec.topic),
         })
         .insert(Header {
-            key: "source.partition",
+            key: header::SOURCE_PARTITION,
             value: Some(&partition),
         })
         .insert(Header {
-            key: "source.offset",
+            key: header::SOURCE_OFFSET,
             value: Some(&offset),
         });
     for (k, v) in &rec.headers {
-        if k == "agent" || k == "seq" {
+        if k == header::AGENT || k == header::SEQ {
             headers = headers.insert(Header {
                 key: k,
                 value: Some(v),

@@ -51,11 +51,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use edge_kafka::TxnProducer;
+use edge_protocol::contract::header;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::BaseRecord;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::changelog;
@@ -244,7 +246,7 @@ struct Session<'a> {
     grouping: Grouping,
     consumer: BaseConsumer<Ctx>,
     reader: BaseConsumer<Quiet>,
-    producer: BaseProducer,
+    producer: TxnProducer,
     states: HashMap<Tp, PartitionState>,
     caught_up: BTreeSet<Tp>,
     eof_seen: BTreeSet<Tp>,
@@ -255,11 +257,10 @@ struct Session<'a> {
 
 fn session(config: &Config, stop: &AtomicBool, metrics: &Metrics) -> Result<(), RunError> {
     kafka::prepare_topics(config, Duration::from_secs(15))?;
-    let producer: BaseProducer = kafka::producer_config(config)
-        .create()
+    let producer = TxnProducer::create(&kafka::producer_config(config))
         .map_err(|e| classify("creating the producer", e))?;
     producer
-        .init_transactions(CALL_TIMEOUT)
+        .init(CALL_TIMEOUT)
         .map_err(|e| classify("initialising transactions", e))?;
     let consumer: BaseConsumer<Ctx> = kafka::consumer_config(config)
         .create_with_context(Ctx::default())
@@ -345,14 +346,7 @@ impl Session<'_> {
                     ts_ms: m.timestamp().to_millis(),
                     key: m.key().map(<[u8]>::to_vec),
                     payload: m.payload().map(<[u8]>::to_vec),
-                    headers: m
-                        .headers()
-                        .map(|hs| {
-                            hs.iter()
-                                .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
-                                .collect()
-                        })
-                        .unwrap_or_default(),
+                    headers: edge_kafka::owned_headers(&m),
                 })),
                 Some(Err(e)) => Some(Err(e)),
             };
@@ -519,7 +513,7 @@ impl Session<'_> {
                     key: output::key(k).into_bytes(),
                     payload: Some(output::value(k, w)),
                     headers: OwnedHeaders::new().insert(Header {
-                        key: "schema",
+                        key: header::SCHEMA,
                         value: Some(output::SCHEMA),
                     }),
                 });
@@ -615,7 +609,7 @@ impl Session<'_> {
     fn commit(&self, outs: Vec<Out>, offsets: &BTreeMap<Tp, i64>) -> Result<(), RunError> {
         let p = &self.producer;
         let t0 = Instant::now();
-        p.begin_transaction()
+        p.begin()
             .map_err(|e| classify("beginning a transaction", e))?;
         let result = (|| -> Result<(), KafkaCallError> {
             for out in &outs {
@@ -633,17 +627,15 @@ impl Session<'_> {
                         KafkaError::Global(RDKafkaErrorCode::State),
                     )
                 })?;
-                p.send_offsets_to_transaction(&tpl, &meta, CALL_TIMEOUT)
+                p.send_offsets(&tpl, &meta, CALL_TIMEOUT)
                     .map_err(|e| classify("sending offsets to the transaction", e))?;
             }
             // Wait for the delivery reports ourselves with short polls: the flush inside
-            // commit_transaction otherwise costs about 100 ms per transaction here.
-            let deadline = Instant::now() + CALL_TIMEOUT;
-            while p.in_flight_count() > 0 && Instant::now() < deadline {
-                p.poll(Duration::from_millis(1));
-            }
+            // commit_transaction otherwise costs about 100 ms per transaction here. Past the
+            // deadline the commit below waits (and fails) by itself.
+            let _ = p.wait_delivered(CALL_TIMEOUT);
             let t1 = Instant::now();
-            p.commit_transaction(CALL_TIMEOUT)
+            p.commit(CALL_TIMEOUT)
                 .map_err(|e| classify("committing a transaction", e))?;
             tracing::debug!(
                 records = outs.len(),
@@ -657,7 +649,7 @@ impl Session<'_> {
             // Abort (unless fenced: then the broker already did) and let the caller start a new
             // session, which restores the state this batch had already changed in memory.
             if e.is_retryable() {
-                if let Err(abort) = p.abort_transaction(CALL_TIMEOUT) {
+                if let Err(abort) = p.abort(CALL_TIMEOUT) {
                     tracing::warn!(error = %abort, "abort failed");
                 }
             }
@@ -667,26 +659,17 @@ impl Session<'_> {
     }
 
     fn send(&self, out: &Out) -> Result<(), KafkaCallError> {
-        let deadline = Instant::now() + CALL_TIMEOUT;
-        loop {
-            let mut record = BaseRecord::to(&out.topic)
-                .key(&out.key)
-                .headers(out.headers.clone());
-            if let Some(part) = out.partition {
-                record = record.partition(part);
-            }
-            if let Some(payload) = &out.payload {
-                record = record.payload(payload);
-            }
-            match self.producer.send(record) {
-                Ok(()) => return Ok(()),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _))
-                    if Instant::now() < deadline =>
-                {
-                    self.producer.poll(Duration::from_millis(10));
-                }
-                Err((e, _)) => return Err(classify("producing", e)),
-            }
+        let mut record = BaseRecord::to(&out.topic)
+            .key(&out.key)
+            .headers(out.headers.clone());
+        if let Some(part) = out.partition {
+            record = record.partition(part);
         }
+        if let Some(payload) = &out.payload {
+            record = record.payload(payload);
+        }
+        self.producer
+            .send(record, CALL_TIMEOUT)
+            .map_err(|e| classify("producing", e))
     }
 }

@@ -22,7 +22,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use firmware_sim::runner::{Ledger, LedgerRecord};
-use serde::Deserialize;
 
 /// The sensor id the demo's mapping gives an MQTT device channel (`configs.rs` must agree).
 pub fn mqtt_series(device: u32, channel: u8) -> String {
@@ -146,21 +145,8 @@ impl Sent {
     }
 }
 
-/// One final as the consumer writes it (`consumer/src/output.rs`), the fields the demo shows.
-#[derive(Debug, Clone, Deserialize)]
-pub struct FinalRow {
-    pub group: String,
-    pub window_start_ms: i64,
-    pub window_end_ms: i64,
-    pub count: u64,
-    pub sum: f64,
-    pub min: Option<f64>,
-    pub max: Option<f64>,
-    pub mean: Option<f64>,
-    pub p99: Option<f64>,
-    pub revision: u32,
-    pub gateways: Vec<String>,
-}
+/// One final as the consumer writes it: the contract's record (`edge_protocol::contract`).
+pub type FinalRow = edge_protocol::contract::Final;
 
 /// The newest revision of every final window read so far.
 #[derive(Debug, Default)]

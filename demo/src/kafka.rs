@@ -5,44 +5,35 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use edge_kafka::TopicError;
+use rdkafka::admin::{AdminOptions, NewTopic, TopicReplication};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::{Message, Offset, TopicPartitionList};
 
 fn config(bootstrap: &str) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", bootstrap)
-        .set("socket.timeout.ms", "10000")
-        .set("reconnect.backoff.max.ms", "1000");
+    let mut c = edge_kafka::client_config(bootstrap);
+    c.set("socket.timeout.ms", "10000");
     c
 }
 
 /// Creates `topics` (existing ones are fine) with `partitions` partitions, replication 1.
 pub fn create_topics(bootstrap: &str, topics: &[&str], partitions: i32) -> Result<()> {
-    let admin: AdminClient<DefaultClientContext> = config(bootstrap)
-        .create()
-        .context("creating a Kafka admin client")?;
     let new: Vec<NewTopic> = topics
         .iter()
         .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1)))
         .collect();
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let results = runtime
-        .block_on(admin.create_topics(&new, &options))
-        .with_context(|| format!("Kafka at {bootstrap} did not answer a CreateTopics request"))?;
-    for result in results {
-        match result {
-            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((topic, code)) => anyhow::bail!("creating topic {topic} at {bootstrap}: {code}"),
+    match edge_kafka::create_topics(&config(bootstrap), &new, &options) {
+        Ok(_) => Ok(()),
+        Err(TopicError::Client(e)) => Err(e).context("creating a Kafka admin client"),
+        Err(TopicError::Runtime(e)) => Err(e.into()),
+        Err(TopicError::Request(e)) => Err(e)
+            .with_context(|| format!("Kafka at {bootstrap} did not answer a CreateTopics request")),
+        Err(TopicError::Refused { topic, code, .. }) => {
+            anyhow::bail!("creating topic {topic} at {bootstrap}: {code}")
         }
     }
-    Ok(())
 }
 
 /// Reads one topic from its beginning, committed records only.

@@ -11,17 +11,20 @@
 //! | `aggregate` | mergeable aggregate state: count, sum, min, max, mean/variance, first/last, quantile sketch |
 //! | `sketch` | the DDSketch-style quantile sketch inside an aggregate (1 % relative error, bounded size) |
 //! | `partial` | the versioned partial-aggregate envelope the agent sends to Kafka |
+//! | `contract` | the Kafka record contract: header names, `schema` values, the finals' JSON record (`std`) |
 //! | `backoff` | capped exponential backoff, the retry pacing of every loop (a pure value, no clock) |
 //!
 //! Every format is written down beside its code with golden byte vectors checked by tests.
 #![no_std]
 #![forbid(unsafe_code)]
 
-#[cfg(test)]
+// The host-only parts (`std` feature: error impls, the finals' JSON record) and the tests.
+#[cfg(any(test, feature = "std"))]
 extern crate std;
 
 pub mod aggregate;
 pub mod backoff;
+pub mod contract;
 pub mod link;
 pub mod partial;
 pub mod sketch;

@@ -6,12 +6,12 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use edge_kafka::{admin_options, create_topics, owned_headers, TopicError};
+use rdkafka::admin::{NewTopic, TopicReplication};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
 /// What a Kafka helper could not do, and against which broker.
@@ -81,13 +81,12 @@ pub fn unique_topic(prefix: &str) -> String {
     )
 }
 
-/// Client settings every helper shares: fail fast instead of retrying for minutes.
+/// Client settings every helper shares: the services' base ([`edge_kafka::client_config`]),
+/// and fail fast instead of retrying for minutes.
 pub fn base_config(bootstrap: &str) -> ClientConfig {
-    let mut config = ClientConfig::new();
+    let mut config = edge_kafka::client_config(bootstrap);
     config
-        .set("bootstrap.servers", bootstrap)
         .set("socket.timeout.ms", "5000")
-        .set("reconnect.backoff.max.ms", "1000")
         .set("log_level", "3");
     config
 }
@@ -97,34 +96,17 @@ pub fn base_config(bootstrap: &str) -> ClientConfig {
 pub fn create_topic(bootstrap: &str, topic: &str, partitions: i32) -> Result<(), KafkaTestError> {
     let timeout = Duration::from_secs(15);
     let during = "creating a topic";
-    let admin: AdminClient<DefaultClientContext> = base_config(bootstrap)
-        .create()
-        .map_err(|source| broker(bootstrap, during, source))?;
     let replication = bootstrap.split(',').count().min(3) as i32;
     let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(replication));
-    let options = AdminOptions::new()
-        .request_timeout(Some(timeout))
-        .operation_timeout(Some(timeout));
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a current-thread runtime builds");
-    let results = runtime
-        .block_on(admin.create_topics([&new], &options))
-        .map_err(|source| unreachable(bootstrap, during, timeout, source))?;
-    for result in results {
-        match result {
-            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((_, code)) => {
-                return Err(classify(
-                    bootstrap,
-                    during,
-                    timeout,
-                    KafkaError::AdminOp(code),
-                ))
-            }
+    let config = base_config(bootstrap);
+    create_topics(&config, [&new], &admin_options(timeout)).map_err(|e| match e {
+        TopicError::Client(source) => broker(bootstrap, during, source),
+        TopicError::Runtime(e) => panic!("a current-thread runtime builds: {e}"),
+        TopicError::Request(source) => unreachable(bootstrap, during, timeout, source),
+        TopicError::Refused { code, .. } => {
+            classify(bootstrap, during, timeout, KafkaError::AdminOp(code))
         }
-    }
+    })?;
     Ok(())
 }
 
@@ -181,14 +163,7 @@ pub fn read_committed(
             Some(Err(source)) => return Err(classify(bootstrap, during, timeout, source)),
             Some(Ok(m)) => {
                 at_end.remove(&m.partition());
-                let headers = m
-                    .headers()
-                    .map(|hs| {
-                        hs.iter()
-                            .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
-                            .collect()
-                    })
-                    .unwrap_or_default();
+                let headers = owned_headers(&m);
                 records.push(Record {
                     partition: m.partition(),
                     offset: m.offset(),

@@ -1,13 +1,14 @@
 //! Kafka clients of the forwarder: the transactional producer's settings, the reader's
-//! settings, and the topics (checked, or created when allowed).
+//! settings, and the topics (checked, or created when allowed). The base settings, the
+//! transactional ones and the topic calls are `edge_kafka`'s, shared with the consumer.
 
 use std::time::Duration;
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use edge_kafka::{admin_options, create_topics, partition_count, TopicError};
+use rdkafka::admin::{NewTopic, TopicReplication};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::KafkaError;
 
 use super::error::{kafka, ForwardError};
 use crate::config::KafkaSection;
@@ -44,20 +45,14 @@ pub fn transactional_id(agent: &str) -> String {
     format!("edge-agent.{agent}")
 }
 
-/// Longest wait between two connection attempts to a broker, in ms. librdkafka's default
-/// (10 s, plus up to 50 % jitter) is reached within a few seconds of an outage, so the first
-/// attempt after the broker is back could come 15 s late; a second costs one failed connect a
-/// second while the broker is away. `[kafka.client]` may set it.
-pub const RECONNECT_BACKOFF_MAX_MS: &str = "1000";
+/// Longest wait between two connection attempts to a broker, in ms (`[kafka.client]` may set
+/// it); see [`edge_kafka::RECONNECT_BACKOFF_MAX_MS`].
+pub use edge_kafka::RECONNECT_BACKOFF_MAX_MS;
 
 /// Settings every client of the forwarder shares: bootstrap, the reconnect backoff (the
 /// passthrough, applied after this, may override it).
 fn common(kafka: &KafkaSection) -> ClientConfig {
-    let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", kafka.bootstrap_servers.get_ref())
-        .set("reconnect.backoff.max.ms", RECONNECT_BACKOFF_MAX_MS);
-    config
+    edge_kafka::client_config(kafka.bootstrap_servers.get_ref())
 }
 
 fn passthrough(config: &mut ClientConfig, kafka: &KafkaSection) {
@@ -76,11 +71,7 @@ pub fn producer_config(kafka: &KafkaSection, agent: &str) -> ClientConfig {
     // librdkafka requires message.timeout.ms <= transaction.timeout.ms.
     config.set("message.timeout.ms", txn_timeout.to_string());
     passthrough(&mut config, kafka);
-    config
-        .set("transactional.id", transactional_id(agent))
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("transaction.timeout.ms", txn_timeout.to_string());
+    edge_kafka::set_transactional(&mut config, &transactional_id(agent), txn_timeout);
     config
 }
 
@@ -117,13 +108,9 @@ pub fn ensure_topics(
     let consumer: BaseConsumer = reader.create().map_err(kafka_err("creating a client"))?;
     let mut missing = Vec::new();
     for topic in topics {
-        let metadata = consumer
-            .fetch_metadata(Some(topic), timeout)
-            .map_err(kafka_err("reading topic metadata"))?;
-        let exists = metadata
-            .topics()
-            .iter()
-            .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty());
+        let exists = partition_count(consumer.client(), topic, timeout)
+            .map_err(kafka_err("reading topic metadata"))?
+            .is_some();
         if !exists {
             missing.push(topic.clone());
         }
@@ -136,9 +123,6 @@ pub fn ensure_topics(
             topic: missing.swap_remove(0),
         });
     }
-    let admin: AdminClient<DefaultClientContext> = reader
-        .create()
-        .map_err(kafka_err("creating an admin client"))?;
     let partitions = kafka.partitions.as_ref().map_or(-1, |p| *p.get_ref());
     let replication = kafka
         .replication_factor
@@ -156,29 +140,24 @@ pub fn ensure_topics(
             new
         })
         .collect();
-    let options = AdminOptions::new()
-        .request_timeout(Some(timeout))
-        .operation_timeout(Some(timeout));
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(ForwardError::Runtime)?;
-    let results = runtime
-        .block_on(admin.create_topics(new.iter(), &options))
-        .map_err(kafka_err("creating topics"))?;
-    for result in results {
-        match result {
-            Ok(topic) => tracing::info!(topic, "created Kafka topic"),
-            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((_, code)) => {
-                return Err(ForwardError::Kafka {
-                    during: "creating topics",
-                    source: KafkaError::AdminOp(code),
-                })
-            }
+    let log = |created: Vec<String>| {
+        for topic in created {
+            tracing::info!(topic, "created Kafka topic");
+        }
+    };
+    match create_topics(reader, &new, &admin_options(timeout)) {
+        Ok(created) => {
+            log(created);
+            Ok(())
+        }
+        Err(TopicError::Client(source)) => Err(kafka_err("creating an admin client")(source)),
+        Err(TopicError::Runtime(io)) => Err(ForwardError::Runtime(io)),
+        Err(TopicError::Request(source)) => Err(kafka_err("creating topics")(source)),
+        Err(TopicError::Refused { code, created, .. }) => {
+            log(created);
+            Err(kafka_err("creating topics")(KafkaError::AdminOp(code)))
         }
     }
-    Ok(())
 }
 
 fn kafka_err(during: &'static str) -> impl Fn(KafkaError) -> ForwardError {

@@ -12,25 +12,27 @@
 //! header names the record kind; partials and readings carry their own version inside the
 //! payload (the envelope of `edge_protocol`), the marker's version is in its name and its first
 //! byte. Headers `agent` (the agent id, UTF-8) and `seq` (the outbox sequence number, decimal
-//! ASCII) let any reader account for every record: `(agent, seq)` is unique per record.
+//! ASCII) let any reader account for every record: `(agent, seq)` is unique per record. The
+//! names and values are [`edge_protocol::contract`]'s, the one contract agent and consumer share.
 
 use std::collections::HashMap;
 
+use edge_protocol::contract::{header, schema as schemas};
 use rdkafka::message::{Header, OwnedHeaders};
 
 use crate::config::KafkaTopics;
 use crate::outbox::RecordKind;
 
 /// `schema` header of progress markers.
-pub const PROGRESS_SCHEMA: &str = "edge.progress.v1";
+pub const PROGRESS_SCHEMA: &str = schemas::PROGRESS;
 
 /// The `schema` header of a record kind.
 pub fn schema(kind: RecordKind) -> &'static str {
     match kind {
-        RecordKind::Partial => "edge.partial",
-        RecordKind::Reading => "edge.reading",
-        RecordKind::Late => "edge.late",
-        RecordKind::DeadLetter => "edge.dead-letter",
+        RecordKind::Partial => schemas::PARTIAL,
+        RecordKind::Reading => schemas::READING,
+        RecordKind::Late => schemas::LATE,
+        RecordKind::DeadLetter => schemas::DEAD_LETTER,
     }
 }
 
@@ -109,15 +111,15 @@ pub fn headers(agent: &str, seq: u64, schema: &str) -> OwnedHeaders {
     let seq = seq.to_string();
     OwnedHeaders::new_with_capacity(3)
         .insert(Header {
-            key: "agent",
+            key: header::AGENT,
             value: Some(agent.as_bytes()),
         })
         .insert(Header {
-            key: "seq",
+            key: header::SEQ,
             value: Some(seq.as_bytes()),
         })
         .insert(Header {
-            key: "schema",
+            key: header::SCHEMA,
             value: Some(schema.as_bytes()),
         })
 }

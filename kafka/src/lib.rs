@@ -1,0 +1,30 @@
+//! `edge-kafka`: the Kafka plumbing `edge-agent`'s forwarder and `edge-consumer`'s loop share,
+//! and the end-to-end suites and the demo reuse. Blocking calls only (librdkafka's transaction
+//! calls block): run them on a thread of their own, never on an async worker.
+//!
+//! # Map
+//!
+//! | module | holds |
+//! | --- | --- |
+//! | [`config`] | the base client settings (bootstrap, the reconnect backoff) and the transactional settings |
+//! | [`topics`] | does a topic exist (its partition count), create topics (an existing one is fine) |
+//! | [`txn`] | the transactional producer's life cycle (init, begin, send, wait, commit, abort, all bounded) and fencing |
+//! | [`errors`] | which `KafkaError`s are fatal and which mean another producer fenced ours |
+//! | [`records`] | an owned copy of a received record's headers |
+//!
+//! Each service keeps its own settings (the agent's producer tuning, the consumer's group
+//! settings) and its own error type; this crate has the pieces whose rules are the same for
+//! both, so they are written once.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod errors;
+pub mod records;
+pub mod topics;
+pub mod txn;
+
+pub use config::{client_config, set_transactional, RECONNECT_BACKOFF_MAX_MS};
+pub use errors::{fenced_code, is_fatal, FENCED};
+pub use records::owned_headers;
+pub use topics::{admin_options, create_topics, partition_count, TopicError};
+pub use txn::TxnProducer;
