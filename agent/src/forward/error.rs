@@ -99,13 +99,6 @@ impl From<Truncated> for BadMarker {
 
 redb_errors_into!(ForwardError);
 
-/// Codes that mean another producer took our transactional id.
-const FENCED: [RDKafkaErrorCode; 3] = [
-    RDKafkaErrorCode::Fenced,
-    RDKafkaErrorCode::ProducerFenced,
-    RDKafkaErrorCode::InvalidProducerEpoch,
-];
-
 /// Wraps a Kafka error with what was being done (for `map_err`).
 pub fn kafka(during: &'static str) -> impl Fn(KafkaError) -> ForwardError {
     move |source| ForwardError::Kafka { during, source }
@@ -141,17 +134,13 @@ impl ForwardError {
 
     /// Whether this says another producer fenced ours.
     pub fn is_fenced_code(code: RDKafkaErrorCode) -> bool {
-        FENCED.contains(&code)
+        edge_kafka::FENCED.contains(&code)
     }
 }
 
-/// The fencing code inside a Kafka error, if librdkafka says it is fatal.
-pub fn fenced_code(error: &KafkaError) -> Option<RDKafkaErrorCode> {
-    match error {
-        KafkaError::Transaction(e) if e.is_fatal() && FENCED.contains(&e.code()) => Some(e.code()),
-        _ => None,
-    }
-}
+/// The fencing code inside a Kafka error, if librdkafka says it is fatal (one rule for both
+/// services: [`edge_kafka::fenced_code`]).
+pub use edge_kafka::fenced_code;
 
 /// Whether a failed transactional call left a transaction that must be aborted before the
 /// producer can be used again.
