@@ -1,4 +1,4 @@
-//! `edge-consumer`: finishes the gateways' partial aggregates (see `DESIGN.md` section 6).
+//! `edge-consumer`: finishes the gateways' partial aggregates (see `docs/DESIGN.md` section 6).
 //!
 //! # Map
 //!

@@ -42,7 +42,7 @@
 //!
 //! - A source never stops another: a task that cannot start logs and ends; the others run.
 //! - A source acks (PUBACK, link `Ack`) only from its submission's ack, which the ingest writer
-//!   runs after the commit that made it durable (DESIGN.md guarantee 1).
+//!   runs after the commit that made it durable (`docs/DESIGN.md` section 2, guarantee 1).
 //! - A source's counters are created on first use and kept by name across reloads; a reload
 //!   forgets the sources its configuration no longer lists ([`Registry::retain`]).
 
