@@ -49,7 +49,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use edge_kafka::TxnProducer;
 use edge_protocol::contract::header;
@@ -234,10 +234,9 @@ fn add_counters(a: Counters, b: Counters) -> Counters {
     }
 }
 
+/// The wall clock in the merge's signed unit (event times are `i64` ms).
 fn wall_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+    i64::try_from(crate::telemetry::unix_ms()).unwrap_or(i64::MAX)
 }
 
 struct Session<'a> {
