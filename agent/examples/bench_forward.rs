@@ -24,7 +24,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use edge_agent::config::Config;
 use edge_agent::forward::{ForwardMetrics, Forwarder};
 use edge_agent::outbox::{self, OutboxRecord, RecordKind};
+use edge_bench::line::Family;
 use tokio_util::sync::CancellationToken;
+
+/// This program's `BENCH` lines for the suite runner (`edge-bench`).
+const FIGURES: Family = Family("forward_drain");
 
 fn arg(i: usize, default: u64) -> u64 {
     std::env::args()
@@ -213,38 +217,26 @@ progress = "{id}.progress"
     );
     let params =
         format!("{records} records x 100 B, batch {batch}, {partitions} partition(s), zstd");
-    bench_line("drain", records as f64 / total, "records/s", &params);
-    bench_line(
+    FIGURES.print("drain", records as f64 / total, "records/s", &params);
+    FIGURES.print(
         "drain_after_first_commit",
         records as f64 / steady.max(1e-9),
         "records/s",
         &params,
     );
-    bench_line(
+    FIGURES.print(
         "transaction_mean",
         sum_us as f64 / commits.max(1) as f64 / 1000.0,
         "ms",
         &params,
     );
-    bench_line("transaction_max", max_us as f64 / 1000.0, "ms", &params);
-    bench_line("cpu", cpu / total * 100.0, "% of one core", &params);
-    bench_line(
+    FIGURES.print("transaction_max", max_us as f64 / 1000.0, "ms", &params);
+    FIGURES.print("cpu", cpu / total * 100.0, "% of one core", &params);
+    FIGURES.print(
         "rss_max",
         rss_max.load(Ordering::Relaxed) as f64 / 1024.0,
         "MiB",
         &params,
     );
     Ok(())
-}
-
-/// One machine-readable figure for the suite runner (`edge-bench`).
-fn bench_line(metric: &str, value: f64, unit: &str, params: &str) {
-    let line = serde_json::json!({
-        "bench": "forward_drain",
-        "metric": metric,
-        "value": value,
-        "unit": unit,
-        "params": params,
-    });
-    println!("BENCH {line}");
 }

@@ -22,12 +22,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use edge_agent::config::Config;
+use edge_bench::line::Family;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use rumqttc::{AsyncClient, MqttOptions, QoS};
 use tokio_util::sync::CancellationToken;
+
+/// This program's `BENCH` lines for the suite runner (`edge-bench`).
+const FIGURES: Family = Family("latency");
 
 fn unix_ms() -> u64 {
     SystemTime::now()
@@ -218,31 +222,19 @@ progress = "{id}.progress"
         anyhow::bail!("no record read back from {topic} after the warm-up");
     }
     let params = format!("{rate} readings/s for {seconds} s, pass-through");
-    bench_line("p50", pct(0.50) as f64, "ms", &params);
-    bench_line("p99", pct(0.99) as f64, "ms", &params);
-    bench_line(
+    FIGURES.print("p50", pct(0.50) as f64, "ms", &params);
+    FIGURES.print("p99", pct(0.99) as f64, "ms", &params);
+    FIGURES.print(
         "max",
         lat.last().copied().unwrap_or(0) as f64,
         "ms",
         &params,
     );
-    bench_line(
+    FIGURES.print(
         "read_back_of_published",
         100.0 * raw.len() as f64 / published.max(1) as f64,
         "%",
         &params,
     );
     Ok(())
-}
-
-/// One machine-readable figure for the suite runner (`edge-bench`).
-fn bench_line(metric: &str, value: f64, unit: &str, params: &str) {
-    let line = serde_json::json!({
-        "bench": "latency",
-        "metric": metric,
-        "value": value,
-        "unit": unit,
-        "params": params,
-    });
-    println!("BENCH {line}");
 }

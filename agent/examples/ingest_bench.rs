@@ -33,9 +33,13 @@ use edge_agent::config::{Config, OnFull};
 use edge_agent::ingest::writer::{BatchLimits, Writer};
 use edge_agent::ingest::{Counters, Dedupe, IngestLog, Limits, Submission};
 use edge_agent::reading::Reading;
+use edge_bench::line::Family;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+
+/// This program's `BENCH` lines for the suite runner (`edge-bench`).
+const FIGURES: Family = Family("ingest");
 
 #[tokio::main]
 async fn main() {
@@ -154,32 +158,20 @@ async fn writer_only(n: u64, linger_ms: u64) {
     );
     let params = format!("{n} readings, 4 producers, batch 1000, linger {linger_ms} ms");
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    bench_line(
+    FIGURES.print(
         "writer_durable",
         n as f64 / elapsed.as_secs_f64(),
         "readings/s",
         &params,
     );
-    bench_line("writer_ack_p50", ms(pct(0.5)), "ms", &params);
-    bench_line("writer_ack_p99", ms(pct(0.99)), "ms", &params);
-    bench_line(
+    FIGURES.print("writer_ack_p50", ms(pct(0.5)), "ms", &params);
+    FIGURES.print("writer_ack_p99", ms(pct(0.99)), "ms", &params);
+    FIGURES.print(
         "writer_disk_per_reading",
         size as f64 / n as f64,
         "B",
         &params,
     );
-}
-
-/// One machine-readable figure for the suite runner (`edge-bench`).
-fn bench_line(metric: &str, value: f64, unit: &str, params: &str) {
-    let line = serde_json::json!({
-        "bench": "ingest",
-        "metric": metric,
-        "value": value,
-        "unit": unit,
-        "params": params,
-    });
-    println!("BENCH {line}");
 }
 
 fn options(url: &str, id: &str) -> MqttOptions {
@@ -295,9 +287,9 @@ id = "{{dev}}"
     println!("  bare rumqttc subscriber (ack on receipt): {bare:.0} msg/s");
     println!("  edge-agent (parse, map, commit with fsync, then ack): {durable:.0} readings/s = {:.2} of bare", durable / bare);
     let params = format!("{n} QoS 1 messages queued");
-    bench_line("mqtt_bare_subscriber", bare, "msg/s", &params);
-    bench_line("mqtt_agent", durable, "readings/s", &params);
-    bench_line("mqtt_agent_of_bare", durable / bare, "ratio", &params);
+    FIGURES.print("mqtt_bare_subscriber", bare, "msg/s", &params);
+    FIGURES.print("mqtt_agent", durable, "readings/s", &params);
+    FIGURES.print("mqtt_agent_of_bare", durable / bare, "ratio", &params);
 }
 
 /// The agent binary as a child under a steady MQTT load; prints its peak RSS.
@@ -401,9 +393,9 @@ id = "{{sensor}}"
         stats.accepted
     );
     let params = format!("{rate}/s from 1000 sensors for {secs} s");
-    bench_line("steady_peak_rss", peak_kib as f64 / 1024.0, "MiB", &params);
-    bench_line("steady_offered", offered, "readings/s", &params);
-    bench_line(
+    FIGURES.print("steady_peak_rss", peak_kib as f64 / 1024.0, "MiB", &params);
+    FIGURES.print("steady_offered", offered, "readings/s", &params);
+    FIGURES.print(
         "steady_committed_of_sent",
         100.0 * stats.accepted as f64 / sent.max(1) as f64,
         "%",

@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use edge_bench::line::Family;
 use edge_consumer::config::Config;
 use edge_consumer::merge::{PartitionState, Settings};
 use edge_consumer::run::{run, Metrics};
@@ -28,6 +29,9 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+
+/// This program's `BENCH` lines for the suite runner (`edge-bench`).
+const FIGURES: Family = Family("consumer");
 
 fn partial(agent: &str, series: &str, start: i64, size: i64, seed: u64) -> Partial {
     let mut aggregate = Aggregate::new();
@@ -91,24 +95,12 @@ fn memory_per_open_window() {
         after.saturating_sub(before),
         after.saturating_sub(before) as f64 * 1024.0 / n as f64
     );
-    bench_line(
+    FIGURES.print(
         "memory_per_open_window",
         after.saturating_sub(before) as f64 * 1024.0 / n as f64,
         "B of RSS",
         &format!("{n} open windows"),
     );
-}
-
-/// One machine-readable figure for the suite runner (`edge-bench`).
-fn bench_line(metric: &str, value: f64, unit: &str, params: &str) {
-    let line = serde_json::json!({
-        "bench": "consumer",
-        "metric": metric,
-        "value": value,
-        "unit": unit,
-        "params": params,
-    });
-    println!("BENCH {line}");
 }
 
 fn main() {
@@ -262,9 +254,9 @@ batch_max_ms = 200
     let params = format!(
         "{total} partials ({series} series x {windows} windows x 3 gateways), {partitions} partitions"
     );
-    bench_line("merged", total as f64 / busy, "partials/s", &params);
-    bench_line("finalized", finals as f64 / busy, "finals/s", &params);
-    bench_line(
+    FIGURES.print("merged", total as f64 / busy, "partials/s", &params);
+    FIGURES.print("finalized", finals as f64 / busy, "finals/s", &params);
+    FIGURES.print(
         "transaction",
         busy * 1000.0 / txns.max(1) as f64,
         "ms",
