@@ -8,6 +8,7 @@
 
 pub mod bins;
 pub mod cluster;
+pub mod http;
 pub mod kafka;
 pub mod mqtt;
 pub mod services;

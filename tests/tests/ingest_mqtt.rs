@@ -14,17 +14,10 @@ use std::time::{Duration, Instant};
 use edge_agent::config::Config;
 use edge_agent::ingest::{Counters, Dedupe, IngestLog, Submission};
 use edge_agent::reading::Reading;
+use edge_tests::mqtt::{count_pubacks, unique};
 use edge_tests::Services;
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, Transport};
+use rumqttc::{AsyncClient, MqttOptions, QoS, Transport};
 use tokio_util::sync::CancellationToken;
-
-/// A name no other run shares, for client ids and topics.
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    format!("{prefix}-{}-{nanos}", std::process::id())
-}
 
 struct Setup {
     dir: tempfile::TempDir,
@@ -95,28 +88,8 @@ fn options(client_id: &str, url: &str, ca: Option<&Path>) -> MqttOptions {
 /// Creates the agent's persistent session (same client id, `clean_session = false`) with its
 /// subscription, so the broker queues everything published from now on for the agent.
 async fn create_session(setup: &Setup, url: &str, ca: Option<&Path>) {
-    let mut opts = options(&setup.client_id, url, ca);
-    opts.set_clean_session(false);
-    let (client, mut eventloop) = AsyncClient::new(opts, 10);
-    client
-        .subscribe(format!("{}/+/v", setup.root), QoS::AtLeastOnce)
-        .await
-        .expect("subscribe queued");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        assert!(Instant::now() < deadline, "no SUBACK within 10 s");
-        match tokio::time::timeout(Duration::from_secs(10), eventloop.poll()).await {
-            Ok(Ok(Event::Incoming(Packet::SubAck(_)))) => break,
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => panic!("session set-up failed: {e}"),
-            Err(_) => panic!("no SUBACK within 10 s"),
-        }
-    }
-    client.disconnect().await.expect("disconnect queued");
-    let _ = tokio::time::timeout(Duration::from_secs(2), async {
-        while eventloop.poll().await.is_ok() {}
-    })
-    .await;
+    let opts = options(&setup.client_id, url, ca);
+    edge_tests::mqtt::create_session(opts, &format!("{}/+/v", setup.root)).await;
 }
 
 /// The message for reading `i`: device `d{i % devices}`, timestamp `BASE_TS + i`, value `i`.
@@ -140,20 +113,8 @@ async fn publish(
     extra: &[&str],
     pace: Duration,
 ) -> u64 {
-    let (client, mut eventloop) = AsyncClient::new(options(&unique("pub"), url, ca), 1000);
-    let total = n + extra.len() as u64;
-    let acks = tokio::spawn(async move {
-        let mut acked = 0;
-        while acked < total {
-            match tokio::time::timeout(Duration::from_secs(30), eventloop.poll()).await {
-                Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => acked += 1,
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => panic!("publisher connection failed: {e}"),
-                Err(_) => panic!("publisher: no progress for 30 s ({acked}/{total} acked)"),
-            }
-        }
-        acked
-    });
+    let (client, eventloop) = AsyncClient::new(options(&unique("pub"), url, ca), 1000);
+    let acks = count_pubacks(eventloop, n + extra.len() as u64);
     for i in 0..n {
         let (topic, body) = message(root, i);
         client

@@ -4,14 +4,13 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use edge_tests::kafka::{read_committed, unique_topic};
-use rumqttc::{AsyncClient, Event, Packet, QoS};
+use rumqttc::{AsyncClient, QoS};
 
 pub struct Setup {
     pub dir: tempfile::TempDir,
@@ -25,11 +24,7 @@ pub struct Setup {
     pub metrics: SocketAddr,
 }
 
-/// A loopback port nobody listens on now.
-pub fn free_port() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind :0");
-    l.local_addr().expect("local addr")
-}
+pub use edge_tests::http::free_port;
 
 impl Setup {
     pub fn new(mqtt_url: &str, bootstrap: &str) -> Setup {
@@ -192,21 +187,7 @@ progress = "{topic}.progress"
     }
 }
 
-/// A tiny blocking HTTP/1.1 GET.
-pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    let (head, body) = text.split_once("\r\n\r\n")?;
-    let status = head.split(' ').nth(1)?.parse().ok()?;
-    Some((status, body.to_owned()))
-}
+pub use edge_tests::http::get as http_get;
 
 /// An `edge-agent` process, SIGKILLed when dropped (so a failing test leaves none behind).
 pub struct Proc {
@@ -296,23 +277,11 @@ pub const TS0: u64 = 1_700_000_000_000;
 /// [`publish`] in bursts of `burst` messages, `pause` apart: small bursts make a stream with
 /// no quiet gap for a signal to fall into.
 pub async fn publish_paced(setup: &Setup, from: u64, to: u64, burst: u64, pause: Duration) -> u64 {
-    let (client, mut eventloop) = AsyncClient::new(
+    let (client, eventloop) = AsyncClient::new(
         edge_tests::mqtt::options(&unique_topic("ops-pub"), &setup.url),
         1000,
     );
-    let total = to - from;
-    let acks = tokio::spawn(async move {
-        let mut acked = 0;
-        while acked < total {
-            match tokio::time::timeout(Duration::from_secs(30), eventloop.poll()).await {
-                Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => acked += 1,
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => panic!("publisher connection failed: {e}"),
-                Err(_) => panic!("publisher: no progress for 30 s ({acked}/{total} acked)"),
-            }
-        }
-        acked
-    });
+    let acks = edge_tests::mqtt::count_pubacks(eventloop, to - from);
     for i in from..to {
         let topic = format!("{}/d{}/v", setup.root, i % 4);
         let body = format!(r#"{{"v":{i},"ts":{}}}"#, TS0 + i);

@@ -12,15 +12,9 @@ use edge_agent::ingest::IngestLog;
 use edge_agent::outbox::{self, OutboxRecord, RecordKind};
 use edge_protocol::aggregate::Aggregate;
 use edge_protocol::partial::Partial;
-use rumqttc::{AsyncClient, Event, Packet, QoS};
+use rumqttc::{AsyncClient, QoS};
 
-/// A name no other run shares, for client ids and topics.
-pub fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    format!("{prefix}-{}-{nanos}", std::process::id())
-}
+pub use edge_tests::mqtt::unique;
 
 pub struct Setup {
     pub dir: tempfile::TempDir,
@@ -94,21 +88,9 @@ pub struct Msg {
 
 /// Publishes `msgs` at QoS 1, pausing `pace` every 100; returns the broker's PUBACK count.
 pub async fn publish(setup: &Setup, msgs: Vec<Msg>, pace: Duration) -> u64 {
-    let (client, mut eventloop) =
+    let (client, eventloop) =
         AsyncClient::new(edge_tests::mqtt::options(&unique("pub"), &setup.url), 1000);
-    let total = msgs.len() as u64;
-    let acks = tokio::spawn(async move {
-        let mut acked = 0;
-        while acked < total {
-            match tokio::time::timeout(Duration::from_secs(30), eventloop.poll()).await {
-                Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => acked += 1,
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => panic!("publisher connection failed: {e}"),
-                Err(_) => panic!("publisher: no progress for 30 s ({acked}/{total} acked)"),
-            }
-        }
-        acked
-    });
+    let acks = edge_tests::mqtt::count_pubacks(eventloop, msgs.len() as u64);
     for (i, m) in msgs.iter().enumerate() {
         let topic = format!("{}/d{}/v", setup.root, m.dev);
         let body = format!(r#"{{"v":{},"ts":{}}}"#, m.value, m.ts);
