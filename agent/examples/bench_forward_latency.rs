@@ -21,8 +21,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use edge_agent::clock::unix_ms;
 use edge_agent::config::Config;
 use edge_bench::line::Family;
+use edge_bench::program::{arg, client_settings_from_env};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
@@ -32,19 +34,6 @@ use tokio_util::sync::CancellationToken;
 
 /// This program's `BENCH` lines for the suite runner (`edge-bench`).
 const FIGURES: Family = Family("latency");
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
-fn arg(i: usize, default: u64) -> u64 {
-    std::env::args()
-        .nth(i)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(default)
-}
 
 const SENSORS: u64 = 1000;
 const WARM_UP_MS: u64 = 2000;
@@ -61,12 +50,7 @@ fn main() -> anyhow::Result<()> {
         .ok_or_else(|| anyhow::anyhow!("MQTT_URL needs a port"))?;
     let port: u16 = port.parse()?;
     // Extra librdkafka settings for experiments: BENCH_CLIENT="key=value,key=value".
-    let client: String = std::env::var("BENCH_CLIENT")
-        .unwrap_or_default()
-        .split(',')
-        .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| format!("{k:?} = {v:?}\n"))
-        .collect();
+    let client = client_settings_from_env();
     let dir = tempfile::tempdir()?;
     let nanos = SystemTime::now().duration_since(UNIX_EPOCH)?.as_nanos();
     let id = format!("latency-{nanos}");

@@ -32,19 +32,13 @@ use edge_agent::reading::Reading;
 use edge_agent::stage::{reading_json, Stage};
 use edge_agent::window::{Grouping, LatePolicy, Output, WindowSpec, Windows};
 use edge_bench::line::Family;
+use edge_bench::program::arg;
 use edge_protocol::aggregate::Aggregate;
 
 /// This program's `BENCH` lines for the suite runner (`edge-bench`).
 const FIGURES: Family = Family("window");
 
 const T0: u64 = 1_700_000_000_000;
-
-fn arg(i: usize, default: u64) -> u64 {
-    std::env::args()
-        .nth(i)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(default)
-}
 
 /// Reading `k` of the stream: sensors round-robin, event time advancing 1/hz s per round,
 /// values spread over two decades so the sketch uses many bins.

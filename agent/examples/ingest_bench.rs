@@ -34,6 +34,7 @@ use edge_agent::ingest::writer::{BatchLimits, Writer};
 use edge_agent::ingest::{Counters, Dedupe, IngestLog, Limits, Submission};
 use edge_agent::reading::Reading;
 use edge_bench::line::Family;
+use edge_bench::program::{status_kib, Process};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -368,12 +369,12 @@ id = "{{sensor}}"
             sent += 1;
         }
         if sent % (rate / 2).max(1) < per_tick {
-            peak_kib = peak_kib.max(vm_hwm_kib(child.id()));
+            peak_kib = peak_kib.max(status_kib(Process::Pid(child.id()), "VmHWM:"));
         }
     }
     let offered = sent as f64 / started.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs(3)).await;
-    peak_kib = peak_kib.max(vm_hwm_kib(child.id()));
+    peak_kib = peak_kib.max(status_kib(Process::Pid(child.id()), "VmHWM:"));
     let _ = std::process::Command::new("kill")
         .arg("-TERM")
         .arg(child.id().to_string())
@@ -401,15 +402,4 @@ id = "{{sensor}}"
         "%",
         &params,
     );
-}
-
-fn vm_hwm_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        })
-        .unwrap_or(0)
 }

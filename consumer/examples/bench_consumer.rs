@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use edge_bench::line::Family;
+use edge_bench::program::{status_kib, Process};
 use edge_consumer::config::Config;
 use edge_consumer::merge::{PartitionState, Settings};
 use edge_consumer::run::{run, Metrics};
@@ -50,17 +51,6 @@ fn partial(agent: &str, series: &str, start: i64, size: i64, seed: u64) -> Parti
     }
 }
 
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        })
-        .unwrap_or(0)
-}
-
 fn memory_per_open_window() {
     let settings = Settings {
         rollup_ms: None,
@@ -78,7 +68,7 @@ fn memory_per_open_window() {
     hold.watermark_ms = 0;
     let _ = state.apply("all", &hold, 0);
     let n = 100_000;
-    let before = rss_kib();
+    let before = status_kib(Process::This, "VmRSS:");
     for i in 0..n {
         let mut p = partial("gw", "series.name.0001", i * 10_000, 10_000, i as u64);
         p.watermark_ms = 0;
@@ -88,7 +78,7 @@ fn memory_per_open_window() {
         }
     }
     let _ = state.take_changes();
-    let after = rss_kib();
+    let after = status_kib(Process::This, "VmRSS:");
     println!(
         "memory: {} open windows (4 readings each, group key of 3 bytes): RSS +{} KiB = {:.0} bytes per open window",
         state.open_windows(),
