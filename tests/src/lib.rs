@@ -7,10 +7,12 @@
 #![forbid(unsafe_code)]
 
 pub mod bins;
+pub mod check;
 pub mod cluster;
 pub mod http;
 pub mod kafka;
 pub mod mqtt;
+pub mod schedule;
 pub mod services;
 
 pub use services::Services;

@@ -4,6 +4,8 @@
 //!
 //! Every test counts: each published reading must be in the redb ingest log exactly once.
 
+mod ingest_support;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
@@ -15,7 +17,9 @@ use edge_agent::config::Config;
 use edge_agent::ingest::{Counters, Dedupe, IngestLog, Submission};
 use edge_agent::reading::Reading;
 use edge_tests::mqtt::{count_pubacks, unique};
+use edge_tests::schedule::next;
 use edge_tests::Services;
+use ingest_support::{each_reading, open_log};
 use rumqttc::{AsyncClient, MqttOptions, QoS, Transport};
 use tokio_util::sync::CancellationToken;
 
@@ -139,19 +143,11 @@ async fn publish(
 
 /// Reads the whole log (in bounded batches) and returns (sensor, ts) -> copies.
 fn log_contents(setup: &Setup) -> (BTreeMap<(String, u64), u64>, edge_agent::ingest::Stats) {
-    let config = Config::load(&setup.config_path).expect("config");
-    let log = IngestLog::open(&config.ingest_path(), edge_agent::service::limits(&config))
-        .expect("open log");
+    let log = open_log(&setup.config_path);
     let mut copies = BTreeMap::new();
-    let mut from = 0;
-    loop {
-        let batch = log.readings_from(from, 1000).expect("read log");
-        let Some((last, _)) = batch.last() else { break };
-        from = last + 1;
-        for (_, r) in batch {
-            *copies.entry((r.sensor, r.ts_ms)).or_insert(0) += 1;
-        }
-    }
+    each_reading(&log, |r| {
+        *copies.entry((r.sensor, r.ts_ms)).or_insert(0) += 1
+    });
     (copies, log.stats().expect("stats"))
 }
 
@@ -402,14 +398,6 @@ fn spawn_agent(bin: &Path, setup: &Setup) -> Child {
         .expect("spawn edge-agent")
 }
 
-/// A tiny deterministic PRNG (xorshift) for kill moments; the seed is printed.
-fn next(state: &mut u64) -> u64 {
-    *state ^= *state << 13;
-    *state ^= *state >> 7;
-    *state ^= *state << 17;
-    *state
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_killed_with_sigkill_mid_stream_loses_and_duplicates_nothing() {
     const N: u64 = 50_000;
@@ -425,10 +413,7 @@ async fn agent_killed_with_sigkill_mid_stream_loses_and_duplicates_nothing() {
             async move { publish(&url, None, &root, N, &[], Duration::from_millis(75)).await },
         );
 
-    let mut seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(1, |d| d.as_nanos() as u64)
-        | 1;
+    let mut seed = edge_tests::schedule::seed();
     println!("kill schedule seed: {seed}");
     for kill in 0..KILLS {
         let mut agent = spawn_agent(&bin, &setup);

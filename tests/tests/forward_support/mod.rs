@@ -14,6 +14,7 @@ use edge_agent::config::{Config, KafkaSection};
 use edge_agent::forward::progress::{self, Marker};
 use edge_agent::forward::{producer, ForwardError, ForwardMetrics, Forwarder};
 use edge_agent::outbox::{self, OutboxRecord, RecordKind};
+use edge_tests::check::assert_none;
 use edge_tests::kafka::{kcat_count_committed, read_committed, unique_topic};
 use redb::Database;
 use tokio_util::sync::CancellationToken;
@@ -197,6 +198,18 @@ pub struct Running {
 }
 
 impl Running {
+    /// Prints how long the drain took since `started` and how many session errors were retried.
+    pub fn report_drained(&self, started: Instant) {
+        let errors = self
+            .metrics
+            .session_errors
+            .load(std::sync::atomic::Ordering::Relaxed);
+        println!(
+            "drained after {:?}; {errors} session errors retried",
+            started.elapsed()
+        );
+    }
+
     pub fn committed(&self) -> u64 {
         self.metrics
             .last_committed_seq
@@ -330,21 +343,9 @@ pub fn account(bootstrap: &str, topic: &str, agent: &str, n: u64) {
         twice.len(),
         extra.len()
     );
-    assert!(
-        missing.is_empty(),
-        "missing seqs (first 20): {:?}",
-        &missing[..missing.len().min(20)]
-    );
-    assert!(
-        twice.is_empty(),
-        "seqs more than once (first 20): {:?}",
-        &twice[..twice.len().min(20)]
-    );
-    assert!(
-        extra.is_empty(),
-        "unexpected seqs: {:?}",
-        &extra[..extra.len().min(20)]
-    );
+    assert_none("missing seqs", &missing);
+    assert_none("seqs more than once", &twice);
+    assert_none("unexpected seqs", &extra);
     assert_eq!(records.len() as u64, n);
     let kcat = kcat_count_committed(bootstrap, topic).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(kcat as u64, n, "kcat (read_committed) counts the same");
@@ -364,18 +365,6 @@ pub fn terminate(child: &Child) {
     assert!(status.success(), "kill -TERM {}", child.id());
 }
 
-/// A tiny deterministic PRNG (xorshift) for fault schedules; print the seed.
-pub fn next(state: &mut u64) -> u64 {
-    *state ^= *state << 13;
-    *state ^= *state >> 7;
-    *state ^= *state << 17;
-    *state
-}
-
-/// A seed from the clock (odd, never zero).
-pub fn seed() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(1, |d| d.as_nanos() as u64)
-        | 1
-}
+/// Fault schedules: a clock seed (print it) and the xorshift draws.
+#[allow(unused_imports)] // not every suite that includes this module uses it
+pub use edge_tests::schedule::{next, seed};

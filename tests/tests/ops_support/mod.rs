@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use edge_tests::check::assert_none;
 use edge_tests::kafka::{read_committed, unique_topic};
 use rumqttc::{AsyncClient, QoS};
 
@@ -24,6 +25,7 @@ pub struct Setup {
     pub metrics: SocketAddr,
 }
 
+#[allow(unused_imports)] // not every suite that includes this module uses it
 pub use edge_tests::http::free_port;
 
 impl Setup {
@@ -187,6 +189,7 @@ progress = "{topic}.progress"
     }
 }
 
+#[allow(unused_imports)] // not every suite that includes this module uses it
 pub use edge_tests::http::get as http_get;
 
 /// An `edge-agent` process, SIGKILLed when dropped (so a failing test leaves none behind).
@@ -257,6 +260,17 @@ impl Drop for Proc {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// How most ops tests begin: the `edge-agent` binary, a setup on the test brokers with the
+/// agent's MQTT session created, and the agent spawned and ready (`/readyz` 200 within 30 s).
+pub async fn ready_agent(services: &edge_tests::Services) -> (PathBuf, Setup, Proc) {
+    let bin = agent_binary();
+    let setup = Setup::new(&services.mqtt_url, &services.kafka_bootstrap);
+    create_session(&setup).await;
+    let mut agent = setup.spawn(&bin);
+    setup.wait_ready(&mut agent, Duration::from_secs(30));
+    (bin, setup, agent)
 }
 
 /// Creates the agent's persistent session, so the broker queues everything from now on.
@@ -362,16 +376,8 @@ pub fn account_delivered(
     for v in twice.iter().take(5) {
         println!("value {v}: sensors {:?}", seen[v]);
     }
-    assert!(
-        missing.is_empty(),
-        "missing values (first 20): {:?}",
-        &missing[..missing.len().min(20)]
-    );
-    assert!(
-        same_id.is_empty(),
-        "values more than once under one id (first 20): {:?}",
-        &same_id[..same_id.len().min(20)]
-    );
+    assert_none("missing values", &missing);
+    assert_none("values more than once under one id", &same_id);
     assert!(
         twice.len() <= remapped,
         "values twice (first 20): {:?}",

@@ -14,6 +14,7 @@ use edge_protocol::aggregate::Aggregate;
 use edge_protocol::partial::Partial;
 use rumqttc::{AsyncClient, QoS};
 
+#[allow(unused_imports)] // not every suite that includes this module uses it
 pub use edge_tests::mqtt::unique;
 
 pub struct Setup {
@@ -22,6 +23,20 @@ pub struct Setup {
     pub client_id: String,
     pub root: String,
     pub url: String,
+}
+
+impl Setup {
+    /// A copy to move into a task (a publisher): the same paths and names, with an empty
+    /// temporary directory of its own (the original keeps the agent's data).
+    pub fn copy_for_task(&self) -> Setup {
+        Setup {
+            dir: tempfile::tempdir().expect("tempdir"),
+            config_path: self.config_path.clone(),
+            client_id: self.client_id.clone(),
+            root: self.root.clone(),
+            url: self.url.clone(),
+        }
+    }
 }
 
 /// One MQTT source on `<root>/+/v` (JSON `{"v":..,"ts":..}`), sensor id = the device level,
@@ -211,10 +226,5 @@ pub async fn run_until(
     }
 }
 
-/// A tiny deterministic PRNG (xorshift).
-pub fn next(state: &mut u64) -> u64 {
-    *state ^= *state << 13;
-    *state ^= *state >> 7;
-    *state ^= *state << 17;
-    *state
-}
+#[allow(unused_imports)] // not every suite that includes this module uses it
+pub use edge_tests::schedule::next;
