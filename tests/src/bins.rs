@@ -1,9 +1,11 @@
 //! The workspace's binaries under test (`edge-agent`, `edge-consumer`, `firmware-sim`), built
 //! on demand into the test's own target directory and profile, so a suite always runs the real
-//! binary of the code it was compiled with.
+//! binary of the code it was compiled with, and `edge-agent run` spawned the ways the suites
+//! spawn it.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 
 /// `target/<profile>/<bin>` of workspace package `package`, built (quietly) if needed.
 pub fn workspace_binary(package: &str, bin: &str) -> PathBuf {
@@ -28,4 +30,43 @@ pub fn workspace_binary(package: &str, bin: &str) -> PathBuf {
     let path = profile_dir.join(bin);
     assert!(path.exists(), "{} missing after the build", path.display());
     path
+}
+
+/// Spawns `<bin> run --config <config>` with `RUST_LOG=warn`, its output inherited.
+pub fn spawn_agent(bin: &Path, config: &Path) -> Child {
+    Command::new(bin)
+        .args(["run", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .expect("spawn edge-agent")
+}
+
+/// Spawns `<bin> run --config <config>` with its stderr in a new file `agent-<n>.stderr` in
+/// `dir` (read it after the process ended) and `RUST_LOG` from `EDGE_AGENT_LOG`, else `log`;
+/// `env` adds variables. Returns the child and its stderr file.
+pub fn spawn_agent_logged(
+    bin: &Path,
+    config: &Path,
+    dir: &Path,
+    log: &str,
+    env: &[(&str, &str)],
+) -> (Child, PathBuf) {
+    static RUNS: AtomicU32 = AtomicU32::new(0);
+    let n = RUNS.fetch_add(1, Ordering::Relaxed);
+    let path = dir.join(format!("agent-{n}.stderr"));
+    let file = std::fs::File::create(&path).expect("stderr file");
+    let child = Command::new(bin)
+        .args(["run", "--config"])
+        .arg(config)
+        .env(
+            "RUST_LOG",
+            std::env::var("EDGE_AGENT_LOG").unwrap_or_else(|_| log.to_owned()),
+        )
+        .envs(env.iter().copied())
+        .stderr(Stdio::from(file))
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn edge-agent");
+    (child, path)
 }

@@ -17,7 +17,6 @@ use edge_agent::config::Config;
 use edge_agent::ingest::{Counters, Dedupe, IngestLog, Submission};
 use edge_agent::reading::Reading;
 use edge_tests::mqtt::{count_pubacks, unique};
-use edge_tests::schedule::next;
 use edge_tests::Services;
 use ingest_support::{each_reading, open_log};
 use rumqttc::{AsyncClient, MqttOptions, QoS, Transport};
@@ -390,12 +389,7 @@ fn agent_binary() -> PathBuf {
 }
 
 fn spawn_agent(bin: &Path, setup: &Setup) -> Child {
-    Command::new(bin)
-        .args(["run", "--config"])
-        .arg(&setup.config_path)
-        .env("RUST_LOG", "warn")
-        .spawn()
-        .expect("spawn edge-agent")
+    edge_tests::bins::spawn_agent(bin, &setup.config_path)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -413,16 +407,7 @@ async fn agent_killed_with_sigkill_mid_stream_loses_and_duplicates_nothing() {
             async move { publish(&url, None, &root, N, &[], Duration::from_millis(75)).await },
         );
 
-    let mut seed = edge_tests::schedule::seed();
-    println!("kill schedule seed: {seed}");
-    for kill in 0..KILLS {
-        let mut agent = spawn_agent(&bin, &setup);
-        let alive_ms = 200 + next(&mut seed) % 1200;
-        tokio::time::sleep(Duration::from_millis(alive_ms)).await;
-        agent.kill().expect("SIGKILL the agent"); // Child::kill is SIGKILL on Unix
-        let status = agent.wait().expect("reap agent");
-        println!("kill {kill}: after {alive_ms} ms ({status})");
-    }
+    edge_tests::schedule::kill_repeatedly(KILLS, || spawn_agent(&bin, &setup)).await;
     assert_eq!(
         publisher.await.expect("publisher"),
         N,

@@ -11,20 +11,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use edge_tests::bins::spawn_agent;
 use ingest_support::{each_reading, open_log};
 
 /// `target/<profile>/<bin>` of workspace package `package`, built on demand.
 fn binary(package: &str, bin: &str) -> PathBuf {
     edge_tests::bins::workspace_binary(package, bin)
-}
-
-fn spawn_agent(bin: &Path, config: &Path) -> Child {
-    Command::new(bin)
-        .args(["run", "--config"])
-        .arg(config)
-        .env("RUST_LOG", "warn")
-        .spawn()
-        .expect("spawn edge-agent")
 }
 
 fn terminate(child: &mut Child) {

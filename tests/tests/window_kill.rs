@@ -83,16 +83,7 @@ async fn partials_are_the_same_with_and_without_sigkill_at_20_random_points() {
         let setup_ref = setup.copy_for_task();
         tokio::spawn(async move { publish(&setup_ref, msgs, Duration::from_millis(120)).await })
     };
-    let mut seed = edge_tests::schedule::seed();
-    println!("kill schedule seed: {seed}");
-    for kill in 0..KILLS {
-        let mut agent = spawn_agent(&bin, &setup);
-        let alive_ms = 200 + next(&mut seed) % 1200;
-        tokio::time::sleep(Duration::from_millis(alive_ms)).await;
-        agent.kill().expect("SIGKILL the agent");
-        let status = agent.wait().expect("reap agent");
-        println!("kill {kill}: after {alive_ms} ms ({status})");
-    }
+    edge_tests::schedule::kill_repeatedly(KILLS, || spawn_agent(&bin, &setup)).await;
     assert_eq!(publishing.await.expect("publisher"), N + DEVICES);
 
     let records = run_until(&bin, &setup, Duration::from_secs(120), |r| {

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -14,6 +14,7 @@ use edge_agent::config::{Config, KafkaSection};
 use edge_agent::forward::progress::{self, Marker};
 use edge_agent::forward::{producer, ForwardError, ForwardMetrics, Forwarder};
 use edge_agent::outbox::{self, OutboxRecord, RecordKind};
+use edge_tests::bins::spawn_agent_logged;
 use edge_tests::check::assert_none;
 use edge_tests::kafka::{kcat_count_committed, read_committed, unique_topic};
 use redb::Database;
@@ -151,21 +152,7 @@ progress = "{progress}"
     /// Spawns `edge-agent run` on this agent's configuration; its stderr goes to the returned
     /// file (read it after the process ended).
     pub fn spawn_binary(&self, bin: &Path) -> Proc {
-        static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let log = self.dir.path().join(format!("agent-{n}.stderr"));
-        let file = std::fs::File::create(&log).expect("stderr file");
-        let child = Command::new(bin)
-            .args(["run", "--config"])
-            .arg(&self.config_path)
-            .env(
-                "RUST_LOG",
-                std::env::var("EDGE_AGENT_LOG").unwrap_or_else(|_| "warn".to_owned()),
-            )
-            .stderr(Stdio::from(file))
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("spawn edge-agent");
+        let (child, log) = spawn_agent_logged(bin, &self.config_path, self.dir.path(), "warn", &[]);
         Proc { child, log }
     }
 }

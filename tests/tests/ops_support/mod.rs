@@ -6,9 +6,10 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
+use edge_tests::bins::spawn_agent_logged;
 use edge_tests::check::assert_none;
 use edge_tests::kafka::{read_committed, unique_topic};
 use rumqttc::{AsyncClient, QoS};
@@ -109,22 +110,7 @@ progress = "{topic}.progress"
 
     /// [`Setup::spawn`] with extra environment variables.
     pub fn spawn_with_env(&self, bin: &Path, env: &[(&str, &str)]) -> Proc {
-        static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let log = self.dir.path().join(format!("agent-{n}.stderr"));
-        let file = std::fs::File::create(&log).expect("stderr file");
-        let child = Command::new(bin)
-            .args(["run", "--config"])
-            .arg(&self.config_path)
-            .env(
-                "RUST_LOG",
-                std::env::var("EDGE_AGENT_LOG").unwrap_or_else(|_| "info".to_owned()),
-            )
-            .envs(env.iter().copied())
-            .stderr(Stdio::from(file))
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("spawn edge-agent");
+        let (child, log) = spawn_agent_logged(bin, &self.config_path, self.dir.path(), "info", env);
         Proc { child, log }
     }
 

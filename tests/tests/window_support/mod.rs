@@ -190,12 +190,7 @@ pub fn binary(package: &str, bin: &str) -> PathBuf {
 }
 
 pub fn spawn_agent(bin: &Path, setup: &Setup) -> Child {
-    Command::new(bin)
-        .args(["run", "--config"])
-        .arg(&setup.config_path)
-        .env("RUST_LOG", "warn")
-        .spawn()
-        .expect("spawn edge-agent")
+    edge_tests::bins::spawn_agent(bin, &setup.config_path)
 }
 
 /// Runs the agent for `secs`, then stops it with SIGTERM and waits for it.
