@@ -9,6 +9,7 @@
 pub mod bins;
 pub mod check;
 pub mod cluster;
+pub mod config;
 pub mod http;
 pub mod kafka;
 pub mod mqtt;

@@ -48,20 +48,9 @@ data_dir = {data_dir:?}
 batch_max_ms = 5
 {extra_buffer}
 
-[[mqtt]]
-name = "broker"
-url = "{url}"
-client_id = "{client_id}"
-keep_alive_s = 5
-{ca}payload = {{ format = "json", value = "/v", timestamp = "/ts" }}
-subscribe = [{{ topic = "{root}/+/v", qos = 1 }}]
-
-[[sensor]]
-source = "broker"
-topic = "{root}/{{dev}}/v"
-id = "{{dev}}"
-"#,
+{source}"#,
         data_dir = dir.path().display().to_string(),
+        source = edge_tests::config::mqtt_json_source(url, &client_id, &root, "{dev}", &ca),
     );
     let config_path = dir.path().join("agent.toml");
     std::fs::write(&config_path, text).expect("write config");

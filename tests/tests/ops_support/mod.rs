@@ -59,19 +59,7 @@ data_dir = {data_dir:?}
 metrics_listen = "{metrics}"
 shutdown_timeout_s = 20
 
-[[mqtt]]
-name = "broker"
-url = "{url}"
-client_id = "{client_id}"
-keep_alive_s = 5
-payload = {{ format = "json", value = "/v", timestamp = "/ts" }}
-subscribe = [{{ topic = "{root}/+/v", qos = 1 }}]
-
-[[sensor]]
-source = "broker"
-topic = "{root}/{{dev}}/v"
-id = "{id_template}"
-
+{source}
 [[pipeline]]
 name = "p"
 sensors = ["*"]
@@ -91,9 +79,13 @@ progress = "{topic}.progress"
             id = self.id,
             data_dir = self.dir.path().join("data").display().to_string(),
             metrics = self.metrics,
-            url = self.url,
-            client_id = self.client_id,
-            root = self.root,
+            source = edge_tests::config::mqtt_json_source(
+                &self.url,
+                &self.client_id,
+                &self.root,
+                id_template,
+                "",
+            ),
             bootstrap = self.bootstrap,
             topic = self.topic,
         );

@@ -54,19 +54,7 @@ data_dir = {data_dir:?}
 [buffer]
 batch_max_ms = 5
 
-[[mqtt]]
-name = "broker"
-url = "{url}"
-client_id = "{client_id}"
-keep_alive_s = 5
-payload = {{ format = "json", value = "/v", timestamp = "/ts" }}
-subscribe = [{{ topic = "{root}/+/v", qos = 1 }}]
-
-[[sensor]]
-source = "broker"
-topic = "{root}/{{dev}}/v"
-id = "{{dev}}"
-
+{source}
 [[pipeline]]
 name = "w"
 sensors = ["*"]
@@ -74,6 +62,7 @@ sensors = ["*"]
 {window}
 "#,
         data_dir = dir.path().display().to_string(),
+        source = edge_tests::config::mqtt_json_source(url, &client_id, &root, "{dev}", ""),
     );
     let config_path = dir.path().join("agent.toml");
     std::fs::write(&config_path, text).expect("write config");
