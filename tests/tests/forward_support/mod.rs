@@ -152,30 +152,11 @@ progress = "{progress}"
     /// Spawns `edge-agent run` on this agent's configuration; its stderr goes to the returned
     /// file (read it after the process ended).
     pub fn spawn_binary(&self, bin: &Path) -> Proc {
-        let (child, log) = spawn_agent_logged(bin, &self.config_path, self.dir.path(), "warn", &[]);
-        Proc { child, log }
+        spawn_agent_logged(bin, &self.config_path, self.dir.path(), "warn", &[])
     }
 }
 
-/// An `edge-agent` process, SIGKILLed when dropped (so a failing test leaves none behind).
-pub struct Proc {
-    pub child: Child,
-    /// Its stderr.
-    pub log: PathBuf,
-}
-
-impl Proc {
-    pub fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+pub use edge_tests::bins::AgentProc as Proc;
 
 /// A forwarder running in this process.
 pub struct Running {

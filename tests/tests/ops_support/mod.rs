@@ -6,7 +6,6 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use edge_tests::bins::spawn_agent_logged;
@@ -102,8 +101,7 @@ progress = "{topic}.progress"
 
     /// [`Setup::spawn`] with extra environment variables.
     pub fn spawn_with_env(&self, bin: &Path, env: &[(&str, &str)]) -> Proc {
-        let (child, log) = spawn_agent_logged(bin, &self.config_path, self.dir.path(), "info", env);
-        Proc { child, log }
+        spawn_agent_logged(bin, &self.config_path, self.dir.path(), "info", env)
     }
 
     /// `GET path` on the agent's metrics listener: (status, body); `None` while it does not
@@ -170,75 +168,8 @@ progress = "{topic}.progress"
 #[allow(unused_imports)] // not every suite that includes this module uses it
 pub use edge_tests::http::get as http_get;
 
-/// An `edge-agent` process, SIGKILLed when dropped (so a failing test leaves none behind).
-pub struct Proc {
-    pub child: Child,
-    pub log: PathBuf,
-}
-
-impl Proc {
-    pub fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    pub fn assert_alive(&mut self) {
-        if let Some(status) = self.child.try_wait().expect("poll agent") {
-            panic!("the agent exited ({status}):\n{}", self.stderr());
-        }
-    }
-
-    pub fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .args([format!("-{name}"), self.child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -{name}");
-    }
-
-    /// Waits for an exit already asked for (SIGTERM sent); asserts it was clean.
-    pub fn terminate_waited(&mut self, timeout: Duration) {
-        let t0 = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().expect("poll agent") {
-                assert!(status.success(), "clean stop: {status}\n{}", self.stderr());
-                return;
-            }
-            assert!(
-                t0.elapsed() < timeout,
-                "the agent did not stop within {timeout:?}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// SIGTERM, then waits for the exit; returns how long the drain took.
-    pub fn terminate(&mut self, timeout: Duration) -> Duration {
-        let t0 = Instant::now();
-        self.signal("TERM");
-        loop {
-            if let Some(status) = self.child.try_wait().expect("poll agent") {
-                assert!(
-                    status.success(),
-                    "SIGTERM stops the agent cleanly: {status}\n{}",
-                    self.stderr()
-                );
-                return t0.elapsed();
-            }
-            assert!(
-                t0.elapsed() < timeout,
-                "the agent did not stop within {timeout:?}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+#[allow(unused_imports)] // not every suite that includes this module uses it
+pub use edge_tests::bins::AgentProc as Proc;
 
 /// How most ops tests begin: the `edge-agent` binary, a setup on the test brokers with the
 /// agent's MQTT session created, and the agent spawned and ready (`/readyz` 200 within 30 s).
