@@ -26,6 +26,7 @@ use edge_agent::forward::{ForwardMetrics, Forwarder};
 use edge_agent::outbox::{self, OutboxRecord, RecordKind};
 use edge_bench::line::Family;
 use edge_bench::program::{arg, client_settings_from_env, status_kib, Process};
+use edge_tests::config::kafka_topics;
 use tokio_util::sync::CancellationToken;
 
 /// This program's `BENCH` lines for the suite runner (`edge-bench`).
@@ -81,13 +82,8 @@ batch_max_records = {batch}
 partitions = {partitions}
 [kafka.client]
 {client}
-[kafka.topics]
-readings = "{id}.readings"
-partials = "{id}.partials"
-late = "{id}.late"
-dead_letters = "{id}.dead"
-progress = "{id}.progress"
-"#,
+{topics}"#,
+        topics = kafka_topics(&format!("{id}.readings"), &id, &format!("{id}.progress")),
         dir = dir.path().display().to_string(),
     );
     let config = Config::from_toml(Path::new("bench.toml"), &text)?;

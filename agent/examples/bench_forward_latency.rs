@@ -25,6 +25,7 @@ use edge_agent::clock::unix_ms;
 use edge_agent::config::Config;
 use edge_bench::line::Family;
 use edge_bench::program::{arg, client_settings_from_env};
+use edge_tests::config::kafka_topics;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
@@ -76,13 +77,8 @@ sensors = ["*"]
 bootstrap_servers = "{bootstrap}"
 [kafka.client]
 {client}
-[kafka.topics]
-readings = "{topic}"
-partials = "{id}.partials"
-late = "{id}.late"
-dead_letters = "{id}.dead"
-progress = "{id}.progress"
-"#,
+{topics}"#,
+        topics = kafka_topics(&topic, &id, &format!("{id}.progress")),
         dir = dir.path().display().to_string(),
     );
     let config = Config::from_toml(Path::new("latency.toml"), &text)?;

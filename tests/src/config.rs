@@ -1,4 +1,4 @@
-//! Pieces of agent configuration (TOML) the suites write.
+//! Pieces of agent configuration (TOML) the suites and the agent's benchmark programs write.
 
 /// An `[[mqtt]]` source `broker` on `url` subscribed to `<root>/+/v` at QoS 1 with JSON payloads
 /// (`{"v":..,"ts":..}`), and the `[[sensor]]` that maps `<root>/{dev}/v` to the sensor id
@@ -28,6 +28,21 @@ id = "{id_template}"
     )
 }
 
+/// The agent's `[kafka.topics]` table: readings to `readings`, the other record kinds to
+/// `<prefix>.partials`, `<prefix>.late` and `<prefix>.dead`, forwarding progress to `progress`.
+/// Ends with a newline.
+pub fn kafka_topics(readings: &str, prefix: &str, progress: &str) -> String {
+    format!(
+        r#"[kafka.topics]
+readings = "{readings}"
+partials = "{prefix}.partials"
+late = "{prefix}.late"
+dead_letters = "{prefix}.dead"
+progress = "{progress}"
+"#
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -40,6 +55,15 @@ mod tests {
              ca_file = \"x\"\npayload = { format = \"json\", value = \"/v\", timestamp = \"/ts\" }\n\
              subscribe = [{ topic = \"r/+/v\", qos = 1 }]\n\n[[sensor]]\nsource = \"broker\"\n\
              topic = \"r/{dev}/v\"\nid = \"{dev}\"\n"
+        );
+    }
+
+    #[test]
+    fn the_topics_table_is_the_text_the_suites_wrote_by_hand() {
+        assert_eq!(
+            kafka_topics("t", "p", "p.progress"),
+            "[kafka.topics]\nreadings = \"t\"\npartials = \"p.partials\"\nlate = \"p.late\"\n\
+             dead_letters = \"p.dead\"\nprogress = \"p.progress\"\n"
         );
     }
 }

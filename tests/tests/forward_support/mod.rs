@@ -68,13 +68,8 @@ transaction_timeout_ms = 10000
 {batch}
 {extra}
 
-[kafka.topics]
-readings = "{topic}"
-partials = "{topic}.partials"
-late = "{topic}.late"
-dead_letters = "{topic}.dead"
-progress = "{progress}"
-"#,
+{topics}"#,
+            topics = edge_tests::config::kafka_topics(topic, topic, progress),
             data_dir = dir.path().display().to_string(),
             batch = if extra.contains("batch_max_records") {
                 ""

@@ -68,13 +68,12 @@ sensors = ["*"]
 bootstrap_servers = "{bootstrap}"
 transaction_timeout_ms = 10000
 
-[kafka.topics]
-readings = "{topic}"
-partials = "{topic}.partials"
-late = "{topic}.late"
-dead_letters = "{topic}.dead"
-progress = "{topic}.progress"
-"#,
+{topics}"#,
+            topics = edge_tests::config::kafka_topics(
+                &self.topic,
+                &self.topic,
+                &format!("{}.progress", self.topic),
+            ),
             id = self.id,
             data_dir = self.dir.path().join("data").display().to_string(),
             metrics = self.metrics,
@@ -86,7 +85,6 @@ progress = "{topic}.progress"
                 "",
             ),
             bootstrap = self.bootstrap,
-            topic = self.topic,
         );
         // Write then rename, as an operator's tooling should: SIGHUP never sees half a file.
         let tmp = self.dir.path().join("agent.toml.new");
