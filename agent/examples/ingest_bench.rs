@@ -175,6 +175,24 @@ async fn writer_only(n: u64, linger_ms: u64) {
     );
 }
 
+/// The agent's MQTT source `b` (JSON `{"v":..,"ts":..}`, QoS 1, no keep-alive setting) on
+/// `<root>/+/v`, with the sensor id taken from the topic level named `level`.
+fn mqtt_source(url: &str, agent_id: &str, root: &str, level: &str) -> String {
+    format!(
+        r#"[[mqtt]]
+name = "b"
+url = "{url}"
+client_id = "{agent_id}"
+payload = {{ format = "json", value = "/v", timestamp = "/ts" }}
+subscribe = [{{ topic = "{root}/+/v", qos = 1 }}]
+[[sensor]]
+source = "b"
+topic = "{root}/{{{level}}}/v"
+id = "{{{level}}}"
+"#
+    )
+}
+
 fn options(url: &str, id: &str) -> MqttOptions {
     let rest = url.trim_start_matches("mqtt://");
     let (host, port) = rest.rsplit_once(':').unwrap_or((rest, "1883"));
@@ -256,18 +274,9 @@ id = "bench"
 data_dir = {:?}
 [buffer]
 batch_max_ms = {linger_ms}
-[[mqtt]]
-name = "b"
-url = "{url}"
-client_id = "{agent_id}"
-payload = {{ format = "json", value = "/v", timestamp = "/ts" }}
-subscribe = [{{ topic = "{topic}/agent/+/v", qos = 1 }}]
-[[sensor]]
-source = "b"
-topic = "{topic}/agent/{{dev}}/v"
-id = "{{dev}}"
-"#,
-        dir.path().display().to_string()
+{}"#,
+        dir.path().display().to_string(),
+        mqtt_source(url, &agent_id, &format!("{topic}/agent"), "dev"),
     );
     let config = Config::from_toml(std::path::Path::new("bench.toml"), &text).expect("config");
     let counters = Arc::new(Counters::default());
@@ -318,18 +327,9 @@ async fn steady(url: &str, rate: u64, secs: u64) {
 [agent]
 id = "steady"
 data_dir = {:?}
-[[mqtt]]
-name = "b"
-url = "{url}"
-client_id = "{agent_id}"
-payload = {{ format = "json", value = "/v", timestamp = "/ts" }}
-subscribe = [{{ topic = "{topic}/+/v", qos = 1 }}]
-[[sensor]]
-source = "b"
-topic = "{topic}/{{sensor}}/v"
-id = "{{sensor}}"
-"#,
-            dir.path().display().to_string()
+{}"#,
+            dir.path().display().to_string(),
+            mqtt_source(url, &agent_id, &topic, "sensor"),
         ),
     )
     .expect("config");
