@@ -24,14 +24,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use edge_agent::config::Config;
 use edge_agent::forward::{ForwardMetrics, Forwarder};
 use edge_agent::outbox::{self, OutboxRecord, RecordKind};
+use edge_bench::line::Family;
+use edge_bench::program::{arg, client_settings_from_env, status_kib, Process};
+use edge_tests::config::kafka_topics;
 use tokio_util::sync::CancellationToken;
 
-fn arg(i: usize, default: u64) -> u64 {
-    std::env::args()
-        .nth(i)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(default)
-}
+/// This program's `BENCH` lines for the suite runner (`edge-bench`).
+const FIGURES: Family = Family("forward_drain");
 
 /// (user + system CPU seconds) of this process, from /proc/self/stat.
 fn cpu_seconds(ticks_per_s: f64) -> f64 {
@@ -47,17 +46,6 @@ fn cpu_seconds(ticks_per_s: f64) -> f64 {
     };
     // utime and stime are fields 14 and 15 of stat(5); here 0-based after the name: 11, 12.
     (get(11) + get(12)) / ticks_per_s
-}
-
-/// A line of /proc/self/status in kB (VmRSS, VmHWM).
-fn status_kb(key: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with(key))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
 }
 
 fn clock_ticks() -> f64 {
@@ -77,12 +65,7 @@ fn main() -> anyhow::Result<()> {
     let bootstrap =
         std::env::var("KAFKA_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:19092".to_owned());
     // Extra librdkafka settings for experiments: BENCH_CLIENT="key=value,key=value".
-    let client: String = std::env::var("BENCH_CLIENT")
-        .unwrap_or_default()
-        .split(',')
-        .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| format!("{k:?} = {v:?}\n"))
-        .collect();
+    let client = client_settings_from_env();
     let dir = tempfile::tempdir()?;
     let nanos = SystemTime::now().duration_since(UNIX_EPOCH)?.as_nanos();
     let id = format!("bench-{nanos}");
@@ -99,13 +82,8 @@ batch_max_records = {batch}
 partitions = {partitions}
 [kafka.client]
 {client}
-[kafka.topics]
-readings = "{id}.readings"
-partials = "{id}.partials"
-late = "{id}.late"
-dead_letters = "{id}.dead"
-progress = "{id}.progress"
-"#,
+{topics}"#,
+        topics = kafka_topics(&format!("{id}.readings"), &id, &format!("{id}.progress")),
         dir = dir.path().display().to_string(),
     );
     let config = Config::from_toml(Path::new("bench.toml"), &text)?;
@@ -147,13 +125,13 @@ progress = "{id}.progress"
         let (rss_max, sampling) = (rss_max.clone(), sampling.clone());
         std::thread::spawn(move || {
             while sampling.load(Ordering::Relaxed) {
-                rss_max.fetch_max(status_kb("VmRSS:"), Ordering::Relaxed);
+                rss_max.fetch_max(status_kib(Process::This, "VmRSS:"), Ordering::Relaxed);
                 std::thread::sleep(Duration::from_millis(50));
             }
         })
     };
     let cpu0 = cpu_seconds(ticks);
-    let rss0 = status_kb("VmRSS:");
+    let rss0 = status_kib(Process::This, "VmRSS:");
     let start = Instant::now();
     let token = cancel.clone();
     let thread = std::thread::spawn(move || forwarder.run(token));
@@ -213,38 +191,26 @@ progress = "{id}.progress"
     );
     let params =
         format!("{records} records x 100 B, batch {batch}, {partitions} partition(s), zstd");
-    bench_line("drain", records as f64 / total, "records/s", &params);
-    bench_line(
+    FIGURES.print("drain", records as f64 / total, "records/s", &params);
+    FIGURES.print(
         "drain_after_first_commit",
         records as f64 / steady.max(1e-9),
         "records/s",
         &params,
     );
-    bench_line(
+    FIGURES.print(
         "transaction_mean",
         sum_us as f64 / commits.max(1) as f64 / 1000.0,
         "ms",
         &params,
     );
-    bench_line("transaction_max", max_us as f64 / 1000.0, "ms", &params);
-    bench_line("cpu", cpu / total * 100.0, "% of one core", &params);
-    bench_line(
+    FIGURES.print("transaction_max", max_us as f64 / 1000.0, "ms", &params);
+    FIGURES.print("cpu", cpu / total * 100.0, "% of one core", &params);
+    FIGURES.print(
         "rss_max",
         rss_max.load(Ordering::Relaxed) as f64 / 1024.0,
         "MiB",
         &params,
     );
     Ok(())
-}
-
-/// One machine-readable figure for the suite runner (`edge-bench`).
-fn bench_line(metric: &str, value: f64, unit: &str, params: &str) {
-    let line = serde_json::json!({
-        "bench": "forward_drain",
-        "metric": metric,
-        "value": value,
-        "unit": unit,
-        "params": params,
-    });
-    println!("BENCH {line}");
 }

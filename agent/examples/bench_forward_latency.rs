@@ -21,7 +21,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use edge_agent::clock::unix_ms;
 use edge_agent::config::Config;
+use edge_bench::line::Family;
+use edge_bench::program::{arg, client_settings_from_env};
+use edge_tests::config::kafka_topics;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
@@ -29,18 +33,8 @@ use rdkafka::{Offset, TopicPartitionList};
 use rumqttc::{AsyncClient, MqttOptions, QoS};
 use tokio_util::sync::CancellationToken;
 
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
-fn arg(i: usize, default: u64) -> u64 {
-    std::env::args()
-        .nth(i)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(default)
-}
+/// This program's `BENCH` lines for the suite runner (`edge-bench`).
+const FIGURES: Family = Family("latency");
 
 const SENSORS: u64 = 1000;
 const WARM_UP_MS: u64 = 2000;
@@ -57,12 +51,7 @@ fn main() -> anyhow::Result<()> {
         .ok_or_else(|| anyhow::anyhow!("MQTT_URL needs a port"))?;
     let port: u16 = port.parse()?;
     // Extra librdkafka settings for experiments: BENCH_CLIENT="key=value,key=value".
-    let client: String = std::env::var("BENCH_CLIENT")
-        .unwrap_or_default()
-        .split(',')
-        .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| format!("{k:?} = {v:?}\n"))
-        .collect();
+    let client = client_settings_from_env();
     let dir = tempfile::tempdir()?;
     let nanos = SystemTime::now().duration_since(UNIX_EPOCH)?.as_nanos();
     let id = format!("latency-{nanos}");
@@ -88,13 +77,8 @@ sensors = ["*"]
 bootstrap_servers = "{bootstrap}"
 [kafka.client]
 {client}
-[kafka.topics]
-readings = "{topic}"
-partials = "{id}.partials"
-late = "{id}.late"
-dead_letters = "{id}.dead"
-progress = "{id}.progress"
-"#,
+{topics}"#,
+        topics = kafka_topics(&topic, &id, &format!("{id}.progress")),
         dir = dir.path().display().to_string(),
     );
     let config = Config::from_toml(Path::new("latency.toml"), &text)?;
@@ -218,31 +202,19 @@ progress = "{id}.progress"
         anyhow::bail!("no record read back from {topic} after the warm-up");
     }
     let params = format!("{rate} readings/s for {seconds} s, pass-through");
-    bench_line("p50", pct(0.50) as f64, "ms", &params);
-    bench_line("p99", pct(0.99) as f64, "ms", &params);
-    bench_line(
+    FIGURES.print("p50", pct(0.50) as f64, "ms", &params);
+    FIGURES.print("p99", pct(0.99) as f64, "ms", &params);
+    FIGURES.print(
         "max",
         lat.last().copied().unwrap_or(0) as f64,
         "ms",
         &params,
     );
-    bench_line(
+    FIGURES.print(
         "read_back_of_published",
         100.0 * raw.len() as f64 / published.max(1) as f64,
         "%",
         &params,
     );
     Ok(())
-}
-
-/// One machine-readable figure for the suite runner (`edge-bench`).
-fn bench_line(metric: &str, value: f64, unit: &str, params: &str) {
-    let line = serde_json::json!({
-        "bench": "latency",
-        "metric": metric,
-        "value": value,
-        "unit": unit,
-        "params": params,
-    });
-    println!("BENCH {line}");
 }

@@ -31,16 +31,14 @@ use edge_agent::outbox::{self, RecordKind};
 use edge_agent::reading::Reading;
 use edge_agent::stage::{reading_json, Stage};
 use edge_agent::window::{Grouping, LatePolicy, Output, WindowSpec, Windows};
+use edge_bench::line::Family;
+use edge_bench::program::arg;
 use edge_protocol::aggregate::Aggregate;
 
-const T0: u64 = 1_700_000_000_000;
+/// This program's `BENCH` lines for the suite runner (`edge-bench`).
+const FIGURES: Family = Family("window");
 
-fn arg(i: usize, default: u64) -> u64 {
-    std::env::args()
-        .nth(i)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(default)
-}
+const T0: u64 = 1_700_000_000_000;
 
 /// Reading `k` of the stream: sensors round-robin, event time advancing 1/hz s per round,
 /// values spread over two decades so the sketch uses many bins.
@@ -103,7 +101,7 @@ fn main() {
     );
     let params =
         format!("{sensors} sensors x {hz} Hz x {seconds} s, {size_s} s windows every {slide_s} s");
-    bench_line(
+    FIGURES.print(
         "state_machine",
         total as f64 / elapsed,
         "readings/s",
@@ -117,13 +115,13 @@ fn main() {
             bytes as f64 / open.max(1) as f64,
             std::mem::size_of::<Aggregate>(),
         );
-        bench_line(
+        FIGURES.print(
             "state_per_window_encoded",
             bytes as f64 / open.max(1) as f64,
             "B",
             &params,
         );
-        bench_line(
+        FIGURES.print(
             "state_per_window_in_memory",
             std::mem::size_of::<Aggregate>() as f64,
             "B",
@@ -152,10 +150,10 @@ fn main() {
         json as f64 / wire,
         stored as f64 / wire
     );
-    bench_line("partial_on_wire", avg_partial, "B", &params);
-    bench_line("partial_key", key, "B", &params);
-    bench_line("reduction_vs_json", json as f64 / wire, "x", &params);
-    bench_line("reduction_vs_binary", stored as f64 / wire, "x", &params);
+    FIGURES.print("partial_on_wire", avg_partial, "B", &params);
+    FIGURES.print("partial_key", key, "B", &params);
+    FIGURES.print("reduction_vs_json", json as f64 / wire, "x", &params);
+    FIGURES.print("reduction_vs_binary", stored as f64 / wire, "x", &params);
 
     // 2. The whole stage on a real redb file.
     let dir = tempfile_dir();
@@ -210,25 +208,13 @@ fn main() {
         "stage (redb log -> windows -> outbox, fsync per batch of {batch}): {:.0} readings/s ({done} in {elapsed:.2} s, {commits} commits, {partials_in_outbox} partials)",
         done as f64 / elapsed
     );
-    bench_line(
+    FIGURES.print(
         "stage",
         done as f64 / elapsed,
         "readings/s",
         &format!("{params}, fsync per {batch} readings"),
     );
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// One machine-readable figure for the suite runner (`edge-bench`).
-fn bench_line(metric: &str, value: f64, unit: &str, params: &str) {
-    let line = serde_json::json!({
-        "bench": "window",
-        "metric": metric,
-        "value": value,
-        "unit": unit,
-        "params": params,
-    });
-    println!("BENCH {line}");
 }
 
 fn tempfile_dir() -> std::path::PathBuf {

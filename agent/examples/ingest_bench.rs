@@ -33,9 +33,14 @@ use edge_agent::config::{Config, OnFull};
 use edge_agent::ingest::writer::{BatchLimits, Writer};
 use edge_agent::ingest::{Counters, Dedupe, IngestLog, Limits, Submission};
 use edge_agent::reading::Reading;
+use edge_bench::line::Family;
+use edge_bench::program::{status_kib, Process};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+
+/// This program's `BENCH` lines for the suite runner (`edge-bench`).
+const FIGURES: Family = Family("ingest");
 
 #[tokio::main]
 async fn main() {
@@ -154,15 +159,15 @@ async fn writer_only(n: u64, linger_ms: u64) {
     );
     let params = format!("{n} readings, 4 producers, batch 1000, linger {linger_ms} ms");
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    bench_line(
+    FIGURES.print(
         "writer_durable",
         n as f64 / elapsed.as_secs_f64(),
         "readings/s",
         &params,
     );
-    bench_line("writer_ack_p50", ms(pct(0.5)), "ms", &params);
-    bench_line("writer_ack_p99", ms(pct(0.99)), "ms", &params);
-    bench_line(
+    FIGURES.print("writer_ack_p50", ms(pct(0.5)), "ms", &params);
+    FIGURES.print("writer_ack_p99", ms(pct(0.99)), "ms", &params);
+    FIGURES.print(
         "writer_disk_per_reading",
         size as f64 / n as f64,
         "B",
@@ -170,16 +175,22 @@ async fn writer_only(n: u64, linger_ms: u64) {
     );
 }
 
-/// One machine-readable figure for the suite runner (`edge-bench`).
-fn bench_line(metric: &str, value: f64, unit: &str, params: &str) {
-    let line = serde_json::json!({
-        "bench": "ingest",
-        "metric": metric,
-        "value": value,
-        "unit": unit,
-        "params": params,
-    });
-    println!("BENCH {line}");
+/// The agent's MQTT source `b` (JSON `{"v":..,"ts":..}`, QoS 1, no keep-alive setting) on
+/// `<root>/+/v`, with the sensor id taken from the topic level named `level`.
+fn mqtt_source(url: &str, agent_id: &str, root: &str, level: &str) -> String {
+    format!(
+        r#"[[mqtt]]
+name = "b"
+url = "{url}"
+client_id = "{agent_id}"
+payload = {{ format = "json", value = "/v", timestamp = "/ts" }}
+subscribe = [{{ topic = "{root}/+/v", qos = 1 }}]
+[[sensor]]
+source = "b"
+topic = "{root}/{{{level}}}/v"
+id = "{{{level}}}"
+"#
+    )
 }
 
 fn options(url: &str, id: &str) -> MqttOptions {
@@ -263,18 +274,9 @@ id = "bench"
 data_dir = {:?}
 [buffer]
 batch_max_ms = {linger_ms}
-[[mqtt]]
-name = "b"
-url = "{url}"
-client_id = "{agent_id}"
-payload = {{ format = "json", value = "/v", timestamp = "/ts" }}
-subscribe = [{{ topic = "{topic}/agent/+/v", qos = 1 }}]
-[[sensor]]
-source = "b"
-topic = "{topic}/agent/{{dev}}/v"
-id = "{{dev}}"
-"#,
-        dir.path().display().to_string()
+{}"#,
+        dir.path().display().to_string(),
+        mqtt_source(url, &agent_id, &format!("{topic}/agent"), "dev"),
     );
     let config = Config::from_toml(std::path::Path::new("bench.toml"), &text).expect("config");
     let counters = Arc::new(Counters::default());
@@ -295,9 +297,9 @@ id = "{{dev}}"
     println!("  bare rumqttc subscriber (ack on receipt): {bare:.0} msg/s");
     println!("  edge-agent (parse, map, commit with fsync, then ack): {durable:.0} readings/s = {:.2} of bare", durable / bare);
     let params = format!("{n} QoS 1 messages queued");
-    bench_line("mqtt_bare_subscriber", bare, "msg/s", &params);
-    bench_line("mqtt_agent", durable, "readings/s", &params);
-    bench_line("mqtt_agent_of_bare", durable / bare, "ratio", &params);
+    FIGURES.print("mqtt_bare_subscriber", bare, "msg/s", &params);
+    FIGURES.print("mqtt_agent", durable, "readings/s", &params);
+    FIGURES.print("mqtt_agent_of_bare", durable / bare, "ratio", &params);
 }
 
 /// The agent binary as a child under a steady MQTT load; prints its peak RSS.
@@ -325,18 +327,9 @@ async fn steady(url: &str, rate: u64, secs: u64) {
 [agent]
 id = "steady"
 data_dir = {:?}
-[[mqtt]]
-name = "b"
-url = "{url}"
-client_id = "{agent_id}"
-payload = {{ format = "json", value = "/v", timestamp = "/ts" }}
-subscribe = [{{ topic = "{topic}/+/v", qos = 1 }}]
-[[sensor]]
-source = "b"
-topic = "{topic}/{{sensor}}/v"
-id = "{{sensor}}"
-"#,
-            dir.path().display().to_string()
+{}"#,
+            dir.path().display().to_string(),
+            mqtt_source(url, &agent_id, &topic, "sensor"),
         ),
     )
     .expect("config");
@@ -376,12 +369,12 @@ id = "{{sensor}}"
             sent += 1;
         }
         if sent % (rate / 2).max(1) < per_tick {
-            peak_kib = peak_kib.max(vm_hwm_kib(child.id()));
+            peak_kib = peak_kib.max(status_kib(Process::Pid(child.id()), "VmHWM:"));
         }
     }
     let offered = sent as f64 / started.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs(3)).await;
-    peak_kib = peak_kib.max(vm_hwm_kib(child.id()));
+    peak_kib = peak_kib.max(status_kib(Process::Pid(child.id()), "VmHWM:"));
     let _ = std::process::Command::new("kill")
         .arg("-TERM")
         .arg(child.id().to_string())
@@ -401,23 +394,12 @@ id = "{{sensor}}"
         stats.accepted
     );
     let params = format!("{rate}/s from 1000 sensors for {secs} s");
-    bench_line("steady_peak_rss", peak_kib as f64 / 1024.0, "MiB", &params);
-    bench_line("steady_offered", offered, "readings/s", &params);
-    bench_line(
+    FIGURES.print("steady_peak_rss", peak_kib as f64 / 1024.0, "MiB", &params);
+    FIGURES.print("steady_offered", offered, "readings/s", &params);
+    FIGURES.print(
         "steady_committed_of_sent",
         100.0 * stats.accepted as f64 / sent.max(1) as f64,
         "%",
         &params,
     );
-}
-
-fn vm_hwm_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        })
-        .unwrap_or(0)
 }

@@ -14,6 +14,9 @@
 //!
 //! - [`line`](mod@line): the `BENCH {json}` line a benchmark program prints per figure (the format), and
 //!   its parser.
+//! - [`program`]: what the benchmark programs share besides the line writer: positional
+//!   arguments with defaults, `BENCH_CLIENT` librdkafka settings, memory figures from
+//!   `/proc/<pid>/status`.
 //! - [`suite`]: the benchmarks: which program, which arguments (full and `--quick`), what the
 //!   README shows as the command.
 //! - [`run`]: runs one benchmark as a subprocess (own process group, timeout, output kept in
@@ -27,6 +30,7 @@
 
 pub mod line;
 pub mod machine;
+pub mod program;
 pub mod report;
 pub mod run;
 pub mod suite;

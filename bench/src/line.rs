@@ -24,8 +24,11 @@
 //! are human output and are ignored. A line that starts with `BENCH ` but does not parse makes
 //! the run fail (see [`crate::run`]), so a broken figure is never silently dropped.
 //!
-//! Each program emits its lines with a five-line helper of its own (`bench_line`), so the
-//! benchmark programs need nothing from this crate.
+//! Every program writes its lines with [`Family::print`] (this crate is a dev-dependency of
+//! `edge-agent`, `edge-consumer` and `firmware-sim` for their examples and benches), so the
+//! writer and the parser live side by side and cannot drift apart. The keys come out in
+//! serde_json's map order (sorted: `bench`, `metric`, `params`, `unit`, `value`); the golden line
+//! in the tests pins the exact bytes.
 
 use serde::{Deserialize, Serialize};
 
@@ -41,6 +44,32 @@ pub struct Figure {
     pub unit: String,
     #[serde(default)]
     pub params: String,
+}
+
+/// The writer of one benchmark family: `Family("ingest").print("append", 1e5, "readings/s", "...")`.
+///
+/// A program keeps one as a constant (`const FIGURES: Family = Family("ingest");`) and prints
+/// each figure through it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Family(pub &'static str);
+
+impl Family {
+    /// The line for one figure, without the newline.
+    pub fn line(&self, metric: &str, value: f64, unit: &str, params: &str) -> String {
+        let json = serde_json::json!({
+            "bench": self.0,
+            "metric": metric,
+            "value": value,
+            "unit": unit,
+            "params": params,
+        });
+        format!("{PREFIX}{json}")
+    }
+
+    /// Prints the line for one figure on standard output.
+    pub fn print(&self, metric: &str, value: f64, unit: &str, params: &str) {
+        println!("{}", self.line(metric, value, unit, params));
+    }
 }
 
 /// Why a `BENCH` line was refused.
@@ -178,17 +207,30 @@ BENCH oops
 
     #[test]
     fn what_the_benchmark_programs_print_parses() {
-        // The helper each program carries, byte for byte in its effect.
-        let line = serde_json::json!({
-            "bench": "latency",
-            "metric": "p99",
-            "value": 279.0,
-            "unit": "ms",
-            "params": "1000 readings/s for 20 s, pass-through",
-        });
-        let f = parse_line(&format!("BENCH {line}"))
-            .and_then(Result::ok)
-            .expect("figure");
+        let line =
+            Family("latency").line("p99", 279.0, "ms", "1000 readings/s for 20 s, pass-through");
+        let f = parse_line(&line).and_then(Result::ok).expect("figure");
         assert_eq!((f.bench.as_str(), f.metric.as_str()), ("latency", "p99"));
+        assert_eq!(f.value, 279.0);
+        assert_eq!(f.unit, "ms");
+        assert_eq!(f.params, "1000 readings/s for 20 s, pass-through");
+    }
+
+    #[test]
+    fn the_written_line_is_byte_for_byte_the_golden_one() {
+        // What the programs printed with their own `serde_json::json!` helper before they
+        // shared this writer; `scripts/bench.sh` and older result files see these bytes.
+        assert_eq!(
+            Family("forward_drain").line("drain", 235661.2, "records/s", "1000000 records x 100 B"),
+            r#"BENCH {"bench":"forward_drain","metric":"drain","params":"1000000 records x 100 B","unit":"records/s","value":235661.2}"#
+        );
+        assert_eq!(
+            Family("window").line("partial_key", 12.0, "B", ""),
+            r#"BENCH {"bench":"window","metric":"partial_key","params":"","unit":"B","value":12.0}"#
+        );
+        assert_eq!(
+            Family("link").line("m", f64::NAN, "x", "p"),
+            r#"BENCH {"bench":"link","metric":"m","params":"p","unit":"x","value":null}"#
+        );
     }
 }

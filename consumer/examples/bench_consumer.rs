@@ -19,6 +19,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use edge_bench::line::Family;
+use edge_bench::program::{status_kib, Process};
 use edge_consumer::config::Config;
 use edge_consumer::merge::{PartitionState, Settings};
 use edge_consumer::run::{run, Metrics};
@@ -28,6 +30,9 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+
+/// This program's `BENCH` lines for the suite runner (`edge-bench`).
+const FIGURES: Family = Family("consumer");
 
 fn partial(agent: &str, series: &str, start: i64, size: i64, seed: u64) -> Partial {
     let mut aggregate = Aggregate::new();
@@ -44,17 +49,6 @@ fn partial(agent: &str, series: &str, start: i64, size: i64, seed: u64) -> Parti
         revision: 0,
         aggregate,
     }
-}
-
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        })
-        .unwrap_or(0)
 }
 
 fn memory_per_open_window() {
@@ -74,7 +68,7 @@ fn memory_per_open_window() {
     hold.watermark_ms = 0;
     let _ = state.apply("all", &hold, 0);
     let n = 100_000;
-    let before = rss_kib();
+    let before = status_kib(Process::This, "VmRSS:");
     for i in 0..n {
         let mut p = partial("gw", "series.name.0001", i * 10_000, 10_000, i as u64);
         p.watermark_ms = 0;
@@ -84,31 +78,19 @@ fn memory_per_open_window() {
         }
     }
     let _ = state.take_changes();
-    let after = rss_kib();
+    let after = status_kib(Process::This, "VmRSS:");
     println!(
         "memory: {} open windows (4 readings each, group key of 3 bytes): RSS +{} KiB = {:.0} bytes per open window",
         state.open_windows(),
         after.saturating_sub(before),
         after.saturating_sub(before) as f64 * 1024.0 / n as f64
     );
-    bench_line(
+    FIGURES.print(
         "memory_per_open_window",
         after.saturating_sub(before) as f64 * 1024.0 / n as f64,
         "B of RSS",
         &format!("{n} open windows"),
     );
-}
-
-/// One machine-readable figure for the suite runner (`edge-bench`).
-fn bench_line(metric: &str, value: f64, unit: &str, params: &str) {
-    let line = serde_json::json!({
-        "bench": "consumer",
-        "metric": metric,
-        "value": value,
-        "unit": unit,
-        "params": params,
-    });
-    println!("BENCH {line}");
 }
 
 fn main() {
@@ -262,9 +244,9 @@ batch_max_ms = 200
     let params = format!(
         "{total} partials ({series} series x {windows} windows x 3 gateways), {partitions} partitions"
     );
-    bench_line("merged", total as f64 / busy, "partials/s", &params);
-    bench_line("finalized", finals as f64 / busy, "finals/s", &params);
-    bench_line(
+    FIGURES.print("merged", total as f64 / busy, "partials/s", &params);
+    FIGURES.print("finalized", finals as f64 / busy, "finals/s", &params);
+    FIGURES.print(
         "transaction",
         busy * 1000.0 / txns.max(1) as f64,
         "ms",

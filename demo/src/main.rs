@@ -75,26 +75,9 @@ struct Cli {
 /// Sets `stop` on Ctrl-C or SIGTERM (children run in their own process groups: the demo stops
 /// them in order, and its brokers, before it exits).
 fn on_signals(stop: Arc<AtomicBool>) {
-    std::thread::spawn(move || {
-        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        else {
-            return;
-        };
-        rt.block_on(async {
-            let Ok(mut term) =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            else {
-                return;
-            };
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            eprintln!("\nstopping (logs stay in the run directory) ...");
-            stop.store(true, Ordering::Relaxed);
-        });
+    firmware_sim::runner::on_shutdown_signal(move || {
+        eprintln!("\nstopping (logs stay in the run directory) ...");
+        stop.store(true, Ordering::Relaxed);
     });
 }
 

@@ -45,12 +45,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use edge_bench::line::Family;
 use edge_protocol::link::{self, Decoder, Frame, Reading, Readings, MAX_FRAME_LEN, MAX_READINGS};
 use firmware_sim::runner::peer::Peer;
 use firmware_sim::runner::serial::{self, SerialConfig};
 use firmware_sim::runner::RunConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
+
+/// This program's `BENCH` lines for the suite runner (`edge-bench`).
+const FIGURES: Family = Family("link");
 
 fn main() {
     let secs = std::env::args()
@@ -137,37 +141,25 @@ fn codec() {
     println!("decoded {decoded} of {FRAMES} frames, {errors} errors");
     let params = format!("{FRAMES} frames x {MAX_READINGS} readings");
     let frames = f64::from(FRAMES);
-    bench_line("codec_encode", per_s(frames, encode), "frames/s", &params);
-    bench_line("codec_decode", per_s(frames, decode), "frames/s", &params);
-    bench_line(
+    FIGURES.print("codec_encode", per_s(frames, encode), "frames/s", &params);
+    FIGURES.print("codec_decode", per_s(frames, decode), "frames/s", &params);
+    FIGURES.print(
         "codec_encode_decode",
         per_s(frames, encode + decode),
         "frames/s",
         &params,
     );
-    bench_line(
+    FIGURES.print(
         "codec_encode_decode_readings",
         per_s(readings, encode + decode),
         "readings/s",
         &params,
     );
-    bench_line("codec_bytes_per_frame", len as f64 / frames, "B", &params);
+    FIGURES.print("codec_bytes_per_frame", len as f64 / frames, "B", &params);
     if decoded != u64::from(FRAMES) || errors > 0 {
         eprintln!("codec: decoded {decoded} of {FRAMES} frames, {errors} errors");
         std::process::exit(1);
     }
-}
-
-/// One machine-readable figure for the suite runner (`edge-bench`).
-fn bench_line(metric: &str, value: f64, unit: &str, params: &str) {
-    let line = serde_json::json!({
-        "bench": "link",
-        "metric": metric,
-        "value": value,
-        "unit": unit,
-        "params": params,
-    });
-    println!("BENCH {line}");
 }
 
 /// Counters the peer task publishes for the measuring loop.
@@ -246,7 +238,7 @@ fn pty(secs: f64) {
     println!();
     println!("frame size used for the offered load: {frame_len} bytes (16 readings)");
     for (metric, value, unit, params) in &figures {
-        bench_line(metric, *value, unit, params);
+        FIGURES.print(metric, *value, unit, params);
     }
     if failed {
         std::process::exit(1);

@@ -8,6 +8,7 @@
 //! | module | holds |
 //! | --- | --- |
 //! | `link` | serial link frames (`Hello`, `Readings`, `Ack`, `TimeSync`), CRC, COBS framing, the streaming decoder |
+//! | `link_acks` | the receiver's cumulative-ack rule of the link for one boot (a state machine, fixed memory), shared by the agent and the simulator's peer |
 //! | `aggregate` | mergeable aggregate state: count, sum, min, max, mean/variance, first/last, quantile sketch |
 //! | `sketch` | the DDSketch-style quantile sketch inside an aggregate (1 % relative error, bounded size) |
 //! | `partial` | the versioned partial-aggregate envelope the agent sends to Kafka |
@@ -26,5 +27,6 @@ pub mod aggregate;
 pub mod backoff;
 pub mod contract;
 pub mod link;
+pub mod link_acks;
 pub mod partial;
 pub mod sketch;

@@ -4,12 +4,32 @@
 //! their addresses to `.services/env` at the workspace root. [`Services::from_env`] reads the
 //! process environment first, then that file, and a test that needs a broker that is not there
 //! **fails with a message saying how to start it**: it never skips silently.
+//!
+//! # Map
+//!
+//! | module | holds |
+//! | --- | --- |
+//! | [`services`] | where the test brokers are ([`Services`]) |
+//! | [`bins`] | the workspace binaries built on demand; `edge-agent run` spawned plain or with its stderr in a file ([`bins::AgentProc`]) |
+//! | [`config`] | pieces of agent configuration the suites write: an MQTT JSON source, the `[kafka.topics]` table |
+//! | [`mqtt`] | client options, a persistent session created ahead of the agent, unique names, the PUBACK counter of every publisher |
+//! | [`kafka`] | topics, committed reads, kcat counts |
+//! | [`cluster`] | a private Kafka cluster for the fault suites |
+//! | [`http`] | a free loopback port and a tiny GET for the ops endpoints |
+//! | [`schedule`] | fault schedules: a printed clock seed, xorshift draws, the SIGKILL loop |
+//! | [`check`] | assertions the accounting shares |
+//!
+//! Helpers used by one family of suites only stay in its `tests/tests/<family>_support/`.
 #![forbid(unsafe_code)]
 
 pub mod bins;
+pub mod check;
 pub mod cluster;
+pub mod config;
+pub mod http;
 pub mod kafka;
 pub mod mqtt;
+pub mod schedule;
 pub mod services;
 
 pub use services::Services;

@@ -1,8 +1,17 @@
 //! MQTT helpers for the suites (rumqttc against the test Mosquitto).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
+use tokio::task::JoinHandle;
+
+/// A name no other run shares, for client ids and topics.
+pub fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{prefix}-{}-{nanos}", std::process::id())
+}
 
 /// Client options for `mqtt://host:port` with a 5 s keepalive.
 pub fn options(client_id: &str, url: &str) -> MqttOptions {
@@ -23,7 +32,9 @@ pub async fn create_session(mut options: MqttOptions, filter: &str) {
         .subscribe(filter, QoS::AtLeastOnce)
         .await
         .expect("subscribe queued");
+    let deadline = Instant::now() + Duration::from_secs(10);
     loop {
+        assert!(Instant::now() < deadline, "no SUBACK within 10 s");
         match tokio::time::timeout(Duration::from_secs(10), eventloop.poll()).await {
             Ok(Ok(Event::Incoming(Packet::SubAck(_)))) => break,
             Ok(Ok(_)) => {}
@@ -36,4 +47,22 @@ pub async fn create_session(mut options: MqttOptions, filter: &str) {
         while eventloop.poll().await.is_ok() {}
     })
     .await;
+}
+
+/// Polls a publisher's `eventloop` in a task until the broker has acknowledged `total` QoS 1
+/// publishes; the task returns the PUBACK count. Panics on a connection error or after 30 s
+/// without progress (naming how many were acked), so a stalled broker fails the test.
+pub fn count_pubacks(mut eventloop: EventLoop, total: u64) -> JoinHandle<u64> {
+    tokio::spawn(async move {
+        let mut acked = 0;
+        while acked < total {
+            match tokio::time::timeout(Duration::from_secs(30), eventloop.poll()).await {
+                Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => acked += 1,
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => panic!("publisher connection failed: {e}"),
+                Err(_) => panic!("publisher: no progress for 30 s ({acked}/{total} acked)"),
+            }
+        }
+        acked
+    })
 }

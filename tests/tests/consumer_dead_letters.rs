@@ -3,9 +3,9 @@
 
 mod consumer_support;
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use consumer_support::{cells, check_final, encode, reference, FakeAgent, Rng, Setup};
+use consumer_support::{cells, check_final, encode, now_ms, reference, FakeAgent, Rng, Setup};
 use edge_tests::kafka::read_committed;
 use edge_tests::Services;
 
@@ -15,10 +15,7 @@ fn malformed_and_unknown_version_partials_are_dead_lettered_and_the_consumer_kee
     let services = Services::from_env();
     let bootstrap = services.kafka_bootstrap.as_str();
     let setup = Setup::new(bootstrap, "cons-dl", 2);
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
+    let now = now_ms();
     let base = (now / 60_000 - 10) * 60_000;
     let data = cells(
         &mut Rng(7),

@@ -4,9 +4,11 @@
 
 mod consumer_support;
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use consumer_support::{cells, check_final, produce_by_window, reference, FakeAgent, Rng, Setup};
+use consumer_support::{
+    cells, check_final, now_ms, produce_by_window, reference, FakeAgent, Rng, Setup,
+};
 use edge_tests::Services;
 
 #[test]
@@ -22,10 +24,7 @@ fn consumer_killed_at_ten_random_points_gives_the_finals_of_an_undisturbed_run()
 
     let gateways = ["gw-a", "gw-b", "gw-c"];
     let series = ["k.s1", "k.s2", "k.s3", "k.s4"];
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
+    let now = now_ms();
     let base = (now / 60_000 - 200) * 60_000;
     let data = cells(&mut Rng(0xdead_beef), &gateways, &series, 40, base, 10_000);
     let mut agents: Vec<FakeAgent> = gateways

@@ -6,35 +6,12 @@
 
 mod consumer_support;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use consumer_support::{cells, reference, terminate, FakeAgent, Rng, Setup};
+use consumer_support::{cells, now_ms, produce_by_gateway, reference, terminate, Rng, Setup};
+use edge_tests::http::{free_port, get as http_get};
 use edge_tests::kafka::read_committed;
 use edge_tests::Services;
-
-/// A loopback port nobody listens on now.
-fn free_port() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind :0");
-    l.local_addr().expect("local addr")
-}
-
-/// A tiny blocking HTTP/1.1 GET: (status, body); `None` while nothing answers.
-fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    let (head, body) = text.split_once("\r\n\r\n")?;
-    let status = head.split(' ').nth(1)?.parse().ok()?;
-    Some((status, body.to_owned()))
-}
 
 /// The value of one series (full name with labels) in a `/metrics` body.
 fn sample(body: &str, series: &str) -> Option<f64> {
@@ -115,21 +92,10 @@ fn metrics_count_exactly_the_partials_merged_and_readyz_turns_ready_once_partiti
     let gateways = ["gw-a", "gw-b"];
     let series = ["m.t1", "m.t2", "m.p1"];
     let size = 10_000;
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
+    let now = now_ms();
     let base = (now / size - 50) * size;
     let data = cells(&mut Rng(0x5eed_0042), &gateways, &series, 8, base, size);
-    for g in gateways {
-        let mut agent = FakeAgent::new(bootstrap, g);
-        let partials: Vec<_> = data
-            .iter()
-            .filter(|c| c.gateway == g)
-            .map(|c| (c.partial(c.end_ms, 0), None))
-            .collect();
-        agent.send_partials(&setup.input, &partials);
-    }
+    produce_by_gateway(bootstrap, &setup.input, &data, &gateways);
     let produced = data.len() as f64;
 
     let expected = reference(&data, None);

@@ -5,10 +5,10 @@
 
 mod consumer_support;
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use consumer_support::{
-    cells, check_final, produce_by_window, reference, terminate, FakeAgent, Rng, Setup,
+    cells, check_final, now_ms, produce_by_window, reference, terminate, FakeAgent, Rng, Setup,
 };
 use edge_tests::Services;
 
@@ -22,10 +22,7 @@ fn an_instance_joining_mid_run_and_the_first_leaving_count_every_partial_once() 
     let series = [
         "r.s1", "r.s2", "r.s3", "r.s4", "r.s5", "r.s6", "r.s7", "r.s8",
     ];
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
+    let now = now_ms();
     let base = (now / 60_000 - 100) * 60_000;
     let data = cells(&mut Rng(4242), &gateways, &series, 30, base, 10_000);
     // Phases cut through windows (a window's partials from a and b in one phase, from c in the

@@ -5,9 +5,9 @@
 
 mod consumer_support;
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use consumer_support::{cells, check_final, reference, FakeAgent, Rng, Setup};
+use consumer_support::{cells, check_final, now_ms, produce_by_gateway, reference, Rng, Setup};
 use edge_tests::Services;
 
 #[test]
@@ -21,22 +21,11 @@ fn three_gateways_partials_merge_into_finals_equal_to_the_batch_computation() {
     let gateways = ["gw-a", "gw-b", "gw-c"];
     let series = ["plant.t1", "plant.t2", "plant.p1", "plant.p2"];
     let size = 10_000;
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
+    let now = now_ms();
     let base = (now / 60_000 - 100) * 60_000;
     let mut rng = Rng(0x5eed_0001);
     let data = cells(&mut rng, &gateways, &series, 30, base, size);
-    for g in gateways {
-        let mut agent = FakeAgent::new(bootstrap, g);
-        let partials: Vec<_> = data
-            .iter()
-            .filter(|c| c.gateway == g)
-            .map(|c| (c.partial(c.end_ms, 0), None))
-            .collect();
-        agent.send_partials(&plain.input, &partials);
-    }
+    produce_by_gateway(bootstrap, &plain.input, &data, &gateways);
     println!(
         "produced {} partials in {:?}",
         data.len(),

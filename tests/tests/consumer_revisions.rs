@@ -4,9 +4,9 @@
 
 mod consumer_support;
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use consumer_support::{cells, check_final, reference, FakeAgent, Rng, Setup};
+use consumer_support::{cells, check_final, now_ms, reference, FakeAgent, Rng, Setup};
 use edge_tests::kafka::read_committed;
 use edge_tests::Services;
 
@@ -16,10 +16,7 @@ fn a_gateway_back_after_hours_offline_produces_revisions_with_the_merged_values(
     let services = Services::from_env();
     let bootstrap = services.kafka_bootstrap.as_str();
     let setup = Setup::new(bootstrap, "cons-rev", 2);
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
+    let now = now_ms();
     // 24 windows of 10 min: 4 hours of event time, a day ago. Record timestamps (what idleness
     // is judged by) start 40 min ago, one minute per window.
     let size = 600_000;

@@ -28,14 +28,7 @@ fn one_of_three_brokers_killed_mid_drain_loses_and_duplicates_nothing() {
     cluster.kill_node(1);
     println!("broker 1 killed at seq {at_kill}");
     running.wait_for(N, Duration::from_secs(300));
-    let errors = running
-        .metrics
-        .session_errors
-        .load(std::sync::atomic::Ordering::Relaxed);
-    println!(
-        "drained after {:?}; {errors} session errors retried",
-        started.elapsed()
-    );
+    running.report_drained(started);
     running.stop().expect("stops cleanly");
     assert!(at_kill < N, "the broker died mid-drain");
     // The readers below bootstrap from every node; bring the dead one back first.

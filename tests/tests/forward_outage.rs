@@ -64,14 +64,7 @@ fn kafka_stopped_for_a_minute_while_records_keep_arriving_loses_and_duplicates_n
     let total = appender.join().expect("appender");
     println!("appended {total} records in all");
     running.wait_for(total, Duration::from_secs(180));
-    let errors = running
-        .metrics
-        .session_errors
-        .load(std::sync::atomic::Ordering::Relaxed);
-    println!(
-        "drained after {:?}; {errors} session errors retried",
-        started.elapsed()
-    );
+    running.report_drained(started);
     running.stop().expect("stops cleanly");
     assert!(
         during <= at_stop + 2000,

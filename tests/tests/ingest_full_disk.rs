@@ -3,6 +3,8 @@
 //! coming. The writer must not crash or corrupt the database, must not acknowledge anything it
 //! could not commit, and must commit everything once space frees.
 
+mod ingest_support;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,6 +15,7 @@ use edge_agent::config::OnFull;
 use edge_agent::ingest::writer::{BatchLimits, Writer};
 use edge_agent::ingest::{Counters, Dedupe, IngestLog, Limits, Submission};
 use edge_agent::reading::Reading;
+use ingest_support::each_reading;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -164,18 +167,12 @@ async fn a_full_disk_stops_acks_without_crashing_and_everything_commits_once_spa
 
     let log = IngestLog::open(&db_path, limits).expect("the database opens after the full disk");
     let mut seen = std::collections::BTreeSet::new();
-    let mut from = 0;
-    loop {
-        let batch = log.readings_from(from, 1000).expect("read");
-        let Some((last, _)) = batch.last() else { break };
-        from = last + 1;
-        for (_, r) in batch {
-            assert!(
-                seen.insert((r.sensor, r.ts_ms)),
-                "a reading is stored twice"
-            );
-        }
-    }
+    each_reading(&log, |r| {
+        assert!(
+            seen.insert((r.sensor, r.ts_ms)),
+            "a reading is stored twice"
+        );
+    });
     assert_eq!(
         seen.len() as u64,
         N,

@@ -4,6 +4,8 @@
 //!
 //! Every test counts: each published reading must be in the redb ingest log exactly once.
 
+mod ingest_support;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
@@ -14,17 +16,11 @@ use std::time::{Duration, Instant};
 use edge_agent::config::Config;
 use edge_agent::ingest::{Counters, Dedupe, IngestLog, Submission};
 use edge_agent::reading::Reading;
+use edge_tests::mqtt::{count_pubacks, unique};
 use edge_tests::Services;
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, Transport};
+use ingest_support::{each_reading, open_log};
+use rumqttc::{AsyncClient, MqttOptions, QoS, Transport};
 use tokio_util::sync::CancellationToken;
-
-/// A name no other run shares, for client ids and topics.
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    format!("{prefix}-{}-{nanos}", std::process::id())
-}
 
 struct Setup {
     dir: tempfile::TempDir,
@@ -52,20 +48,9 @@ data_dir = {data_dir:?}
 batch_max_ms = 5
 {extra_buffer}
 
-[[mqtt]]
-name = "broker"
-url = "{url}"
-client_id = "{client_id}"
-keep_alive_s = 5
-{ca}payload = {{ format = "json", value = "/v", timestamp = "/ts" }}
-subscribe = [{{ topic = "{root}/+/v", qos = 1 }}]
-
-[[sensor]]
-source = "broker"
-topic = "{root}/{{dev}}/v"
-id = "{{dev}}"
-"#,
+{source}"#,
         data_dir = dir.path().display().to_string(),
+        source = edge_tests::config::mqtt_json_source(url, &client_id, &root, "{dev}", &ca),
     );
     let config_path = dir.path().join("agent.toml");
     std::fs::write(&config_path, text).expect("write config");
@@ -95,28 +80,8 @@ fn options(client_id: &str, url: &str, ca: Option<&Path>) -> MqttOptions {
 /// Creates the agent's persistent session (same client id, `clean_session = false`) with its
 /// subscription, so the broker queues everything published from now on for the agent.
 async fn create_session(setup: &Setup, url: &str, ca: Option<&Path>) {
-    let mut opts = options(&setup.client_id, url, ca);
-    opts.set_clean_session(false);
-    let (client, mut eventloop) = AsyncClient::new(opts, 10);
-    client
-        .subscribe(format!("{}/+/v", setup.root), QoS::AtLeastOnce)
-        .await
-        .expect("subscribe queued");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        assert!(Instant::now() < deadline, "no SUBACK within 10 s");
-        match tokio::time::timeout(Duration::from_secs(10), eventloop.poll()).await {
-            Ok(Ok(Event::Incoming(Packet::SubAck(_)))) => break,
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => panic!("session set-up failed: {e}"),
-            Err(_) => panic!("no SUBACK within 10 s"),
-        }
-    }
-    client.disconnect().await.expect("disconnect queued");
-    let _ = tokio::time::timeout(Duration::from_secs(2), async {
-        while eventloop.poll().await.is_ok() {}
-    })
-    .await;
+    let opts = options(&setup.client_id, url, ca);
+    edge_tests::mqtt::create_session(opts, &format!("{}/+/v", setup.root)).await;
 }
 
 /// The message for reading `i`: device `d{i % devices}`, timestamp `BASE_TS + i`, value `i`.
@@ -140,20 +105,8 @@ async fn publish(
     extra: &[&str],
     pace: Duration,
 ) -> u64 {
-    let (client, mut eventloop) = AsyncClient::new(options(&unique("pub"), url, ca), 1000);
-    let total = n + extra.len() as u64;
-    let acks = tokio::spawn(async move {
-        let mut acked = 0;
-        while acked < total {
-            match tokio::time::timeout(Duration::from_secs(30), eventloop.poll()).await {
-                Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => acked += 1,
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => panic!("publisher connection failed: {e}"),
-                Err(_) => panic!("publisher: no progress for 30 s ({acked}/{total} acked)"),
-            }
-        }
-        acked
-    });
+    let (client, eventloop) = AsyncClient::new(options(&unique("pub"), url, ca), 1000);
+    let acks = count_pubacks(eventloop, n + extra.len() as u64);
     for i in 0..n {
         let (topic, body) = message(root, i);
         client
@@ -178,19 +131,11 @@ async fn publish(
 
 /// Reads the whole log (in bounded batches) and returns (sensor, ts) -> copies.
 fn log_contents(setup: &Setup) -> (BTreeMap<(String, u64), u64>, edge_agent::ingest::Stats) {
-    let config = Config::load(&setup.config_path).expect("config");
-    let log = IngestLog::open(&config.ingest_path(), edge_agent::service::limits(&config))
-        .expect("open log");
+    let log = open_log(&setup.config_path);
     let mut copies = BTreeMap::new();
-    let mut from = 0;
-    loop {
-        let batch = log.readings_from(from, 1000).expect("read log");
-        let Some((last, _)) = batch.last() else { break };
-        from = last + 1;
-        for (_, r) in batch {
-            *copies.entry((r.sensor, r.ts_ms)).or_insert(0) += 1;
-        }
-    }
+    each_reading(&log, |r| {
+        *copies.entry((r.sensor, r.ts_ms)).or_insert(0) += 1
+    });
     (copies, log.stats().expect("stats"))
 }
 
@@ -433,20 +378,7 @@ fn agent_binary() -> PathBuf {
 }
 
 fn spawn_agent(bin: &Path, setup: &Setup) -> Child {
-    Command::new(bin)
-        .args(["run", "--config"])
-        .arg(&setup.config_path)
-        .env("RUST_LOG", "warn")
-        .spawn()
-        .expect("spawn edge-agent")
-}
-
-/// A tiny deterministic PRNG (xorshift) for kill moments; the seed is printed.
-fn next(state: &mut u64) -> u64 {
-    *state ^= *state << 13;
-    *state ^= *state >> 7;
-    *state ^= *state << 17;
-    *state
+    edge_tests::bins::spawn_agent(bin, &setup.config_path)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -464,19 +396,7 @@ async fn agent_killed_with_sigkill_mid_stream_loses_and_duplicates_nothing() {
             async move { publish(&url, None, &root, N, &[], Duration::from_millis(75)).await },
         );
 
-    let mut seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(1, |d| d.as_nanos() as u64)
-        | 1;
-    println!("kill schedule seed: {seed}");
-    for kill in 0..KILLS {
-        let mut agent = spawn_agent(&bin, &setup);
-        let alive_ms = 200 + next(&mut seed) % 1200;
-        tokio::time::sleep(Duration::from_millis(alive_ms)).await;
-        agent.kill().expect("SIGKILL the agent"); // Child::kill is SIGKILL on Unix
-        let status = agent.wait().expect("reap agent");
-        println!("kill {kill}: after {alive_ms} ms ({status})");
-    }
+    edge_tests::schedule::kill_repeatedly(KILLS, || spawn_agent(&bin, &setup)).await;
     assert_eq!(
         publisher.await.expect("publisher"),
         N,

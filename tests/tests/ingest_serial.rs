@@ -3,27 +3,20 @@
 //! not acknowledged, and at the end every reading of the firmware-sim ledger is in the ingest
 //! log exactly once. No broker is needed.
 
+mod ingest_support;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use edge_agent::config::Config;
-use edge_agent::ingest::IngestLog;
+use edge_tests::bins::spawn_agent;
+use ingest_support::{each_reading, open_log};
 
 /// `target/<profile>/<bin>` of workspace package `package`, built on demand.
 fn binary(package: &str, bin: &str) -> PathBuf {
     edge_tests::bins::workspace_binary(package, bin)
-}
-
-fn spawn_agent(bin: &Path, config: &Path) -> Child {
-    Command::new(bin)
-        .args(["run", "--config"])
-        .arg(config)
-        .env("RUST_LOG", "warn")
-        .spawn()
-        .expect("spawn edge-agent")
 }
 
 fn terminate(child: &mut Child) {
@@ -87,20 +80,11 @@ fn expected_from_ledger(path: &Path) -> (Multiset, bool, u64) {
 }
 
 fn log_multiset(config_path: &Path) -> Multiset {
-    let config = Config::load(config_path).unwrap_or_else(|e| panic!("{e}"));
-    let log =
-        IngestLog::open(&config.ingest_path(), edge_agent::service::limits(&config)).expect("log");
     let mut out = Multiset::new();
-    let mut from = 0;
-    loop {
-        let batch = log.readings_from(from, 1000).expect("read log");
-        let Some((last, _)) = batch.last() else { break };
-        from = last + 1;
-        for (_, r) in batch {
-            *out.entry((r.sensor, (r.value as f32).to_bits()))
-                .or_insert(0) += 1;
-        }
-    }
+    each_reading(&open_log(config_path), |r| {
+        *out.entry((r.sensor, (r.value as f32).to_bits()))
+            .or_insert(0) += 1;
+    });
     out
 }
 
@@ -167,17 +151,11 @@ id = "d{{device}}.c{{channel}}"
     )
     .expect("write config");
 
-    let mut seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(1, |d| d.as_nanos() as u64)
-        | 1;
+    let mut seed = edge_tests::schedule::seed();
     println!("kill schedule seed: {seed}");
     for kill in 0..KILLS {
         let mut child = spawn_agent(&agent, &config_path);
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        let alive_ms = 150 + seed % 900;
+        let alive_ms = 150 + edge_tests::schedule::next(&mut seed) % 900;
         std::thread::sleep(Duration::from_millis(alive_ms));
         child.kill().expect("SIGKILL the agent");
         let status = child.wait().expect("reap");

@@ -21,11 +21,7 @@ use ops_support::*;
 async fn sigterm_mid_stream_then_restart_loses_nothing_and_duplicates_nothing() {
     const N: u64 = 4000;
     let services = Services::from_env();
-    let bin = agent_binary();
-    let setup = Setup::new(&services.mqtt_url, &services.kafka_bootstrap);
-    create_session(&setup).await;
-    let mut agent = setup.spawn(&bin);
-    setup.wait_ready(&mut agent, Duration::from_secs(30));
+    let (bin, setup, mut agent) = ready_agent(&services).await;
     // About 4 s of traffic; the agent is stopped after 1.5 s, while it streams.
     let publisher = {
         let s = clone_setup(&setup);
@@ -69,11 +65,7 @@ async fn sigterm_mid_stream_then_restart_loses_nothing_and_duplicates_nothing() 
 async fn sighup_with_a_bad_file_is_refused_and_with_a_good_one_applied_mid_stream_exactly_once() {
     const N: u64 = 4000;
     let services = Services::from_env();
-    let bin = agent_binary();
-    let setup = Setup::new(&services.mqtt_url, &services.kafka_bootstrap);
-    create_session(&setup).await;
-    let mut agent = setup.spawn(&bin);
-    setup.wait_ready(&mut agent, Duration::from_secs(30));
+    let (_, setup, mut agent) = ready_agent(&services).await;
 
     // A bad file: refused with file, line and field; the agent keeps running the old one.
     setup.write_config("{dev}", "bogus_key = 1");
@@ -123,11 +115,7 @@ async fn sighup_with_a_bad_file_is_refused_and_with_a_good_one_applied_mid_strea
 async fn sighup_changing_the_sensor_mapping_mid_stream_stores_each_reading_once_under_one_id() {
     const N: u64 = 4000;
     let services = Services::from_env();
-    let bin = agent_binary();
-    let setup = Setup::new(&services.mqtt_url, &services.kafka_bootstrap);
-    create_session(&setup).await;
-    let mut agent = setup.spawn(&bin);
-    setup.wait_ready(&mut agent, Duration::from_secs(30));
+    let (_, setup, mut agent) = ready_agent(&services).await;
     let publisher = {
         let s = clone_setup(&setup);
         tokio::spawn(async move { publish_paced(&s, 0, N, 10, Duration::from_millis(10)).await })

@@ -80,28 +80,10 @@ async fn partials_are_the_same_with_and_without_sigkill_at_20_random_points() {
 
     let publishing = {
         let msgs = input();
-        let setup_ref = Setup {
-            dir: tempfile::tempdir().expect("tempdir"),
-            config_path: setup.config_path.clone(),
-            client_id: setup.client_id.clone(),
-            root: setup.root.clone(),
-            url: setup.url.clone(),
-        };
+        let setup_ref = setup.copy_for_task();
         tokio::spawn(async move { publish(&setup_ref, msgs, Duration::from_millis(120)).await })
     };
-    let mut seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(1, |d| d.as_nanos() as u64)
-        | 1;
-    println!("kill schedule seed: {seed}");
-    for kill in 0..KILLS {
-        let mut agent = spawn_agent(&bin, &setup);
-        let alive_ms = 200 + next(&mut seed) % 1200;
-        tokio::time::sleep(Duration::from_millis(alive_ms)).await;
-        agent.kill().expect("SIGKILL the agent");
-        let status = agent.wait().expect("reap agent");
-        println!("kill {kill}: after {alive_ms} ms ({status})");
-    }
+    edge_tests::schedule::kill_repeatedly(KILLS, || spawn_agent(&bin, &setup)).await;
     assert_eq!(publishing.await.expect("publisher"), N + DEVICES);
 
     let records = run_until(&bin, &setup, Duration::from_secs(120), |r| {
@@ -160,13 +142,7 @@ async fn idle_closes_across_sigkills_emit_each_window_once_and_account_for_every
         .collect();
     let publishing = {
         let msgs = msgs.clone();
-        let setup_ref = Setup {
-            dir: tempfile::tempdir().expect("tempdir"),
-            config_path: setup.config_path.clone(),
-            client_id: setup.client_id.clone(),
-            root: setup.root.clone(),
-            url: setup.url.clone(),
-        };
+        let setup_ref = setup.copy_for_task();
         tokio::spawn(async move {
             let mut acked = 0;
             for burst in msgs.chunks(PER_BURST as usize) {
@@ -176,10 +152,7 @@ async fn idle_closes_across_sigkills_emit_each_window_once_and_account_for_every
             acked
         })
     };
-    let mut seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(1, |d| d.as_nanos() as u64)
-        | 1;
+    let mut seed = edge_tests::schedule::seed();
     println!("kill schedule seed: {seed}");
     for _ in 0..10 {
         let mut agent = spawn_agent(&bin, &setup);

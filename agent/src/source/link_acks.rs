@@ -1,37 +1,39 @@
-//! The receiver's ack rule of the serial link (`edge_protocol::link`, "The receiver's ack
-//! rule"), as a state machine with no I/O.
+//! The agent's side of the serial link's ack rule: which devices and boots it tracks, and
+//! the drop totals it counts. The rule itself, per boot, is
+//! [`edge_protocol::link_acks::Watermark`] (re-exported here), shared with the simulator's
+//! test peer.
 //!
-//! Per device the state holds its current boot and the watermark `W`: every `seq <= W` of that
-//! boot is settled (durable in the ingest log, or declared discarded by the device through
-//! `oldest_unacked`). Frames above `W` that are durable wait in `durable` until the gap below
-//! them closes.
+//! Per device the state holds its current boot (a new `boot_id` replaces the old one), that
+//! boot's [`Watermark`] `W` and the largest `dropped` total it reported.
 //!
 //! # Invariants and crash reasoning
 //!
-//! - `W` only passes a `seq` that [`AckState::on_durable`] reported (called from the ingest
-//!   writer's ack, i.e. after the commit) or that lies below a frame's `oldest_unacked`. So an
-//!   `Ack` never covers a frame that is not durable or discarded: the device frees only what is
-//!   safe to free.
+//! - [`AckState::on_durable`] is called from the ingest writer's ack, i.e. after the commit, so
+//!   `W` passes only frames that are durable in the ingest log or that the device declared
+//!   discarded through `oldest_unacked` (the rule's invariant): an `Ack` never covers a frame
+//!   that is not durable or discarded, and the device frees only what is safe to free.
 //! - The state is memory only. After an agent restart `W` starts at 0 again: acks are
 //!   cumulative, so a low ack is harmless to the device, `oldest_unacked` raises `W` on the first
 //!   frame, and frames the device retransmits that were already committed are dropped by the
 //!   ingest dedupe key `(device, boot, seq, index)`.
-//! - Memory is bounded: at most [`MAX_DEVICES`] devices and [`MAX_WAITING`] durable frames
-//!   above `W` per device; past that a durable frame is not remembered, is retransmitted by the
-//!   device, deduplicated, and remembered then.
+//! - Memory is bounded: at most [`MAX_DEVICES`] devices, and per device a fixed-size
+//!   [`Watermark`] that remembers durable frames up to [`MAX_WAITING`] above `W`; a durable
+//!   frame further ahead is not remembered, is retransmitted by the device, deduplicated, and
+//!   remembered then.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 
 use edge_protocol::link::{Ack, Hello, Readings};
+pub use edge_protocol::link_acks::*;
 
 pub const MAX_DEVICES: usize = 4096;
-pub const MAX_WAITING: usize = 1024;
+/// How far above `W` durable frames are remembered (the rule's [`WINDOW`]).
+pub const MAX_WAITING: usize = WINDOW as usize;
 
 #[derive(Debug, Clone, Default)]
 struct Boot {
     boot_id: u32,
-    watermark: u32,
-    durable: BTreeSet<u32>,
+    watermark: Watermark,
     /// Largest running `dropped` total seen this boot.
     dropped: u32,
 }
@@ -58,7 +60,7 @@ fn ack(device_id: u32, boot: &Boot) -> Ack {
     Ack {
         device_id,
         boot_id: boot.boot_id,
-        seq: boot.watermark,
+        seq: boot.watermark.seq(),
     }
 }
 
@@ -94,18 +96,10 @@ impl AckState {
         let boot = self.boot(frame.device_id, frame.boot_id)?;
         let newly_dropped = frame.dropped.saturating_sub(boot.dropped);
         boot.dropped = boot.dropped.max(frame.dropped);
-        let settled_below = frame
-            .oldest_unacked
-            .saturating_sub(1)
-            .min(frame.seq.saturating_sub(1));
-        if settled_below > boot.watermark {
-            boot.watermark = settled_below;
-            advance(boot);
+        match boot.watermark.on_readings(frame.seq, frame.oldest_unacked) {
+            Arrival::Settled => Some(OnReadings::Duplicate(ack(frame.device_id, boot))),
+            Arrival::Open => Some(OnReadings::Store { newly_dropped }),
         }
-        if frame.seq <= boot.watermark {
-            return Some(OnReadings::Duplicate(ack(frame.device_id, boot)));
-        }
-        Some(OnReadings::Store { newly_dropped })
     }
 
     /// The frame `(device, boot, seq)` is durable. Returns the ack to send, if the boot is still
@@ -115,21 +109,9 @@ impl AckState {
             .devices
             .get_mut(&device_id)
             .filter(|b| b.boot_id == boot_id)?;
-        if seq > boot.watermark && boot.durable.len() < MAX_WAITING {
-            boot.durable.insert(seq);
-        }
-        advance(boot);
+        boot.watermark.on_durable(seq);
         Some(ack(device_id, boot))
     }
-}
-
-/// Moves `W` over consecutive durable frames and forgets those at or below it.
-fn advance(boot: &mut Boot) {
-    while boot.durable.remove(&(boot.watermark.saturating_add(1))) {
-        boot.watermark += 1;
-    }
-    let keep = boot.durable.split_off(&(boot.watermark.saturating_add(1)));
-    boot.durable = keep;
 }
 
 #[cfg(test)]

@@ -150,6 +150,14 @@ struct Message {
     payload: Vec<u8>,
 }
 
+/// Hands one message to the client (QoS as configured, never retained).
+async fn publish(client: &AsyncClient, message: Message, qos: QoS) -> Result<(), RunError> {
+    client
+        .publish(message.topic, qos, false, message.payload)
+        .await
+        .map_err(RunError::MqttClient)
+}
+
 /// Runs the MQTT transport until the configured count or duration, or until `cancel`.
 pub async fn run(
     config: &RunConfig,
@@ -234,11 +242,8 @@ pub async fn run(
                     topic,
                     payload: bytes,
                 }) {
-                    if let Err(e) = client
-                        .publish(message.topic, qos, false, message.payload)
-                        .await
-                    {
-                        outcome = Err(RunError::MqttClient(e));
+                    if let Err(e) = publish(&client, message, qos).await {
+                        outcome = Err(e);
                         break 'run;
                     }
                     published += 1;
@@ -246,11 +251,8 @@ pub async fn run(
             }
         }
         if let Some(message) = mangler.release() {
-            if let Err(e) = client
-                .publish(message.topic, qos, false, message.payload)
-                .await
-            {
-                outcome = Err(RunError::MqttClient(e));
+            if let Err(e) = publish(&client, message, qos).await {
+                outcome = Err(e);
                 break 'run;
             }
             published += 1;

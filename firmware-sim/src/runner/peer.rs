@@ -8,26 +8,20 @@
 //! - a `Hello` is answered with `Ack { seq: W }` and a `TimeSync` (host clock);
 //! - a `Readings` frame is accepted once per `(device_id, boot_id, seq)`; duplicates are counted
 //!   and dropped;
-//! - acks follow "the receiver's ack rule" of `protocol/FORMAT.md`: per `(device_id, boot_id)` a
-//!   watermark `W` rises to `oldest_unacked - 1` (the device no longer holds anything below) and
-//!   then while `W + 1` has arrived, so a frame still missing (corrupted in transit, or held back
-//!   by reordering) is never acknowledged by accident. Every `Readings` frame, accepted or
-//!   duplicate, is answered with `Ack { seq: W }`, so a lost `Ack` is repaired by the device's
-//!   next retransmit.
+//! - acks follow "the receiver's ack rule" of `protocol/FORMAT.md`, the same code the agent runs
+//!   ([`edge_protocol::link_acks::Watermark`], one per `(device_id, boot_id)`), with a frame
+//!   durable as soon as it arrives: `W` rises to `oldest_unacked - 1` (the device no longer
+//!   holds anything below) and then while `W + 1` has arrived, so a frame still missing
+//!   (corrupted in transit, or held back by reordering) is never acknowledged by accident. Every
+//!   `Readings` frame, accepted or duplicate, is answered with `Ack { seq: W }`, so a lost `Ack`
+//!   is repaired by the device's next retransmit.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 
 use edge_protocol::link::{self, Ack, Decoder, DecoderStats, Frame, TimeSync, MAX_FRAME_LEN};
+use edge_protocol::link_acks::{Arrival, Durable, Watermark};
 
 use super::ledger::{unix_ms_now, LedgerReading};
-
-/// Per `(device_id, boot_id)`: everything `<= contiguous` (the watermark `W`) is settled;
-/// `ahead` holds arrivals above it.
-#[derive(Debug, Default, Clone)]
-struct Stream {
-    contiguous: u32,
-    ahead: BTreeSet<u32>,
-}
 
 /// One `Readings` frame as the peer accepted it.
 #[derive(Debug, Clone, PartialEq)]
@@ -44,7 +38,7 @@ pub struct Accepted {
 #[derive(Debug, Default)]
 pub struct Peer {
     decoder: Decoder,
-    streams: HashMap<(u32, u32), Stream>,
+    streams: HashMap<(u32, u32), Watermark>,
     /// Frames accepted, in arrival order.
     pub accepted: Vec<Accepted>,
     /// `Hello` frames seen, as `(device_id, boot_id)`.
@@ -77,7 +71,7 @@ impl Peer {
             let reply = match frame {
                 Frame::Hello(hello) => {
                     self.hellos.push((hello.device_id, hello.boot_id));
-                    let stream = self
+                    let watermark = self
                         .streams
                         .entry((hello.device_id, hello.boot_id))
                         .or_default();
@@ -86,7 +80,7 @@ impl Peer {
                         &Frame::Ack(Ack {
                             device_id: hello.device_id,
                             boot_id: hello.boot_id,
-                            seq: stream.contiguous,
+                            seq: watermark.seq(),
                         }),
                     );
                     Some(Frame::TimeSync(TimeSync {
@@ -94,26 +88,15 @@ impl Peer {
                     }))
                 }
                 Frame::Readings(r) => {
-                    let stream = self.streams.entry((r.device_id, r.boot_id)).or_default();
-                    let above = r.seq > stream.contiguous;
-                    let fresh = above && stream.ahead.insert(r.seq);
-                    if above {
-                        let floor = r.oldest_unacked.saturating_sub(1);
-                        if floor > stream.contiguous {
-                            stream.contiguous = floor;
-                            stream.ahead = stream.ahead.split_off(&(floor + 1));
-                        }
-                        while let Some(next) = stream.contiguous.checked_add(1) {
-                            if !stream.ahead.remove(&next) {
-                                break;
-                            }
-                            stream.contiguous = next;
-                        }
-                    }
+                    let watermark = self.streams.entry((r.device_id, r.boot_id)).or_default();
+                    // Durable on arrival. `Beyond` (more than the rule's window ahead) cannot
+                    // happen with the simulator's 64-frame ring; it would count as accepted.
+                    let fresh = watermark.on_readings(r.seq, r.oldest_unacked) == Arrival::Open
+                        && matches!(watermark.on_durable(r.seq), Durable::New | Durable::Beyond);
                     let ack = Ack {
                         device_id: r.device_id,
                         boot_id: r.boot_id,
-                        seq: stream.contiguous,
+                        seq: watermark.seq(),
                     };
                     if fresh {
                         self.accepted.push(Accepted {

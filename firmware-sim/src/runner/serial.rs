@@ -145,6 +145,19 @@ struct Totals {
     evicted_readings: u64,
 }
 
+/// The totals over every device on the line, all boots.
+fn totals(slots: &[Slot]) -> Totals {
+    slots.iter().fold(Totals::default(), |a, s| {
+        let b = s.boot_totals();
+        Totals {
+            frames: a.frames + b.frames,
+            acked: a.acked + b.acked,
+            retransmits: a.retransmits + b.retransmits,
+            evicted_readings: a.evicted_readings + b.evicted_readings,
+        }
+    })
+}
+
 impl Slot {
     fn boot_totals(&self) -> Totals {
         let s = self.device.stats();
@@ -344,15 +357,7 @@ where
         }
 
         progress.maybe_print(|| {
-            let t = slots.iter().fold(Totals::default(), |a, s| {
-                let b = s.boot_totals();
-                Totals {
-                    frames: a.frames + b.frames,
-                    acked: a.acked + b.acked,
-                    retransmits: a.retransmits + b.retransmits,
-                    evicted_readings: a.evicted_readings + b.evicted_readings,
-                }
-            });
+            let t = totals(&slots);
             format!(
                 "serial: readings={readings} frames={} acked={} retransmits={} dropped_readings={} bytes_out={} decode_errors={} corrupted={} duplicated={} reordered={}",
                 t.frames,
@@ -382,15 +387,7 @@ where
     if let Ok(Ok(Err(e))) = tokio::time::timeout(Duration::from_secs(5), writer).await {
         outcome = Err(RunError::SerialIo(e));
     }
-    let t = slots.iter().fold(Totals::default(), |a, s| {
-        let b = s.boot_totals();
-        Totals {
-            frames: a.frames + b.frames,
-            acked: a.acked + b.acked,
-            retransmits: a.retransmits + b.retransmits,
-            evicted_readings: a.evicted_readings + b.evicted_readings,
-        }
-    });
+    let t = totals(&slots);
     ledger.write(&LedgerRecord::End {
         readings,
         frames: t.frames,

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use edge_protocol::aggregate::Aggregate;
 use edge_protocol::partial::{Partial, MAX_ENCODED_LEN};
@@ -238,6 +238,28 @@ pub fn produce_by_window(bootstrap: &str, topic: &str, data: &[Cell], agents: &m
     let _ = bootstrap;
 }
 
+/// Produces each gateway's partials of `data` in one transaction per gateway (watermark = each
+/// window's end), gateway after gateway.
+pub fn produce_by_gateway(bootstrap: &str, topic: &str, data: &[Cell], gateways: &[&str]) {
+    for g in gateways {
+        let mut agent = FakeAgent::new(bootstrap, g);
+        let partials: Vec<_> = data
+            .iter()
+            .filter(|c| c.gateway == *g)
+            .map(|c| (c.partial(c.end_ms, 0), None))
+            .collect();
+        agent.send_partials(topic, &partials);
+    }
+}
+
+/// The wall clock in Unix milliseconds.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("the clock is after 1970")
+        .as_millis() as i64
+}
+
 /// `target/<profile>/edge-consumer`, built on demand.
 pub fn consumer_binary() -> PathBuf {
     edge_tests::bins::workspace_binary("edge-consumer", "edge-consumer")
@@ -282,10 +304,7 @@ impl Cell {
 pub struct Rng(pub u64);
 impl Rng {
     pub fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
+        edge_tests::schedule::next(&mut self.0)
     }
     pub fn below(&mut self, n: u64) -> u64 {
         self.next() % n.max(1)

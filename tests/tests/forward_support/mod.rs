@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -14,6 +14,8 @@ use edge_agent::config::{Config, KafkaSection};
 use edge_agent::forward::progress::{self, Marker};
 use edge_agent::forward::{producer, ForwardError, ForwardMetrics, Forwarder};
 use edge_agent::outbox::{self, OutboxRecord, RecordKind};
+use edge_tests::bins::spawn_agent_logged;
+use edge_tests::check::assert_none;
 use edge_tests::kafka::{kcat_count_committed, read_committed, unique_topic};
 use redb::Database;
 use tokio_util::sync::CancellationToken;
@@ -66,13 +68,8 @@ transaction_timeout_ms = 10000
 {batch}
 {extra}
 
-[kafka.topics]
-readings = "{topic}"
-partials = "{topic}.partials"
-late = "{topic}.late"
-dead_letters = "{topic}.dead"
-progress = "{progress}"
-"#,
+{topics}"#,
+            topics = edge_tests::config::kafka_topics(topic, topic, progress),
             data_dir = dir.path().display().to_string(),
             batch = if extra.contains("batch_max_records") {
                 ""
@@ -150,44 +147,11 @@ progress = "{progress}"
     /// Spawns `edge-agent run` on this agent's configuration; its stderr goes to the returned
     /// file (read it after the process ended).
     pub fn spawn_binary(&self, bin: &Path) -> Proc {
-        static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let log = self.dir.path().join(format!("agent-{n}.stderr"));
-        let file = std::fs::File::create(&log).expect("stderr file");
-        let child = Command::new(bin)
-            .args(["run", "--config"])
-            .arg(&self.config_path)
-            .env(
-                "RUST_LOG",
-                std::env::var("EDGE_AGENT_LOG").unwrap_or_else(|_| "warn".to_owned()),
-            )
-            .stderr(Stdio::from(file))
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("spawn edge-agent");
-        Proc { child, log }
+        spawn_agent_logged(bin, &self.config_path, self.dir.path(), "warn", &[])
     }
 }
 
-/// An `edge-agent` process, SIGKILLed when dropped (so a failing test leaves none behind).
-pub struct Proc {
-    pub child: Child,
-    /// Its stderr.
-    pub log: PathBuf,
-}
-
-impl Proc {
-    pub fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+pub use edge_tests::bins::AgentProc as Proc;
 
 /// A forwarder running in this process.
 pub struct Running {
@@ -197,6 +161,18 @@ pub struct Running {
 }
 
 impl Running {
+    /// Prints how long the drain took since `started` and how many session errors were retried.
+    pub fn report_drained(&self, started: Instant) {
+        let errors = self
+            .metrics
+            .session_errors
+            .load(std::sync::atomic::Ordering::Relaxed);
+        println!(
+            "drained after {:?}; {errors} session errors retried",
+            started.elapsed()
+        );
+    }
+
     pub fn committed(&self) -> u64 {
         self.metrics
             .last_committed_seq
@@ -330,21 +306,9 @@ pub fn account(bootstrap: &str, topic: &str, agent: &str, n: u64) {
         twice.len(),
         extra.len()
     );
-    assert!(
-        missing.is_empty(),
-        "missing seqs (first 20): {:?}",
-        &missing[..missing.len().min(20)]
-    );
-    assert!(
-        twice.is_empty(),
-        "seqs more than once (first 20): {:?}",
-        &twice[..twice.len().min(20)]
-    );
-    assert!(
-        extra.is_empty(),
-        "unexpected seqs: {:?}",
-        &extra[..extra.len().min(20)]
-    );
+    assert_none("missing seqs", &missing);
+    assert_none("seqs more than once", &twice);
+    assert_none("unexpected seqs", &extra);
     assert_eq!(records.len() as u64, n);
     let kcat = kcat_count_committed(bootstrap, topic).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(kcat as u64, n, "kcat (read_committed) counts the same");
@@ -364,18 +328,6 @@ pub fn terminate(child: &Child) {
     assert!(status.success(), "kill -TERM {}", child.id());
 }
 
-/// A tiny deterministic PRNG (xorshift) for fault schedules; print the seed.
-pub fn next(state: &mut u64) -> u64 {
-    *state ^= *state << 13;
-    *state ^= *state >> 7;
-    *state ^= *state << 17;
-    *state
-}
-
-/// A seed from the clock (odd, never zero).
-pub fn seed() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(1, |d| d.as_nanos() as u64)
-        | 1
-}
+/// Fault schedules: a clock seed (print it) and the xorshift draws.
+#[allow(unused_imports)] // not every suite that includes this module uses it
+pub use edge_tests::schedule::{next, seed};

@@ -4,14 +4,14 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use edge_tests::bins::spawn_agent_logged;
+use edge_tests::check::assert_none;
 use edge_tests::kafka::{read_committed, unique_topic};
-use rumqttc::{AsyncClient, Event, Packet, QoS};
+use rumqttc::{AsyncClient, QoS};
 
 pub struct Setup {
     pub dir: tempfile::TempDir,
@@ -25,11 +25,8 @@ pub struct Setup {
     pub metrics: SocketAddr,
 }
 
-/// A loopback port nobody listens on now.
-pub fn free_port() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind :0");
-    l.local_addr().expect("local addr")
-}
+#[allow(unused_imports)] // not every suite that includes this module uses it
+pub use edge_tests::http::free_port;
 
 impl Setup {
     pub fn new(mqtt_url: &str, bootstrap: &str) -> Setup {
@@ -61,19 +58,7 @@ data_dir = {data_dir:?}
 metrics_listen = "{metrics}"
 shutdown_timeout_s = 20
 
-[[mqtt]]
-name = "broker"
-url = "{url}"
-client_id = "{client_id}"
-keep_alive_s = 5
-payload = {{ format = "json", value = "/v", timestamp = "/ts" }}
-subscribe = [{{ topic = "{root}/+/v", qos = 1 }}]
-
-[[sensor]]
-source = "broker"
-topic = "{root}/{{dev}}/v"
-id = "{id_template}"
-
+{source}
 [[pipeline]]
 name = "p"
 sensors = ["*"]
@@ -83,21 +68,23 @@ sensors = ["*"]
 bootstrap_servers = "{bootstrap}"
 transaction_timeout_ms = 10000
 
-[kafka.topics]
-readings = "{topic}"
-partials = "{topic}.partials"
-late = "{topic}.late"
-dead_letters = "{topic}.dead"
-progress = "{topic}.progress"
-"#,
+{topics}"#,
+            topics = edge_tests::config::kafka_topics(
+                &self.topic,
+                &self.topic,
+                &format!("{}.progress", self.topic),
+            ),
             id = self.id,
             data_dir = self.dir.path().join("data").display().to_string(),
             metrics = self.metrics,
-            url = self.url,
-            client_id = self.client_id,
-            root = self.root,
+            source = edge_tests::config::mqtt_json_source(
+                &self.url,
+                &self.client_id,
+                &self.root,
+                id_template,
+                "",
+            ),
             bootstrap = self.bootstrap,
-            topic = self.topic,
         );
         // Write then rename, as an operator's tooling should: SIGHUP never sees half a file.
         let tmp = self.dir.path().join("agent.toml.new");
@@ -112,23 +99,7 @@ progress = "{topic}.progress"
 
     /// [`Setup::spawn`] with extra environment variables.
     pub fn spawn_with_env(&self, bin: &Path, env: &[(&str, &str)]) -> Proc {
-        static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let log = self.dir.path().join(format!("agent-{n}.stderr"));
-        let file = std::fs::File::create(&log).expect("stderr file");
-        let child = Command::new(bin)
-            .args(["run", "--config"])
-            .arg(&self.config_path)
-            .env(
-                "RUST_LOG",
-                std::env::var("EDGE_AGENT_LOG").unwrap_or_else(|_| "info".to_owned()),
-            )
-            .envs(env.iter().copied())
-            .stderr(Stdio::from(file))
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("spawn edge-agent");
-        Proc { child, log }
+        spawn_agent_logged(bin, &self.config_path, self.dir.path(), "info", env)
     }
 
     /// `GET path` on the agent's metrics listener: (status, body); `None` while it does not
@@ -192,90 +163,21 @@ progress = "{topic}.progress"
     }
 }
 
-/// A tiny blocking HTTP/1.1 GET.
-pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    let (head, body) = text.split_once("\r\n\r\n")?;
-    let status = head.split(' ').nth(1)?.parse().ok()?;
-    Some((status, body.to_owned()))
-}
+#[allow(unused_imports)] // not every suite that includes this module uses it
+pub use edge_tests::http::get as http_get;
 
-/// An `edge-agent` process, SIGKILLed when dropped (so a failing test leaves none behind).
-pub struct Proc {
-    pub child: Child,
-    pub log: PathBuf,
-}
+#[allow(unused_imports)] // not every suite that includes this module uses it
+pub use edge_tests::bins::AgentProc as Proc;
 
-impl Proc {
-    pub fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    pub fn assert_alive(&mut self) {
-        if let Some(status) = self.child.try_wait().expect("poll agent") {
-            panic!("the agent exited ({status}):\n{}", self.stderr());
-        }
-    }
-
-    pub fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .args([format!("-{name}"), self.child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -{name}");
-    }
-
-    /// Waits for an exit already asked for (SIGTERM sent); asserts it was clean.
-    pub fn terminate_waited(&mut self, timeout: Duration) {
-        let t0 = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().expect("poll agent") {
-                assert!(status.success(), "clean stop: {status}\n{}", self.stderr());
-                return;
-            }
-            assert!(
-                t0.elapsed() < timeout,
-                "the agent did not stop within {timeout:?}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// SIGTERM, then waits for the exit; returns how long the drain took.
-    pub fn terminate(&mut self, timeout: Duration) -> Duration {
-        let t0 = Instant::now();
-        self.signal("TERM");
-        loop {
-            if let Some(status) = self.child.try_wait().expect("poll agent") {
-                assert!(
-                    status.success(),
-                    "SIGTERM stops the agent cleanly: {status}\n{}",
-                    self.stderr()
-                );
-                return t0.elapsed();
-            }
-            assert!(
-                t0.elapsed() < timeout,
-                "the agent did not stop within {timeout:?}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// How most ops tests begin: the `edge-agent` binary, a setup on the test brokers with the
+/// agent's MQTT session created, and the agent spawned and ready (`/readyz` 200 within 30 s).
+pub async fn ready_agent(services: &edge_tests::Services) -> (PathBuf, Setup, Proc) {
+    let bin = agent_binary();
+    let setup = Setup::new(&services.mqtt_url, &services.kafka_bootstrap);
+    create_session(&setup).await;
+    let mut agent = setup.spawn(&bin);
+    setup.wait_ready(&mut agent, Duration::from_secs(30));
+    (bin, setup, agent)
 }
 
 /// Creates the agent's persistent session, so the broker queues everything from now on.
@@ -296,23 +198,11 @@ pub const TS0: u64 = 1_700_000_000_000;
 /// [`publish`] in bursts of `burst` messages, `pause` apart: small bursts make a stream with
 /// no quiet gap for a signal to fall into.
 pub async fn publish_paced(setup: &Setup, from: u64, to: u64, burst: u64, pause: Duration) -> u64 {
-    let (client, mut eventloop) = AsyncClient::new(
+    let (client, eventloop) = AsyncClient::new(
         edge_tests::mqtt::options(&unique_topic("ops-pub"), &setup.url),
         1000,
     );
-    let total = to - from;
-    let acks = tokio::spawn(async move {
-        let mut acked = 0;
-        while acked < total {
-            match tokio::time::timeout(Duration::from_secs(30), eventloop.poll()).await {
-                Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => acked += 1,
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => panic!("publisher connection failed: {e}"),
-                Err(_) => panic!("publisher: no progress for 30 s ({acked}/{total} acked)"),
-            }
-        }
-        acked
-    });
+    let acks = edge_tests::mqtt::count_pubacks(eventloop, to - from);
     for i in from..to {
         let topic = format!("{}/d{}/v", setup.root, i % 4);
         let body = format!(r#"{{"v":{i},"ts":{}}}"#, TS0 + i);
@@ -393,16 +283,8 @@ pub fn account_delivered(
     for v in twice.iter().take(5) {
         println!("value {v}: sensors {:?}", seen[v]);
     }
-    assert!(
-        missing.is_empty(),
-        "missing values (first 20): {:?}",
-        &missing[..missing.len().min(20)]
-    );
-    assert!(
-        same_id.is_empty(),
-        "values more than once under one id (first 20): {:?}",
-        &same_id[..same_id.len().min(20)]
-    );
+    assert_none("missing values", &missing);
+    assert_none("values more than once under one id", &same_id);
     assert!(
         twice.len() <= remapped,
         "values twice (first 20): {:?}",

@@ -12,15 +12,10 @@ use edge_agent::ingest::IngestLog;
 use edge_agent::outbox::{self, OutboxRecord, RecordKind};
 use edge_protocol::aggregate::Aggregate;
 use edge_protocol::partial::Partial;
-use rumqttc::{AsyncClient, Event, Packet, QoS};
+use rumqttc::{AsyncClient, QoS};
 
-/// A name no other run shares, for client ids and topics.
-pub fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    format!("{prefix}-{}-{nanos}", std::process::id())
-}
+#[allow(unused_imports)] // not every suite that includes this module uses it
+pub use edge_tests::mqtt::unique;
 
 pub struct Setup {
     pub dir: tempfile::TempDir,
@@ -28,6 +23,20 @@ pub struct Setup {
     pub client_id: String,
     pub root: String,
     pub url: String,
+}
+
+impl Setup {
+    /// A copy to move into a task (a publisher): the same paths and names, with an empty
+    /// temporary directory of its own (the original keeps the agent's data).
+    pub fn copy_for_task(&self) -> Setup {
+        Setup {
+            dir: tempfile::tempdir().expect("tempdir"),
+            config_path: self.config_path.clone(),
+            client_id: self.client_id.clone(),
+            root: self.root.clone(),
+            url: self.url.clone(),
+        }
+    }
 }
 
 /// One MQTT source on `<root>/+/v` (JSON `{"v":..,"ts":..}`), sensor id = the device level,
@@ -45,19 +54,7 @@ data_dir = {data_dir:?}
 [buffer]
 batch_max_ms = 5
 
-[[mqtt]]
-name = "broker"
-url = "{url}"
-client_id = "{client_id}"
-keep_alive_s = 5
-payload = {{ format = "json", value = "/v", timestamp = "/ts" }}
-subscribe = [{{ topic = "{root}/+/v", qos = 1 }}]
-
-[[sensor]]
-source = "broker"
-topic = "{root}/{{dev}}/v"
-id = "{{dev}}"
-
+{source}
 [[pipeline]]
 name = "w"
 sensors = ["*"]
@@ -65,6 +62,7 @@ sensors = ["*"]
 {window}
 "#,
         data_dir = dir.path().display().to_string(),
+        source = edge_tests::config::mqtt_json_source(url, &client_id, &root, "{dev}", ""),
     );
     let config_path = dir.path().join("agent.toml");
     std::fs::write(&config_path, text).expect("write config");
@@ -94,21 +92,9 @@ pub struct Msg {
 
 /// Publishes `msgs` at QoS 1, pausing `pace` every 100; returns the broker's PUBACK count.
 pub async fn publish(setup: &Setup, msgs: Vec<Msg>, pace: Duration) -> u64 {
-    let (client, mut eventloop) =
+    let (client, eventloop) =
         AsyncClient::new(edge_tests::mqtt::options(&unique("pub"), &setup.url), 1000);
-    let total = msgs.len() as u64;
-    let acks = tokio::spawn(async move {
-        let mut acked = 0;
-        while acked < total {
-            match tokio::time::timeout(Duration::from_secs(30), eventloop.poll()).await {
-                Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => acked += 1,
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => panic!("publisher connection failed: {e}"),
-                Err(_) => panic!("publisher: no progress for 30 s ({acked}/{total} acked)"),
-            }
-        }
-        acked
-    });
+    let acks = edge_tests::mqtt::count_pubacks(eventloop, msgs.len() as u64);
     for (i, m) in msgs.iter().enumerate() {
         let topic = format!("{}/d{}/v", setup.root, m.dev);
         let body = format!(r#"{{"v":{},"ts":{}}}"#, m.value, m.ts);
@@ -193,12 +179,7 @@ pub fn binary(package: &str, bin: &str) -> PathBuf {
 }
 
 pub fn spawn_agent(bin: &Path, setup: &Setup) -> Child {
-    Command::new(bin)
-        .args(["run", "--config"])
-        .arg(&setup.config_path)
-        .env("RUST_LOG", "warn")
-        .spawn()
-        .expect("spawn edge-agent")
+    edge_tests::bins::spawn_agent(bin, &setup.config_path)
 }
 
 /// Runs the agent for `secs`, then stops it with SIGTERM and waits for it.
@@ -229,10 +210,5 @@ pub async fn run_until(
     }
 }
 
-/// A tiny deterministic PRNG (xorshift).
-pub fn next(state: &mut u64) -> u64 {
-    *state ^= *state << 13;
-    *state ^= *state >> 7;
-    *state ^= *state << 17;
-    *state
-}
+#[allow(unused_imports)] // not every suite that includes this module uses it
+pub use edge_tests::schedule::next;
