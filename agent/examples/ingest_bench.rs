@@ -78,7 +78,6 @@ async fn writer_only(n: u64, linger_ms: u64) {
     };
     let log = IngestLog::open(&path, limits).expect("open");
     let (tx, rx) = mpsc::channel(1024);
-    let (_trims, trims) = mpsc::channel(1);
     let counters = Arc::new(Counters::default());
     let cancel = CancellationToken::new();
     let writer = tokio::spawn(
@@ -91,7 +90,6 @@ async fn writer_only(n: u64, linger_ms: u64) {
             },
             counters: counters.clone(),
             submissions: rx,
-            trims,
             cancel: cancel.clone(),
         }
         .run(),

@@ -113,9 +113,6 @@ pub async fn run_with_telemetry(
     });
     let stage_counters: Option<Arc<StageCounters>> = stage.as_ref().map(|s| s.counters.clone());
     let (submissions, submissions_rx) = mpsc::channel(*config.buffer.channel_capacity.get_ref());
-    // The windowing stage trims the log in its own transactions and the writer re-checks the
-    // quota every 200 ms, so nothing sends here; the sender keeps the trim input open.
-    let (_trims, trims_rx) = mpsc::channel(16);
     let tracker = TaskTracker::new();
     let writer = Writer {
         log,
@@ -126,7 +123,6 @@ pub async fn run_with_telemetry(
         },
         counters: counters.clone(),
         submissions: submissions_rx,
-        trims: trims_rx,
         cancel: cancel.clone(),
     };
     let writer = tracker.spawn(writer.run());

@@ -95,7 +95,6 @@ async fn a_full_disk_stops_acks_without_crashing_and_everything_commits_once_spa
     println!("ballast: {filled} bytes; the disk is full");
 
     let (tx, rx) = mpsc::channel(256);
-    let (_trims, trims) = mpsc::channel(1);
     let counters = Arc::new(Counters::default());
     let cancel = CancellationToken::new();
     let writer = tokio::spawn(
@@ -108,7 +107,6 @@ async fn a_full_disk_stops_acks_without_crashing_and_everything_commits_once_spa
             },
             counters: counters.clone(),
             submissions: rx,
-            trims,
             cancel: cancel.clone(),
         }
         .run(),

@@ -246,14 +246,12 @@ fn acked(counter: &Arc<AtomicUsize>, s: &str, ts: u64) -> Submission {
 
 struct Running {
     submissions: mpsc::Sender<Submission>,
-    trims: mpsc::Sender<u64>,
     cancel: CancellationToken,
     task: tokio::task::JoinHandle<Result<(), IngestError>>,
 }
 
 fn start(log: IngestLog, dir: &tempfile::TempDir, capacity: usize) -> Running {
     let (submissions, rx) = mpsc::channel(capacity);
-    let (trims, trims_rx) = mpsc::channel(4);
     let cancel = CancellationToken::new();
     let writer = Writer {
         log,
@@ -264,12 +262,10 @@ fn start(log: IngestLog, dir: &tempfile::TempDir, capacity: usize) -> Running {
         },
         counters: Arc::new(Counters::default()),
         submissions: rx,
-        trims: trims_rx,
         cancel: cancel.clone(),
     };
     Running {
         submissions,
-        trims,
         cancel,
         task: tokio::spawn(writer.run()),
     }
@@ -295,18 +291,27 @@ async fn the_writer_acks_every_submission_after_its_commit() {
     assert_eq!((stats.readings, stats.duplicate), (200, 50));
 }
 
+/// Frees the log the way the windowing stage does: a trim in a transaction of its own on the
+/// shared database, which the writer notices at its next quota re-check.
+fn trim_all(db: &redb::Database) {
+    let txn = db.begin_write().unwrap();
+    IngestLog::trim_in(&txn, Some(u64::MAX), None).unwrap();
+    txn.commit().unwrap();
+}
+
 #[tokio::test]
 async fn under_backpressure_the_writer_withholds_acks_until_a_trim() {
     let dir = tempfile::tempdir().unwrap();
     let per = one("a", 0).estimated_bytes();
-    let log = open(&dir, limits(per * 4, OnFull::Backpressure));
+    let log = open(&dir, limits(per * 50, OnFull::Backpressure));
+    let db = log.database();
     let acks = Arc::new(AtomicUsize::new(0));
     let w = start(log, &dir, 2);
-    for i in 0..4 {
+    for i in 0..50 {
         w.submissions.send(acked(&acks, "a", i)).await.unwrap();
     }
     // More than one batch (100) plus the channel (2) can hold.
-    let blocked: Vec<_> = (4..300).map(|i| acked(&acks, "a", i)).collect();
+    let blocked: Vec<_> = (50..350).map(|i| acked(&acks, "a", i)).collect();
     let sender = w.submissions.clone();
     let feeder = tokio::spawn(async move {
         for s in blocked {
@@ -316,22 +321,23 @@ async fn under_backpressure_the_writer_withholds_acks_until_a_trim() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
         acks.load(Ordering::SeqCst),
-        4,
+        50,
         "nothing past the quota is acked"
     );
     assert!(
         !feeder.is_finished(),
         "the channel is full: sources feel the backpressure"
     );
-    for _ in 0..2000 {
-        if acks.load(Ordering::SeqCst) == 300 {
+    // Each trim frees the whole quota; the writer re-checks every 200 ms (QUOTA_RECHECK).
+    for _ in 0..300 {
+        if acks.load(Ordering::SeqCst) == 350 {
             break;
         }
-        w.trims.send(u64::MAX).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(2)).await;
+        trim_all(&db);
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     feeder.await.unwrap();
-    assert_eq!(acks.load(Ordering::SeqCst), 300);
+    assert_eq!(acks.load(Ordering::SeqCst), 350);
     w.cancel.cancel();
     w.task.await.unwrap().unwrap();
 }

@@ -51,14 +51,14 @@ pub struct Writer {
     pub batch: BatchLimits,
     pub counters: Arc<Counters>,
     pub submissions: mpsc::Receiver<Submission>,
-    /// Sequence numbers through which a downstream stage consumed the log (frees quota).
-    pub trims: mpsc::Receiver<u64>,
     pub cancel: CancellationToken,
 }
 
 const BACKOFF_MIN: Duration = Duration::from_millis(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
-/// How often a writer blocked by the quota re-checks without a trim.
+/// How often a writer blocked by the quota re-checks it. The windowing stage frees quota by
+/// trimming the log in its own transactions (with its cursor), so the writer polls for room
+/// instead of being told.
 const QUOTA_RECHECK: Duration = Duration::from_millis(200);
 
 fn weight(s: &Submission) -> usize {
@@ -81,10 +81,6 @@ impl Writer {
                 tokio::select! {
                     biased;
                     _ = self.cancel.cancelled() => return Ok(()),
-                    Some(through) = self.trims.recv() => {
-                        log = Some(trim(log, through).await?);
-                        continue;
-                    }
                     next = self.submissions.recv() => match next {
                         Some(s) => pending.push_back(s),
                         None => return Ok(()),
@@ -135,7 +131,6 @@ impl Writer {
                     tokio::select! {
                         biased;
                         _ = self.cancel.cancelled() => return Ok(()),
-                        Some(through) = self.trims.recv() => log = Some(trim(log, through).await?),
                         _ = tokio::time::sleep(QUOTA_RECHECK) => {}
                     }
                 }
@@ -199,21 +194,6 @@ async fn gather(
         }
     }
     false
-}
-
-async fn trim(log: Option<IngestLog>, through: u64) -> Result<IngestLog, IngestError> {
-    let mut log = log.ok_or(IngestError::WriterThread)?;
-    let (log, result) = tokio::task::spawn_blocking(move || {
-        let r = log.trim_readings_through(through);
-        (log, r)
-    })
-    .await
-    .map_err(|_| IngestError::WriterThread)?;
-    if let Err(error) = result {
-        // A failed trim frees nothing; the next trim covers the same readings.
-        tracing::warn!(%error, through, "trimming the ingest log failed");
-    }
-    Ok(log)
 }
 
 async fn reopen(

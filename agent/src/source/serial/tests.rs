@@ -55,7 +55,6 @@ fn rig(index: usize) -> (Rig, DuplexStream) {
     let path = dir.path().join("ingest.redb");
     let log = IngestLog::open(&path, limits()).unwrap();
     let (submissions, rx) = mpsc::channel(16);
-    let (_trims, trims) = mpsc::channel(1);
     let cancel = CancellationToken::new();
     let writer = Writer {
         log,
@@ -66,7 +65,6 @@ fn rig(index: usize) -> (Rig, DuplexStream) {
         },
         counters: Arc::new(Counters::default()),
         submissions: rx,
-        trims,
         cancel: cancel.clone(),
     };
     let counters = Arc::new(SerialCounters::default());
@@ -79,10 +77,7 @@ fn rig(index: usize) -> (Rig, DuplexStream) {
     };
     let (ours, theirs) = tokio::io::duplex(4096);
     let source = tokio::spawn(async move { task.serve(ours).await });
-    let writer = tokio::spawn(async move {
-        let _keep = _trims;
-        writer.run().await
-    });
+    let writer = tokio::spawn(writer.run());
     (
         Rig {
             dir,
