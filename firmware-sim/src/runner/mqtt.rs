@@ -10,8 +10,9 @@
 //!
 //! # Tasks
 //!
-//! - The **poller** owns the `EventLoop` and does nothing but poll it (FACTS.md: never await a
-//!   client call on the task that polls the loop, or both wait on each other under load). It
+//! - The **poller** owns the `EventLoop` and does nothing but poll it (`docs/DESIGN.md`
+//!   section 9: never await a client call on the task that polls the loop, or both wait on each
+//!   other under load). It
 //!   counts publishes written and acknowledged (PUBACK for QoS 1, PUBCOMP for QoS 2), injects
 //!   disconnects (`EventLoop::clean`, then no polling for `--disconnect-secs`), and reconnects
 //!   after errors with a short pause.
