@@ -5,7 +5,7 @@
 //! `redb::Error` with the same message, so [`StoreError`] keeps that one form and the retry rule
 //! needs to look at one enum. The stage errors (`IngestError`, `StageError`, `OutboxError`,
 //! `ForwardError`, `InspectError`) wrap it with `#[from]` and get `?` on every redb call from
-//! [`redb_errors_into!`](crate::store::redb_errors_into), then delegate to
+//! `redb_errors_into!`, then delegate to
 //! [`StoreError::is_retryable`].
 
 /// A failed database call.
