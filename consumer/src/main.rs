@@ -52,25 +52,7 @@ fn main() -> anyhow::Result<()> {
             let stop = Arc::new(AtomicBool::new(false));
             let flag = stop.clone();
             // SIGTERM / SIGINT: stop between transactions.
-            std::thread::spawn(move || {
-                let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                else {
-                    return;
-                };
-                rt.block_on(async {
-                    use tokio::signal::unix::{signal, SignalKind};
-                    let (Ok(mut term), Ok(mut int)) = (
-                        signal(SignalKind::terminate()),
-                        signal(SignalKind::interrupt()),
-                    ) else {
-                        return;
-                    };
-                    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
-                });
-                flag.store(true, Ordering::Relaxed);
-            });
+            edge_ops_http::signal::on_shutdown_signal(move || flag.store(true, Ordering::Relaxed));
             let metrics = Arc::new(Metrics::default());
             tracing::info!(version = edge_consumer::VERSION, "edge-consumer starting");
             let ops = match Server::start(&config.ops, metrics.clone()) {

@@ -72,10 +72,10 @@ struct Cli {
     settle_timeout: u64,
 }
 
-/// Sets `stop` on Ctrl-C or SIGTERM (children run in their own process groups: the demo stops
+/// Sets `stop` on Ctrl-C (SIGINT) or SIGTERM (children run in their own process groups: the demo stops
 /// them in order, and its brokers, before it exits).
 fn on_signals(stop: Arc<AtomicBool>) {
-    firmware_sim::runner::on_shutdown_signal(move || {
+    edge_ops_http::signal::on_shutdown_signal(move || {
         eprintln!("\nstopping (logs stay in the run directory) ...");
         stop.store(true, Ordering::Relaxed);
     });

@@ -134,19 +134,3 @@ pub async fn shutdown_signal() {
         () = term => {}
     }
 }
-
-/// Spawns a thread that waits for [`shutdown_signal`] on a runtime of its own, then calls
-/// `then`: how a synchronous program (the demo) learns of Ctrl-C or SIGTERM, e.g. to set a stop
-/// flag it polls. If no runtime can be built, `then` is never called.
-pub fn on_shutdown_signal(then: impl FnOnce() + Send + 'static) {
-    std::thread::spawn(move || {
-        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        else {
-            return;
-        };
-        rt.block_on(shutdown_signal());
-        then();
-    });
-}
