@@ -70,27 +70,23 @@ pub fn value(k: &WindowKey, w: &WindowState) -> Vec<u8> {
     serde_json::to_vec(&f).unwrap_or_default()
 }
 
-/// `YYYY-MM-DDTHH:MM:SS.mmmZ` (proleptic Gregorian, UTC) of Unix milliseconds.
+/// `YYYY-MM-DDTHH:MM:SS.mmmZ` (RFC 3339, UTC) of Unix milliseconds, through the `time` crate.
+///
+/// RFC 3339 has four-digit years only, so an instant outside `0000-01-01T00:00:00.000Z` ..=
+/// `9999-12-31T23:59:59.999Z` is written as the nearer of the two (a reader that parses dates
+/// never sees a malformed one); the record's `*_ms` fields carry the exact number either way.
 pub fn iso8601(ms: i64) -> String {
-    let days = ms.div_euclid(86_400_000);
-    let in_day = ms.rem_euclid(86_400_000);
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
-        in_day / 3_600_000,
-        in_day / 60_000 % 60,
-        in_day / 1000 % 60,
-        in_day % 1000
-    )
+    const FORMAT: &[time::format_description::BorrowedFormatItem<'_>] = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    const FIRST_MS: i64 = -62_167_219_200_000; // 0000-01-01T00:00:00.000Z
+    const LAST_MS: i64 = 253_402_300_799_999; // 9999-12-31T23:59:59.999Z
+    let nanos = i128::from(ms.clamp(FIRST_MS, LAST_MS)) * 1_000_000;
+    time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
+        .ok()
+        .and_then(|t| t.format(FORMAT).ok())
+        // Unreachable: the clamp keeps the instant inside the range `time` formats.
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -104,8 +100,9 @@ mod tests {
         assert_eq!(iso8601(1_767_225_600_123), "2026-01-01T00:00:00.123Z");
         assert_eq!(iso8601(951_782_400_000), "2000-02-29T00:00:00.000Z");
         assert_eq!(iso8601(-1), "1969-12-31T23:59:59.999Z");
-        let _ = iso8601(i64::MIN);
-        let _ = iso8601(i64::MAX);
+        assert_eq!(iso8601(i64::MIN), "0000-01-01T00:00:00.000Z");
+        assert_eq!(iso8601(i64::MAX), "9999-12-31T23:59:59.999Z");
+        assert_eq!(iso8601(253_402_300_799_999), "9999-12-31T23:59:59.999Z");
     }
 
     /// Golden bytes of a whole final: field order, number formatting, dates. A failure here
