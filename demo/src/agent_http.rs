@@ -3,34 +3,28 @@
 //! and the ingest counters persisted in the agent's database, which survive a `kill -9`).
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use serde::Deserialize;
 
 const TIMEOUT: Duration = Duration::from_secs(2);
 
-/// One HTTP/1.1 GET; the body of a 200 answer.
+/// One HTTP/1.1 GET (ureq); the body of a 200 answer.
 fn get(addr: SocketAddr, path: &str) -> Result<String> {
-    let mut stream = TcpStream::connect_timeout(&addr, TIMEOUT)?;
-    stream.set_read_timeout(Some(TIMEOUT))?;
-    stream.set_write_timeout(Some(TIMEOUT))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer)?;
-    let (head, body) = answer
-        .split_once("\r\n\r\n")
-        .context("an HTTP answer without a body")?;
-    let status = head.split_whitespace().nth(1).unwrap_or("?");
-    if status != "200" {
-        bail!("GET {path}: HTTP {status}: {}", body.trim());
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(TIMEOUT))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut answer = agent.get(format!("http://{addr}{path}")).call()?;
+    let body = answer.body_mut().read_to_string()?;
+    let status = answer.status();
+    if status != 200 {
+        bail!("GET {path}: HTTP {}: {}", status.as_u16(), body.trim());
     }
-    Ok(body.to_owned())
+    Ok(body)
 }
 
 /// Metric samples by their full name with labels, e.g. `edge_source_connected{source="x"}`.

@@ -1,8 +1,7 @@
 //! HTTP helpers for the suites that read the ops endpoints (`/metrics`, `/healthz`, `/readyz`)
 //! of the real binaries.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::time::Duration;
 
 /// A loopback port nobody listens on now.
@@ -11,18 +10,16 @@ pub fn free_port() -> SocketAddr {
     l.local_addr().expect("local addr")
 }
 
-/// A tiny blocking HTTP/1.1 GET: (status, body); `None` while nothing answers.
+/// A blocking HTTP/1.1 GET (ureq): (status, body) of any answer; `None` while nothing answers.
 pub fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    let (head, body) = text.split_once("\r\n\r\n")?;
-    let status = head.split(' ').nth(1)?.parse().ok()?;
-    Some((status, body.to_owned()))
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_connect(Some(Duration::from_secs(2)))
+        .timeout_global(Some(Duration::from_secs(5)))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut answer = agent.get(format!("http://{addr}{path}")).call().ok()?;
+    let status = answer.status().as_u16();
+    let body = answer.body_mut().read_to_string().ok()?;
+    Some((status, body))
 }
