@@ -5,21 +5,18 @@
 //!
 //! | module | does |
 //! | --- | --- |
-//! | [`request`] | the request-head parser: complete or not, GET/HEAD over HTTP/1.x, the path (no I/O) |
-//! | [`server`] | the accept loop and the responder over a service's [`Router`]; the bounds [`MAX_REQUEST`], [`DEADLINE`], [`MAX_CONNECTIONS`] |
+//! | [`server`] | the accept loop and hyper's HTTP/1 responder over a service's [`Router`]; the bounds [`MAX_REQUEST`], [`DEADLINE`], [`MAX_CONNECTIONS`] |
 //! | [`prometheus`] | the Prometheus text exposition format 0.0.4: [`prometheus::Out`] writes families and samples (one at a time or from row tables: `counters`, `gauges`, `family`), label values escaped |
 //! | [`signal`] | SIGTERM/SIGINT for a synchronous main loop: a thread that calls back once |
 //! | `testing` (feature `test-util`) | a one-shot client for the services' endpoint tests |
 #![forbid(unsafe_code)]
 
 pub mod prometheus;
-pub mod request;
 pub mod server;
 pub mod signal;
 #[cfg(any(test, feature = "test-util"))]
 pub mod testing;
 
-pub use request::{parse, Request};
 pub use server::{
     serve, serve_with, verdict, Response, Router, DEADLINE, MAX_CONNECTIONS, MAX_REQUEST,
 };

@@ -3,6 +3,12 @@
 //! A pure value (no clock, no sleeping, `no_std`): the caller asks for the next delay, sleeps it
 //! however its runtime sleeps, and calls [`Backoff::reset`] after a success. Each delay doubles
 //! the last, from `min` up to `max`, and stays at `max` from then on.
+//!
+//! Not `backon` (considered in issue 15): its retry combinators own the loop around one
+//! closure, while ours interleave cancellation, health flags and per-error decisions (a fatal
+//! error stops, a retryable one waits), and its delay iterators have no [`Backoff::peek`] or
+//! [`Backoff::reset`], which the loops use to report the next wait and to start over after a
+//! success. What it would replace is this forty-line value.
 
 use core::time::Duration;
 

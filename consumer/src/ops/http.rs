@@ -81,7 +81,7 @@ mod tests {
         let m = exchange(addr, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
         assert!(m.starts_with("HTTP/1.1 200 OK\r\n"), "{m}");
         assert!(
-            m.contains("Content-Type: text/plain; version=0.0.4\r\n"),
+            m.contains("content-type: text/plain; version=0.0.4\r\n"),
             "{m}"
         );
         assert!(m.contains("\nedge_consumer_merged_total 12\n"), "{m}");
@@ -98,7 +98,7 @@ mod tests {
         assert!(n.ends_with("try /metrics /healthz /readyz\n"), "{n}");
         let head = exchange(addr, b"HEAD /metrics HTTP/1.0\r\n\r\n").await;
         assert!(
-            head.starts_with("HTTP/1.1 200 OK\r\n") && head.ends_with("\r\n\r\n"),
+            head.starts_with("HTTP/1.0 200 OK\r\n") && head.ends_with("\r\n\r\n"),
             "{head}"
         );
         let bad = exchange(addr, b"POST /metrics HTTP/1.1\r\n\r\n").await;
