@@ -27,6 +27,9 @@ use rdkafka::TopicPartitionList;
 
 use crate::errors::{fenced_code, FENCED};
 
+/// How long one slice of [`TxnProducer::abort`] waits before the delivery reports are served.
+pub const ABORT_STEP: Duration = Duration::from_millis(50);
+
 /// One transactional producer (settings from [`crate::set_transactional`]).
 pub struct TxnProducer {
     producer: BaseProducer,
@@ -104,8 +107,31 @@ impl TxnProducer {
         self.producer.commit_transaction(timeout)
     }
 
+    /// `abort_transaction`, serving delivery reports while it waits.
+    ///
+    /// librdkafka's abort purges what is queued and then waits until every purged or in-flight
+    /// message has had its delivery report *served*; on a `BaseProducer` only our own `poll`
+    /// serves them, and nobody polls while the call blocks. So one long call fails after its
+    /// whole timeout with "Failed to flush all outstanding messages ... the event queue must be
+    /// polled" (seen in the demo's consumer after a broker restart: the session then hung for
+    /// the rest of a minute). Instead the abort is called in [`ABORT_STEP`] slices, each a
+    /// retriable timeout in librdkafka's terms (the abort goes on in the background), with the
+    /// reports served in between, until it completes or `timeout` has passed.
     pub fn abort(&self, timeout: Duration) -> Result<(), KafkaError> {
-        self.producer.abort_transaction(timeout)
+        let deadline = Instant::now() + timeout;
+        loop {
+            let step = deadline
+                .saturating_duration_since(Instant::now())
+                .min(ABORT_STEP);
+            match self.producer.abort_transaction(step) {
+                Err(KafkaError::Transaction(e))
+                    if e.is_retriable() && Instant::now() < deadline =>
+                {
+                    self.producer.poll(Duration::from_millis(1));
+                }
+                done => return done,
+            }
+        }
     }
 
     /// Serves delivery reports for up to `timeout`.
@@ -167,5 +193,42 @@ mod tests {
         p.abort(timeout).unwrap();
         let plain = KafkaError::MessageProduction(RDKafkaErrorCode::AllBrokersDown);
         assert!(!p.fenced(&plain));
+    }
+
+    /// Regression: an abort with delivery reports still unserved failed after its whole timeout
+    /// ("Failed to flush all outstanding messages ... the event queue must be polled"), so the
+    /// consumer's session hung after a broker restart instead of starting over.
+    #[test]
+    fn an_abort_with_unserved_delivery_reports_serves_them_and_completes() {
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic("t", 1, 1).unwrap();
+        let mut config = client_config(&cluster.bootstrap_servers());
+        set_transactional(&mut config, "edge-kafka.abort", 10_000);
+        let p = TxnProducer::create(&config).unwrap();
+        let timeout = Duration::from_secs(10);
+        p.init(timeout).unwrap();
+        p.begin().unwrap();
+        for i in 0..1000u32 {
+            let payload = i.to_le_bytes();
+            p.send(
+                BaseRecord::<[u8], [u8]>::to("t").payload(&payload[..]),
+                timeout,
+            )
+            .unwrap();
+        }
+        // Let them reach the broker, so their delivery reports wait in the queue.
+        std::thread::sleep(Duration::from_millis(500));
+        let started = Instant::now();
+        p.abort(timeout).expect("the abort completes");
+        assert!(started.elapsed() < timeout, "{:?}", started.elapsed());
+        assert_eq!(p.producer().in_flight_count(), 0);
+        // The producer is usable again: the next transaction commits.
+        p.begin().unwrap();
+        p.send(
+            BaseRecord::<[u8], [u8]>::to("t").payload(&b"x"[..]),
+            timeout,
+        )
+        .unwrap();
+        p.commit(timeout).unwrap();
     }
 }
