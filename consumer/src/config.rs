@@ -26,6 +26,7 @@ use crate::group::{Grouping, Rule};
 pub const RESERVED_CLIENT_KEYS: &[&str] = &[
     "bootstrap.servers",
     "group.id",
+    "group.instance.id",
     "isolation.level",
     "enable.auto.commit",
     "enable.auto.offset.store",
@@ -97,7 +98,8 @@ pub struct Config {
 pub struct KafkaSection {
     pub bootstrap_servers: Spanned<String>,
     pub group_id: Spanned<String>,
-    /// This instance's stable name; `transactional.id` is `{group_id}.{instance_id}`.
+    /// This instance's stable name; `transactional.id` is `{group_id}.{instance_id}` and the
+    /// static group member's `group.instance.id` is `{instance_id}`.
     pub instance_id: Spanned<String>,
     #[serde(default = "defaults::u64::<60_000>")]
     pub transaction_timeout_ms: Spanned<u64>,

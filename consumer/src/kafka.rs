@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use edge_kafka::{admin_options, create_topics, partition_count, TopicError};
+use edge_kafka::{admin_options, applies_to, create_topics, partition_count, Role, TopicError};
 use rdkafka::admin::{NewTopic, TopicReplication};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -65,22 +65,34 @@ pub fn classify(during: &'static str, e: KafkaError) -> KafkaCallError {
 }
 
 /// Bootstrap and the reconnect backoff ([`edge_kafka::client_config`]: librdkafka's default
-/// would retry a broker that is back up to 15 s late), then the user's `[kafka.client]`.
-fn base(config: &Config) -> ClientConfig {
+/// would retry a broker that is back up to 15 s late), then the user's `[kafka.client]`, less
+/// the settings only the other role reads ([`edge_kafka::applies_to`]: no CONFWARN).
+fn base(config: &Config, role: Role) -> ClientConfig {
     let mut c = edge_kafka::client_config(config.kafka.bootstrap_servers.get_ref());
     for (k, v) in &config.kafka.client {
-        c.set(k.get_ref(), v);
+        if applies_to(k.get_ref(), role) {
+            c.set(k.get_ref(), v);
+        }
     }
     c
 }
 
 /// The group consumer: `read_committed`, no auto-commit (offsets go through the producer's
-/// transaction), partition EOF events (the loop's "caught up" signal). With `[ops] metrics`,
+/// transaction), partition EOF events (the loop's "caught up" signal).
+///
+/// Static membership (KIP-345): `group.instance.id` is `[kafka] instance_id`. A new session of
+/// the same instance (after a failed transaction, or a restart of the process) takes over its
+/// old member at once, with its partitions, instead of waiting out the old member's
+/// `session.timeout.ms` in a rebalance; that wait was most of the pause after a broker restart.
+/// The price: an instance that stops for good keeps its partitions until its session times
+/// out (librdkafka does not leave the group for a static member), so keep `session.timeout.ms`
+/// short (the example config: 10 s). With `[ops] metrics`,
 /// librdkafka statistics every [`STATISTICS_INTERVAL_MS`] (the lag per partition; see
 /// [`partition_lags`]) unless `[kafka.client]` sets `statistics.interval.ms` itself.
 pub fn consumer_config(config: &Config) -> ClientConfig {
-    let mut c = base(config);
+    let mut c = base(config, Role::Consumer);
     c.set("group.id", config.kafka.group_id.get_ref())
+        .set("group.instance.id", config.kafka.instance_id.get_ref())
         .set("isolation.level", "read_committed")
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
@@ -164,7 +176,7 @@ pub fn partition_lags(json: &[u8]) -> Result<BTreeMap<(String, i32), i64>, serde
 
 /// The changelog reader used to restore a partition: assign-only, never commits.
 pub fn restore_config(config: &Config) -> ClientConfig {
-    let mut c = base(config);
+    let mut c = base(config, Role::Consumer);
     c.set(
         "group.id",
         format!("{}.restore", config.kafka.group_id.get_ref()),
@@ -185,7 +197,7 @@ pub fn restore_config(config: &Config) -> ClientConfig {
 pub fn producer_config(config: &Config) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("retry.backoff.ms", "10");
-    let user = base(config);
+    let user = base(config, Role::Producer);
     for (k, v) in user.config_map() {
         c.set(k, v);
     }
@@ -205,7 +217,7 @@ pub fn prepare_topics(
     config: &Config,
     timeout: Duration,
 ) -> Result<BTreeMap<String, i32>, KafkaCallError> {
-    let probe: BaseConsumer = base(config)
+    let probe: BaseConsumer = base(config, Role::Consumer)
         .create()
         .map_err(|e| classify("creating a metadata client", e))?;
     let count = |topic: &str| -> Result<Option<i32>, KafkaCallError> {
@@ -264,7 +276,13 @@ fn create(
         None => TopicReplication::Fixed(-1),
     };
     let new = NewTopic::new(topic, partitions, replication).set("cleanup.policy", policy);
-    create_topics(&base(config), [&new], &admin_options(timeout)).map_err(|e| match e {
+    // An admin client is a producer handle to librdkafka.
+    create_topics(
+        &base(config, Role::Producer),
+        [&new],
+        &admin_options(timeout),
+    )
+    .map_err(|e| match e {
         TopicError::Client(e) => classify("creating an admin client", e),
         TopicError::Runtime(_) => KafkaCallError::Topic {
             topic: topic.into(),
@@ -340,6 +358,33 @@ mod tests {
         ] {
             assert_eq!(c.get("reconnect.backoff.max.ms"), Some("30000"));
         }
+    }
+
+    /// Regression: `session.timeout.ms` and `heartbeat.interval.ms` from `[kafka.client]` went
+    /// to the producer too, and librdkafka logged a CONFWARN for each at every session.
+    #[test]
+    fn each_client_gets_only_the_passthrough_settings_of_its_role() {
+        let c = parse(&MINIMAL.replace(
+            "[topics]",
+            "[kafka.client]\n\"session.timeout.ms\" = \"6000\"\n\"linger.ms\" = \"5\"\n\
+             \"client.id\" = \"x\"\n[topics]",
+        ));
+        let (consumer, producer) = (consumer_config(&c), producer_config(&c));
+        assert_eq!(consumer.get("session.timeout.ms"), Some("6000"));
+        assert_eq!(producer.get("session.timeout.ms"), None);
+        assert_eq!(producer.get("linger.ms"), Some("5"));
+        assert_eq!(consumer.get("linger.ms"), None);
+        assert_eq!(restore_config(&c).get("linger.ms"), None);
+        assert_eq!(consumer.get("client.id"), Some("x"));
+        assert_eq!(producer.get("client.id"), Some("x"));
+    }
+
+    #[test]
+    fn the_group_member_is_static_and_named_by_the_instance_id() {
+        let c = parse(MINIMAL);
+        assert_eq!(consumer_config(&c).get("group.instance.id"), Some("a"));
+        // The changelog reader is no group member at all.
+        assert_eq!(restore_config(&c).get("group.instance.id"), None);
     }
 
     #[test]

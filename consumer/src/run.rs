@@ -91,8 +91,13 @@ impl RunError {
     }
 }
 
-/// Bound on one Kafka call of the loop (restore, commit).
+/// Bound on one Kafka call of a restore (stable offsets, the changelog read).
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Bound on one call of a transaction (send, offsets, delivery, commit, abort): a commit takes
+/// tens of ms, so a call still blocked after this long has lost its broker, and the session
+/// ends (its transaction aborted) instead of waiting out a minute.
+const TXN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// An input partition: (topic, partition).
 pub type Tp = (String, i32);
@@ -626,15 +631,15 @@ impl Session<'_> {
                         KafkaError::Global(RDKafkaErrorCode::State),
                     )
                 })?;
-                p.send_offsets(&tpl, &meta, CALL_TIMEOUT)
+                p.send_offsets(&tpl, &meta, TXN_TIMEOUT)
                     .map_err(|e| classify("sending offsets to the transaction", e))?;
             }
             // Wait for the delivery reports ourselves with short polls: the flush inside
             // commit_transaction otherwise costs about 100 ms per transaction here. Past the
             // deadline the commit below waits (and fails) by itself.
-            let _ = p.wait_delivered(CALL_TIMEOUT);
+            let _ = p.wait_delivered(TXN_TIMEOUT);
             let t1 = Instant::now();
-            p.commit(CALL_TIMEOUT)
+            p.commit(TXN_TIMEOUT)
                 .map_err(|e| classify("committing a transaction", e))?;
             tracing::debug!(
                 records = outs.len(),
@@ -648,7 +653,7 @@ impl Session<'_> {
             // Abort (unless fenced: then the broker already did) and let the caller start a new
             // session, which restores the state this batch had already changed in memory.
             if e.is_retryable() {
-                if let Err(abort) = p.abort(CALL_TIMEOUT) {
+                if let Err(abort) = p.abort(TXN_TIMEOUT) {
                     tracing::warn!(error = %abort, "abort failed");
                 }
             }
@@ -668,7 +673,7 @@ impl Session<'_> {
             record = record.payload(payload);
         }
         self.producer
-            .send(record, CALL_TIMEOUT)
+            .send(record, TXN_TIMEOUT)
             .map_err(|e| classify("producing", e))
     }
 }

@@ -19,6 +19,85 @@ pub fn client_config(bootstrap: &str) -> ClientConfig {
     config
 }
 
+/// Which kind of client a passthrough setting is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Producer,
+    Consumer,
+}
+
+/// librdkafka properties that only a consumer reads (scope `C` in librdkafka's
+/// `CONFIGURATION.md`, 2.12). A producer given one logs a CONFWARN and ignores it.
+const CONSUMER_ONLY: &[&str] = &[
+    "group.id",
+    "group.instance.id",
+    "partition.assignment.strategy",
+    "session.timeout.ms",
+    "heartbeat.interval.ms",
+    "group.protocol.type",
+    "group.protocol",
+    "group.remote.assignor",
+    "coordinator.query.interval.ms",
+    "max.poll.interval.ms",
+    "enable.auto.commit",
+    "auto.commit.interval.ms",
+    "enable.auto.offset.store",
+    "queued.min.messages",
+    "queued.max.messages.kbytes",
+    "fetch.wait.max.ms",
+    "fetch.queue.backoff.ms",
+    "fetch.message.max.bytes",
+    "max.partition.fetch.bytes",
+    "fetch.max.bytes",
+    "fetch.min.bytes",
+    "fetch.error.backoff.ms",
+    "offset.store.method",
+    "isolation.level",
+    "enable.partition.eof",
+    "check.crcs",
+    "auto.offset.reset",
+    "consume.callback.max.messages",
+];
+
+/// librdkafka properties that only a producer reads (scope `P`). A consumer given one logs a
+/// CONFWARN and ignores it.
+const PRODUCER_ONLY: &[&str] = &[
+    "transactional.id",
+    "transaction.timeout.ms",
+    "enable.idempotence",
+    "enable.gapless.guarantee",
+    "queue.buffering.max.messages",
+    "queue.buffering.max.kbytes",
+    "queue.buffering.max.ms",
+    "linger.ms",
+    "message.send.max.retries",
+    "retries",
+    "queue.buffering.backpressure.threshold",
+    "compression.codec",
+    "compression.type",
+    "compression.level",
+    "batch.num.messages",
+    "batch.size",
+    "delivery.report.only.error",
+    "sticky.partitioning.linger.ms",
+    "request.required.acks",
+    "acks",
+    "request.timeout.ms",
+    "message.timeout.ms",
+    "delivery.timeout.ms",
+    "partitioner",
+];
+
+/// Whether a client of `role` reads property `key`: the other role's own properties are kept
+/// from it, so a shared passthrough (`[kafka.client]`) makes no CONFWARN in either log.
+pub fn applies_to(key: &str, role: Role) -> bool {
+    let other = match role {
+        Role::Producer => CONSUMER_ONLY,
+        Role::Consumer => PRODUCER_ONLY,
+    };
+    !other.contains(&key)
+}
+
 /// Makes `config` a transactional producer's: `transactional.id`, idempotence, `acks=all` and
 /// the transaction timeout. Set last, after any passthrough: exactly once depends on them, so no
 /// user setting may change them.
@@ -39,6 +118,18 @@ mod tests {
         let c = client_config("h:1");
         assert_eq!(c.get("bootstrap.servers"), Some("h:1"));
         assert_eq!(c.get("reconnect.backoff.max.ms"), Some("1000"));
+    }
+
+    #[test]
+    fn each_role_keeps_the_others_own_properties_out_and_shares_the_rest() {
+        assert!(!applies_to("session.timeout.ms", Role::Producer));
+        assert!(applies_to("session.timeout.ms", Role::Consumer));
+        assert!(!applies_to("linger.ms", Role::Consumer));
+        assert!(applies_to("linger.ms", Role::Producer));
+        for shared in ["security.protocol", "sasl.username", "client.id", "debug"] {
+            assert!(applies_to(shared, Role::Producer), "{shared}");
+            assert!(applies_to(shared, Role::Consumer), "{shared}");
+        }
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //!
 //! | module | holds |
 //! | --- | --- |
-//! | [`config`] | the base client settings (bootstrap, the reconnect backoff) and the transactional settings |
+//! | [`config`] | the base client settings (bootstrap, the reconnect backoff), the transactional settings, and which passthrough settings each role reads |
 //! | [`topics`] | does a topic exist (its partition count), create topics (an existing one is fine) |
 //! | [`txn`] | the transactional producer's life cycle (init, begin, send, wait, commit, abort, all bounded) and fencing |
 //! | [`errors`] | which `KafkaError`s are fatal and which mean another producer fenced ours |
@@ -23,7 +23,7 @@ pub mod records;
 pub mod topics;
 pub mod txn;
 
-pub use config::{client_config, set_transactional, RECONNECT_BACKOFF_MAX_MS};
+pub use config::{applies_to, client_config, set_transactional, Role, RECONNECT_BACKOFF_MAX_MS};
 pub use errors::{fenced_code, is_fatal, FENCED};
 pub use records::owned_headers;
 pub use topics::{admin_options, create_topics, partition_count, TopicError};
