@@ -175,12 +175,18 @@ pub fn partition_lags(json: &[u8]) -> Result<BTreeMap<(String, i32), i64>, serde
 }
 
 /// The changelog reader used to restore a partition: assign-only, never commits.
+///
+/// `fetch.wait.max.ms` 10 (librdkafka: 500): the reader only reads to the partition's end, and
+/// at the end a fetch waits that long on the broker for data that will not come before the
+/// end-of-partition event; with the default, a restore took about 1 s per partition even
+/// when the changelog was nearly empty.
 pub fn restore_config(config: &Config) -> ClientConfig {
     let mut c = base(config, Role::Consumer);
     c.set(
         "group.id",
         format!("{}.restore", config.kafka.group_id.get_ref()),
     )
+    .set("fetch.wait.max.ms", "10")
     .set("isolation.level", "read_committed")
     .set("enable.auto.commit", "false")
     .set("enable.partition.eof", "true")
