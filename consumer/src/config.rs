@@ -290,7 +290,7 @@ impl Config {
                 return Err((
                     key.span(),
                     "kafka.client",
-                    "sets a key exactly-once depends on (see RESERVED_CLIENT_KEYS)",
+                    "sets a key the consumer sets itself (exactly-once or static membership depends on it; the list is in configs/consumer.example.toml)",
                 ));
             }
         }
@@ -465,6 +465,20 @@ dead_letters = "dl"
         let text = MINIMAL.replace(
             "[topics]",
             "[kafka.client]\n\"isolation.level\" = \"read_uncommitted\"\n[topics]",
+        );
+        let e = Config::parse(Path::new("c.toml"), &text)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(":7: `kafka.client`"), "{e}");
+        assert!(e.contains("sets itself"), "{e}");
+    }
+
+    /// `group.instance.id` is `instance_id`: a second name for the same member is refused.
+    #[test]
+    fn group_instance_id_in_the_client_table_is_refused() {
+        let text = MINIMAL.replace(
+            "[topics]",
+            "[kafka.client]\n\"group.instance.id\" = \"k\"\n[topics]",
         );
         let e = Config::parse(Path::new("c.toml"), &text)
             .unwrap_err()

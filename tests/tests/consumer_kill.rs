@@ -45,8 +45,9 @@ fn consumer_killed_at_ten_random_points_gives_the_finals_of_an_undisturbed_run()
         started.elapsed()
     );
 
-    // Static membership: a restarted instance takes its place in the group at once.
-    let config = killed.config("k", 60_000, "\"group.instance.id\" = \"k\"", "", "");
+    // The instance is a static member (group.instance.id = instance_id): a restarted instance
+    // takes its place in the group at once.
+    let config = killed.config("k", 60_000, "", "", "");
     let mut rng = Rng(now as u64 | 1);
     let mut child = killed.spawn(&config, "k");
     for i in 0..10 {

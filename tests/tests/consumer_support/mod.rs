@@ -145,7 +145,8 @@ batch_max_ms = 100
         {
             assert!(
                 Instant::now() < deadline,
-                "no partition assignment within {timeout:?}"
+                "no partition assignment within {timeout:?}; the log ends:\n{}",
+                self.log_tail(instance, 20)
             );
             std::thread::sleep(Duration::from_millis(50));
         }
