@@ -159,21 +159,29 @@ impl TxnProducer {
 #[cfg(test)]
 mod tests {
     use rdkafka::mocking::MockCluster;
+    use rdkafka::producer::DefaultProducerContext;
 
     use super::*;
     use crate::{client_config, set_transactional};
 
     /// librdkafka's mock cluster accepts every transactional call (it does not hide aborted
     /// records, which plays no part here): the life cycle runs end to end without a broker.
-    #[test]
-    fn a_transaction_runs_init_begin_send_wait_commit_and_another_aborts() {
+    /// A mock cluster with topic `t` and an initialized transactional producer on it (the
+    /// cluster lives as long as the producer is used).
+    fn mock_producer(id: &str) -> (MockCluster<'static, DefaultProducerContext>, TxnProducer) {
         let cluster = MockCluster::new(1).unwrap();
         cluster.create_topic("t", 1, 1).unwrap();
         let mut config = client_config(&cluster.bootstrap_servers());
-        set_transactional(&mut config, "edge-kafka.test", 10_000);
+        set_transactional(&mut config, id, 10_000);
         let p = TxnProducer::create(&config).unwrap();
+        p.init(Duration::from_secs(10)).unwrap();
+        (cluster, p)
+    }
+
+    #[test]
+    fn a_transaction_runs_init_begin_send_wait_commit_and_another_aborts() {
+        let (_cluster, p) = mock_producer("edge-kafka.test");
         let timeout = Duration::from_secs(10);
-        p.init(timeout).unwrap();
         p.begin().unwrap();
         for i in 0..3u8 {
             p.send(BaseRecord::<[u8], [u8]>::to("t").payload(&[i][..]), timeout)
@@ -200,13 +208,8 @@ mod tests {
     /// consumer's session hung after a broker restart instead of starting over.
     #[test]
     fn an_abort_with_unserved_delivery_reports_serves_them_and_completes() {
-        let cluster = MockCluster::new(1).unwrap();
-        cluster.create_topic("t", 1, 1).unwrap();
-        let mut config = client_config(&cluster.bootstrap_servers());
-        set_transactional(&mut config, "edge-kafka.abort", 10_000);
-        let p = TxnProducer::create(&config).unwrap();
+        let (_cluster, p) = mock_producer("edge-kafka.abort");
         let timeout = Duration::from_secs(10);
-        p.init(timeout).unwrap();
         p.begin().unwrap();
         for i in 0..1000u32 {
             let payload = i.to_le_bytes();
