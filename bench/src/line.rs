@@ -18,7 +18,10 @@
 //!   invalid line;
 //! - `unit` (string): what the value counts, e.g. `records/s`, `ms`, `B`, `MiB`, `%`, `x`;
 //! - `params` (string, may be empty or missing): the parameters of the measurement, in words;
-//!   runs of the same program with other arguments differ here.
+//!   runs of the same program with other arguments differ here;
+//! - `target` (string, missing when there is none): the goal an issue set for the figure, in
+//!   words with its comparison (`>= 150,000`, `<= 5`), in the figure's unit; the table shows
+//!   it beside the value.
 //!
 //! Other fields are ignored, so a program may add some. Lines that do not start with `BENCH `
 //! are human output and are ignored. A line that starts with `BENCH ` but does not parse makes
@@ -44,6 +47,8 @@ pub struct Figure {
     pub unit: String,
     #[serde(default)]
     pub params: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub target: String,
 }
 
 /// The writer of one benchmark family: `Family("ingest").print("append", 1e5, "readings/s", "...")`.
@@ -56,19 +61,49 @@ pub struct Family(pub &'static str);
 impl Family {
     /// The line for one figure, without the newline.
     pub fn line(&self, metric: &str, value: f64, unit: &str, params: &str) -> String {
-        let json = serde_json::json!({
+        self.line_with_target(metric, value, unit, params, "")
+    }
+
+    /// The line for one figure with the goal set for it (`">= 150,000"`; empty: none).
+    pub fn line_with_target(
+        &self,
+        metric: &str,
+        value: f64,
+        unit: &str,
+        params: &str,
+        target: &str,
+    ) -> String {
+        let mut json = serde_json::json!({
             "bench": self.0,
             "metric": metric,
             "value": value,
             "unit": unit,
             "params": params,
         });
+        if !target.is_empty() {
+            json["target"] = target.into();
+        }
         format!("{PREFIX}{json}")
     }
 
     /// Prints the line for one figure on standard output.
     pub fn print(&self, metric: &str, value: f64, unit: &str, params: &str) {
         println!("{}", self.line(metric, value, unit, params));
+    }
+
+    /// Prints the line for one figure with the goal set for it.
+    pub fn print_with_target(
+        &self,
+        metric: &str,
+        value: f64,
+        unit: &str,
+        params: &str,
+        target: &str,
+    ) {
+        println!(
+            "{}",
+            self.line_with_target(metric, value, unit, params, target)
+        );
     }
 }
 
@@ -134,6 +169,7 @@ mod tests {
                 value: 235_661.0,
                 unit: "records/s".into(),
                 params: "1000000 records".into(),
+                target: String::new(),
             }))
         );
     }
@@ -214,6 +250,22 @@ BENCH oops
         assert_eq!(f.value, 279.0);
         assert_eq!(f.unit, "ms");
         assert_eq!(f.params, "1000 readings/s for 20 s, pass-through");
+    }
+
+    #[test]
+    fn a_target_travels_with_its_figure_and_is_left_out_when_there_is_none() {
+        let line =
+            Family("recovery").line_with_target("finals_resume", 1.5, "s", "1 consumer", "<= 5");
+        assert_eq!(
+            line,
+            r#"BENCH {"bench":"recovery","metric":"finals_resume","params":"1 consumer","target":"<= 5","unit":"s","value":1.5}"#
+        );
+        let f = parse_line(&line).and_then(Result::ok).expect("figure");
+        assert_eq!(f.target, "<= 5");
+        let plain = Family("recovery").line("finals_resume", 1.5, "s", "1 consumer");
+        assert!(!plain.contains("target"), "{plain}");
+        let f = parse_line(&plain).and_then(Result::ok).expect("figure");
+        assert_eq!(f.target, "");
     }
 
     #[test]

@@ -41,7 +41,8 @@
 //! # Table
 //!
 //! One markdown table, the same on the terminal and in the README: `benchmark | figure | value |
-//! unit | parameters | command`, one row per figure, the command on the first row of each run;
+//! unit | target | parameters | command`, one row per figure (the target where an issue set
+//! one, see [`crate::line`]), the command on the first row of each run;
 //! a failed run adds a row with `FAILED` and its error. Values are rounded for reading (the
 //! JSON keeps them whole).
 //!
@@ -124,17 +125,21 @@ fn cell(text: &str) -> String {
     text.replace(['\n', '\r'], " ").replace('|', "\\|")
 }
 
-const HEADER: [&str; 6] = [
+/// Columns; the last (the command) is not padded.
+const HEADER: [&str; 7] = [
     "benchmark",
     "figure",
     "value",
     "unit",
+    "target",
     "parameters",
     "command",
 ];
 
+const LAST: usize = HEADER.len() - 1;
+
 /// The table's rows, without the header.
-pub fn rows(runs: &[RunResult]) -> Vec<[String; 6]> {
+pub fn rows(runs: &[RunResult]) -> Vec<[String; 7]> {
     let mut rows = Vec::new();
     for run in runs {
         let mut command = format!("`{}`", run.command);
@@ -144,6 +149,7 @@ pub fn rows(runs: &[RunResult]) -> Vec<[String; 6]> {
                 f.metric.replace('_', " "),
                 format_value(f.value),
                 f.unit.clone(),
+                f.target.clone(),
                 f.params.clone(),
                 std::mem::take(&mut command),
             ]);
@@ -153,6 +159,7 @@ pub fn rows(runs: &[RunResult]) -> Vec<[String; 6]> {
                 run.id.clone(),
                 "**FAILED**".to_owned(),
                 "-".to_owned(),
+                String::new(),
                 String::new(),
                 run.error.clone().unwrap_or_default(),
                 std::mem::take(&mut command),
@@ -172,10 +179,10 @@ pub fn table(runs: &[RunResult]) -> String {
         }
     }
     let value_col = 2;
-    let line = |cells: &[String; 6]| {
+    let line = |cells: &[String; 7]| {
         let mut out = String::from("|");
         for (i, (c, w)) in cells.iter().zip(widths).enumerate() {
-            let pad = if i == 5 {
+            let pad = if i == LAST {
                 0
             } else {
                 w.saturating_sub(c.chars().count())
@@ -190,8 +197,8 @@ pub fn table(runs: &[RunResult]) -> String {
         out
     };
     let mut out = line(&HEADER.map(str::to_owned));
-    let rule: [String; 6] = std::array::from_fn(|i| {
-        let w = if i == 5 { 3 } else { widths[i].max(3) };
+    let rule: [String; 7] = std::array::from_fn(|i| {
+        let w = if i == LAST { 3 } else { widths[i].max(3) };
         if i == value_col {
             format!("{}:", "-".repeat(w - 1))
         } else {
@@ -284,6 +291,7 @@ mod tests {
             value,
             unit: unit.into(),
             params: params.into(),
+            target: String::new(),
         }
     }
 
@@ -360,25 +368,29 @@ mod tests {
 
     #[test]
     fn rows_show_each_figure_the_command_once_and_failures_with_their_error() {
-        let rows = rows(&report().runs);
+        let mut report = report();
+        report.runs[0].figures[1].target = "<= 50".into();
+        let rows = rows(&report.runs);
         assert_eq!(rows.len(), 3);
         assert_eq!(
-            rows[0][..5],
+            rows[0][..6],
             [
                 "forward_drain",
                 "drain",
                 "235,661",
                 "records/s",
+                "",
                 "1000000 records"
             ]
         );
-        assert!(rows[0][5].starts_with("`cargo run"));
+        assert!(rows[0][6].starts_with("`cargo run"));
         assert_eq!(rows[1][1], "transaction mean");
-        assert_eq!(rows[1][5], "", "command only on the run's first row");
+        assert_eq!(rows[1][4], "<= 50", "the target beside its figure");
+        assert_eq!(rows[1][6], "", "command only on the run's first row");
         assert_eq!(rows[2][0], "latency");
         assert_eq!(rows[2][1], "**FAILED**");
-        assert_eq!(rows[2][4], "exit status 1: Error: broker \\| down");
-        assert!(rows[2][5].contains("bench_forward_latency"));
+        assert_eq!(rows[2][5], "exit status 1: Error: broker \\| down");
+        assert!(rows[2][6].contains("bench_forward_latency"));
     }
 
     #[test]
@@ -390,7 +402,7 @@ mod tests {
         assert!(lines[1].starts_with("| ------------- | ----"));
         // Every line has the same number of unescaped cell separators.
         let bars = |l: &str| l.replace("\\|", "").matches('|').count();
-        assert!(lines.iter().all(|l| bars(l) == 7), "{t}");
+        assert!(lines.iter().all(|l| bars(l) == 8), "{t}");
         // Values are right-aligned: the value column ends at the same place on every line.
         let value_end = |l: &str| {
             let stripped = l.replace("\\|", "  ");

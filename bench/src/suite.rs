@@ -114,6 +114,10 @@ const CONSUMER: Program = Program::Example {
     package: "edge-consumer",
     name: "bench_consumer",
 };
+const RECOVERY: Program = Program::Example {
+    package: "edge-consumer",
+    name: "bench_recovery",
+};
 
 /// `1234567` as `1,234,567`.
 pub fn thousands(n: u64) -> String {
@@ -248,6 +252,22 @@ pub fn jobs(quick: bool, brokers: &Brokers) -> Vec<Job> {
             &["merged", "finalized", "transaction"],
         ));
     }
+    // A private broker of its own (stopped and restarted): after the shared-broker programs.
+    let recovery_runs = if quick { "1" } else { "5" };
+    jobs.push(job(
+        "recovery",
+        format!("consumer recovery after a 15 s broker outage, 1 consumer, {recovery_runs} run(s)"),
+        RECOVERY,
+        &["1", recovery_runs, "15"],
+    ));
+    if !quick {
+        jobs.push(job(
+            "recovery_3",
+            "consumer recovery after a 15 s broker outage, 3 consumers, 5 runs".to_owned(),
+            RECOVERY,
+            &["3", "5", "15"],
+        ));
+    }
     jobs
 }
 
@@ -319,7 +339,7 @@ mod tests {
         let quick = jobs(true, &brokers());
         let full = jobs(false, &brokers());
         assert_eq!(programs(&quick), programs(&full));
-        assert_eq!(programs(&full).len(), 6);
+        assert_eq!(programs(&full).len(), 7);
         assert!(full.len() > quick.len());
         for js in [&quick, &full] {
             let mut ids: Vec<_> = js.iter().map(|j| j.id.as_str()).collect();
