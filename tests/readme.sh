@@ -61,6 +61,13 @@ if [[ ${1:-} != --list ]]; then
     echo "readme: librdkafka CONFWARN in: $warned" >&2
     status=1
   fi
+  # A demo run with a Kafka outage prints when the finals resumed after it (issue 16).
+  for f in $(find "$logs" -name '*.log' -newer "$started_at"); do
+    if grep -q "FAULT  Kafka broker stopped" "$f" && ! grep -q "finals resumed .* s after Kafka was back" "$f"; then
+      echo "readme: $f: a Kafka outage, but no line saying when the finals resumed" >&2
+      status=1
+    fi
+  done
   echo "readme: $n commands: $ran run and passed, $((n - ran - skipped)) failed, $skipped covered elsewhere" >&2
 fi
 exit "$status"

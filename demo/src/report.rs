@@ -127,6 +127,8 @@ pub struct Outcome {
     pub sample: Vec<FinalRow>,
     pub commits: f64,
     pub events: Vec<String>,
+    /// From Kafka back after the outage to the first final committed after it.
+    pub finals_resumed: Option<Duration>,
     pub peak_log: u64,
     pub peak_outbox: u64,
     pub clean_stop: bool,
@@ -244,6 +246,13 @@ impl Outcome {
         }
         for e in &self.events {
             let _ = writeln!(out, "  - {e}");
+        }
+        if let Some(took) = self.finals_resumed {
+            let _ = writeln!(
+                out,
+                "  finals resumed {:.1} s after Kafka was back (the consumer's goal: within 5 s)",
+                took.as_secs_f64()
+            );
         }
         let _ = writeln!(
             out,

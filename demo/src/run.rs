@@ -99,6 +99,26 @@ struct Counts {
     peak_log: u64,
     peak_outbox: u64,
     snapshot: Snapshot,
+    /// When Kafka came back from the outage, and the final records read by then.
+    kafka_back: Option<(Instant, u64)>,
+    /// From Kafka back to the first final record committed after it (as the tail reads it).
+    finals_resumed: Option<Duration>,
+}
+
+/// After the outage: the first final record read since Kafka came back is the consumer's first
+/// commit after it; says so once.
+fn check_resume(clock: &Clock, counts: &mut Counts) {
+    let Some((back, before)) = counts.kafka_back else {
+        return;
+    };
+    if counts.finals_resumed.is_none() && counts.finals.records > before {
+        let took = back.elapsed();
+        counts.finals_resumed = Some(took);
+        clock.say(&format!(
+            "finals resumed {:.1} s after Kafka was back (the consumer's first commit after the outage)",
+            took.as_secs_f64()
+        ));
+    }
 }
 
 fn drain(tails: &(Tail, Tail), counts: &mut Counts) {
@@ -173,6 +193,7 @@ pub fn run(o: &Options, stop: &AtomicBool) -> Result<Outcome> {
         }
         stack.check_alive()?;
         drain(&stack.tails, &mut counts);
+        check_resume(&clock, &mut counts);
         if progress.due() {
             progress.line(
                 clock.elapsed(),
@@ -205,6 +226,7 @@ pub fn run(o: &Options, stop: &AtomicBool) -> Result<Outcome> {
         sample: counts.finals.sample(8).into_iter().cloned().collect(),
         commits,
         events,
+        finals_resumed: counts.finals_resumed,
         peak_log: counts.peak_log,
         peak_outbox: counts.peak_outbox,
         clean_stop,
@@ -282,11 +304,15 @@ fn stream(
                     (to - from).as_secs_f64()
                 ));
                 outage_from = clock.elapsed();
+                // Every final committed before the outage is counted, so the first one read
+                // after it is new.
+                drain(&stack.tails, counts);
                 stack.brokers.stop_kafka()?;
                 kafka_down = true;
             }
             if now >= to && kafka_down {
                 stack.brokers.start_kafka()?;
+                counts.kafka_back = Some((Instant::now(), counts.finals.records));
                 kafka_down = false;
                 events.push(format!(
                     "Kafka broker stopped at {:.0} s, back at {:.0} s",
@@ -303,6 +329,7 @@ fn stream(
         mqtt_done = mqtt_done.or_else(|| stack.sim_mqtt.exited());
         if !kafka_down {
             drain(&stack.tails, counts);
+            check_resume(clock, counts);
         }
         if progress.due() {
             progress.line(
