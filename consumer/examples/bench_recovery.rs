@@ -2,7 +2,7 @@
 //! `edge-consumer` instances (exactly-once on, static members).
 //!
 //! ```text
-//! cargo run --release -p edge-consumer --example bench_recovery -- [CONSUMERS] [RUNS] [OUTAGE_S]
+//! cargo run --release -p edge-consumer --example bench_recovery -- [CONSUMERS] [RUNS] [OUTAGE_S] [PROTOCOL]
 //! ```
 //! Defaults: 1 consumer, 5 runs, 15 s outage (longer than the consumer's 10 s bound on a
 //! transaction call, so its session fails and a new one starts: the slow path). The program starts a private single-node Kafka
@@ -17,6 +17,10 @@
 //! 10 ms) to the first transaction with finals committed after it (`finals_resume`), and to
 //! the moment every instance has committed one (`finals_resume_all`, 3 consumers only). Median
 //! and maximum over the runs. A run that does not resume within 120 s fails the program.
+//!
+//! `PROTOCOL` is the group protocol: `classic` (the default, what the consumer ships with: a
+//! static member) or `consumer` (KIP-848, `group.protocol = "consumer"`, where the broker owns
+//! the session timeout), to compare the two.
 //!
 //! Beside its human output it prints one `BENCH {json}` line per figure for the suite runner
 //! (`scripts/bench.sh`; the line format is documented in `bench/src/line.rs`).
@@ -136,7 +140,13 @@ struct Instance {
     worker: JoinHandle<()>,
 }
 
-fn config(bootstrap: &str, tag: &str, instance: &str) -> Config {
+fn config(bootstrap: &str, tag: &str, instance: &str, protocol: &str) -> Config {
+    // KIP-848 takes the session timeout from the broker; the client may not set it.
+    let group = if protocol == "consumer" {
+        "\"group.protocol\" = \"consumer\""
+    } else {
+        "\"session.timeout.ms\" = \"10000\""
+    };
     let text = format!(
         r#"[kafka]
 bootstrap_servers = "{bootstrap}"
@@ -144,7 +154,7 @@ group_id = "recovery-{tag}"
 instance_id = "{instance}"
 transaction_timeout_ms = 10000
 [kafka.client]
-"session.timeout.ms" = "10000"
+{group}
 [topics]
 inputs = ["recovery-in-{tag}"]
 finals = "recovery-finals-{tag}"
@@ -195,6 +205,7 @@ fn one_run(
     cluster: &KafkaCluster,
     consumers: usize,
     outage: Duration,
+    protocol: &str,
     run_no: usize,
 ) -> (Duration, Duration) {
     let bootstrap = cluster.bootstrap();
@@ -204,7 +215,12 @@ fn one_run(
     let feeder = feed(&bootstrap, &format!("recovery-in-{tag}"), stop_feed.clone());
     let stop = Arc::new(AtomicBool::new(false));
     let instances: Vec<Instance> = (0..consumers)
-        .map(|i| spawn(config(&bootstrap, &tag, &format!("c{i}")), stop.clone()))
+        .map(|i| {
+            spawn(
+                config(&bootstrap, &tag, &format!("c{i}"), protocol),
+                stop.clone(),
+            )
+        })
         .collect();
     wait(Duration::from_secs(120), || {
         finals(&instances).iter().all(|&f| f > 0)
@@ -278,6 +294,11 @@ fn main() {
     let consumers: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(1);
     let runs: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(5);
     let outage_s: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(15);
+    let protocol = args.next().unwrap_or_else(|| "classic".to_owned());
+    assert!(
+        protocol == "classic" || protocol == "consumer",
+        "PROTOCOL is classic or consumer"
+    );
     assert!(
         consumers >= 1 && runs >= 1,
         "CONSUMERS and RUNS are at least 1"
@@ -297,13 +318,18 @@ fn main() {
     let outage = Duration::from_secs(outage_s);
     let (mut first, mut all) = (Vec::new(), Vec::new());
     for run_no in 1..=runs {
-        let (f, a) = one_run(&cluster, consumers, outage, run_no);
+        let (f, a) = one_run(&cluster, consumers, outage, &protocol, run_no);
         first.push(f.as_secs_f64());
         all.push(a.as_secs_f64());
     }
     let plural = if consumers == 1 { "" } else { "s" };
+    let kip848 = if protocol == "consumer" {
+        ", KIP-848 group protocol"
+    } else {
+        ""
+    };
     let params = format!(
-        "{consumers} consumer{plural}, {PARTITIONS} partitions, {outage_s} s outage, {runs} runs"
+        "{consumers} consumer{plural}, {PARTITIONS} partitions, {outage_s} s outage, {runs} runs{kip848}"
     );
     let (median, max) = median_max(first);
     println!(

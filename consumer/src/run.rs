@@ -48,10 +48,10 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
-use edge_kafka::TxnProducer;
+use edge_kafka::{Throttle, TxnProducer};
 use edge_protocol::contract::header;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
@@ -134,15 +134,21 @@ impl ClientContext for Ctx {
 }
 
 /// librdkafka also reports partition EOF as a global error: routine here, not worth a line at
-/// ERROR level on every catch-up.
+/// ERROR level on every catch-up. A lost broker connection is reported on every failed
+/// reconnect of each of the three clients (about 20 a second during an outage) and librdkafka
+/// retries it: a warning every 10 s per kind, with the count held back.
 pub(crate) fn quiet_error(error: KafkaError, reason: &str) {
-    if matches!(
-        error.rdkafka_error_code(),
-        Some(RDKafkaErrorCode::PartitionEOF)
-    ) {
-        return;
+    static CONNECTION: LazyLock<Throttle> =
+        LazyLock::new(|| Throttle::new(Duration::from_secs(10)));
+    match error.rdkafka_error_code() {
+        Some(RDKafkaErrorCode::PartitionEOF) => {}
+        Some(code) if edge_kafka::is_connection_loss(code) => {
+            if let Some(held_back) = CONNECTION.admit(code) {
+                tracing::warn!(%error, reason, held_back, "broker connection lost; librdkafka reconnects");
+            }
+        }
+        _ => tracing::error!(%error, reason, "librdkafka error"),
     }
-    tracing::error!(%error, reason, "librdkafka error");
 }
 
 /// The changelog reader's context: as quiet about EOF as the consumer's.

@@ -9,7 +9,7 @@
 //! | [`config`] | the base client settings (bootstrap, the reconnect backoff), the transactional settings, and which passthrough settings each role reads |
 //! | [`topics`] | does a topic exist (its partition count), create topics (an existing one is fine) |
 //! | [`txn`] | the transactional producer's life cycle (init, begin, send, wait, commit, abort, all bounded) and fencing |
-//! | [`errors`] | which `KafkaError`s are fatal and which mean another producer fenced ours |
+//! | [`errors`] | which `KafkaError`s are fatal, which mean another producer fenced ours, which are a lost connection; a throttle for logging those |
 //! | [`records`] | an owned copy of a received record's headers |
 //!
 //! Each service keeps its own settings (the agent's producer tuning, the consumer's group
@@ -24,7 +24,7 @@ pub mod topics;
 pub mod txn;
 
 pub use config::{applies_to, client_config, set_transactional, Role, RECONNECT_BACKOFF_MAX_MS};
-pub use errors::{fenced_code, is_fatal, FENCED};
+pub use errors::{fenced_code, is_connection_loss, is_fatal, Throttle, FENCED};
 pub use records::owned_headers;
 pub use topics::{admin_options, create_topics, partition_count, TopicError};
 pub use txn::TxnProducer;
