@@ -267,14 +267,6 @@ pub fn jobs(quick: bool, brokers: &Brokers) -> Vec<Job> {
             RECOVERY,
             &["3", "5", "15"],
         ));
-        // The group protocol the consumer did not pick, measured beside it (README: why).
-        jobs.push(job(
-            "recovery_kip848",
-            "consumer recovery after a 15 s broker outage, KIP-848 group protocol, 5 runs"
-                .to_owned(),
-            RECOVERY,
-            &["1", "5", "15", "consumer"],
-        ));
     }
     jobs
 }
