@@ -88,7 +88,7 @@ impl Family {
 
     /// Prints the line for one figure on standard output.
     pub fn print(&self, metric: &str, value: f64, unit: &str, params: &str) {
-        println!("{}", self.line(metric, value, unit, params));
+        self.print_with_target(metric, value, unit, params, "");
     }
 
     /// Prints the line for one figure with the goal set for it.

@@ -38,8 +38,7 @@ use edge_consumer::run::{run, Metrics};
 use edge_protocol::aggregate::Aggregate;
 use edge_protocol::partial::{Partial, MAX_ENCODED_LEN};
 use edge_tests::cluster::KafkaCluster;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use rdkafka::admin::{NewTopic, TopicReplication};
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
@@ -111,27 +110,14 @@ fn unix_ms() -> i64 {
 }
 
 fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()
-        .expect("admin client");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let result = rt
-        .block_on(admin.create_topics(
-            [&NewTopic::new(
-                topic,
-                partitions,
-                TopicReplication::Fixed(1),
-            )],
-            &AdminOptions::new(),
-        ))
-        .expect("create topic");
-    for r in result {
-        r.unwrap_or_else(|(t, e)| panic!("create topic {t}: {e}"));
-    }
+    let config = edge_kafka::client_config(bootstrap);
+    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    edge_kafka::create_topics(
+        &config,
+        [&new],
+        &edge_kafka::admin_options(Duration::from_secs(30)),
+    )
+    .unwrap_or_else(|e| panic!("create topic {topic}: {e}"));
 }
 
 /// One instance running in this process.

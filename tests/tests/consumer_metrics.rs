@@ -8,7 +8,9 @@ mod consumer_support;
 
 use std::time::{Duration, Instant};
 
-use consumer_support::{cells, now_ms, produce_by_gateway, reference, terminate, Rng, Setup};
+use consumer_support::{
+    cells, now_ms, produce_by_gateway, reference, terminate, Rng, Running, Setup,
+};
 use edge_tests::http::{free_port, get as http_get};
 use edge_tests::kafka::read_committed;
 use edge_tests::Services;
@@ -17,15 +19,6 @@ use edge_tests::Services;
 fn sample(body: &str, series: &str) -> Option<f64> {
     body.lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-}
-
-/// Kills the consumer when a failing assertion unwinds (a passing test stops it first).
-struct Running(std::process::Child);
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.0.kill().ok();
-        self.0.wait().ok();
-    }
 }
 
 #[test]

@@ -10,19 +10,10 @@ use std::time::{Duration, Instant};
 
 use consumer_support::{
     cells, check_final, now_ms, produce_by_gateway, produce_by_window, reference, terminate,
-    FakeAgent, Rng, Setup,
+    FakeAgent, Rng, Running, Setup,
 };
 use edge_tests::cluster::KafkaCluster;
 use edge_tests::http::{free_port, get as http_get};
-
-/// Kills the consumer when a failing assertion unwinds (a passing test stops it first).
-struct Running(std::process::Child);
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.0.kill().ok();
-        self.0.wait().ok();
-    }
-}
 
 /// `edge_consumer_last_commit_timestamp_seconds` from `/metrics`.
 fn last_commit_s(addr: std::net::SocketAddr) -> Option<f64> {

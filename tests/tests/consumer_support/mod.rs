@@ -201,6 +201,15 @@ batch_max_ms = 100
     }
 }
 
+/// Kills the consumer when a failing assertion unwinds (a passing test stops it first).
+pub struct Running(pub Child);
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.kill().ok();
+        self.0.wait().ok();
+    }
+}
+
 /// Sends SIGTERM (a graceful stop between transactions) and waits for the exit.
 pub fn terminate(child: &mut Child) {
     let status = Command::new("kill")
