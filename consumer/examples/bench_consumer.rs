@@ -95,6 +95,10 @@ fn memory_per_open_window() {
 }
 
 fn main() {
+    // RUST_LOG=edge_consumer=debug shows each transaction's send and commit times.
+    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_default_env() {
+        tracing_subscriber::fmt().with_env_filter(filter).init();
+    }
     let mut args = std::env::args().skip(1);
     let bootstrap = args
         .next()

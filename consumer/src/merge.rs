@@ -56,7 +56,8 @@
 //! state is fully described by [`Changes`]: replaying them into [`PartitionState::restore`]
 //! yields a state that behaves identically (property-tested below).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 
 use edge_protocol::aggregate::Aggregate;
 use edge_protocol::partial::Partial;
@@ -167,43 +168,105 @@ pub struct Changes {
     pub finals: Vec<(WindowKey, WindowState)>,
 }
 
+/// A window inside the state: the group's interned name (cloning it is a reference count, not
+/// an allocation) and the bounds. Ordered like [`WindowKey`].
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+struct Wk {
+    group: Name,
+    start_ms: i64,
+    end_ms: i64,
+}
+
+impl Wk {
+    fn public(&self) -> WindowKey {
+        WindowKey {
+            group: self.group.as_ref().to_owned(),
+            start_ms: self.start_ms,
+            end_ms: self.end_ms,
+        }
+    }
+}
+
+/// An interned group name.
+type Name = Arc<str>;
+
+/// A source inside the state.
+#[derive(Debug, Clone)]
+struct Src {
+    key: SourceKey,
+    group: Name,
+    watermark_ms: i64,
+    last_seen_ms: i64,
+}
+
+impl Src {
+    fn public(&self) -> Source {
+        Source {
+            group: self.group.as_ref().to_owned(),
+            watermark_ms: self.watermark_ms,
+            last_seen_ms: self.last_seen_ms,
+        }
+    }
+}
+
 /// One partition's state.
+///
+/// Layout for the hot path (one partial: one window lookup, one source lookup, one pass over
+/// its group's sources): windows and sources live in hash maps; group names are interned
+/// (`names`), sources are keyed by one string `len(agent):agent series` built in a reused
+/// buffer, so a partial for a known window and source allocates nothing. The ordered sets
+/// (`*_by_end`) serve the caps and the horizon; the dirty sets are sorted when taken, so the
+/// changelog and the finals come out in key order (deterministic).
 #[derive(Debug, Clone)]
 pub struct PartitionState {
     settings: Settings,
-    // Boxed: a window state is ~4.4 KiB (fixed-size sketch); inline, B-tree node slack would
-    // nearly double the memory per window.
-    open: BTreeMap<WindowKey, Box<WindowState>>,
-    open_by_end: BTreeSet<(i64, WindowKey)>,
-    open_by_group: BTreeMap<String, BTreeSet<(i64, i64)>>,
-    finalized: BTreeMap<WindowKey, Box<WindowState>>,
-    finalized_by_end: BTreeSet<(i64, WindowKey)>,
-    sources: BTreeMap<SourceKey, Source>,
-    sources_by_group: BTreeMap<String, BTreeSet<SourceKey>>,
+    names: HashSet<Name>,
+    open: HashMap<Wk, WindowState>,
+    open_by_end: BTreeSet<(i64, Wk)>,
+    open_by_group: HashMap<Name, BTreeSet<(i64, i64)>>,
+    finalized: HashMap<Wk, WindowState>,
+    finalized_by_end: BTreeSet<(i64, Wk)>,
+    sources: HashMap<Box<str>, Src>,
+    sources_by_group: HashMap<Name, Vec<Box<str>>>,
     meta: Meta,
-    dirty_windows: BTreeSet<WindowKey>,
-    dirty_sources: BTreeSet<SourceKey>,
+    dirty_windows: HashSet<Wk>,
+    dirty_sources: HashSet<Box<str>>,
     dirty_meta: bool,
-    emits: BTreeMap<WindowKey, WindowState>,
+    /// Windows to emit as finals (their newest state is read when the changes are taken).
+    emits: HashSet<Wk>,
+    /// Emitted windows dropped before the changes were taken: their last state.
+    emits_dropped: HashMap<Wk, WindowState>,
+    /// Scratch buffer for source keys.
+    scratch: String,
     pub counters: Counters,
+}
+
+/// The `sources` key of (agent, series): unambiguous for any two strings.
+fn source_id(buf: &mut String, agent: &str, series: &str) {
+    use std::fmt::Write;
+    buf.clear();
+    let _ = write!(buf, "{}:{agent}{series}", agent.len());
 }
 
 impl PartitionState {
     pub fn new(settings: Settings) -> PartitionState {
         PartitionState {
             settings,
-            open: BTreeMap::new(),
+            names: HashSet::new(),
+            open: HashMap::new(),
             open_by_end: BTreeSet::new(),
-            open_by_group: BTreeMap::new(),
-            finalized: BTreeMap::new(),
+            open_by_group: HashMap::new(),
+            finalized: HashMap::new(),
             finalized_by_end: BTreeSet::new(),
-            sources: BTreeMap::new(),
-            sources_by_group: BTreeMap::new(),
+            sources: HashMap::new(),
+            sources_by_group: HashMap::new(),
             meta: Meta::default(),
-            dirty_windows: BTreeSet::new(),
-            dirty_sources: BTreeSet::new(),
+            dirty_windows: HashSet::new(),
+            dirty_sources: HashSet::new(),
             dirty_meta: false,
-            emits: BTreeMap::new(),
+            emits: HashSet::new(),
+            emits_dropped: HashMap::new(),
+            scratch: String::new(),
             counters: Counters::default(),
         }
     }
@@ -217,10 +280,24 @@ impl PartitionState {
     ) -> PartitionState {
         let mut s = PartitionState::new(settings);
         for (key, state) in windows {
+            let key = Wk {
+                group: s.intern(&key.group),
+                start_ms: key.start_ms,
+                end_ms: key.end_ms,
+            };
             s.insert(key, state);
         }
         for (key, source) in sources {
-            s.insert_source(key, source);
+            let mut id = std::mem::take(&mut s.scratch);
+            source_id(&mut id, &key.agent, &key.series);
+            let src = Src {
+                group: s.intern(&source.group),
+                key,
+                watermark_ms: source.watermark_ms,
+                last_seen_ms: source.last_seen_ms,
+            };
+            s.insert_source(id.as_str().into(), src);
+            s.scratch = id;
         }
         s.meta = meta.unwrap_or_default();
         s
@@ -239,8 +316,17 @@ impl PartitionState {
         self.meta
     }
 
-    fn insert(&mut self, key: WindowKey, state: WindowState) {
-        let state = Box::new(state);
+    /// The interned name of `group`.
+    fn intern(&mut self, group: &str) -> Name {
+        if let Some(name) = self.names.get(group) {
+            return name.clone();
+        }
+        let name: Name = group.into();
+        self.names.insert(name.clone());
+        name
+    }
+
+    fn insert(&mut self, key: Wk, state: WindowState) {
         if state.finalized {
             self.finalized_by_end.insert((key.end_ms, key.clone()));
             self.finalized.insert(key, state);
@@ -254,16 +340,16 @@ impl PartitionState {
         }
     }
 
-    fn insert_source(&mut self, key: SourceKey, source: Source) {
+    fn insert_source(&mut self, id: Box<str>, src: Src) {
         self.sources_by_group
-            .entry(source.group.clone())
+            .entry(src.group.clone())
             .or_default()
-            .insert(key.clone());
-        self.sources.insert(key, source);
+            .push(id.clone());
+        self.sources.insert(id, src);
     }
 
     /// The window a partial of `group` belongs to.
-    fn window_of(&self, group: &str, p: &Partial) -> Result<WindowKey, Refused> {
+    fn window_of(&mut self, group: &str, p: &Partial) -> Result<Wk, Refused> {
         let (start_ms, end_ms) = match self.settings.rollup_ms {
             None => (p.window_start_ms, p.window_end_ms),
             Some(r) => {
@@ -275,8 +361,8 @@ impl PartitionState {
                 }
             }
         };
-        Ok(WindowKey {
-            group: group.to_owned(),
+        Ok(Wk {
+            group: self.intern(group),
             start_ms,
             end_ms,
         })
@@ -298,7 +384,7 @@ impl PartitionState {
             add(w, p, agent, cap);
             w.revision = w.revision.saturating_add(1);
             self.counters.revisions += 1;
-            self.emits.insert(key.clone(), (**w).clone());
+            self.emits.insert(key.clone());
         } else if key.end_ms <= self.meta.frontier_ms {
             self.counters.refused += 1;
             return Err(Refused::BeyondHorizon);
@@ -321,12 +407,15 @@ impl PartitionState {
             }
         }
         self.counters.merged += 1;
+        let group = key.group.clone();
         self.dirty_windows.insert(key);
-        let source = SourceKey {
-            agent: agent.to_owned(),
-            series: p.series.as_str().to_owned(),
-        };
-        self.see_source(source, group, p.watermark_ms, record_ts_ms);
+        self.see_source(
+            agent,
+            p.series.as_str(),
+            &group,
+            p.watermark_ms,
+            record_ts_ms,
+        );
         if record_ts_ms > self.meta.stream_time_ms {
             self.meta.stream_time_ms = record_ts_ms;
         }
@@ -337,7 +426,7 @@ impl PartitionState {
             self.meta.swept_ms = now;
             self.sweep(now);
         } else {
-            self.finalize_group(group, now);
+            self.finalize_group(&group, now);
         }
         Ok(())
     }
@@ -350,22 +439,44 @@ impl PartitionState {
         self.sweep(now_ms.max(self.meta.stream_time_ms));
     }
 
-    fn see_source(&mut self, key: SourceKey, group: &str, watermark_ms: i64, seen_ms: i64) {
-        if let Some(s) = self.sources.get_mut(&key) {
-            s.watermark_ms = s.watermark_ms.max(watermark_ms);
+    fn see_source(&mut self, agent: &str, series: &str, group: &Name, wm: i64, seen_ms: i64) {
+        let mut id = std::mem::take(&mut self.scratch);
+        source_id(&mut id, agent, series);
+        if let Some(s) = self.sources.get_mut(id.as_str()) {
+            s.watermark_ms = s.watermark_ms.max(wm);
             s.last_seen_ms = s.last_seen_ms.max(seen_ms);
+            if s.group != *group {
+                // The grouping rules changed (a reload): the source now holds back its new
+                // group's windows, no longer its old group's.
+                let old = std::mem::replace(&mut s.group, group.clone());
+                if let Some(ids) = self.sources_by_group.get_mut(&old) {
+                    ids.retain(|i| **i != *id);
+                    if ids.is_empty() {
+                        self.sources_by_group.remove(&old);
+                    }
+                }
+                self.sources_by_group
+                    .entry(group.clone())
+                    .or_default()
+                    .push(id.as_str().into());
+            }
+            if !self.dirty_sources.contains(id.as_str()) {
+                self.dirty_sources.insert(id.as_str().into());
+            }
         } else {
             if self.sources.len() >= self.settings.max_sources {
                 let stalest = self
                     .sources
                     .iter()
-                    .min_by_key(|(k, s)| (s.last_seen_ms, (*k).clone()))
+                    .min_by(|(_, a), (_, b)| {
+                        (a.last_seen_ms, &a.key).cmp(&(b.last_seen_ms, &b.key))
+                    })
                     .map(|(k, _)| k.clone());
                 if let Some(k) = stalest {
                     if let Some(old) = self.sources.remove(&k) {
-                        if let Some(set) = self.sources_by_group.get_mut(&old.group) {
-                            set.remove(&k);
-                            if set.is_empty() {
+                        if let Some(ids) = self.sources_by_group.get_mut(&old.group) {
+                            ids.retain(|i| *i != k);
+                            if ids.is_empty() {
                                 self.sources_by_group.remove(&old.group);
                             }
                         }
@@ -374,18 +485,24 @@ impl PartitionState {
                     self.counters.sources_forgotten += 1;
                 }
             }
-            let source = Source {
-                group: group.to_owned(),
-                watermark_ms,
+            let src = Src {
+                key: SourceKey {
+                    agent: agent.to_owned(),
+                    series: series.to_owned(),
+                },
+                group: group.clone(),
+                watermark_ms: wm,
                 last_seen_ms: seen_ms,
             };
-            self.insert_source(key.clone(), source);
+            let boxed: Box<str> = id.as_str().into();
+            self.dirty_sources.insert(boxed.clone());
+            self.insert_source(boxed, src);
         }
-        self.dirty_sources.insert(key);
+        self.scratch = id;
     }
 
-    fn is_active(&self, s: &Source, now_ms: i64) -> bool {
-        s.last_seen_ms >= now_ms.saturating_sub(self.settings.idle_timeout_ms)
+    fn is_active(&self, last_seen_ms: i64, now_ms: i64) -> bool {
+        last_seen_ms >= now_ms.saturating_sub(self.settings.idle_timeout_ms)
     }
 
     /// `F(group)`: the minimum watermark of the group's sources active at `now_ms`; `None`:
@@ -395,12 +512,12 @@ impl PartitionState {
             .get(group)?
             .iter()
             .filter_map(|k| self.sources.get(k))
-            .filter(|s| self.is_active(s, now_ms))
+            .filter(|s| self.is_active(s.last_seen_ms, now_ms))
             .map(|s| s.watermark_ms)
             .min()
     }
 
-    fn finalize_group(&mut self, group: &str, now_ms: i64) {
+    fn finalize_group(&mut self, group: &Name, now_ms: i64) {
         let bound = self
             .finalization_watermark(group, now_ms)
             .unwrap_or(i64::MAX);
@@ -411,8 +528,8 @@ impl PartitionState {
             if end > bound {
                 return;
             }
-            self.finalize(WindowKey {
-                group: group.to_owned(),
+            self.finalize(Wk {
+                group: group.clone(),
                 start_ms: start,
                 end_ms: end,
             });
@@ -421,14 +538,15 @@ impl PartitionState {
 
     /// Every group's finalization and the horizon, at `now_ms`.
     fn sweep(&mut self, now_ms: i64) {
-        let groups: Vec<String> = self.open_by_group.keys().cloned().collect();
+        let mut groups: Vec<Name> = self.open_by_group.keys().cloned().collect();
+        groups.sort_unstable();
         for g in groups {
             self.finalize_group(&g, now_ms);
         }
         let active_min = self
             .sources
             .values()
-            .filter(|s| self.is_active(s, now_ms))
+            .filter(|s| self.is_active(s.last_seen_ms, now_ms))
             .map(|s| s.watermark_ms)
             .min();
         let clock = match active_min {
@@ -450,9 +568,11 @@ impl PartitionState {
             self.drop_final(&key);
             self.counters.evicted_by_horizon += 1;
         }
+        // Names no window or source refers to any more.
+        self.names.retain(|n| Arc::strong_count(n) > 1);
     }
 
-    fn finalize(&mut self, key: WindowKey) {
+    fn finalize(&mut self, key: Wk) {
         self.open_by_end.remove(&(key.end_ms, key.clone()));
         if let Some(set) = self.open_by_group.get_mut(&key.group) {
             set.remove(&(key.end_ms, key.start_ms));
@@ -465,9 +585,9 @@ impl PartitionState {
         };
         w.finalized = true;
         self.counters.finalized += 1;
-        self.emits.insert(key.clone(), (*w).clone());
+        self.emits.insert(key.clone());
         self.dirty_windows.insert(key.clone());
-        self.insert(key, *w);
+        self.insert(key, w);
         if self.finalized.len() > self.settings.max_finalized_windows {
             if let Some((end, oldest)) = self.finalized_by_end.first().cloned() {
                 self.drop_final(&oldest);
@@ -480,40 +600,71 @@ impl PartitionState {
         }
     }
 
-    fn drop_final(&mut self, key: &WindowKey) {
+    fn drop_final(&mut self, key: &Wk) {
         self.finalized_by_end.remove(&(key.end_ms, key.clone()));
-        self.finalized.remove(key);
+        if let Some(w) = self.finalized.remove(key) {
+            if self.emits.remove(key) {
+                self.emits_dropped.insert(key.clone(), w);
+            }
+        }
         self.dirty_windows.insert(key.clone());
     }
 
-    /// The changelog records and finals accumulated since the last call.
+    /// The changelog records and finals accumulated since the last call, in key order.
     pub fn take_changes(&mut self) -> Changes {
-        let windows = std::mem::take(&mut self.dirty_windows)
+        let mut dirty: Vec<Wk> = self.dirty_windows.drain().collect();
+        dirty.sort_unstable();
+        let windows = dirty
             .into_iter()
             .map(|k| {
                 let v = self
                     .open
                     .get(&k)
                     .or_else(|| self.finalized.get(&k))
-                    .map(|w| (**w).clone());
-                (k, v)
+                    .cloned();
+                (k.public(), v)
             })
             .collect();
-        let sources = std::mem::take(&mut self.dirty_sources)
-            .into_iter()
-            .map(|k| {
-                let s = self.sources.get(&k).cloned();
-                (k, s)
+        let mut dirty: Vec<(SourceKey, Option<Source>)> = self
+            .dirty_sources
+            .drain()
+            .map(|id| match self.sources.get(&id) {
+                Some(s) => (s.key.clone(), Some(s.public())),
+                None => (forgotten_key(&id), None),
             })
             .collect();
+        dirty.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let meta = std::mem::take(&mut self.dirty_meta).then_some(self.meta);
-        let finals = std::mem::take(&mut self.emits).into_iter().collect();
+        let mut emits: Vec<Wk> = self.emits.drain().collect();
+        emits.extend(self.emits_dropped.keys().cloned());
+        emits.sort_unstable();
+        let finals = emits
+            .into_iter()
+            .filter_map(|k| {
+                let w = match self.emits_dropped.remove(&k) {
+                    Some(w) => w,
+                    None => self.finalized.get(&k)?.clone(),
+                };
+                Some((k.public(), w))
+            })
+            .collect();
         Changes {
             windows,
-            sources,
+            sources: dirty,
             meta,
             finals,
         }
+    }
+}
+
+/// The (agent, series) of a `sources` key (`len(agent):agent series`).
+fn forgotten_key(id: &str) -> SourceKey {
+    let (len, rest) = id.split_once(':').unwrap_or(("0", id));
+    let at = len.parse::<usize>().unwrap_or(0).min(rest.len());
+    let (agent, series) = rest.split_at(rest.floor_char_boundary(at));
+    SourceKey {
+        agent: agent.to_owned(),
+        series: series.to_owned(),
     }
 }
 

@@ -3,6 +3,7 @@
 
 use super::*;
 use proptest::prelude::*;
+use std::collections::BTreeMap;
 
 /// Settings for tests (other modules' tests use them too).
 pub(crate) fn settings() -> Settings {
@@ -450,4 +451,32 @@ fn one_series_partial_does_not_finalize_another_series_window() {
     let c = s.take_changes();
     assert_eq!(c.finals.len(), 2);
     assert!(c.finals.iter().all(|(_, w)| w.revision == 0));
+}
+
+#[test]
+fn a_source_whose_series_moves_to_another_group_holds_back_the_new_group() {
+    let mut s = PartitionState::new(settings());
+    s.apply("old", &partial("a", "s", 0, 10, 10, &[1.0]), 100)
+        .unwrap();
+    s.apply("old", &partial("b", "s", 0, 10, 10, &[1.0]), 100)
+        .unwrap();
+    let _ = s.take_changes();
+    // The rules changed: series s now belongs to group "new". a's next partial is behind
+    // (watermark 10), b's ahead: a holds the new group's window back (before the fix a stayed
+    // in "old", so "new" had no sources and its window was final at a's partial).
+    s.apply("new", &partial("a", "s", 10, 20, 10, &[2.0]), 101)
+        .unwrap();
+    s.apply("new", &partial("b", "s", 10, 20, 20, &[2.0]), 101)
+        .unwrap();
+    assert!(
+        s.take_changes().finals.is_empty(),
+        "a holds the new group back"
+    );
+    assert_eq!(s.finalization_watermark("new", 101), Some(10));
+    assert_eq!(s.finalization_watermark("old", 101), None);
+    s.apply("new", &partial("a", "s", 20, 30, 20, &[3.0]), 102)
+        .unwrap();
+    let c = s.take_changes();
+    assert_eq!(c.finals.len(), 1);
+    assert_eq!(c.finals[0].0, key("new", 10, 20));
 }

@@ -117,7 +117,7 @@ impl Aggregate {
         if !value.is_finite() {
             return Err(AggregateError::NotFinite);
         }
-        let mut one = Aggregate {
+        let one = Aggregate {
             count: 1,
             sum: value,
             min: value,
@@ -128,8 +128,9 @@ impl Aggregate {
             last: Some(Point { ts_ms, value }),
             sketch: Sketch::new(),
         };
-        one.sketch.add(value);
+        // The moments through `merge`, the sketch directly (no one-value sketch to build).
         self.merge(&one);
+        self.sketch.add(value);
         Ok(())
     }
 

@@ -20,6 +20,8 @@
 #![forbid(unsafe_code)]
 
 // The host-only parts (`std` feature: error impls, the finals' JSON record) and the tests.
+#[cfg(feature = "alloc")]
+extern crate alloc;
 #[cfg(any(test, feature = "std"))]
 extern crate std;
 

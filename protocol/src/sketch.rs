@@ -10,8 +10,11 @@
 //!
 //! # Memory bound and collapsing
 //!
-//! Each sign keeps at most [`MAX_BINS`] bins (128, about 2 KiB in memory; only the used bins go
-//! on the wire). With 1 % accuracy, 128 bins span a factor `γ^128 ≈ 12.9` of magnitudes per
+//! Each sign keeps at most [`MAX_BINS`] bins (only the used bins go on the wire). In memory a
+//! store holds only its used bins on the heap with the `alloc` feature (hosts: the agent and the
+//! consumer, where a window's sketch typically has a handful of bins, so a window costs
+//! hundreds of bytes, not kilobytes); without it (firmware) it is a fixed `heapless` buffer of
+//! `MAX_BINS` bins, about 2 KiB. Both serialize identically (a varint length, then the bins). With 1 % accuracy, 128 bins span a factor `γ^128 ≈ 12.9` of magnitudes per
 //! sign. When a store would exceed its bound, the bins **closest to zero** are folded into the
 //! lowest kept bin, so high quantiles of positive data (the p90-p99 of vibration, latency or
 //! temperature) stay exact to 1 % and only quantiles among the smallest magnitudes lose accuracy.
@@ -52,8 +55,30 @@ pub struct Bin {
     pub count: u64,
 }
 
-/// The bins of one sign, in canonical form (see the module doc).
+/// The bins of one sign, in canonical form (see the module doc): only the used bins.
+#[cfg(feature = "alloc")]
+pub type Store = alloc::vec::Vec<Bin>;
+/// The bins of one sign, in canonical form (see the module doc): a fixed buffer.
+#[cfg(not(feature = "alloc"))]
 pub type Store = heapless::Vec<Bin, MAX_BINS>;
+
+/// Inserts `bin` at `at`, or gives it back when the store holds `MAX_BINS` bins already.
+fn try_insert(store: &mut Store, at: usize, bin: Bin) -> Result<(), Bin> {
+    if store.len() >= MAX_BINS {
+        return Err(bin);
+    }
+    #[cfg(feature = "alloc")]
+    store.insert(at, bin);
+    #[cfg(not(feature = "alloc"))]
+    store.insert(at, bin)?;
+    Ok(())
+}
+
+/// Appends `bin`, or gives it back when the store holds `MAX_BINS` bins already.
+fn try_push(store: &mut Store, bin: Bin) -> Result<(), Bin> {
+    let at = store.len();
+    try_insert(store, at, bin)
+}
 
 /// Why a decoded sketch was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,15 +122,27 @@ impl Sketch {
         };
         match store.binary_search_by_key(&bin.index, |b| b.index) {
             Ok(at) => store[at].count = store[at].count.saturating_add(1),
-            Err(_) => *store = merge_stores(store, &[bin]),
+            Err(at) => {
+                if let Err(bin) = try_insert(store, at, bin) {
+                    // Full: the canonical form keeps the MAX_BINS highest indices and folds the
+                    // rest into the lowest kept bin.
+                    if at == 0 {
+                        store[0].count = store[0].count.saturating_add(bin.count);
+                    } else {
+                        let lowest = store.remove(0);
+                        let _ = try_insert(store, at - 1, bin);
+                        store[0].count = store[0].count.saturating_add(lowest.count);
+                    }
+                }
+            }
         }
     }
 
     /// Folds `other` into `self`: afterwards `self` is the sketch of both inputs' values.
     pub fn merge(&mut self, other: &Sketch) {
         self.zero = self.zero.saturating_add(other.zero);
-        self.positive = merge_stores(&self.positive, &other.positive);
-        self.negative = merge_stores(&self.negative, &other.negative);
+        merge_into(&mut self.positive, &other.positive);
+        merge_into(&mut self.negative, &other.negative);
     }
 
     /// Number of values counted.
@@ -152,9 +189,10 @@ impl Sketch {
     /// Checks the invariants of the module doc; decoders call it on untrusted input.
     pub fn validate(&self) -> Result<(), SketchError> {
         for store in [&self.positive, &self.negative] {
-            let in_range = store
-                .iter()
-                .all(|b| b.count > 0 && (MIN_INDEX..=MAX_INDEX).contains(&b.index));
+            let in_range = store.len() <= MAX_BINS
+                && store
+                    .iter()
+                    .all(|b| b.count > 0 && (MIN_INDEX..=MAX_INDEX).contains(&b.index));
             let increasing = store.windows(2).all(|w| w[0].index < w[1].index);
             if !in_range || !increasing {
                 return Err(SketchError::MalformedBins);
@@ -175,10 +213,44 @@ fn value_of(index: i32) -> f64 {
     2.0 * libm::exp(f64::from(index) * LN_GAMMA) / (GAMMA + 1.0)
 }
 
+/// Merges canonical `b` into canonical `a`. When every index of `b` is already in `a` (the usual
+/// case once a window has seen its range of values) the counts are added in place, with no
+/// new store.
+fn merge_into(a: &mut Store, b: &[Bin]) {
+    if b.is_empty() {
+        return;
+    }
+    let mut at = 0;
+    let in_place =
+        b.iter().all(
+            |bin| match a[at..].binary_search_by_key(&bin.index, |x| x.index) {
+                Ok(i) => {
+                    at += i;
+                    true
+                }
+                Err(_) => false,
+            },
+        );
+    if in_place {
+        let mut at = 0;
+        for bin in b {
+            while a[at].index != bin.index {
+                at += 1;
+            }
+            a[at].count = a[at].count.saturating_add(bin.count);
+        }
+    } else {
+        *a = merge_stores(a, b);
+    }
+}
+
 /// The canonical merge of two canonical stores: the `MAX_BINS` highest distinct indices of the
 /// union, every lower count folded into the lowest kept bin.
 fn merge_stores(a: &[Bin], b: &[Bin]) -> Store {
     // Walk both from the top (highest index) down; `descending` is built high-to-low.
+    #[cfg(feature = "alloc")]
+    let mut descending = Store::with_capacity((a.len() + b.len()).min(MAX_BINS));
+    #[cfg(not(feature = "alloc"))]
     let mut descending = Store::new();
     let (mut i, mut j) = (a.len(), b.len());
     while i > 0 || j > 0 {
@@ -208,7 +280,7 @@ fn merge_stores(a: &[Bin], b: &[Bin]) -> Store {
             }
             (None, None) => break,
         };
-        if let Err(bin) = descending.push(next) {
+        if let Err(bin) = try_push(&mut descending, next) {
             // Full: fold into the lowest kept bin (the last pushed).
             if let Some(lowest) = descending.last_mut() {
                 lowest.count = lowest.count.saturating_add(bin.count);
@@ -307,12 +379,25 @@ mod tests {
     #[test]
     fn validation_refuses_unsorted_or_empty_bins() {
         let mut sketch = Sketch::new();
-        sketch.positive.push(Bin { index: 5, count: 1 }).unwrap();
-        sketch.positive.push(Bin { index: 5, count: 1 }).unwrap();
+        try_push(&mut sketch.positive, Bin { index: 5, count: 1 }).unwrap();
+        try_push(&mut sketch.positive, Bin { index: 5, count: 1 }).unwrap();
         assert_eq!(sketch.validate(), Err(SketchError::MalformedBins));
         let mut zero = Sketch::new();
-        zero.negative.push(Bin { index: 1, count: 0 }).unwrap();
+        try_push(&mut zero.negative, Bin { index: 1, count: 0 }).unwrap();
         assert_eq!(zero.validate(), Err(SketchError::MalformedBins));
+    }
+
+    #[cfg(feature = "alloc")]
+    #[test]
+    fn validation_refuses_a_heap_store_longer_than_the_bound() {
+        // A heap store takes any length a decoder reads; the bound is validate's to enforce.
+        let mut sketch = Sketch::new();
+        sketch.positive = (0..=MAX_BINS as i32)
+            .map(|index| Bin { index, count: 1 })
+            .collect();
+        assert_eq!(sketch.validate(), Err(SketchError::MalformedBins));
+        sketch.positive.remove(0);
+        assert_eq!(sketch.validate(), Ok(()));
     }
 
     fn sketch_of(values: &[f64]) -> Sketch {
