@@ -660,8 +660,12 @@ impl PartitionState {
 /// The (agent, series) of a `sources` key (`len(agent):agent series`).
 fn forgotten_key(id: &str) -> SourceKey {
     let (len, rest) = id.split_once(':').unwrap_or(("0", id));
-    let at = len.parse::<usize>().unwrap_or(0).min(rest.len());
-    let (agent, series) = rest.split_at(rest.floor_char_boundary(at));
+    let at = len.parse::<usize>().unwrap_or(0);
+    // `source_id` wrote `len` bytes of agent: always a char boundary.
+    let (agent, series) = match (rest.get(..at), rest.get(at..)) {
+        (Some(agent), Some(series)) => (agent, series),
+        _ => ("", rest),
+    };
     SourceKey {
         agent: agent.to_owned(),
         series: series.to_owned(),
