@@ -1,25 +1,17 @@
 //! The `edge-agent` binary. Thin: parsing arguments and starting the library's tasks.
 
-use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
+use edge_ops_http::logging::{self, LogFormat};
 
 #[derive(Parser)]
 #[command(name = "edge-agent", version, about = "The edge-ingest gateway agent")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum LogFormat {
-    /// One line per event; colours only when stderr is a terminal (journald gets none).
-    Human,
-    /// One JSON object per line.
-    Json,
 }
 
 #[derive(Subcommand)]
@@ -111,15 +103,7 @@ fn main() -> ExitCode {
 
 fn run(path: PathBuf, format: LogFormat) -> anyhow::Result<()> {
     use anyhow::Context;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Human => logs.with_ansi(std::io::stderr().is_terminal()).init(),
-        LogFormat::Json => logs.json().init(),
-    }
+    logging::init(format);
     let config = edge_agent::config::Config::load(&path)?;
     let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
     let result = runtime.block_on(edge_agent::ops::supervise::run(path, config));

@@ -93,7 +93,7 @@ pub struct Config {
 }
 
 /// `[kafka]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaSection {
     pub bootstrap_servers: Spanned<String>,
@@ -108,7 +108,7 @@ pub struct KafkaSection {
 }
 
 /// `[topics]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Topics {
     pub inputs: Spanned<Vec<String>>,
@@ -151,7 +151,7 @@ pub struct RuleSection {
 }
 
 /// `[window]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WindowSection {
     pub rollup_ms: Option<Spanned<i64>>,
@@ -169,7 +169,7 @@ impl Default for WindowSection {
 }
 
 /// `[revisions]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RevisionSection {
     #[serde(default = "default_true")]
@@ -188,7 +188,7 @@ impl Default for RevisionSection {
 }
 
 /// `[limits]`: per assigned input partition, except the batch limits.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
     #[serde(default = "defaults::usize::<20_000>")]
@@ -217,7 +217,7 @@ impl Default for Limits {
 
 /// `[ops]`: the observability listener (see [`crate::ops`]). Every key has a default, so the
 /// table is optional.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OpsSection {
     /// Serve `/metrics`, `/healthz` and `/readyz` at all.

@@ -14,7 +14,8 @@
 //! | [`restore`] | a new owner rebuilds a partition's state from the changelog | Kafka |
 //! | [`run`] | the loop: one poll batch = one transaction (finals, changelog, dead letters, offsets) | Kafka |
 //! | [`telemetry`] | the loop's live counters, gauges and phase, read from other threads | none |
-//! | [`ops`] | `/metrics` (Prometheus), `/healthz`, `/readyz` on a loopback port, from the loop's metrics | HTTP |
+//! | [`reload`] | SIGHUP reload: which tables a reload may change (`[grouping]` only), the slot the loop takes new rules from between transactions | none |
+//! | [`ops`] | `/metrics` (Prometheus), `/healthz`, `/readyz` on a loopback port, from the loop's metrics; signals, systemd notify and watchdog | HTTP, signals |
 //!
 //! Exactly-once reasoning lives in [`run`] and [`restore`]; the rules of finalization, idle
 //! gateways, revisions and the memory bound in [`merge`].
@@ -28,6 +29,7 @@ pub mod merge;
 pub mod ops;
 pub mod output;
 pub mod records;
+pub mod reload;
 pub mod restore;
 pub mod run;
 pub mod telemetry;

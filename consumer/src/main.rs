@@ -1,4 +1,5 @@
-//! The `edge-consumer` binary. Thin: arguments, logging, signals, then the library's loop.
+//! The `edge-consumer` binary. Thin: arguments, logging, the supervisor (signals, systemd),
+//! the ops listener, then the library's loop.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -7,8 +8,10 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use edge_consumer::config::Config;
+use edge_consumer::ops::supervise::Supervisor;
 use edge_consumer::ops::Server;
 use edge_consumer::run::{run, Metrics};
+use edge_ops_http::logging::{self, LogFormat};
 
 #[derive(Parser)]
 #[command(
@@ -23,37 +26,43 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the consumer.
+    /// Runs the consumer until SIGTERM or SIGINT (it stops between transactions); SIGHUP
+    /// reloads the file's [grouping].
     Run {
+        /// The TOML configuration file.
         #[arg(long)]
         config: PathBuf,
+        /// Log format on stderr.
+        #[arg(long, value_enum, default_value = "human")]
+        log_format: LogFormat,
     },
-    /// Validate a configuration file and exit.
-    CheckConfig { file: PathBuf },
+    /// Validates a configuration file and exits: 0 when good, 1 with the reason.
+    CheckConfig {
+        /// The TOML configuration file.
+        file: PathBuf,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     match cli.command {
         Command::CheckConfig { file } => {
+            logging::init(LogFormat::Human);
             Config::load(&file)?;
             println!("{}: ok", file.display());
             Ok(())
         }
-        Command::Run { config } => {
-            let config = Config::load(&config)?;
+        Command::Run {
+            config: path,
+            log_format,
+        } => {
+            logging::init(log_format);
+            let config = Config::load(&path)?;
             let stop = Arc::new(AtomicBool::new(false));
-            let flag = stop.clone();
-            // SIGTERM / SIGINT: stop between transactions.
-            edge_ops_http::signal::on_shutdown_signal(move || flag.store(true, Ordering::Relaxed));
             let metrics = Arc::new(Metrics::default());
+            // SIGTERM / SIGINT: stop between transactions; SIGHUP: reload; systemd notified.
+            let supervisor =
+                Supervisor::start(path.clone(), config.clone(), metrics.clone(), stop.clone())?;
             tracing::info!(version = edge_consumer::VERSION, "edge-consumer starting");
             let ops = match Server::start(&config.ops, metrics.clone()) {
                 Ok(Some(server)) => {
@@ -70,8 +79,10 @@ fn main() -> anyhow::Result<()> {
                     None
                 }
             };
-            run(&config, &stop, &metrics).context("edge-consumer stopped")?;
+            let result = run(&config, &stop, &metrics);
             drop(ops);
+            supervisor.stop();
+            result.context("edge-consumer stopped")?;
             tracing::info!(
                 merged = metrics.merged.load(Ordering::Relaxed),
                 finals = metrics.finals.load(Ordering::Relaxed),

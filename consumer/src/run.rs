@@ -305,7 +305,11 @@ fn session(config: &Config, stop: &AtomicBool, metrics: &Metrics) -> Result<(), 
         exported: HashMap::new(),
     };
     let mut last_log = Instant::now();
+    let mut rules = 0; // The generation of SIGHUP-reloaded rules merged under (crate::reload).
     while !stop.load(Ordering::Relaxed) {
+        if let Some(grouping) = metrics.reload.newer(&mut rules) {
+            s.grouping = grouping; // Between transactions: the next batch merges under it.
+        }
         let batch = s.poll_batch()?;
         s.transact(batch)?;
         metrics.progressed();

@@ -1,10 +1,14 @@
 //! The loop's live [`Metrics`] and [`Phase`]: written by [`crate::run`] (atomic stores only),
 //! read from other threads by the ops endpoints ([`crate::ops`]), the benchmark and the logs.
+//! One input goes the other way: [`Metrics::reload`], the grouping rules a SIGHUP reload hands
+//! the loop (it takes them between transactions; see [`crate::reload`]).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::reload::Rules;
 
 /// Live counters and the loop's state, readable from another thread (the ops endpoints, the
 /// benchmark, logs). Counters count the effects of committed transactions since the process
@@ -46,6 +50,8 @@ pub struct Metrics {
     /// Records behind the end of each owned input partition (read_committed: its last stable
     /// offset), from librdkafka's statistics; empty until they first arrive.
     pub lag: Mutex<BTreeMap<(String, i32), i64>>,
+    /// Reloaded grouping rules for the loop, and the reload counters.
+    pub reload: Rules,
     pub started: Instant,
 }
 
@@ -76,6 +82,7 @@ impl Default for Metrics {
             phase: AtomicU8::new(Phase::Starting as u8),
             last_error: Mutex::new(None),
             lag: Mutex::new(BTreeMap::new()),
+            reload: Rules::default(),
             started: Instant::now(),
         }
     }

@@ -302,7 +302,7 @@ impl Watchdog {
 /// systemd watchdog while healthy.
 pub async fn run(shared: Arc<Shared>, stall: Duration, stop: CancellationToken) {
     let mut tracker = Tracker::new(stall.max(Duration::from_secs(1)));
-    let every = super::notify::watchdog_interval();
+    let every = edge_ops_http::notify::watchdog_interval();
     let period = every.map_or(SAMPLE_EVERY, |e| {
         e.clamp(Duration::from_millis(100), SAMPLE_EVERY)
     });
@@ -327,7 +327,7 @@ pub async fn run(shared: Arc<Shared>, stall: Duration, stop: CancellationToken) 
         if let (Some(w), true) = (watchdog.as_mut(), armed) {
             let due = w.due(now);
             if due && sick.is_empty() {
-                super::notify::notify("WATCHDOG=1");
+                edge_ops_http::notify::notify("WATCHDOG=1");
                 w.pinged(now);
             } else if due {
                 tracing::error!(reasons = ?sick, "not feeding the systemd watchdog");

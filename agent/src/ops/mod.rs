@@ -6,7 +6,9 @@
 //! | [`health`] | a 1 s sampler over the counters: source connection states, "forwarder failing", stall detection; the `/healthz`, `/readyz` and watchdog predicates (no I/O but the database read) |
 //! | [`metrics`] | the Prometheus text exposition of [`Telemetry`] and the health view, one block per stage (each source kind's block from its own family list) |
 //! | [`http`] | the endpoints' path table, served by the shared HTTP/1.1 responder of `edge-ops-http` on tokio's `TcpListener` (GET only, 8 KiB requests, 5 s deadline, 32 connections) |
-//! | [`notify`] | `sd_notify` over `$NOTIFY_SOCKET` (READY, STOPPING, RELOADING, WATCHDOG) with a std `UnixDatagram` |
+//!
+//! `sd_notify` (READY, STOPPING, RELOADING, WATCHDOG) is `edge_ops_http::notify`, shared with
+//! the consumer; this module decides when each is sent.
 //!
 //! The counters themselves live in [`crate::telemetry`] (the pipeline writes them, ops reads
 //! them); ops depends on telemetry, [`crate::service`] and [`crate::source`], none of them on ops.
@@ -24,7 +26,6 @@
 pub mod health;
 pub mod http;
 pub mod metrics;
-pub mod notify;
 pub mod supervise;
 
 use std::sync::{Arc, Mutex};

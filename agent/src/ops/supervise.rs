@@ -39,12 +39,13 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use edge_ops_http::notify;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::{notify, OpsError, Shared, Telemetry};
+use super::{OpsError, Shared, Telemetry};
 use crate::config::Config;
 use crate::service::{self, ServiceError};
 

@@ -157,6 +157,16 @@ pub fn render(m: &Metrics, view: &View) -> String {
             "Input partitions restored from the changelog (on every assignment).",
             get(&m.restored_partitions),
         ),
+        (
+            "edge_consumer_reloads_total",
+            "SIGHUP reloads applied (new [grouping] rules handed to the loop).",
+            get(&m.reload.reloads),
+        ),
+        (
+            "edge_consumer_reload_failures_total",
+            "SIGHUP reloads refused (a bad file, or one changing more than [grouping]); the running rules stay.",
+            get(&m.reload.failures),
+        ),
     ]);
     o.gauges(&[
         (
@@ -221,6 +231,8 @@ mod tests {
         m.finalized_windows.store(40, Ordering::Relaxed);
         m.sessions.store(1, Ordering::Relaxed);
         m.evicted_by_horizon.store(5, Ordering::Relaxed);
+        m.reload.reloads.store(2, Ordering::Relaxed);
+        m.reload.failures.store(1, Ordering::Relaxed);
         m.transaction_us_sum.store(2_500_000, Ordering::Relaxed);
         let t = rendered(&m);
         for (series, value) in [
@@ -232,6 +244,8 @@ mod tests {
             ("edge_consumer_open_windows", "17"),
             ("edge_consumer_final_windows", "40"),
             ("edge_consumer_sessions_total", "1"),
+            ("edge_consumer_reloads_total", "2"),
+            ("edge_consumer_reload_failures_total", "1"),
             (
                 "edge_consumer_windows_evicted_total{reason=\"horizon\"}",
                 "5",
@@ -281,6 +295,8 @@ mod tests {
             &m.sources_forgotten,
             &m.transaction_us_sum,
             &m.transaction_us_last,
+            &m.reload.reloads,
+            &m.reload.failures,
         ];
         for (n, a) in fields.into_iter().enumerate() {
             a.store(100 + n as u64, Ordering::Relaxed);

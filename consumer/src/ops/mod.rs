@@ -1,11 +1,12 @@
 //! Operations: the HTTP endpoints a data centre scrapes and probes (`[ops]` in the
-//! configuration).
+//! configuration), and the process's life under systemd.
 //!
 //! | module | does |
 //! | --- | --- |
 //! | [`health`] | the `/healthz` and `/readyz` predicates over the loop's [`Metrics`] (no I/O) |
 //! | [`metrics`] | the Prometheus text exposition of [`Metrics`] |
 //! | [`http`] | the endpoints' path table, served by the shared HTTP/1.1 responder of `edge-ops-http` on tokio's `TcpListener` (GET only, 8 KiB requests, 5 s deadline, 32 connections) |
+//! | [`supervise`] | signals (SIGTERM/SIGINT: stop between transactions; SIGHUP: reload `[grouping]`), `sd_notify` READY/STOPPING/RELOADING and the watchdog (through `edge_ops_http::notify`, shared with the agent) |
 //!
 //! # Invariants
 //!
@@ -19,6 +20,7 @@
 pub mod health;
 pub mod http;
 pub mod metrics;
+pub mod supervise;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -39,8 +41,14 @@ pub enum OpsError {
         #[source]
         source: std::io::Error,
     },
-    #[error("metrics listener: starting its thread: {0}")]
+    #[error("starting an ops thread: {0}")]
     Thread(#[source] std::io::Error),
+    #[error("installing the {signal} handler: {source}")]
+    Signal {
+        signal: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// What the endpoints read.
