@@ -251,6 +251,25 @@ pub fn jobs(quick: bool, brokers: &Brokers) -> Vec<Job> {
             ),
             &["merged", "finalized", "transaction"],
         ));
+        // Scaling: 6 partitions for 1 instance, then shared by 3 (one process, one group).
+        jobs.push(variant(
+            job(
+                "consumer_1x6",
+                "consumer, 300,000 partials, 6 partitions, 1 instance".to_owned(),
+                CONSUMER,
+                &[kafka, "5000", "20", "1", "6"],
+            ),
+            &["merged", "finalized", "transaction"],
+        ));
+        jobs.push(variant(
+            job(
+                "consumer_3x6",
+                "consumer, 300,000 partials, 6 partitions, 3 instances".to_owned(),
+                CONSUMER,
+                &[kafka, "5000", "20", "3", "6"],
+            ),
+            &["merged", "finalized", "transaction"],
+        ));
     }
     // A private broker of its own (stopped and restarted): after the shared-broker programs.
     let recovery_runs = if quick { "1" } else { "5" };

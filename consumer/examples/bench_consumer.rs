@@ -3,10 +3,12 @@
 //! offsets), against a real broker; and memory per open window.
 //!
 //! ```text
-//! cargo run --release -p edge-consumer --example bench_consumer -- [BOOTSTRAP] [SERIES] [WINDOWS]
+//! cargo run --release -p edge-consumer --example bench_consumer -- [BOOTSTRAP] [SERIES] [WINDOWS] [INSTANCES] [PARTITIONS]
 //! ```
-//! Defaults: `$KAFKA_BOOTSTRAP` or 127.0.0.1:19092, 2000 series, 20 windows, 3 gateways, 3
-//! input partitions. The input (3 x SERIES x WINDOWS partials, watermark = window end, so each
+//! Defaults: `$KAFKA_BOOTSTRAP` or 127.0.0.1:19092, 2000 series, 20 windows, 3 gateways, 1
+//! instance, 3 input partitions. With INSTANCES > 1 that many consumers (one group, each its
+//! own `instance_id` and thread, as separate processes would be) share the partitions and the
+//! figures are their sum: the scaling figure (`-- BOOTSTRAP 5000 20 3 6`). The input (3 x SERIES x WINDOWS partials, watermark = window end, so each
 //! window is final when its third gateway's partial arrives) is produced first, then the
 //! consumer is timed from start until every partial is merged and every window emitted.
 //!
@@ -106,8 +108,9 @@ fn main() {
         .unwrap_or_else(|| "127.0.0.1:19092".into());
     let series: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(2000);
     let windows: i64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(20);
+    let instances: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(1).max(1);
+    let partitions: i32 = args.next().and_then(|a| a.parse().ok()).unwrap_or(3);
     let gateways = ["gw-a", "gw-b", "gw-c"];
-    let partitions = 3;
     memory_per_open_window();
 
     let tag = SystemTime::now()
@@ -188,7 +191,7 @@ fn main() {
         r#"[kafka]
 bootstrap_servers = "{bootstrap}"
 group_id = "bench-consumer-{tag}"
-instance_id = "bench"
+instance_id = "INSTANCE"
 [kafka.client]
 "session.timeout.ms" = "6000"
 [topics]
@@ -203,22 +206,32 @@ batch_max_records = 5000
 batch_max_ms = 200
 "#
     );
-    let config = Config::parse(Path::new("bench.toml"), &config_text).expect("config");
     let stop = Arc::new(AtomicBool::new(false));
-    let metrics = Arc::new(Metrics::default());
-    let (stop2, metrics2) = (stop.clone(), metrics.clone());
+    let all_metrics: Vec<Arc<Metrics>> = (0..instances)
+        .map(|_| Arc::new(Metrics::default()))
+        .collect();
     let t1 = Instant::now();
-    let worker = std::thread::spawn(move || run(&config, &stop2, &metrics2));
+    let workers: Vec<_> = all_metrics
+        .iter()
+        .enumerate()
+        .map(|(i, metrics)| {
+            let text = config_text.replace("INSTANCE", &format!("bench-{i}"));
+            let config = Config::parse(Path::new("bench.toml"), &text).expect("config");
+            let (stop, metrics) = (stop.clone(), metrics.clone());
+            std::thread::spawn(move || run(&config, &stop, &metrics))
+        })
+        .collect();
+    let sum = |f: fn(&Metrics) -> u64| all_metrics.iter().map(|m| f(m)).sum::<u64>();
     let expected_finals = series as u64 * windows as u64;
     let mut first_merge: Option<Instant> = None;
     let mut timed_out = false;
     loop {
         std::thread::sleep(Duration::from_millis(50));
-        let merged = metrics.merged.load(Ordering::Relaxed);
+        let merged = sum(|m| m.merged.load(Ordering::Relaxed));
         if merged > 0 && first_merge.is_none() {
             first_merge = Some(Instant::now());
         }
-        if merged >= total as u64 && metrics.finals.load(Ordering::Relaxed) >= expected_finals {
+        if merged >= total as u64 && sum(|m| m.finals.load(Ordering::Relaxed)) >= expected_finals {
             break;
         }
         if t1.elapsed() > Duration::from_secs(600) {
@@ -230,43 +243,54 @@ batch_max_ms = 200
     let all = t1.elapsed().as_secs_f64();
     let busy = first_merge.map_or(all, |f| f.elapsed().as_secs_f64());
     stop.store(true, Ordering::Relaxed);
-    let _ = worker.join();
-    let txns = metrics.transactions.load(Ordering::Relaxed);
-    let finals = metrics.finals.load(Ordering::Relaxed);
+    for worker in workers {
+        let _ = worker.join();
+    }
+    let txns = sum(|m| m.transactions.load(Ordering::Relaxed));
+    let finals = sum(|m| m.finals.load(Ordering::Relaxed));
     println!(
         "consumer: {total} partials merged, {finals} windows finalized in {txns} transactions; \
          {busy:.2} s from first merge ({all:.2} s incl. group join and restore)"
     );
     println!(
-        "  {:.0} partials/s merged, {:.0} finals/s emitted (one instance, exactly-once, {} ms/transaction)",
+        "  {:.0} partials/s merged, {:.0} finals/s emitted ({instances} instance(s), exactly-once, {} ms/transaction)",
         total as f64 / busy,
         finals as f64 / busy,
-        (busy * 1000.0 / txns.max(1) as f64).round()
+        (busy * 1000.0 * instances as f64 / txns.max(1) as f64).round()
     );
     if timed_out {
         std::process::exit(1);
     }
-    let params = format!(
-        "{total} partials ({series} series x {windows} windows x 3 gateways), {partitions} partitions"
-    );
-    // Issue 16's goals per instance on the 2-core machine.
+    let params = match instances {
+        1 => format!(
+            "{total} partials ({series} series x {windows} windows x 3 gateways), {partitions} partitions"
+        ),
+        n => format!(
+            "{total} partials ({series} series x {windows} windows x 3 gateways), {partitions} partitions, {n} instances"
+        ),
+    };
+    // Issue 16's goals per instance on the 2-core machine (the scaling run shows the sum).
+    let (merged_goal, finals_goal) = match instances {
+        1 => (">= 150,000", ">= 60,000"),
+        _ => ("", ""),
+    };
     FIGURES.print_with_target(
         "merged",
         total as f64 / busy,
         "partials/s",
         &params,
-        ">= 150,000",
+        merged_goal,
     );
     FIGURES.print_with_target(
         "finalized",
         finals as f64 / busy,
         "finals/s",
         &params,
-        ">= 60,000",
+        finals_goal,
     );
     FIGURES.print(
         "transaction",
-        busy * 1000.0 / txns.max(1) as f64,
+        busy * 1000.0 * instances as f64 / txns.max(1) as f64,
         "ms",
         &params,
     );
