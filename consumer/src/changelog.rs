@@ -55,7 +55,7 @@ use edge_protocol::aggregate::Aggregate;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::merge::{Meta, Source, SourceKey, WindowKey, WindowState};
+use crate::merge::{Meta, Source, SourceKey, WindowKey, WindowRef, WindowState};
 
 /// Version byte of the values.
 pub const VERSION: u8 = 1;
@@ -79,7 +79,7 @@ pub enum Entry {
     Meta(Option<Meta>),
 }
 
-pub fn window_key(topic: &str, partition: i32, k: &WindowKey) -> String {
+pub fn window_key(topic: &str, partition: i32, k: WindowRef<'_>) -> String {
     format!(
         "w|{topic}|{partition}|{}|{}|{}",
         k.start_ms, k.end_ms, k.group
@@ -101,12 +101,8 @@ pub fn meta_key(topic: &str, partition: i32) -> String {
 
 /// `[VERSION] ++ postcard(value)`.
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    let mut out = vec![VERSION];
     // Serializing our own in-memory types into a Vec cannot fail.
-    if let Ok(body) = postcard::to_allocvec(value) {
-        out.extend_from_slice(&body);
-    }
-    out
+    postcard::to_extend(value, vec![VERSION]).unwrap_or_else(|_| vec![VERSION])
 }
 
 fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, ChangelogError> {
@@ -228,7 +224,7 @@ mod tests {
     #[test]
     fn entries_round_trip_through_key_and_value() {
         let (k, w) = window();
-        let key = window_key("in", 3, &k);
+        let key = window_key("in", 3, k.borrowed());
         assert_eq!(key, "w|in|3|-10|10|a|b");
         let e = decode_entry("in", 3, key.as_bytes(), Some(&encode(&w))).unwrap();
         assert_eq!(e, Some(Entry::Window(k.clone(), Some(Box::new(w)))));
@@ -274,7 +270,7 @@ mod tests {
         golden.extend_from_slice(&[0, 1, 0x46, 1, 0]); // sketch
         golden.extend_from_slice(&[2, 1, 1, 2, b'g', b'w', 0, 3]);
         assert_eq!(encode(&w), golden);
-        let key = window_key("in", 0, &k);
+        let key = window_key("in", 0, k.borrowed());
         let back = decode_entry("in", 0, key.as_bytes(), Some(&golden)).unwrap();
         assert_eq!(back, Some(Entry::Window(k, Some(Box::new(w)))));
 
@@ -284,6 +280,13 @@ mod tests {
             last_seen_ms: -1,
         };
         assert_eq!(encode(&g), [1, 1, b'g', 0x90, 0xc8, 0x02, 0x01]);
+        // The loop encodes the borrowed form: the same bytes.
+        let borrowed = crate::merge::SourceRef {
+            group: "g",
+            watermark_ms: 21_000,
+            last_seen_ms: -1,
+        };
+        assert_eq!(encode(&borrowed), encode(&g));
         assert_eq!(decode::<Source>("s", &encode(&g)), Ok(g));
         let m = Meta {
             stream_time_ms: 1,

@@ -58,6 +58,7 @@
 //! state is fully described by [`Changes`]: replaying them into [`PartitionState::restore`]
 //! yields a state that behaves identically (property-tested below).
 
+use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
@@ -83,6 +84,34 @@ pub struct WindowKey {
     pub group: String,
     pub start_ms: i64,
     pub end_ms: i64,
+}
+
+/// A window's key borrowed from the state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WindowRef<'a> {
+    pub group: &'a str,
+    pub start_ms: i64,
+    pub end_ms: i64,
+}
+
+impl WindowRef<'_> {
+    pub fn to_owned(self) -> WindowKey {
+        WindowKey {
+            group: self.group.to_owned(),
+            start_ms: self.start_ms,
+            end_ms: self.end_ms,
+        }
+    }
+}
+
+impl WindowKey {
+    pub fn borrowed(&self) -> WindowRef<'_> {
+        WindowRef {
+            group: &self.group,
+            start_ms: self.start_ms,
+            end_ms: self.end_ms,
+        }
+    }
 }
 
 /// The merged state of one window.
@@ -112,6 +141,26 @@ pub struct Source {
     pub group: String,
     pub watermark_ms: i64,
     pub last_seen_ms: i64,
+}
+
+/// A [`Source`] borrowed from the state. Serializes to the same bytes as a [`Source`] with
+/// the same fields (postcard writes `&str` and `String` alike), so the changelog encodes it
+/// without an owned copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct SourceRef<'a> {
+    pub group: &'a str,
+    pub watermark_ms: i64,
+    pub last_seen_ms: i64,
+}
+
+impl SourceRef<'_> {
+    pub fn to_owned(self) -> Source {
+        Source {
+            group: self.group.to_owned(),
+            watermark_ms: self.watermark_ms,
+            last_seen_ms: self.last_seen_ms,
+        }
+    }
 }
 
 /// Partition-wide clocks.
@@ -170,6 +219,17 @@ pub struct Changes {
     pub finals: Vec<(WindowKey, WindowState)>,
 }
 
+/// One change handed out by [`PartitionState::take_changes_with`]; `None`: dropped (a
+/// changelog tombstone).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Change<'a> {
+    Window(WindowRef<'a>, Option<&'a WindowState>),
+    Source(&'a SourceKey, Option<SourceRef<'a>>),
+    Meta(Meta),
+    /// The newest state of a window emitted in this batch.
+    Final(WindowRef<'a>, &'a WindowState),
+}
+
 /// A window inside the state: the group's interned name (cloning it is a reference count, not
 /// an allocation) and the bounds. Ordered like [`WindowKey`].
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -180,9 +240,9 @@ struct Wk {
 }
 
 impl Wk {
-    fn public(&self) -> WindowKey {
-        WindowKey {
-            group: self.group.as_ref().to_owned(),
+    fn borrowed(&self) -> WindowRef<'_> {
+        WindowRef {
+            group: &self.group,
             start_ms: self.start_ms,
             end_ms: self.end_ms,
         }
@@ -202,9 +262,9 @@ struct Src {
 }
 
 impl Src {
-    fn public(&self) -> Source {
-        Source {
-            group: self.group.as_ref().to_owned(),
+    fn borrowed(&self) -> SourceRef<'_> {
+        SourceRef {
+            group: &self.group,
             watermark_ms: self.watermark_ms,
             last_seen_ms: self.last_seen_ms,
         }
@@ -612,49 +672,53 @@ impl PartitionState {
         self.dirty_windows.insert(key.clone());
     }
 
-    /// The changelog records and finals accumulated since the last call, in key order.
+    /// The changelog records and finals accumulated since the last call, in key order, owned
+    /// (tests and tools; the loop borrows them through [`PartitionState::take_changes_with`]).
     pub fn take_changes(&mut self) -> Changes {
+        let mut c = Changes::default();
+        self.take_changes_with(|change| match change {
+            Change::Window(k, w) => c.windows.push((k.to_owned(), w.cloned())),
+            Change::Source(k, s) => c.sources.push((k.clone(), s.map(SourceRef::to_owned))),
+            Change::Meta(m) => c.meta = Some(m),
+            Change::Final(k, w) => c.finals.push((k.to_owned(), w.clone())),
+        });
+        c
+    }
+
+    /// Hands each change accumulated since the last call to `f`, borrowed from the state (no
+    /// window is cloned): the windows, then the sources, then the meta record, then the finals,
+    /// each in key order (deterministic).
+    pub fn take_changes_with(&mut self, mut f: impl FnMut(Change<'_>)) {
         let mut dirty: Vec<Wk> = self.dirty_windows.drain().collect();
         dirty.sort_unstable();
-        let windows = dirty
-            .into_iter()
-            .map(|k| {
-                let v = self
-                    .open
-                    .get(&k)
-                    .or_else(|| self.finalized.get(&k))
-                    .cloned();
-                (k.public(), v)
-            })
-            .collect();
-        let mut dirty: Vec<(SourceKey, Option<Source>)> = self
-            .dirty_sources
-            .drain()
-            .map(|id| match self.sources.get(&id) {
-                Some(s) => (s.key.clone(), Some(s.public())),
-                None => (forgotten_key(&id), None),
+        for k in &dirty {
+            let w = self.open.get(k).or_else(|| self.finalized.get(k));
+            f(Change::Window(k.borrowed(), w));
+        }
+        let ids: Vec<Box<str>> = self.dirty_sources.drain().collect();
+        let mut dirty: Vec<(Cow<'_, SourceKey>, Option<SourceRef<'_>>)> = ids
+            .iter()
+            .map(|id| match self.sources.get(id) {
+                Some(s) => (Cow::Borrowed(&s.key), Some(s.borrowed())),
+                None => (Cow::Owned(forgotten_key(id)), None),
             })
             .collect();
         dirty.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        let meta = std::mem::take(&mut self.dirty_meta).then_some(self.meta);
+        for (k, s) in dirty {
+            f(Change::Source(&k, s));
+        }
+        if std::mem::take(&mut self.dirty_meta) {
+            f(Change::Meta(self.meta));
+        }
         let mut emits: Vec<Wk> = self.emits.drain().collect();
         emits.extend(self.emits_dropped.keys().cloned());
         emits.sort_unstable();
-        let finals = emits
-            .into_iter()
-            .filter_map(|k| {
-                let w = match self.emits_dropped.remove(&k) {
-                    Some(w) => w,
-                    None => self.finalized.get(&k)?.clone(),
-                };
-                Some((k.public(), w))
-            })
-            .collect();
-        Changes {
-            windows,
-            sources: dirty,
-            meta,
-            finals,
+        for k in &emits {
+            if let Some(w) = self.emits_dropped.remove(k) {
+                f(Change::Final(k.borrowed(), &w));
+            } else if let Some(w) = self.finalized.get(k) {
+                f(Change::Final(k.borrowed(), w));
+            }
         }
     }
 }

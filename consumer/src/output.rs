@@ -24,18 +24,18 @@
 use edge_protocol::contract::{final_key, schema};
 pub use edge_protocol::contract::{Final, FinalPoint as PointJson};
 
-use crate::merge::{WindowKey, WindowState};
+use crate::merge::{WindowRef, WindowState};
 
 /// `schema` header value of a final.
 pub const SCHEMA: &str = schema::FINAL;
 
 /// The record key of a window's final.
-pub fn key(k: &WindowKey) -> String {
+pub fn key(k: WindowRef<'_>) -> String {
     final_key(&k.group, k.start_ms, k.end_ms)
 }
 
 /// The JSON value of a window's final.
-pub fn value(k: &WindowKey, w: &WindowState) -> Vec<u8> {
+pub fn value(k: WindowRef<'_>, w: &WindowState) -> Vec<u8> {
     let a = &w.aggregate;
     let point = |p: Option<edge_protocol::aggregate::Point>| {
         p.map(|p| PointJson {
@@ -44,7 +44,7 @@ pub fn value(k: &WindowKey, w: &WindowState) -> Vec<u8> {
         })
     };
     let f = Final {
-        group: k.group.clone(),
+        group: k.group.to_owned(),
         window_start_ms: k.start_ms,
         window_end_ms: k.end_ms,
         window_start: iso8601(k.start_ms),
@@ -92,6 +92,7 @@ pub fn iso8601(ms: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::merge::WindowKey;
     use edge_protocol::aggregate::Aggregate;
 
     #[test]
@@ -115,7 +116,7 @@ mod tests {
             end_ms: 1_767_225_660_000,
         };
         let w = final_window(&[(10_500, 2.0)], 0, &["gw-a", "gw-b"]);
-        let got = String::from_utf8(value(&k, &w)).unwrap();
+        let got = String::from_utf8(value(k.borrowed(), &w)).unwrap();
         assert_eq!(got, GOLDEN);
     }
 
@@ -152,8 +153,8 @@ mod tests {
             end_ms: 120_000,
         };
         let w = final_window(&[(61_000, 1.0), (62_000, 3.0)], 1, &["a"]);
-        assert_eq!(key(&k), "g|60000|120000");
-        let v: serde_json::Value = serde_json::from_slice(&value(&k, &w)).unwrap();
+        assert_eq!(key(k.borrowed()), "g|60000|120000");
+        let v: serde_json::Value = serde_json::from_slice(&value(k.borrowed(), &w)).unwrap();
         assert_eq!(v["window_start"], "1970-01-01T00:01:00.000Z");
         assert_eq!(v["count"], 2);
         assert_eq!(v["sum"], 4.0);

@@ -24,13 +24,13 @@ pub(crate) struct Rec {
     pub headers: Vec<(String, Vec<u8>)>,
 }
 
-/// One output record of a transaction.
-pub(crate) struct Out {
-    pub topic: String,
+/// One output record of a transaction (its topic borrowed from the config).
+pub(crate) struct Out<'a> {
+    pub topic: &'a str,
     pub partition: Option<i32>,
     pub key: Vec<u8>,
     pub payload: Option<Vec<u8>>,
-    pub headers: OwnedHeaders,
+    pub headers: Option<OwnedHeaders>,
 }
 
 /// Decodes, groups and merges one record; the dead-letter reason when it cannot be merged.
@@ -72,7 +72,7 @@ pub fn decode(payload: &[u8]) -> Result<Partial, String> {
     Partial::decode(payload).map_err(|e| e.to_string())
 }
 
-pub(crate) fn dead_letter(config: &Config, rec: &Rec, reason: &str) -> Out {
+pub(crate) fn dead_letter<'a>(config: &'a Config, rec: &Rec, reason: &str) -> Out<'a> {
     let partition = rec.partition.to_string();
     let offset = rec.offset.to_string();
     let mut headers = OwnedHeaders::new()
@@ -105,11 +105,11 @@ pub(crate) fn dead_letter(config: &Config, rec: &Rec, reason: &str) -> Out {
         }
     }
     Out {
-        topic: config.topics.dead_letters.get_ref().clone(),
+        topic: config.topics.dead_letters.get_ref(),
         partition: None,
         key: rec.key.clone().unwrap_or_default(),
         payload: rec.payload.clone(),
-        headers,
+        headers: Some(headers),
     }
 }
 

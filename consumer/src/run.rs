@@ -64,7 +64,7 @@ use crate::changelog;
 use crate::config::Config;
 use crate::group::Grouping;
 use crate::kafka::{self, classify, KafkaCallError};
-use crate::merge::{Counters, PartitionState, Settings};
+use crate::merge::{Change, Counters, PartitionState, Settings};
 use crate::output;
 use crate::records::{dead_letter, merge_one, Out, Rec};
 use crate::restore::{restore_partition, RestoreError};
@@ -468,6 +468,7 @@ impl Session<'_> {
 
     /// Merges `batch` and commits its effects and offsets in one transaction.
     fn transact(&mut self, batch: Vec<Rec>) -> Result<(), RunError> {
+        let t_merge = Instant::now();
         let mut outs: Vec<Out> = Vec::new();
         let mut offsets: BTreeMap<Tp, i64> = BTreeMap::new();
         let mut merged = 0u64;
@@ -495,47 +496,57 @@ impl Session<'_> {
                 state.tick(now);
             }
         }
+        let t_build = Instant::now();
+        let config = self.config;
+        let changelog_topic = config.topics.changelog.get_ref().as_str();
+        let finals_topic = config.topics.finals.get_ref().as_str();
         let mut finals = 0u64;
-        let changelog_topic = self.config.topics.changelog.get_ref();
-        let finals_topic = self.config.topics.finals.get_ref();
         for ((topic, partition), state) in &mut self.states {
-            let c = state.take_changes();
-            let to_changelog = |key: String, payload: Option<Vec<u8>>| Out {
-                topic: changelog_topic.clone(),
+            let changelog = |key: String, payload: Option<Vec<u8>>| Out {
+                topic: changelog_topic,
                 partition: Some(*partition),
                 key: key.into_bytes(),
                 payload,
-                headers: OwnedHeaders::new(),
+                headers: None,
             };
-            for (k, w) in &c.windows {
-                let key = changelog::window_key(topic, *partition, k);
-                outs.push(to_changelog(key, w.as_ref().map(changelog::encode)));
-            }
-            for (k, src) in &c.sources {
-                let key = changelog::source_key(topic, *partition, k);
-                outs.push(to_changelog(key, src.as_ref().map(changelog::encode)));
-            }
-            if let Some(m) = c.meta {
-                let key = changelog::meta_key(topic, *partition);
-                outs.push(to_changelog(key, Some(changelog::encode(&m))));
-            }
-            for (k, w) in &c.finals {
-                finals += 1;
-                outs.push(Out {
-                    topic: finals_topic.clone(),
-                    partition: None,
-                    key: output::key(k).into_bytes(),
-                    payload: Some(output::value(k, w)),
-                    headers: OwnedHeaders::new().insert(Header {
-                        key: header::SCHEMA,
-                        value: Some(output::SCHEMA),
-                    }),
-                });
-            }
+            state.take_changes_with(|change| {
+                outs.push(match change {
+                    Change::Window(k, w) => changelog(
+                        changelog::window_key(topic, *partition, k),
+                        w.map(changelog::encode),
+                    ),
+                    Change::Source(k, s) => changelog(
+                        changelog::source_key(topic, *partition, k),
+                        s.as_ref().map(changelog::encode),
+                    ),
+                    Change::Meta(m) => changelog(
+                        changelog::meta_key(topic, *partition),
+                        Some(changelog::encode(&m)),
+                    ),
+                    Change::Final(k, w) => {
+                        finals += 1;
+                        Out {
+                            topic: finals_topic,
+                            partition: None,
+                            key: output::key(k).into_bytes(),
+                            payload: Some(output::value(k, w)),
+                            headers: Some(OwnedHeaders::new_with_capacity(1).insert(Header {
+                                key: header::SCHEMA,
+                                value: Some(output::SCHEMA),
+                            })),
+                        }
+                    }
+                })
+            });
         }
         if outs.is_empty() && offsets.is_empty() {
             return Ok(());
         }
+        tracing::debug!(
+            merge_ms = (t_build - t_merge).as_millis() as u64,
+            build_ms = t_build.elapsed().as_millis() as u64,
+            "batch ready"
+        );
         let started = Instant::now();
         self.commit(outs, &offsets)?;
         let us = started.elapsed().as_micros() as u64;
@@ -620,13 +631,14 @@ impl Session<'_> {
         }
     }
 
-    fn commit(&self, outs: Vec<Out>, offsets: &BTreeMap<Tp, i64>) -> Result<(), RunError> {
+    fn commit(&self, outs: Vec<Out<'_>>, offsets: &BTreeMap<Tp, i64>) -> Result<(), RunError> {
         let p = &self.producer;
         let t0 = Instant::now();
         p.begin()
             .map_err(|e| classify("beginning a transaction", e))?;
+        let records = outs.len();
         let result = (|| -> Result<(), KafkaCallError> {
-            for out in &outs {
+            for out in outs {
                 self.send(out)?;
             }
             if !offsets.is_empty() {
@@ -647,13 +659,15 @@ impl Session<'_> {
             // Wait for the delivery reports ourselves with short polls: the flush inside
             // commit_transaction otherwise costs about 100 ms per transaction here. Past the
             // deadline the commit below waits (and fails) by itself.
+            let t_sent = Instant::now();
             let _ = p.wait_delivered(TXN_TIMEOUT);
             let t1 = Instant::now();
             p.commit(TXN_TIMEOUT)
                 .map_err(|e| classify("committing a transaction", e))?;
             tracing::debug!(
-                records = outs.len(),
-                send_and_offsets_ms = (t1 - t0).as_millis() as u64,
+                records,
+                send_and_offsets_ms = (t_sent - t0).as_millis() as u64,
+                deliver_ms = (t1 - t_sent).as_millis() as u64,
                 commit_ms = t1.elapsed().as_millis() as u64,
                 "transaction committed"
             );
@@ -672,10 +686,11 @@ impl Session<'_> {
         Ok(())
     }
 
-    fn send(&self, out: &Out) -> Result<(), KafkaCallError> {
-        let mut record = BaseRecord::to(&out.topic)
-            .key(&out.key)
-            .headers(out.headers.clone());
+    fn send(&self, out: Out<'_>) -> Result<(), KafkaCallError> {
+        let mut record = BaseRecord::to(out.topic).key(&out.key);
+        if let Some(headers) = out.headers {
+            record = record.headers(headers);
+        }
         if let Some(part) = out.partition {
             record = record.partition(part);
         }
