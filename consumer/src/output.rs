@@ -31,7 +31,7 @@ pub const SCHEMA: &str = schema::FINAL;
 
 /// The record key of a window's final.
 pub fn key(k: WindowRef<'_>) -> String {
-    final_key(&k.group, k.start_ms, k.end_ms)
+    final_key(k.group, k.start_ms, k.end_ms)
 }
 
 /// The JSON value of a window's final.
