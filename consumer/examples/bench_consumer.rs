@@ -201,9 +201,6 @@ changelog = "bench-consumer-changelog-{tag}"
 dead_letters = "bench-consumer-dead-{tag}"
 [window]
 idle_timeout_ms = 600000
-[limits]
-batch_max_records = 5000
-batch_max_ms = 200
 "#
     );
     let stop = Arc::new(AtomicBool::new(false));

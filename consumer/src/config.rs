@@ -197,7 +197,7 @@ pub struct Limits {
     pub max_finalized_windows: Spanned<usize>,
     #[serde(default = "defaults::usize::<100_000>")]
     pub max_sources: Spanned<usize>,
-    #[serde(default = "defaults::usize::<5000>")]
+    #[serde(default = "defaults::usize::<20_000>")]
     pub batch_max_records: Spanned<usize>,
     #[serde(default = "defaults::u64::<200>")]
     pub batch_max_ms: Spanned<u64>,
@@ -209,7 +209,7 @@ impl Default for Limits {
             max_open_windows: defaults::usize::<20_000>(),
             max_finalized_windows: defaults::usize::<20_000>(),
             max_sources: defaults::usize::<100_000>(),
-            batch_max_records: defaults::usize::<5000>(),
+            batch_max_records: defaults::usize::<20_000>(),
             batch_max_ms: defaults::u64::<200>(),
         }
     }
