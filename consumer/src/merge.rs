@@ -59,7 +59,7 @@
 //! yields a state that behaves identically (property-tested below).
 
 use std::borrow::Cow;
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use edge_protocol::aggregate::Aggregate;
@@ -249,6 +249,12 @@ impl Wk {
     }
 }
 
+/// The state's hash maps: foldhash (seeded per process) instead of SipHash, which was a tenth
+/// of the merge's time; keys are names from our own agents, so the weaker flooding resistance
+/// is acceptable (the caps bound every map anyway).
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+type HashSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
+
 /// An interned group name.
 type Name = Arc<str>;
 
@@ -314,20 +320,20 @@ impl PartitionState {
     pub fn new(settings: Settings) -> PartitionState {
         PartitionState {
             settings,
-            names: HashSet::new(),
-            open: HashMap::new(),
+            names: HashSet::default(),
+            open: HashMap::default(),
             open_by_end: BTreeSet::new(),
-            open_by_group: HashMap::new(),
-            finalized: HashMap::new(),
+            open_by_group: HashMap::default(),
+            finalized: HashMap::default(),
             finalized_by_end: BTreeSet::new(),
-            sources: HashMap::new(),
-            sources_by_group: HashMap::new(),
+            sources: HashMap::default(),
+            sources_by_group: HashMap::default(),
             meta: Meta::default(),
-            dirty_windows: HashSet::new(),
-            dirty_sources: HashSet::new(),
+            dirty_windows: HashSet::default(),
+            dirty_sources: HashSet::default(),
             dirty_meta: false,
-            emits: HashSet::new(),
-            emits_dropped: HashMap::new(),
+            emits: HashSet::default(),
+            emits_dropped: HashMap::default(),
             scratch: String::new(),
             counters: Counters::default(),
         }
