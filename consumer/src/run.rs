@@ -346,6 +346,7 @@ impl Session<'_> {
         let limits = &self.config.limits;
         let deadline = Instant::now() + Duration::from_millis(*limits.batch_max_ms.get_ref());
         let mut batch: Vec<Rec> = Vec::new();
+        let mut last: Option<(String, i32, bool)> = None;
         while batch.len() < *limits.batch_max_records.get_ref() {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -364,13 +365,26 @@ impl Session<'_> {
                 })),
                 Some(Err(e)) => Some(Err(e)),
             };
-            self.handle_events(&mut batch)?;
+            if self.handle_events(&mut batch)? {
+                last = None;
+            }
             match polled {
                 None => {}
                 Some(Ok(rec)) => {
-                    let tp = (rec.topic.clone(), rec.partition);
-                    if self.states.contains_key(&tp) {
-                        self.caught_up.remove(&tp);
+                    // Records come in runs of one partition: it is looked up once a run.
+                    let owned = match &last {
+                        Some((t, p, owned)) if *t == rec.topic && *p == rec.partition => *owned,
+                        _ => {
+                            let tp = (rec.topic.clone(), rec.partition);
+                            let owned = self.states.contains_key(&tp);
+                            if owned {
+                                self.caught_up.remove(&tp);
+                            }
+                            last = Some((tp.0, tp.1, owned));
+                            owned
+                        }
+                    };
+                    if owned {
                         batch.push(rec);
                     }
                 }
@@ -398,11 +412,13 @@ impl Session<'_> {
         Ok(batch)
     }
 
-    fn handle_events(&mut self, batch: &mut Vec<Rec>) -> Result<(), RunError> {
+    /// Acts on the rebalance events since the last call; whether there were any.
+    fn handle_events(&mut self, batch: &mut Vec<Rec>) -> Result<bool, RunError> {
         let events: Vec<Event> = match self.consumer.context().events.lock() {
             Ok(mut ev) => std::mem::take(&mut *ev),
             Err(_) => Vec::new(),
         };
+        let any = !events.is_empty();
         for event in events {
             match event {
                 Event::Revoked(tps) => {
@@ -425,14 +441,16 @@ impl Session<'_> {
                 }
             }
         }
-        self.metrics
-            .assigned_partitions
-            .store(self.states.len() as u64, Ordering::Relaxed);
-        self.metrics.open_windows.store(
-            self.states.values().map(|s| s.open_windows() as u64).sum(),
-            Ordering::Relaxed,
-        );
-        Ok(())
+        if any {
+            self.metrics
+                .assigned_partitions
+                .store(self.states.len() as u64, Ordering::Relaxed);
+            self.metrics.open_windows.store(
+                self.states.values().map(|s| s.open_windows() as u64).sum(),
+                Ordering::Relaxed,
+            );
+        }
+        Ok(any)
     }
 
     /// Waits for stable committed offsets of `tps` (see `restore`), then restores each.
@@ -473,13 +491,25 @@ impl Session<'_> {
         let mut offsets: BTreeMap<Tp, i64> = BTreeMap::new();
         let mut merged = 0u64;
         let mut dead = 0u64;
+        // Records come in runs of one partition: its key and state are looked up once a run.
+        let (states, grouping) = (&mut self.states, &self.grouping);
+        let mut run: Option<(Tp, Option<&mut PartitionState>)> = None;
         for rec in batch {
-            let tp = (rec.topic.clone(), rec.partition);
-            offsets.insert(tp.clone(), rec.offset + 1);
-            let Some(state) = self.states.get_mut(&tp) else {
+            let same = matches!(&run, Some(((t, p), _)) if *t == rec.topic && *p == rec.partition);
+            if !same {
+                let tp = (rec.topic.clone(), rec.partition);
+                offsets.insert(tp.clone(), rec.offset + 1);
+                let state = states.get_mut(&tp);
+                run = Some((tp, state));
+            } else if let Some((tp, _)) = &run {
+                if let Some(next) = offsets.get_mut(tp) {
+                    *next = rec.offset + 1;
+                }
+            }
+            let Some((_, Some(state))) = &mut run else {
                 continue;
             };
-            match merge_one(state, &self.grouping, &rec) {
+            match merge_one(state, grouping, &rec) {
                 Ok(()) => merged += 1,
                 Err(reason) => {
                     dead += 1;
