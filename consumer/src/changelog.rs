@@ -51,6 +51,8 @@
 //! transaction: every transaction writes the newest value of every key it changed (see
 //! `merge::Changes`), in the same Kafka transaction as the finals and the input offsets.
 
+use std::fmt::Write;
+
 use edge_protocol::aggregate::Aggregate;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -80,29 +82,67 @@ pub enum Entry {
 }
 
 pub fn window_key(topic: &str, partition: i32, k: WindowRef<'_>) -> String {
-    format!(
-        "w|{topic}|{partition}|{}|{}|{}",
-        k.start_ms, k.end_ms, k.group
-    )
+    let mut key = String::new();
+    window_key_into(&mut key, topic, partition, k);
+    key
 }
 
 pub fn source_key(topic: &str, partition: i32, k: &SourceKey) -> String {
-    format!(
+    let mut key = String::new();
+    source_key_into(&mut key, topic, partition, k);
+    key
+}
+
+pub fn meta_key(topic: &str, partition: i32) -> String {
+    let mut key = String::new();
+    meta_key_into(&mut key, topic, partition);
+    key
+}
+
+/// [`window_key`] written into `buf` (cleared first), which the loop reuses for every record.
+pub fn window_key_into(buf: &mut String, topic: &str, partition: i32, k: WindowRef<'_>) {
+    buf.clear();
+    // Writing into a String cannot fail.
+    let _ = write!(
+        buf,
+        "w|{topic}|{partition}|{}|{}|{}",
+        k.start_ms, k.end_ms, k.group
+    );
+}
+
+/// [`source_key`] written into `buf` (cleared first).
+pub fn source_key_into(buf: &mut String, topic: &str, partition: i32, k: &SourceKey) {
+    buf.clear();
+    let _ = write!(
+        buf,
         "s|{topic}|{partition}|{}|{}{}",
         k.agent.len(),
         k.agent,
         k.series
-    )
+    );
 }
 
-pub fn meta_key(topic: &str, partition: i32) -> String {
-    format!("m|{topic}|{partition}")
+/// [`meta_key`] written into `buf` (cleared first).
+pub fn meta_key_into(buf: &mut String, topic: &str, partition: i32) {
+    buf.clear();
+    let _ = write!(buf, "m|{topic}|{partition}");
 }
 
 /// `[VERSION] ++ postcard(value)`.
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    let mut buf = Vec::new();
+    encode_into(&mut buf, value);
+    buf
+}
+
+/// [`encode`] written into `buf` (cleared first), which the loop reuses for every record.
+pub fn encode_into<T: Serialize>(buf: &mut Vec<u8>, value: &T) {
+    buf.clear();
+    buf.push(VERSION);
     // Serializing our own in-memory types into a Vec cannot fail.
-    postcard::to_extend(value, vec![VERSION]).unwrap_or_else(|_| vec![VERSION])
+    if let Ok(done) = postcard::to_extend(value, std::mem::take(buf)) {
+        *buf = done;
+    }
 }
 
 fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, ChangelogError> {

@@ -691,6 +691,15 @@ impl PartitionState {
         c
     }
 
+    /// Whether [`PartitionState::take_changes_with`] has anything to hand out.
+    pub fn has_changes(&self) -> bool {
+        self.dirty_meta
+            || !self.dirty_windows.is_empty()
+            || !self.dirty_sources.is_empty()
+            || !self.emits.is_empty()
+            || !self.emits_dropped.is_empty()
+    }
+
     /// Hands each change accumulated since the last call to `f`, borrowed from the state (no
     /// window is cloned): the windows, then the sources, then the meta record, then the finals,
     /// each in key order (deterministic).

@@ -293,7 +293,10 @@ fn run(
             }
             Step::Tick(t) => s.tick(*now + t),
         }
+        let pending = s.has_changes();
         let changes = s.take_changes();
+        assert_eq!(pending, changes != Changes::default(), "has_changes agrees");
+        assert!(!s.has_changes(), "taking the changes leaves none");
         apply_changes(log, &changes);
         for (k, w) in changes.finals {
             out.insert(k, w);

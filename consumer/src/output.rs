@@ -21,7 +21,7 @@
 //! `schema = edge.final.v1`. The record type, its key, its field order and its stability are
 //! [`edge_protocol::contract`]'s (with golden bytes); this module fills it from a window.
 
-use edge_protocol::contract::{final_key, schema};
+use edge_protocol::contract::{final_key, final_key_into, schema};
 pub use edge_protocol::contract::{Final, FinalPoint as PointJson};
 
 use crate::merge::{WindowRef, WindowState};
@@ -34,8 +34,20 @@ pub fn key(k: WindowRef<'_>) -> String {
     final_key(k.group, k.start_ms, k.end_ms)
 }
 
+/// [`key`] written into `buf` (cleared first), which the loop reuses for every record.
+pub fn key_into(buf: &mut String, k: WindowRef<'_>) {
+    final_key_into(buf, k.group, k.start_ms, k.end_ms);
+}
+
 /// The JSON value of a window's final.
 pub fn value(k: WindowRef<'_>, w: &WindowState) -> Vec<u8> {
+    let mut buf = Vec::new();
+    value_into(&mut buf, k, w);
+    buf
+}
+
+/// [`value`] written into `buf` (cleared first).
+pub fn value_into(buf: &mut Vec<u8>, k: WindowRef<'_>, w: &WindowState) {
     let a = &w.aggregate;
     let point = |p: Option<edge_protocol::aggregate::Point>| {
         p.map(|p| PointJson {
@@ -66,8 +78,9 @@ pub fn value(k: WindowRef<'_>, w: &WindowState) -> Vec<u8> {
         gateways_truncated: w.gateways_truncated,
         partials: w.partials,
     };
-    // Finite floats, strings and integers: serializing cannot fail.
-    serde_json::to_vec(&f).unwrap_or_default()
+    buf.clear();
+    // Finite floats, strings and integers into a Vec: serializing cannot fail.
+    let _ = serde_json::to_writer(&mut *buf, &f);
 }
 
 /// `YYYY-MM-DDTHH:MM:SS.mmmZ` (RFC 3339, UTC) of Unix milliseconds, through the `time` crate.

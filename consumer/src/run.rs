@@ -526,59 +526,18 @@ impl Session<'_> {
                 state.tick(now);
             }
         }
-        let t_build = Instant::now();
-        let config = self.config;
-        let changelog_topic = config.topics.changelog.get_ref().as_str();
-        let finals_topic = config.topics.finals.get_ref().as_str();
-        let mut finals = 0u64;
-        for ((topic, partition), state) in &mut self.states {
-            let changelog = |key: String, payload: Option<Vec<u8>>| Out {
-                topic: changelog_topic,
-                partition: Some(*partition),
-                key: key.into_bytes(),
-                payload,
-                headers: None,
-            };
-            state.take_changes_with(|change| {
-                outs.push(match change {
-                    Change::Window(k, w) => changelog(
-                        changelog::window_key(topic, *partition, k),
-                        w.map(changelog::encode),
-                    ),
-                    Change::Source(k, s) => changelog(
-                        changelog::source_key(topic, *partition, k),
-                        s.as_ref().map(changelog::encode),
-                    ),
-                    Change::Meta(m) => changelog(
-                        changelog::meta_key(topic, *partition),
-                        Some(changelog::encode(&m)),
-                    ),
-                    Change::Final(k, w) => {
-                        finals += 1;
-                        Out {
-                            topic: finals_topic,
-                            partition: None,
-                            key: output::key(k).into_bytes(),
-                            payload: Some(output::value(k, w)),
-                            headers: Some(OwnedHeaders::new_with_capacity(1).insert(Header {
-                                key: header::SCHEMA,
-                                value: Some(output::SCHEMA),
-                            })),
-                        }
-                    }
-                })
-            });
-        }
-        if outs.is_empty() && offsets.is_empty() {
+        if outs.is_empty()
+            && offsets.is_empty()
+            && !self.states.values().any(PartitionState::has_changes)
+        {
             return Ok(());
         }
         tracing::debug!(
-            merge_ms = (t_build - t_merge).as_millis() as u64,
-            build_ms = t_build.elapsed().as_millis() as u64,
-            "batch ready"
+            merge_ms = t_merge.elapsed().as_millis() as u64,
+            "batch merged and ticked"
         );
         let started = Instant::now();
-        self.commit(outs, &offsets)?;
+        let finals = self.commit(outs, &offsets)?;
         let us = started.elapsed().as_micros() as u64;
         let m = self.metrics;
         m.transaction_us_sum.fetch_add(us, Ordering::Relaxed);
@@ -661,16 +620,19 @@ impl Session<'_> {
         }
     }
 
-    fn commit(&self, outs: Vec<Out<'_>>, offsets: &BTreeMap<Tp, i64>) -> Result<(), RunError> {
+    /// Produces the dead letters `outs` and every partition's changes (changelog records and
+    /// finals) in one transaction with `offsets`, and commits it; the number of finals.
+    fn commit(&mut self, outs: Vec<Out<'_>>, offsets: &BTreeMap<Tp, i64>) -> Result<u64, RunError> {
         let p = &self.producer;
         let t0 = Instant::now();
         p.begin()
             .map_err(|e| classify("beginning a transaction", e))?;
-        let records = outs.len();
-        let result = (|| -> Result<(), KafkaCallError> {
+        let result = (|| -> Result<u64, KafkaCallError> {
             for out in outs {
-                self.send(out)?;
+                let payload = out.payload.as_deref();
+                send(p, out.topic, out.partition, &out.key, payload, out.headers)?;
             }
+            let finals = produce_changes(p, self.config, &mut self.states)?;
             if !offsets.is_empty() {
                 let mut tpl = TopicPartitionList::new();
                 for ((t, part), o) in offsets {
@@ -695,15 +657,15 @@ impl Session<'_> {
             p.commit(TXN_TIMEOUT)
                 .map_err(|e| classify("committing a transaction", e))?;
             tracing::debug!(
-                records,
-                send_and_offsets_ms = (t_sent - t0).as_millis() as u64,
+                finals,
+                produce_and_offsets_ms = (t_sent - t0).as_millis() as u64,
                 deliver_ms = (t1 - t_sent).as_millis() as u64,
                 commit_ms = t1.elapsed().as_millis() as u64,
                 "transaction committed"
             );
-            Ok(())
+            Ok(finals)
         })();
-        if let Err(e) = result {
+        result.map_err(|e| {
             // Abort (unless fenced: then the broker already did) and let the caller start a new
             // session, which restores the state this batch had already changed in memory.
             if e.is_retryable() {
@@ -711,24 +673,102 @@ impl Session<'_> {
                     tracing::warn!(error = %abort, "abort failed");
                 }
             }
-            return Err(e.into());
-        }
-        Ok(())
+            e.into()
+        })
     }
+}
 
-    fn send(&self, out: Out<'_>) -> Result<(), KafkaCallError> {
-        let mut record = BaseRecord::to(out.topic).key(&out.key);
-        if let Some(headers) = out.headers {
-            record = record.headers(headers);
-        }
-        if let Some(part) = out.partition {
-            record = record.partition(part);
-        }
-        if let Some(payload) = &out.payload {
-            record = record.payload(payload);
-        }
-        self.producer
-            .send(record, TXN_TIMEOUT)
-            .map_err(|e| classify("producing", e))
+/// Produces every partition's changes straight into the open transaction: the changelog record
+/// of each changed window, source and clock, and the finals; the number of finals. Keys and
+/// values are encoded into two buffers reused for every record (librdkafka copies them), so a
+/// change costs no allocation of its own. After an error the remaining changes are taken but
+/// not produced: the caller aborts, and the session's state is thrown away with them.
+fn produce_changes(
+    p: &TxnProducer,
+    config: &Config,
+    states: &mut HashMap<Tp, PartitionState>,
+) -> Result<u64, KafkaCallError> {
+    let changelog_topic = config.topics.changelog.get_ref().as_str();
+    let finals_topic = config.topics.finals.get_ref().as_str();
+    let (mut key, mut value) = (String::new(), Vec::new());
+    let mut finals = 0u64;
+    let mut failed = None;
+    for ((topic, partition), state) in states.iter_mut() {
+        let part = Some(*partition);
+        state.take_changes_with(|change| {
+            if failed.is_some() {
+                return;
+            }
+            let sent = match change {
+                Change::Window(k, w) => {
+                    changelog::window_key_into(&mut key, topic, *partition, k);
+                    if let Some(w) = w {
+                        changelog::encode_into(&mut value, w);
+                    }
+                    let payload = w.map(|_| value.as_slice());
+                    send(p, changelog_topic, part, key.as_bytes(), payload, None)
+                }
+                Change::Source(k, s) => {
+                    changelog::source_key_into(&mut key, topic, *partition, k);
+                    if let Some(s) = &s {
+                        changelog::encode_into(&mut value, s);
+                    }
+                    let payload = s.map(|_| value.as_slice());
+                    send(p, changelog_topic, part, key.as_bytes(), payload, None)
+                }
+                Change::Meta(m) => {
+                    changelog::meta_key_into(&mut key, topic, *partition);
+                    changelog::encode_into(&mut value, &m);
+                    send(p, changelog_topic, part, key.as_bytes(), Some(&value), None)
+                }
+                Change::Final(k, w) => {
+                    finals += 1;
+                    output::key_into(&mut key, k);
+                    output::value_into(&mut value, k, w);
+                    let headers = OwnedHeaders::new_with_capacity(1).insert(Header {
+                        key: header::SCHEMA,
+                        value: Some(output::SCHEMA),
+                    });
+                    send(
+                        p,
+                        finals_topic,
+                        None,
+                        key.as_bytes(),
+                        Some(&value),
+                        Some(headers),
+                    )
+                }
+            };
+            if let Err(e) = sent {
+                failed = Some(e);
+            }
+        });
     }
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(finals),
+    }
+}
+
+/// Enqueues one record into the open transaction (librdkafka copies key and payload).
+fn send(
+    p: &TxnProducer,
+    topic: &str,
+    partition: Option<i32>,
+    key: &[u8],
+    payload: Option<&[u8]>,
+    headers: Option<OwnedHeaders>,
+) -> Result<(), KafkaCallError> {
+    let mut record = BaseRecord::<[u8], [u8]>::to(topic).key(key);
+    if let Some(headers) = headers {
+        record = record.headers(headers);
+    }
+    if let Some(part) = partition {
+        record = record.partition(part);
+    }
+    if let Some(payload) = payload {
+        record = record.payload(payload);
+    }
+    p.send(record, TXN_TIMEOUT)
+        .map_err(|e| classify("producing", e))
 }

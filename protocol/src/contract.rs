@@ -85,7 +85,7 @@ pub mod schema {
 }
 
 #[cfg(feature = "std")]
-pub use finals::{final_key, Final, FinalPoint};
+pub use finals::{final_key, final_key_into, Final, FinalPoint};
 
 #[cfg(feature = "std")]
 mod finals {
@@ -135,11 +135,17 @@ mod finals {
     /// The record key of a window's final: `{group}|{window_start_ms}|{window_end_ms}` (UTF-8),
     /// so compaction keeps the newest revision of each window.
     pub fn final_key(group: &str, window_start_ms: i64, window_end_ms: i64) -> String {
-        use core::fmt::Write;
         let mut key = String::new();
-        // Writing into a String cannot fail.
-        let _ = write!(key, "{group}|{window_start_ms}|{window_end_ms}");
+        final_key_into(&mut key, group, window_start_ms, window_end_ms);
         key
+    }
+
+    /// [`final_key`] written into `buf` (cleared first), for a writer that reuses one buffer.
+    pub fn final_key_into(buf: &mut String, group: &str, window_start_ms: i64, window_end_ms: i64) {
+        use core::fmt::Write;
+        buf.clear();
+        // Writing into a String cannot fail.
+        let _ = write!(buf, "{group}|{window_start_ms}|{window_end_ms}");
     }
 }
 
