@@ -11,7 +11,7 @@
 //!
 //! 1. takes the poll time (unix ms): the timestamp of every reading of this poll;
 //! 2. sends one read request for the whole block and waits at most `timeout_ms`;
-//! 3. decodes each register of the block ([`decode`]: type, byte and word order), maps it
+//! 3. decodes each register of the block ([`mod@decode`]: type, byte and word order), maps it
 //!    through the `[[sensor]]` rules as [`Origin::Register`] (scale, offset, unit, valid range,
 //!    `{register}` in the id), and hands one [`Submission`] per poll to the ingest writer:
 //!    one reading per register, dead letters for the values the mapping refused. It waits for
