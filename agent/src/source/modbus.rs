@@ -31,11 +31,14 @@
 //! - **Exception** answer (illegal address, device busy, ...): the device is there; the poll
 //!   gives no reading (a gap) and the session goes on. Logged at `warn` when a block starts
 //!   failing and at `info` when it recovers, not at every poll.
-//! - **Timeout**, **transport error** (I/O, RTU CRC or framing, a TCP answer that does not
-//!   match its request) or a short answer: the session ends and the transport is reopened
+//! - **Timeout**, **transport error** (I/O, RTU framing, a TCP answer that does not match its
+//!   request) or a short answer: the session ends and the transport is reopened
 //!   after a backoff (100 ms doubling to 30 s; reset by the next answered poll, so a device
 //!   that never answers is retried every 30 s, never in a busy loop). Ending the session
 //!   matters: a late answer left on the line would otherwise be taken for the next request's.
+//!   An RTU answer with a **bad CRC** is not an error of its own: tokio-modbus's decoder drops
+//!   bytes until a frame checks out (up to 20 tries, then an I/O error), so it shows as a
+//!   timeout (tested).
 //! - **Connect or open failure**: counted, retried with the same backoff.
 //!
 //! A device that stops answering shows as a gap in its readings and in its health
@@ -90,9 +93,9 @@ pub struct ModbusCounters {
     pub readings: AtomicU64,
     /// Exception answers.
     pub exceptions: AtomicU64,
-    /// Requests not answered within `timeout_ms`.
+    /// Requests not answered within `timeout_ms` (RTU: answers with a bad CRC too).
     pub timeouts: AtomicU64,
-    /// I/O, CRC/framing and protocol errors, and short answers.
+    /// I/O, framing and protocol errors, and short answers.
     pub transport_errors: AtomicU64,
     /// Sessions opened (TCP connected, serial port opened).
     pub connects: AtomicU64,
@@ -118,11 +121,11 @@ pub static KIND: Kind = Kind {
         },
         Family {
             name: "edge_modbus_timeouts_total",
-            help: "Modbus requests not answered within timeout_ms (the connection is reopened).",
+            help: "Modbus requests not answered within timeout_ms, RTU answers with a bad CRC included (the connection is reopened).",
         },
         Family {
             name: "edge_modbus_transport_errors_total",
-            help: "Modbus I/O, CRC/framing and protocol errors (the connection is reopened).",
+            help: "Modbus I/O, framing and protocol errors (the connection is reopened).",
         },
         Family {
             name: "edge_modbus_connects_total",

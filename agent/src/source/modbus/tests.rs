@@ -1,5 +1,6 @@
 use std::time::Duration;
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
 use super::*;
@@ -188,4 +189,134 @@ async fn blocks_due_together_take_turns() {
         order.push(i);
     }
     assert_eq!(order, [0, 1, 2, 0, 1, 2]);
+}
+
+/// A task for the device of `DEVICE` with its `tcp` line replaced by `transport`, and the
+/// receiving end of its submissions.
+fn task(transport: &str) -> (ModbusSourceTask, mpsc::Receiver<Submission>) {
+    let config = config(&with_agent(
+        &DEVICE.replace("tcp = \"127.0.0.1:5020\"", transport),
+    ));
+    let (submissions, rx) = mpsc::channel(16);
+    let task = ModbusSourceTask {
+        config: config.modbus[0].clone(),
+        mapper: Arc::new(Mapper::new(&config)),
+        submissions,
+        counters: Arc::default(),
+        cancel: CancellationToken::new(),
+    };
+    (task, rx)
+}
+
+fn load(a: &AtomicU64) -> u64 {
+    a.load(Ordering::Relaxed)
+}
+
+#[tokio::test]
+async fn a_device_that_never_answers_times_out_and_is_retried_with_backoff_not_in_a_busy_loop() {
+    // Accepts every connection and reads the requests, never answers.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 256];
+                while matches!(socket.read(&mut buf).await, Ok(n) if n > 0) {}
+            });
+        }
+    });
+    let (task, mut rx) = task(&format!("tcp = \"{addr}\"\ntimeout_ms = 50"));
+    let (counters, cancel) = (task.counters.clone(), task.cancel.clone());
+    let running = tokio::spawn(task.run());
+    // Sessions at about 0, 150, 400 and 850 ms: 50 ms timeout, then 100, 200, 400 ms backoff.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    cancel.cancel();
+    tokio::time::timeout(Duration::from_secs(2), running)
+        .await
+        .expect("stops promptly when cancelled")
+        .expect("task");
+    let (connects, timeouts) = (load(&counters.connects), load(&counters.timeouts));
+    assert!((3..=5).contains(&timeouts), "{timeouts} timeouts");
+    assert!(
+        connects == timeouts || connects == timeouts + 1,
+        "one session per timeout: {connects} connects, {timeouts} timeouts"
+    );
+    assert_eq!(load(&counters.polls), 0);
+    assert!(
+        rx.try_recv().is_err(),
+        "no reading from a silent device: a gap"
+    );
+}
+
+/// CRC-16/MODBUS, appended low byte first.
+fn rtu_frame(body: &[u8]) -> Vec<u8> {
+    let mut crc = 0xFFFFu16;
+    for &byte in body {
+        crc ^= u16::from(byte);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xA001
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    let mut frame = body.to_vec();
+    frame.extend_from_slice(&crc.to_le_bytes());
+    frame
+}
+
+#[test]
+fn the_test_crc_is_the_modbus_one() {
+    // The specification's example: read 2 holding registers at 0x006B of unit 0x11 -> CRC 76 87.
+    let frame = rtu_frame(&[0x11, 0x03, 0x00, 0x6B, 0x00, 0x03]);
+    assert_eq!(frame[6..], [0x76, 0x87]);
+}
+
+/// tokio-modbus's RTU decoder skips bytes until a frame's CRC checks out, so a corrupted answer
+/// is never an error of its own: the request times out (and the session is reopened).
+#[tokio::test]
+async fn an_rtu_answer_with_a_bad_crc_is_skipped_and_counted_as_a_timeout() {
+    let (port, mut device) = tokio_serial::SerialStream::pair().expect("pty pair");
+    let (task, _rx) = task("serial = \"/unused\"\ntimeout_ms = 300");
+    let mut session = rtu::attach_slave(port, Slave(1));
+    // The holding block 100+4 of unit 1: 21.5f32 low word first, 0x7777, -42.
+    let answer = rtu_frame(&[1, 3, 8, 0x00, 0x00, 0x41, 0xAC, 0x77, 0x77, 0xFF, 0xD6]);
+    let mut corrupt = answer.clone();
+    corrupt[5] ^= 0x01;
+    let responder = tokio::spawn(async move {
+        for reply in [corrupt, answer] {
+            let mut request = [0u8; 8];
+            device.read_exact(&mut request).await.expect("request");
+            assert_eq!(
+                request[..6],
+                [1, 3, 0, 100, 0, 4],
+                "read holding 100+4 of unit 1"
+            );
+            device.write_all(&reply).await.expect("answer");
+        }
+        device
+    });
+    let mut failing = false;
+    let first = task.poll(&mut session, 0, &mut failing).await;
+    assert!(
+        matches!(first, Err(ModbusError::Timeout { .. })),
+        "{first:?}"
+    );
+    assert_eq!(load(&task.counters.timeouts), 1);
+    assert_eq!(load(&task.counters.transport_errors), 0);
+    let second = task.poll(&mut session, 0, &mut failing).await;
+    let submission = second.expect("answered").expect("with data");
+    assert_eq!(
+        submission
+            .readings
+            .iter()
+            .map(|(r, _)| (r.sensor.as_str(), r.value))
+            .collect::<Vec<_>>(),
+        [("plc.temp", 21.5), ("plc.level", -42.0 * 0.1)]
+    );
+    assert_eq!(load(&task.counters.polls), 1);
+    let _device = responder.await.expect("responder");
 }
