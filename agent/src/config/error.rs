@@ -151,6 +151,8 @@ pub enum Invalid {
         first: u16,
         last: u16,
     },
+    #[error("serial port `{path}` is already used by another source; one source per port (several Modbus units on one line are not supported yet)")]
+    SharedSerialPort { path: String },
     #[error("register name `{name}` is used twice in this device")]
     DuplicateRegister { name: String },
     #[error("`register = \"{name}\"` names no register of Modbus source `{source_name}`; its registers: {defined:?}")]

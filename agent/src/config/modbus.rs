@@ -31,7 +31,9 @@
 //!   least 10; two blocks of the same kind never overlap;
 //! - `type = "bool"` exactly on coils and discrete inputs; every register lies wholly inside
 //!   its block (a `u32` at the block's last address is refused); register names are unique
-//!   within the device.
+//!   within the device;
+//! - a serial port serves one source: two `[[modbus]]` devices (or a `[[modbus]]` and a
+//!   `[[serial]]` source) on one port are refused (checked with the other sources).
 
 use std::ops::Range;
 

@@ -442,3 +442,24 @@ fn modbus_source_names_join_the_unique_source_names() {
         Some(Invalid::DuplicateSource { .. })
     ));
 }
+
+#[test]
+fn a_modbus_device_on_a_serial_port_another_source_uses_is_refused() {
+    let rtu = MODBUS.replace("tcp = \"127.0.0.1:502\"", "serial = \"/dev/ttyUSB0\"");
+    let text = format!(
+        "{rtu}\n[[serial]]\nname = \"line\"\npath = \"/dev/ttyUSB0\"\nframing = \"line\"\n"
+    );
+    let (problem, line, key) = modbus_refusal(&text);
+    assert_eq!(
+        (problem, line, key.as_deref()),
+        (
+            Invalid::SharedSerialPort {
+                path: "/dev/ttyUSB0".into()
+            },
+            7,
+            Some("serial")
+        )
+    );
+    parse(&text.replace("path = \"/dev/ttyUSB0\"", "path = \"/dev/ttyUSB1\""))
+        .unwrap_or_else(|e| panic!("{e}"));
+}

@@ -38,6 +38,7 @@ pub fn validate(config: &Config) -> Result<(), Failure> {
     }
     config.mqtt.iter().try_for_each(mqtt)?;
     config.modbus.iter().try_for_each(super::validate_modbus)?;
+    shared_serial_ports(config)?;
     for mapping in &config.sensor {
         sensor(config, mapping)?;
     }
@@ -155,6 +156,29 @@ fn mqtt(source: &MqttSource) -> Result<(), Failure> {
     }
     if source.idempotency == Idempotency::PayloadSeq && payload.seq.is_none() {
         return Err(at(&source.name, Invalid::SeqKeyWithoutSeq));
+    }
+    Ok(())
+}
+
+/// One task owns a serial port: a Modbus RTU device on a port that another `[[modbus]]` or a
+/// `[[serial]]` source also uses is refused (several units on one RS-485 line are not supported
+/// yet).
+fn shared_serial_ports(config: &Config) -> Result<(), Failure> {
+    let mut taken: Vec<String> = config
+        .serial
+        .iter()
+        .map(|s| s.path.to_string_lossy().into_owned())
+        .collect();
+    for port in config.modbus.iter().filter_map(|m| m.serial.as_ref()) {
+        if taken.contains(port.get_ref()) {
+            return Err(at(
+                port,
+                Invalid::SharedSerialPort {
+                    path: port.get_ref().clone(),
+                },
+            ));
+        }
+        taken.push(port.get_ref().clone());
     }
     Ok(())
 }

@@ -53,8 +53,8 @@
 //!   never carried from one poll to another, and a failed poll produces none.
 //! - One request in flight per device, bounded by `timeout_ms`; memory per device is one block
 //!   (at most 125 registers or 2,000 bits) and one submission.
-//! - One `[[modbus]]` per serial port: two devices on one RS-485 line would need one task to
-//!   share the port (not supported yet; two tables naming one port fight over it).
+//! - One source per serial port (the configuration refuses a second): several units on one
+//!   RS-485 line would need one task sharing the port, which is not supported yet.
 
 pub mod decode;
 

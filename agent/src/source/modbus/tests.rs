@@ -238,7 +238,7 @@ async fn a_device_that_never_answers_times_out_and_is_retried_with_backoff_not_i
         .expect("stops promptly when cancelled")
         .expect("task");
     let (connects, timeouts) = (load(&counters.connects), load(&counters.timeouts));
-    assert!((3..=5).contains(&timeouts), "{timeouts} timeouts");
+    assert!((2..=6).contains(&timeouts), "{timeouts} timeouts");
     assert!(
         connects == timeouts || connects == timeouts + 1,
         "one session per timeout: {connects} connects, {timeouts} timeouts"
