@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
 # Installs what the tests and the demo need on a fresh Debian machine, skipping what is there:
-# Mosquitto, kcat, OpenSSL, a JDK 17+ and Maven (for the Kafka test broker), and the Rust
+# Mosquitto, kcat, OpenSSL, a JDK 17+ and Maven (for the Kafka test broker), socat and a Python
+# virtualenv with pymodbus (the Modbus peer of the tests, see tests/peers/), and the Rust
 # components and targets the checks use. Needs root (or sudo) for apt-get.
+#
+# The virtualenv lives in the project's cache (EDGE_CACHE, default ~/.cache/edge-ingest, as
+# Kafka's jars do): $EDGE_CACHE/pymodbus-<version>/bin/python, made once and reused; the tests
+# find it there (edge_tests::modbus).
 #
 #   scripts/install-deps.sh             everything the tests need
 #   scripts/install-deps.sh --runtime   only what the demo needs (brokers and a C toolchain)
@@ -20,6 +25,8 @@ if ((!runtime_only)); then
   command -v mosquitto_pub >/dev/null || need+=(mosquitto-clients)
   command -v kcat >/dev/null || need+=(kcat)
   command -v systemd-analyze >/dev/null || need+=(systemd)   # verifies the unit in deploy/
+  command -v socat >/dev/null || need+=(socat)                # pty pairs for the Modbus RTU test
+  /usr/bin/python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
 fi
 
 if ((${#need[@]})); then
@@ -34,4 +41,19 @@ if ((!runtime_only)) && command -v rustup >/dev/null; then
   rustup component add rustfmt clippy >/dev/null 2>&1 || true
   rustup target list --installed | grep -qx thumbv7em-none-eabihf \
     || rustup target add thumbv7em-none-eabihf >&2
+fi
+
+# The Modbus peer: pymodbus in a virtualenv of its own (pinned; Debian's python3 is enough).
+pymodbus_version=3.16.1
+if ((!runtime_only)); then
+  cache="${EDGE_CACHE:-$HOME/.cache/edge-ingest}"
+  venv="$cache/pymodbus-$pymodbus_version"
+  if ! "$venv/bin/python" -c 'import pymodbus, serial' 2>/dev/null; then
+    echo "install-deps: pymodbus $pymodbus_version into $venv" >&2
+    rm -rf "$venv"
+    mkdir -p "$cache"
+    /usr/bin/python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check \
+      "pymodbus==$pymodbus_version" "pyserial==3.5" >&2
+  fi
 fi

@@ -9,7 +9,8 @@
 //! | `[buffer]` | `quota_bytes`, `on_full = "backpressure" \| "drop_oldest"`, group-commit limits, dedupe bounds, payload cap |
 //! | `[[mqtt]]` | one broker connection: `url` (`mqtt://` or `mqtts://`), credentials, `[[mqtt.subscribe]]`, `[mqtt.payload]` |
 //! | `[[serial]]` | one serial line: `path`, `baud`, `framing = "link" \| "line"` |
-//! | `[[sensor]]` | the sensor mapping: a topic pattern with `{captures}` (MQTT) or a device channel (serial) to an `id` template, `unit`, `scale`, `offset`, `min`/`max` |
+//! | `[[modbus]]` | one Modbus device: `tcp = "host:port"` or `serial` (RTU: `baud`, `parity`, `stop_bits`), `unit`, `timeout_ms`, `[[modbus.block]]` reads with their `[[modbus.block.register]]`s (see [`modbus`]) |
+//! | `[[sensor]]` | the sensor mapping: a topic pattern with `{captures}` (MQTT), a device channel (serial) or a register name (Modbus) to an `id` template, `unit`, `scale`, `offset`, `min`/`max` |
 //! | `[[pipeline]]` | which sensors (`*` globs over sensor ids) go to which pipeline; `[pipeline.window]` (see [`WindowConfig`]): kind, size, slide, lateness, idle timeout, late policy, revisions, cap, grouping |
 //! | `[ops]` | metrics listener, shutdown bound, watchdog stall bound (see [`OpsSection`]) |
 //! | `[kafka]` | the forwarder: `bootstrap_servers`, `client` (librdkafka passthrough), `[kafka.topics]`, topic creation, transaction and batch limits (see [`KafkaSection`]) |
@@ -35,6 +36,7 @@
 
 mod error;
 mod kafka;
+pub mod modbus;
 mod ops;
 mod validate;
 mod window;
@@ -47,6 +49,7 @@ use toml::Spanned;
 
 pub use error::{ConfigError, Invalid, Location};
 pub use kafka::{validate_kafka, KafkaSection, KafkaTopics, RESERVED_CLIENT_KEYS};
+pub use modbus::{validate_modbus, ModbusSource};
 pub use ops::OpsSection;
 pub use validate::validate;
 pub use window::{validate_window, WindowConfig, WindowKind};
@@ -62,6 +65,8 @@ pub struct Config {
     pub mqtt: Vec<MqttSource>,
     #[serde(default)]
     pub serial: Vec<SerialSource>,
+    #[serde(default)]
+    pub modbus: Vec<ModbusSource>,
     #[serde(default)]
     pub sensor: Vec<SensorMapping>,
     #[serde(default)]
@@ -245,7 +250,7 @@ pub enum SerialFraming {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SensorMapping {
-    /// Name of an `[[mqtt]]` or `[[serial]]` source.
+    /// Name of an `[[mqtt]]`, `[[serial]]` or `[[modbus]]` source.
     pub source: Spanned<String>,
     /// MQTT: a topic pattern; `{name}` captures one level, `+` matches one, a final `#` the rest.
     pub topic: Option<Spanned<String>>,
@@ -253,8 +258,10 @@ pub struct SensorMapping {
     pub device: Option<u32>,
     /// Serial (`link` framing): only this channel (any channel when absent).
     pub channel: Option<u8>,
+    /// Modbus: only the register of this name (any register of the source when absent).
+    pub register: Option<Spanned<String>>,
     /// Sensor id template: `{capture}` from the topic, `{payload}` (sensor from the payload),
-    /// `{source}`; serial adds `{device}` and `{channel}`.
+    /// `{source}`; serial adds `{device}` and `{channel}`, Modbus `{register}`.
     pub id: Spanned<String>,
     pub unit: Option<String>,
     /// `value * scale + offset` is stored.
@@ -300,12 +307,18 @@ impl Config {
         Ok(config)
     }
 
-    /// All source names, MQTT first.
+    /// All source names: MQTT, serial, then Modbus.
     pub fn source_names(&self) -> impl Iterator<Item = &str> {
+        self.source_name_spans().map(|n| n.get_ref().as_str())
+    }
+
+    /// All source names with their places in the file, in [`Config::source_names`] order.
+    pub fn source_name_spans(&self) -> impl Iterator<Item = &Spanned<String>> {
         self.mqtt
             .iter()
-            .map(|m| m.name.get_ref().as_str())
-            .chain(self.serial.iter().map(|s| s.name.get_ref().as_str()))
+            .map(|m| &m.name)
+            .chain(self.serial.iter().map(|s| &s.name))
+            .chain(self.modbus.iter().map(|m| &m.name))
     }
 
     /// `data_dir/ingest.redb`.

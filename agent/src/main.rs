@@ -68,11 +68,12 @@ fn main() -> ExitCode {
         Command::CheckConfig { file } => match edge_agent::config::Config::load(&file) {
             Ok(config) => {
                 println!(
-                    "{}: ok (agent `{}`, {} MQTT and {} serial sources, {} sensor rules, {} pipelines)",
+                    "{}: ok (agent `{}`, {} MQTT, {} serial and {} Modbus sources, {} sensor rules, {} pipelines)",
                     file.display(),
                     config.agent.id.get_ref(),
                     config.mqtt.len(),
                     config.serial.len(),
+                    config.modbus.len(),
                     config.sensor.len(),
                     config.pipeline.len()
                 );

@@ -1,5 +1,6 @@
-//! The sensor mapping: from what a source delivers (a topic, a device channel, a parsed payload)
-//! to a [`Reading`] with a sensor id, calibrated value and range check. No I/O.
+//! The sensor mapping: from what a source delivers (a topic, a device channel, a parsed payload
+//! or a Modbus register) to a [`Reading`] with a sensor id, calibrated value and range check.
+//! No I/O.
 //!
 //! # Syntax
 //!
@@ -236,6 +237,7 @@ pub struct Rule {
     topic: Option<TopicPattern>,
     device: Option<u32>,
     channel: Option<u8>,
+    register: Option<String>,
     id: Template,
     pub unit: Option<String>,
     scale: f64,
@@ -254,6 +256,9 @@ pub enum Origin<'a> {
     },
     /// A text line: matches rules without topic, device and channel.
     Line,
+    /// A Modbus register, by its configured name: matches rules whose `register` is absent or
+    /// this name; `{register}` in the id template.
+    Register(&'a str),
 }
 
 /// All rules of a configuration, compiled.
@@ -299,6 +304,12 @@ impl Mapper {
                         ("channel".to_owned(), channel.to_string()),
                     ]
                 }
+                (Origin::Register(name), None) => {
+                    if rule.register.as_deref().is_some_and(|r| r != name) {
+                        continue;
+                    }
+                    vec![("register".to_owned(), name.to_owned())]
+                }
                 (Origin::Line, None) => {
                     if rule.device.is_some() || rule.channel.is_some() {
                         continue;
@@ -315,6 +326,7 @@ impl Mapper {
                 Origin::Topic(t) => t.to_owned(),
                 Origin::Device { device, channel } => format!("device {device} channel {channel}"),
                 Origin::Line => "a text line".to_owned(),
+                Origin::Register(name) => format!("register {name}"),
             },
         })
     }
@@ -330,6 +342,7 @@ impl Rule {
             },
             device: mapping.device,
             channel: mapping.channel,
+            register: mapping.register.as_ref().map(|r| r.get_ref().clone()),
             id: Template::parse(mapping.id.get_ref()).ok()?,
             unit: mapping.unit.clone(),
             scale: mapping.scale,

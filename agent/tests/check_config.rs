@@ -79,3 +79,24 @@ fn the_configuration_shown_in_the_readme_checks_out() {
     let (code, stdout, stderr) = check(&file);
     assert_eq!(code, 0, "{stdout}{stderr}");
 }
+
+#[test]
+fn a_bad_modbus_register_type_exits_1_naming_file_line_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    let text = std::fs::read_to_string(example()).unwrap();
+    let line = text
+        .lines()
+        .position(|l| l == "type = \"f32\"")
+        .expect("the example has a Modbus f32 register")
+        + 1;
+    std::fs::write(&bad, text.replacen("type = \"f32\"", "type = \"bool\"", 1)).unwrap();
+    let (code, _, stderr) = check(&bad);
+    assert_eq!(code, 1);
+    let place = format!("bad.toml:{line}:");
+    assert!(stderr.contains(&place), "{stderr}");
+    assert!(
+        stderr.contains("field `type`") && stderr.contains("holding"),
+        "{stderr}"
+    );
+}

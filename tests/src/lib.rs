@@ -12,6 +12,7 @@
 //! | [`services`] | where the test brokers are ([`Services`]) |
 //! | [`bins`] | the workspace binaries built on demand; `edge-agent run` spawned plain or with its stderr in a file ([`bins::AgentProc`]) |
 //! | [`config`] | pieces of agent configuration the suites write: an MQTT JSON source, the `[kafka.topics]` table |
+//! | [`modbus`] | the pymodbus peer (`tests/peers/modbus_server.py`) over TCP or a `socat` pty pair (RTU) |
 //! | [`mqtt`] | client options, a persistent session created ahead of the agent, unique names, the PUBACK counter of every publisher |
 //! | [`kafka`] | topics, committed reads, kcat counts |
 //! | [`cluster`] | a private Kafka cluster for the fault suites |
@@ -28,6 +29,7 @@ pub mod cluster;
 pub mod config;
 pub mod http;
 pub mod kafka;
+pub mod modbus;
 pub mod mqtt;
 pub mod schedule;
 pub mod services;

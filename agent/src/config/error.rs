@@ -118,6 +118,49 @@ pub enum Invalid {
     },
     #[error("pipeline name `{name}` is used twice")]
     DuplicatePipeline { name: String },
+    #[error("a `[[modbus]]` device needs exactly one of `tcp = \"host:port\"` (Modbus TCP) and `serial = \"/dev/...\"` (Modbus RTU)")]
+    ModbusTransport,
+    #[error("`tcp` must be `host:port`")]
+    BadModbusAddress,
+    #[error("`{field}` is for Modbus RTU devices (`serial = ...`); this one uses `tcp`")]
+    RtuOnly { field: &'static str },
+    #[error("`stop_bits` must be 1 or 2, not {stop_bits}")]
+    BadStopBits { stop_bits: u8 },
+    #[error("a `{kind}` block reads at most {most} per request")]
+    BlockTooLarge { kind: &'static str, most: u16 },
+    #[error("the block ends past the last Modbus address (65535)")]
+    BlockPastAddressSpace,
+    #[error("this `{kind}` block overlaps the one at address {address} (count {count}); blocks of one kind must not overlap")]
+    OverlappingBlocks {
+        kind: &'static str,
+        address: u16,
+        count: u16,
+    },
+    #[error("`type = \"{data_type}\"` does not fit a `{kind}` block; allowed: {allowed:?}")]
+    BadRegisterType {
+        data_type: &'static str,
+        kind: &'static str,
+        allowed: &'static [&'static str],
+    },
+    #[error(
+        "register `{name}` ({width} wide) is not inside its block (addresses {first}..={last})"
+    )]
+    RegisterOutsideBlock {
+        name: String,
+        width: u16,
+        first: u16,
+        last: u16,
+    },
+    #[error("serial port `{path}` is already used by another source; one source per port (several Modbus units on one line are not supported yet)")]
+    SharedSerialPort { path: String },
+    #[error("register name `{name}` is used twice in this device")]
+    DuplicateRegister { name: String },
+    #[error("`register = \"{name}\"` names no register of Modbus source `{source_name}`; its registers: {defined:?}")]
+    UnknownRegister {
+        name: String,
+        source_name: String,
+        defined: Vec<String>,
+    },
     #[error("`kafka.client.\"{key}\"` is set by the forwarder itself (exactly-once depends on it); reserved: {reserved:?}")]
     ReservedClientSetting {
         key: String,

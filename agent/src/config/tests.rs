@@ -166,3 +166,300 @@ fn a_missing_file_is_a_read_error_naming_the_file() {
     assert!(error.to_string().contains("/nonexistent/agent.toml"));
     assert!(error.location().is_none());
 }
+
+/// A Modbus TCP device with a holding block and a coil block. Tests replace within a line.
+const MODBUS: &str = r#"[agent]
+id = "gw"
+data_dir = "/unused"
+
+[[modbus]]
+name = "plc"
+tcp = "127.0.0.1:502"
+
+[[modbus.block]]
+kind = "holding"
+address = 100
+count = 4
+
+[[modbus.block.register]]
+name = "temp"
+address = 100
+type = "f32"
+
+[[modbus.block]]
+kind = "coils"
+address = 0
+count = 8
+
+[[modbus.block.register]]
+name = "pump"
+address = 7
+type = "bool"
+
+[[sensor]]
+source = "plc"
+register = "temp"
+id = "plc.{register}"
+"#;
+
+/// The refusal of `text`: its problem, line and field.
+fn modbus_refusal(text: &str) -> (Invalid, usize, Option<String>) {
+    let error = error_of(text);
+    let at = error.location().expect("has a place").clone();
+    let problem = error
+        .problem()
+        .unwrap_or_else(|| panic!("not a broken rule: {error}"))
+        .clone();
+    assert!(
+        error
+            .to_string()
+            .starts_with(&format!("agent.toml:{}:", at.line)),
+        "{error}"
+    );
+    (problem, at.line, at.key)
+}
+
+#[test]
+fn a_modbus_device_parses_with_its_defaults() {
+    let config = parse(MODBUS).unwrap_or_else(|e| panic!("{e}"));
+    let plc = &config.modbus[0];
+    assert_eq!(*plc.unit.get_ref(), 1);
+    assert_eq!(*plc.timeout_ms.get_ref(), 1000);
+    assert_eq!(*plc.block[0].period_ms.get_ref(), 1000);
+    assert_eq!(plc.block[0].register[0].word_order, modbus::Order::Big);
+    assert_eq!(
+        plc.transport(),
+        modbus::ModbusTransport::Tcp("127.0.0.1:502".into())
+    );
+    assert!(config.source_names().any(|n| n == "plc"));
+    let rtu = MODBUS.replace(
+        "tcp = \"127.0.0.1:502\"",
+        "serial = \"/dev/ttyUSB0\"\nbaud = 9600\nparity = \"none\"\nstop_bits = 2",
+    );
+    let config = parse(&rtu).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        config.modbus[0].transport(),
+        modbus::ModbusTransport::Rtu {
+            path: "/dev/ttyUSB0".into(),
+            baud: 9600,
+            parity: modbus::Parity::None,
+            stop_bits: 2
+        }
+    );
+}
+
+#[test]
+fn a_modbus_device_needs_exactly_one_of_tcp_and_serial() {
+    let both = MODBUS.replace(
+        "tcp = \"127.0.0.1:502\"",
+        "tcp = \"127.0.0.1:502\"\nserial = \"/dev/ttyUSB0\"",
+    );
+    assert_eq!(
+        modbus_refusal(&both),
+        (Invalid::ModbusTransport, 8, Some("serial".into()))
+    );
+    let neither = MODBUS.replace("tcp = \"127.0.0.1:502\"", "");
+    assert_eq!(
+        modbus_refusal(&neither),
+        (Invalid::ModbusTransport, 6, Some("name".into()))
+    );
+    let (problem, line, _) = modbus_refusal(&MODBUS.replace("127.0.0.1:502", "127.0.0.1"));
+    assert_eq!((problem, line), (Invalid::BadModbusAddress, 7));
+    let (problem, line, key) =
+        modbus_refusal(&MODBUS.replace("tcp = \"127.0.0.1:502\"", "tcp = \"h:1\"\nbaud = 9600"));
+    assert_eq!(
+        (problem, line, key.as_deref()),
+        (Invalid::RtuOnly { field: "baud" }, 8, Some("baud"))
+    );
+    let bad_stop = MODBUS.replace(
+        "tcp = \"127.0.0.1:502\"",
+        "serial = \"/dev/ttyUSB0\"\nstop_bits = 3",
+    );
+    assert_eq!(
+        modbus_refusal(&bad_stop).0,
+        Invalid::BadStopBits { stop_bits: 3 }
+    );
+}
+
+#[test]
+fn a_register_type_that_does_not_fit_its_block_is_refused_at_type() {
+    let (problem, line, key) = modbus_refusal(&MODBUS.replace("type = \"bool\"", "type = \"u16\""));
+    assert!(
+        matches!(
+            problem,
+            Invalid::BadRegisterType {
+                data_type: "u16",
+                kind: "coils",
+                ..
+            }
+        ),
+        "{problem}"
+    );
+    assert_eq!((line, key.as_deref()), (27, Some("type")));
+    let (problem, line, _) = modbus_refusal(&MODBUS.replace("type = \"f32\"", "type = \"bool\""));
+    assert!(matches!(
+        problem,
+        Invalid::BadRegisterType {
+            kind: "holding",
+            ..
+        }
+    ));
+    assert_eq!(line, 17);
+}
+
+#[test]
+fn an_unknown_data_type_is_refused_with_the_allowed_ones() {
+    let text = MODBUS.replace("type = \"f32\"", "type = \"float\"");
+    let error = error_of(&text);
+    assert_eq!(error.location().map(|l| l.line), Some(17));
+    let message = error.to_string();
+    for word in ["float", "u16", "i32", "f64", "bool"] {
+        assert!(message.contains(word), "{word}: {message}");
+    }
+}
+
+#[test]
+fn a_register_outside_its_block_is_refused_at_its_address() {
+    // An f32 at the block's last register would need one past it.
+    let (problem, line, key) =
+        modbus_refusal(&MODBUS.replace("address = 100\ntype", "address = 103\ntype"));
+    assert_eq!(
+        problem,
+        Invalid::RegisterOutsideBlock {
+            name: "temp".into(),
+            width: 2,
+            first: 100,
+            last: 103
+        }
+    );
+    assert_eq!((line, key.as_deref()), (16, Some("address")));
+    let before = MODBUS.replace("address = 100\ntype", "address = 99\ntype");
+    assert!(matches!(
+        modbus_refusal(&before).0,
+        Invalid::RegisterOutsideBlock { .. }
+    ));
+    let coil = MODBUS.replace("address = 7", "address = 8");
+    assert_eq!(modbus_refusal(&coil).1, 26);
+}
+
+#[test]
+fn overlapping_blocks_of_one_kind_are_refused_and_of_two_kinds_accepted() {
+    let second = "\n[[modbus.block]]\nkind = \"holding\"\naddress = 103\ncount = 2\n\n\
+                  [[modbus.block.register]]\nname = \"x\"\naddress = 104\ntype = \"u16\"\n";
+    let text = MODBUS.replace("\n[[sensor]]", &format!("{second}\n[[sensor]]"));
+    let (problem, line, key) = modbus_refusal(&text);
+    assert_eq!(
+        problem,
+        Invalid::OverlappingBlocks {
+            kind: "holding",
+            address: 100,
+            count: 4
+        }
+    );
+    assert_eq!((line, key.as_deref()), (31, Some("address")));
+    let input = text.replace(
+        "kind = \"holding\"\naddress = 103",
+        "kind = \"input\"\naddress = 103",
+    );
+    parse(&input).unwrap_or_else(|e| panic!("{e}"));
+}
+
+#[test]
+fn block_sizes_periods_and_register_names_are_checked() {
+    let (problem, line, _) = modbus_refusal(&MODBUS.replace("count = 4", "count = 126"));
+    assert_eq!(
+        (problem, line),
+        (
+            Invalid::BlockTooLarge {
+                kind: "holding",
+                most: 125
+            },
+            12
+        )
+    );
+    let (problem, _, _) = modbus_refusal(&MODBUS.replace("count = 4", "count = 0"));
+    assert!(matches!(problem, Invalid::TooSmall { field: "count", .. }));
+    let (problem, _, _) =
+        modbus_refusal(&MODBUS.replace("address = 0\ncount = 8", "address = 65530\ncount = 8"));
+    assert_eq!(problem, Invalid::BlockPastAddressSpace);
+    let (problem, _, _) = modbus_refusal(&MODBUS.replace("count = 4", "count = 4\nperiod_ms = 5"));
+    assert!(matches!(
+        problem,
+        Invalid::TooSmall {
+            field: "period_ms",
+            ..
+        }
+    ));
+    let (problem, line, _) = modbus_refusal(&MODBUS.replace("name = \"pump\"", "name = \"temp\""));
+    assert_eq!(
+        (problem, line),
+        (
+            Invalid::DuplicateRegister {
+                name: "temp".into()
+            },
+            25
+        )
+    );
+}
+
+#[test]
+fn a_modbus_sensor_rule_names_an_existing_register_and_only_modbus_placeholders() {
+    let (problem, line, key) =
+        modbus_refusal(&MODBUS.replace("register = \"temp\"", "register = \"tmp\""));
+    assert!(
+        matches!(problem, Invalid::UnknownRegister { ref name, .. } if name == "tmp"),
+        "{problem}"
+    );
+    assert_eq!((line, key.as_deref()), (31, Some("register")));
+    let (problem, _, _) = modbus_refusal(&MODBUS.replace("plc.{register}", "plc.{channel}"));
+    assert!(matches!(problem, Invalid::UnknownPlaceholder { .. }));
+    let (problem, _, _) = modbus_refusal(&MODBUS.replace(
+        "register = \"temp\"",
+        "register = \"temp\"\ntopic = \"a/b\"",
+    ));
+    assert!(matches!(
+        problem,
+        Invalid::WrongSourceKind { field: "topic", .. }
+    ));
+    // `register` on an MQTT rule.
+    let mqtt = MINIMAL.replace("min = -40.0", "register = \"temp\"\nmin = -40.0");
+    assert!(matches!(
+        error_of(&mqtt).problem(),
+        Some(Invalid::WrongSourceKind {
+            field: "register",
+            ..
+        })
+    ));
+}
+
+#[test]
+fn modbus_source_names_join_the_unique_source_names() {
+    let text = format!(
+        "{MODBUS}\n[[serial]]\nname = \"plc\"\npath = \"/dev/ttyUSB1\"\nframing = \"line\"\n"
+    );
+    assert!(matches!(
+        error_of(&text).problem(),
+        Some(Invalid::DuplicateSource { .. })
+    ));
+}
+
+#[test]
+fn a_modbus_device_on_a_serial_port_another_source_uses_is_refused() {
+    let rtu = MODBUS.replace("tcp = \"127.0.0.1:502\"", "serial = \"/dev/ttyUSB0\"");
+    let text = format!(
+        "{rtu}\n[[serial]]\nname = \"line\"\npath = \"/dev/ttyUSB0\"\nframing = \"line\"\n"
+    );
+    let (problem, line, key) = modbus_refusal(&text);
+    assert_eq!(
+        (problem, line, key.as_deref()),
+        (
+            Invalid::SharedSerialPort {
+                path: "/dev/ttyUSB0".into()
+            },
+            7,
+            Some("serial")
+        )
+    );
+    parse(&text.replace("path = \"/dev/ttyUSB0\"", "path = \"/dev/ttyUSB1\""))
+        .unwrap_or_else(|e| panic!("{e}"));
+}

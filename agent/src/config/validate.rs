@@ -25,12 +25,7 @@ pub fn validate(config: &Config) -> Result<(), Failure> {
     at_least(&buffer.max_payload_bytes, "max_payload_bytes", 16)?;
 
     let mut seen = HashSet::new();
-    for source_name in config
-        .mqtt
-        .iter()
-        .map(|m| &m.name)
-        .chain(config.serial.iter().map(|s| &s.name))
-    {
+    for source_name in config.source_name_spans() {
         name(source_name, "name")?;
         if !seen.insert(source_name.get_ref().as_str()) {
             return Err(at(
@@ -42,6 +37,8 @@ pub fn validate(config: &Config) -> Result<(), Failure> {
         }
     }
     config.mqtt.iter().try_for_each(mqtt)?;
+    config.modbus.iter().try_for_each(super::validate_modbus)?;
+    shared_serial_ports(config)?;
     for mapping in &config.sensor {
         sensor(config, mapping)?;
     }
@@ -78,7 +75,7 @@ pub fn validate(config: &Config) -> Result<(), Failure> {
     Ok(())
 }
 
-fn name(value: &Spanned<String>, field: &'static str) -> Result<(), Failure> {
+pub(super) fn name(value: &Spanned<String>, field: &'static str) -> Result<(), Failure> {
     let text = value.get_ref();
     if text.is_empty() {
         return Err(at(value, Invalid::Empty { field }));
@@ -163,9 +160,33 @@ fn mqtt(source: &MqttSource) -> Result<(), Failure> {
     Ok(())
 }
 
-enum Kind {
+/// One task owns a serial port: a Modbus RTU device on a port that another `[[modbus]]` or a
+/// `[[serial]]` source also uses is refused (several units on one RS-485 line are not supported
+/// yet).
+fn shared_serial_ports(config: &Config) -> Result<(), Failure> {
+    let mut taken: Vec<String> = config
+        .serial
+        .iter()
+        .map(|s| s.path.to_string_lossy().into_owned())
+        .collect();
+    for port in config.modbus.iter().filter_map(|m| m.serial.as_ref()) {
+        if taken.contains(port.get_ref()) {
+            return Err(at(
+                port,
+                Invalid::SharedSerialPort {
+                    path: port.get_ref().clone(),
+                },
+            ));
+        }
+        taken.push(port.get_ref().clone());
+    }
+    Ok(())
+}
+
+enum Kind<'c> {
     Mqtt,
     Serial,
+    Modbus(&'c super::ModbusSource),
 }
 
 fn sensor(config: &Config, mapping: &super::SensorMapping) -> Result<(), Failure> {
@@ -182,6 +203,13 @@ fn sensor(config: &Config, mapping: &super::SensorMapping) -> Result<(), Failure
                 .find(|s| s.name.get_ref() == wanted)
                 .map(|_| Kind::Serial)
         })
+        .or_else(|| {
+            config
+                .modbus
+                .iter()
+                .find(|m| m.name.get_ref() == wanted)
+                .map(Kind::Modbus)
+        })
         .ok_or_else(|| {
             at(
                 &mapping.source,
@@ -192,6 +220,21 @@ fn sensor(config: &Config, mapping: &super::SensorMapping) -> Result<(), Failure
             )
         })?;
     let mut allowed: Vec<String> = vec!["source".into(), "payload".into()];
+    if let (Some(register), Kind::Mqtt | Kind::Serial) = (&mapping.register, &kind) {
+        return Err(at(
+            register,
+            Invalid::WrongSourceKind {
+                field: "register",
+                kind: "Modbus",
+                source_name: wanted.clone(),
+                actual: if matches!(kind, Kind::Mqtt) {
+                    "MQTT"
+                } else {
+                    "serial"
+                },
+            },
+        ));
+    }
     match kind {
         Kind::Mqtt => {
             if mapping.device.is_some() || mapping.channel.is_some() {
@@ -230,6 +273,40 @@ fn sensor(config: &Config, mapping: &super::SensorMapping) -> Result<(), Failure
                 ));
             }
             allowed.extend(["device".into(), "channel".into()]);
+        }
+        Kind::Modbus(source) => {
+            if let Some(topic) = &mapping.topic {
+                return Err(at(
+                    topic,
+                    Invalid::WrongSourceKind {
+                        field: "topic",
+                        kind: "MQTT",
+                        source_name: wanted.clone(),
+                        actual: "Modbus",
+                    },
+                ));
+            }
+            if mapping.device.is_some() || mapping.channel.is_some() {
+                return Err(wrong_kind(mapping, "device/channel", "serial", "Modbus"));
+            }
+            if let Some(register) = &mapping.register {
+                let defined: Vec<String> = source
+                    .registers()
+                    .map(|(_, r)| r.name.get_ref().clone())
+                    .collect();
+                if !defined.contains(register.get_ref()) {
+                    return Err(at(
+                        register,
+                        Invalid::UnknownRegister {
+                            name: register.get_ref().clone(),
+                            source_name: wanted.clone(),
+                            defined,
+                        },
+                    ));
+                }
+            }
+            // `{payload}` means nothing here (a register has no payload sensor name).
+            allowed = vec!["source".into(), "register".into()];
         }
     }
     let template = Template::parse(mapping.id.get_ref()).map_err(|reason| {

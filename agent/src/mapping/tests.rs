@@ -220,3 +220,43 @@ fn serial_channels_map_by_device_and_use_receive_time_when_untimed() {
         )
         .is_err());
 }
+
+#[test]
+fn modbus_registers_map_by_name_first_rule_first_with_the_register_placeholder() {
+    let sections = r#"
+[[modbus]]
+name = "plc"
+tcp = "127.0.0.1:502"
+[[modbus.block]]
+kind = "holding"
+address = 0
+count = 2
+[[modbus.block.register]]
+name = "a"
+address = 0
+type = "u16"
+[[modbus.block.register]]
+name = "b"
+address = 1
+type = "u16"
+
+[[sensor]]
+source = "plc"
+register = "b"
+id = "special"
+scale = 2.0
+
+[[sensor]]
+source = "plc"
+id = "{source}.{register}"
+"#;
+    let m = Mapper::new(&fixtures::config(&fixtures::with_agent(sections)));
+    let a = m.map("plc", Origin::Register("a"), &raw(1.0), 5).unwrap();
+    let b = m.map("plc", Origin::Register("b"), &raw(1.0), 5).unwrap();
+    assert_eq!((a.sensor.as_str(), a.value), ("plc.a", 1.0));
+    assert_eq!((b.sensor.as_str(), b.value), ("special", 2.0));
+    assert!(matches!(
+        m.map("other", Origin::Register("a"), &raw(1.0), 5),
+        Err(MapError::NoRule { ref what, .. }) if what == "register a"
+    ));
+}

@@ -10,8 +10,10 @@
 //!   (`source/mqtt.rs`): `connecting` until the first ConnAck, then `connected` or
 //!   `disconnected` by whichever of `connects` and `connection_errors` advanced last. Serial
 //!   (`source/serial.rs`): `disconnected` while `port_errors` advanced within the last 35 s
-//!   (longer than its 30 s reopen backoff), else `connected`. (Derived from counters, so a state
-//!   change is seen within about a second.)
+//!   (longer than its 30 s reopen backoff), else `connected`. Modbus (`source/modbus.rs`):
+//!   `disconnected` after a sample with a timeout, transport or connect error, `connected` after
+//!   one with only answers. (Derived from counters, so a state change is seen within about a
+//!   second.)
 //! - **Forwarder failing**: a session error (broker down, timeout, refused) within the last 30 s.
 //! - **Stalled**: a stage *with pending work* that has shown no event for `watchdog_stall_s`.
 //!   Forwarder: pending while the outbox holds records; events are commits, aborts and session

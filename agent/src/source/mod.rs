@@ -5,6 +5,7 @@
 //! | `payload` | message bodies (JSON, SenML, number) to raw values; no I/O |
 //! | `mqtt` | one broker connection: poller task + acker task; acks only from the ingest commit |
 //! | `serial` | one serial line: link frames (Hello, Ack after commit, TimeSync) or text lines |
+//! | `modbus` | one Modbus device (TCP or RTU): register blocks polled at fixed periods, one submission per poll; `modbus::decode` turns register words into values (no I/O) |
 //! | `link_acks` | the link's cumulative-ack rule as a state machine; no I/O |
 //! | this file | the seam: [`Kind`] (what the rest of the agent knows of a source kind), [`KINDS`] (the list), the [`Registry`] of live counters, the [`SourceState`] health reads |
 //!
@@ -24,11 +25,12 @@
 //!   samples of the source's counters into a [`SourceState`]: what `/readyz`, the
 //!   `edge_source_state` gauge and the watchdog's sampler ([`crate::ops::health`]) read.
 //!
-//! # Adding a source kind (Modbus RTU/TCP, Sparkplug B, ...)
+//! # Adding a source kind (Sparkplug B, ...)
 //!
 //! 1. **One new file**, `source/<kind>.rs`: the task (poll, parse, map, submit
 //!    [`Submission`]s, ack only from the writer's ack after the commit: see `mqtt.rs` and
-//!    `serial.rs` for the two shapes), its counters struct (`impl SourceCounters`), its
+//!    `serial.rs` for the two pushed shapes, `modbus.rs` for a polled one with nothing to
+//!    ack), its counters struct (`impl SourceCounters`), its
 //!    [`Family`] list (names `edge_<kind>_..._total`), its health rule (`impl SourceHealth`) and
 //!    `pub static KIND: Kind`.
 //! 2. **Its config section**: a `[[<kind>]]` table in `config.rs` (a `Vec` field on `Config`,
@@ -65,6 +67,7 @@ macro_rules! source_counters {
 }
 
 pub mod link_acks;
+pub mod modbus;
 pub mod mqtt;
 pub mod payload;
 pub mod serial;
@@ -87,7 +90,7 @@ use crate::ingest::Submission;
 use crate::mapping::Mapper;
 
 /// Every source kind, in the order their metric families are rendered.
-pub static KINDS: &[&Kind] = &[&mqtt::KIND, &serial::KIND];
+pub static KINDS: &[&Kind] = &[&mqtt::KIND, &serial::KIND, &modbus::KIND];
 
 /// One source kind, as the rest of the agent sees it. One `static` per kind, listed in [`KINDS`].
 pub struct Kind {
@@ -277,6 +280,7 @@ mod tests {
 agent = { id = "gw", data_dir = "/unused" }
 mqtt = [{ name = "plant", url = "mqtt://127.0.0.1:1", client_id = "c", payload = { format = "json", value = "/v" }, subscribe = [{ topic = "s/+/v", qos = 1 }] }]
 serial = [{ name = "rs485", path = "/dev/null", framing = "line" }]
+modbus = [{ name = "plc", tcp = "127.0.0.1:1", block = [{ kind = "holding", address = 0, count = 1, register = [{ name = "r", address = 0, type = "u16" }] }] }]
 "#;
 
     #[test]
@@ -315,6 +319,9 @@ serial = [{ name = "rs485", path = "/dev/null", framing = "line" }]
             [("mqtt", "plant".to_owned()), ("serial", "rs485".to_owned())]
         );
         assert_eq!(r.sample()[0].2, [5, 0, 0, 0]);
+        let _: Arc<modbus::ModbusCounters> = r.counters(&modbus::KIND, "plc");
+        assert_eq!(r.sample()[0].0, "modbus", "sorted by kind");
+        assert_eq!(r.sample()[0].2, [0; 7]);
     }
 
     #[test]
@@ -329,7 +336,7 @@ serial = [{ name = "rs485", path = "/dev/null", framing = "line" }]
             cancel: CancellationToken::new(),
             registry: &registry,
         };
-        assert_eq!(spawn_all(&config, &cx).len(), 2);
-        assert_eq!(registry.sample().len(), 2, "counters registered at spawn");
+        assert_eq!(spawn_all(&config, &cx).len(), 3);
+        assert_eq!(registry.sample().len(), 3, "counters registered at spawn");
     }
 }

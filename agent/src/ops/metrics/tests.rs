@@ -14,6 +14,7 @@ use tokio::time::Instant;
 use super::*;
 use crate::inspect::Snapshot;
 use crate::ops::health::{Health, SourceState};
+use crate::source::modbus::{self, ModbusCounters};
 use crate::source::mqtt::{self, MqttCounters};
 use crate::source::serial::{self, SerialCounters};
 
@@ -104,6 +105,19 @@ fn telemetry() -> (Telemetry, Health) {
         ],
         70,
     );
+    let b: Arc<ModbusCounters> = t.sources.counters(&modbus::KIND, "plc");
+    fill(
+        &[
+            &b.polls,
+            &b.readings,
+            &b.exceptions,
+            &b.timeouts,
+            &b.transport_errors,
+            &b.connects,
+            &b.connect_errors,
+        ],
+        90,
+    );
     let health = Health {
         sampled_at: Some(Instant::now()),
         snapshot: Some(Snapshot {
@@ -118,6 +132,7 @@ fn telemetry() -> (Telemetry, Health) {
         sources: [
             ("plant \"a\"".to_owned(), SourceState::Connected),
             ("rs485".to_owned(), SourceState::Disconnected),
+            ("plc".to_owned(), SourceState::Connecting),
         ]
         .into(),
         forwarder_failing: true,
