@@ -1,5 +1,6 @@
 //! The MQTT payload encoders produce the shapes documented in `runner::payload`.
 
+use firmware_sim::runner::ledger::LedgerReading;
 use firmware_sim::runner::payload::{self, PayloadFormat, TopicTemplate};
 use serde_json::Value;
 
@@ -87,6 +88,52 @@ fn values_parse_back_to_the_same_f32_in_every_format() {
         let text = std::str::from_utf8(&plain).unwrap();
         assert_eq!(text.parse::<f32>().unwrap(), value);
     }
+}
+
+/// The ledger and the wire write one value with the same digits, ties included: 19.7578125 is
+/// halfway between the shortest forms 19.757812 and 19.757813 (before, the ledger wrote the
+/// first and the payload the second), then 100,000 pseudo-random finite `f32`s. A checker that
+/// reads both as numbers, or the plain payload as text, sees one value.
+#[test]
+fn the_payload_writes_a_value_with_the_ledgers_digits() {
+    let mut values = vec![19.757_812_5f32, 0.5, 21.0, -3.25, 1e-7, f32::MIN_POSITIVE];
+    let mut x = 0x1234_5678u32;
+    while values.len() < 100_000 {
+        x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+        let v = f32::from_bits(x);
+        if v.is_finite() {
+            values.push(v);
+        }
+    }
+    for value in values {
+        let line = serde_json::to_string(&LedgerReading {
+            channel: 0,
+            ts_ms: 5,
+            value,
+        })
+        .unwrap();
+        let ledger = line
+            .strip_prefix(r#"{"channel":0,"ts_ms":5,"value":"#)
+            .and_then(|rest| rest.strip_suffix('}'))
+            .unwrap();
+        let plain = payload::encode(PayloadFormat::Plain, 1, 0, 5, value);
+        assert_eq!(std::str::from_utf8(&plain).unwrap(), ledger, "{value:e}");
+        // The JSON payloads carry the f64 nearest to the ledger's decimal (serde_json may write
+        // it in another notation, never with other digits): read as f64 they are equal.
+        let json = payload::encode(PayloadFormat::Json, 1, 0, 5, value);
+        let v = std::str::from_utf8(&json)
+            .unwrap()
+            .strip_prefix(r#"{"ts":5,"v":"#)
+            .and_then(|rest| rest.strip_suffix('}'))
+            .unwrap()
+            .parse::<f64>()
+            .unwrap();
+        assert_eq!(v, ledger.parse::<f64>().unwrap(), "{value:e}");
+    }
+    assert_eq!(
+        payload::encode(PayloadFormat::Plain, 1, 0, 5, 19.757_812_5),
+        b"19.757812"
+    );
 }
 
 #[test]

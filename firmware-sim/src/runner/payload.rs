@@ -89,16 +89,25 @@ pub fn encode(
 }
 
 /// An `f32` as a JSON number in its shortest round-trip decimal form (null if not finite).
+///
+/// The JSON number is the `f64` nearest to that decimal (Rust's parser rounds correctly, unlike
+/// serde_json's `Number` parser without `float_roundtrip`), which serde_json writes back with
+/// the same digits: the payload shows the ledger's text.
 fn f32_json(value: f32) -> serde_json::Value {
     f32_text(value)
-        .parse::<serde_json::Number>()
+        .parse::<f64>()
+        .ok()
+        .and_then(serde_json::Number::from_f64)
         .map(serde_json::Value::Number)
         .unwrap_or(serde_json::Value::Null)
 }
 
+/// The value as the ledger writes it: serde_json's shortest round-trip form of an `f32`. Not
+/// `Display`: when two shortest forms are equally near (19.7578125 lies halfway between
+/// 19.757812 and 19.757813) the two pick differently, and a checker comparing the ledger with
+/// the wire in decimal would see two values.
 fn f32_text(value: f32) -> String {
-    // `Display` for f32 prints the shortest string that parses back to the same f32.
-    format!("{value}")
+    serde_json::to_string(&value).unwrap_or_default()
 }
 
 /// A topic template: literal text with `{device}`, `{device_id}`, `{channel}`, `{channel_id}`.
