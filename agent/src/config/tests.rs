@@ -421,6 +421,20 @@ fn a_modbus_sensor_rule_names_an_existing_register_and_only_modbus_placeholders(
         problem,
         Invalid::WrongSourceKind { field: "topic", .. }
     ));
+    let (problem, _, _) =
+        modbus_refusal(&MODBUS.replace("register = \"temp\"", "register = \"temp\"\ndevice = 1"));
+    assert!(
+        matches!(
+            problem,
+            Invalid::WrongSourceKind {
+                field: "device/channel",
+                kind: "serial",
+                actual: "Modbus",
+                ..
+            }
+        ),
+        "{problem}"
+    );
     // `register` on an MQTT rule.
     let mqtt = MINIMAL.replace("min = -40.0", "register = \"temp\"\nmin = -40.0");
     assert!(matches!(

@@ -189,6 +189,17 @@ enum Kind<'c> {
     Modbus(&'c super::ModbusSource),
 }
 
+impl Kind<'_> {
+    /// The kind's name in messages.
+    fn label(&self) -> &'static str {
+        match self {
+            Kind::Mqtt => "MQTT",
+            Kind::Serial => "serial",
+            Kind::Modbus(_) => "Modbus",
+        }
+    }
+}
+
 fn sensor(config: &Config, mapping: &super::SensorMapping) -> Result<(), Failure> {
     let wanted = mapping.source.get_ref();
     let kind = config
@@ -219,27 +230,27 @@ fn sensor(config: &Config, mapping: &super::SensorMapping) -> Result<(), Failure
                 },
             )
         })?;
-    let mut allowed: Vec<String> = vec!["source".into(), "payload".into()];
-    if let (Some(register), Kind::Mqtt | Kind::Serial) = (&mapping.register, &kind) {
-        return Err(at(
-            register,
-            Invalid::WrongSourceKind {
-                field: "register",
-                kind: "Modbus",
-                source_name: wanted.clone(),
-                actual: if matches!(kind, Kind::Mqtt) {
-                    "MQTT"
-                } else {
-                    "serial"
-                },
-            },
-        ));
+    // Each addressing field belongs to one kind of source.
+    let actual = kind.label();
+    let foreign = |field, owner| Invalid::WrongSourceKind {
+        field,
+        kind: owner,
+        source_name: wanted.clone(),
+        actual,
+    };
+    if let (Some(register), false) = (&mapping.register, matches!(kind, Kind::Modbus(_))) {
+        return Err(at(register, foreign("register", "Modbus")));
     }
+    if let (Some(topic), false) = (&mapping.topic, matches!(kind, Kind::Mqtt)) {
+        return Err(at(topic, foreign("topic", "MQTT")));
+    }
+    let serial_fields = mapping.device.is_some() || mapping.channel.is_some();
+    if serial_fields && !matches!(kind, Kind::Serial) {
+        return Err(at(&mapping.source, foreign("device/channel", "serial")));
+    }
+    let mut allowed: Vec<String> = vec!["source".into(), "payload".into()];
     match kind {
         Kind::Mqtt => {
-            if mapping.device.is_some() || mapping.channel.is_some() {
-                return Err(wrong_kind(mapping, "device/channel", "serial", "MQTT"));
-            }
             let topic = mapping.topic.as_ref().ok_or_else(|| {
                 at(
                     &mapping.source,
@@ -260,35 +271,8 @@ fn sensor(config: &Config, mapping: &super::SensorMapping) -> Result<(), Failure
             })?;
             allowed.extend(pattern.capture_names().map(str::to_owned));
         }
-        Kind::Serial => {
-            if let Some(topic) = &mapping.topic {
-                return Err(at(
-                    topic,
-                    Invalid::WrongSourceKind {
-                        field: "topic",
-                        kind: "MQTT",
-                        source_name: wanted.clone(),
-                        actual: "serial",
-                    },
-                ));
-            }
-            allowed.extend(["device".into(), "channel".into()]);
-        }
+        Kind::Serial => allowed.extend(["device".into(), "channel".into()]),
         Kind::Modbus(source) => {
-            if let Some(topic) = &mapping.topic {
-                return Err(at(
-                    topic,
-                    Invalid::WrongSourceKind {
-                        field: "topic",
-                        kind: "MQTT",
-                        source_name: wanted.clone(),
-                        actual: "Modbus",
-                    },
-                ));
-            }
-            if mapping.device.is_some() || mapping.channel.is_some() {
-                return Err(wrong_kind(mapping, "device/channel", "serial", "Modbus"));
-            }
             if let Some(register) = &mapping.register {
                 let defined: Vec<String> = source
                     .registers()
@@ -358,21 +342,4 @@ fn sensor(config: &Config, mapping: &super::SensorMapping) -> Result<(), Failure
         ));
     }
     Ok(())
-}
-
-fn wrong_kind(
-    mapping: &super::SensorMapping,
-    field: &'static str,
-    kind: &'static str,
-    actual: &'static str,
-) -> Failure {
-    at(
-        &mapping.source,
-        Invalid::WrongSourceKind {
-            field,
-            kind,
-            source_name: mapping.source.get_ref().clone(),
-            actual,
-        },
-    )
 }
