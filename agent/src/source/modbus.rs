@@ -303,15 +303,16 @@ pub fn submission(
                 .checked_sub(*block.address.get_ref())?,
         );
         let data_type = *register.data_type.get_ref();
-        let (value, bytes) = match answer {
+        // The register's words, or its bit: decoded now, turned into bytes only for a dead letter.
+        let (value, words, bit) = match answer {
             Answer::Registers(words) => {
                 let words = words.get(offset..offset + usize::from(data_type.width()))?;
                 let value = decode(words, data_type, register.byte_order, register.word_order)?;
-                (value, wire_bytes(words))
+                (value, words, 0)
             }
             Answer::Bits(bits) => {
-                let bit = *bits.get(offset)?;
-                (f64::from(u8::from(bit)), vec![u8::from(bit)])
+                let bit = u8::from(*bits.get(offset)?);
+                (f64::from(bit), &[][..], bit)
             }
         };
         let raw = RawReading {
@@ -323,12 +324,18 @@ pub fn submission(
         let name = register.name.get_ref();
         match mapper.map(source, Origin::Register(name), &raw, ts_ms) {
             Ok(reading) => readings.push((reading, Dedupe::SensorTs)),
-            Err(error) => dead_letters.push(DeadLetter::new(
-                ts_ms,
-                source,
-                &format_args!("register `{name}` ({}): {error}", describe(block)),
-                &bytes,
-            )),
+            Err(error) => {
+                let bytes = match answer {
+                    Answer::Registers(_) => wire_bytes(words),
+                    Answer::Bits(_) => vec![bit],
+                };
+                dead_letters.push(DeadLetter::new(
+                    ts_ms,
+                    source,
+                    &format_args!("register `{name}` ({}): {error}", describe(block)),
+                    &bytes,
+                ))
+            }
         }
     }
     Some(Submission {
