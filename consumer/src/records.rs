@@ -24,7 +24,8 @@ pub(crate) struct Rec {
     pub headers: Vec<(String, Vec<u8>)>,
 }
 
-/// One output record of a transaction (its topic borrowed from the config).
+/// A dead letter, owned until the transaction produces it (its topic borrowed from the config;
+/// the state's changes are produced straight from the state, see `run::produce_changes`).
 pub(crate) struct Out<'a> {
     pub topic: &'a str,
     pub partition: Option<i32>,
