@@ -7,7 +7,7 @@
 //! | --- | --- |
 //! | `[agent]` | `id` (names the agent in Kafka headers and the transactional id), `data_dir` (the redb file lives there) |
 //! | `[buffer]` | `quota_bytes`, `on_full = "backpressure" \| "drop_oldest"`, group-commit limits, dedupe bounds, payload cap |
-//! | `[[mqtt]]` | one broker connection: `url` (`mqtt://` or `mqtts://`), credentials, `[[mqtt.subscribe]]`, `[mqtt.payload]` |
+//! | `[[mqtt]]` | one broker connection: `url` (`mqtt://` or `mqtts://`), credentials, `version` (3 = MQTT 3.1.1, or 5 with `session_expiry_s` and `user_properties`), `[[mqtt.subscribe]]`, `[mqtt.payload]` |
 //! | `[[serial]]` | one serial line: `path`, `baud`, `framing = "link" \| "line"` |
 //! | `[[modbus]]` | one Modbus device: `tcp = "host:port"` or `serial` (RTU: `baud`, `parity`, `stop_bits`), `unit`, `timeout_ms`, `[[modbus.block]]` reads with their `[[modbus.block.register]]`s (see [`modbus`]) |
 //! | `[[sensor]]` | the sensor mapping: a topic pattern with `{captures}` (MQTT), a device channel (serial) or a register name (Modbus) to an `id` template, `unit`, `scale`, `offset`, `min`/`max` |
@@ -162,6 +162,17 @@ pub struct MqttSource {
     /// How redeliveries are recognised.
     #[serde(default)]
     pub idempotency: Idempotency,
+    /// MQTT protocol version: 3 (MQTT 3.1.1, the default) or 5.
+    #[serde(default = "defaults::u8::<3>")]
+    pub version: Spanned<u8>,
+    /// MQTT 5 only: how long the broker keeps the persistent session (its subscriptions and
+    /// unacknowledged messages) after the agent disconnects. Default 604800 (7 days) with
+    /// `persistent_session`, 0 without.
+    pub session_expiry_s: Option<Spanned<u32>>,
+    /// MQTT 5 only: user properties of a message made available to the `[[sensor]]` id
+    /// templates of this source as `{name}` placeholders.
+    #[serde(default)]
+    pub user_properties: Vec<Spanned<String>>,
     pub payload: PayloadConfig,
     pub subscribe: Vec<Subscription>,
 }

@@ -249,7 +249,12 @@ pub struct Rule {
 /// Where a value came from, for template placeholders.
 #[derive(Debug, Clone, Copy)]
 pub enum Origin<'a> {
-    Topic(&'a str),
+    /// An MQTT message: its topic (captures) and the MQTT 5 user properties its source lists
+    /// (`{name}` placeholders; empty for MQTT 3.1.1).
+    Topic {
+        topic: &'a str,
+        properties: &'a [(String, String)],
+    },
     Device {
         device: u32,
         channel: u8,
@@ -259,6 +264,16 @@ pub enum Origin<'a> {
     /// A Modbus register, by its configured name: matches rules whose `register` is absent or
     /// this name; `{register}` in the id template.
     Register(&'a str),
+}
+
+impl<'a> Origin<'a> {
+    /// A message without user properties (MQTT 3.1.1, or none listed).
+    pub fn topic(topic: &'a str) -> Origin<'a> {
+        Origin::Topic {
+            topic,
+            properties: &[],
+        }
+    }
 }
 
 /// All rules of a configuration, compiled.
@@ -286,13 +301,16 @@ impl Mapper {
     ) -> Result<Reading, MapError> {
         for rule in self.rules.iter().filter(|r| r.source == source) {
             let captures = match (origin, &rule.topic) {
-                (Origin::Topic(topic), Some(pattern)) => match pattern.matches(topic) {
-                    Some(c) => c
-                        .into_iter()
-                        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                        .collect(),
-                    None => continue,
-                },
+                (Origin::Topic { topic, properties }, Some(pattern)) => {
+                    match pattern.matches(topic) {
+                        Some(c) => c
+                            .into_iter()
+                            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                            .chain(properties.iter().cloned())
+                            .collect(),
+                        None => continue,
+                    }
+                }
                 (Origin::Device { device, channel }, None) => {
                     if rule.device.is_some_and(|d| d != device)
                         || rule.channel.is_some_and(|c| c != channel)
@@ -323,7 +341,7 @@ impl Mapper {
         Err(MapError::NoRule {
             source_name: source.to_owned(),
             what: match origin {
-                Origin::Topic(t) => t.to_owned(),
+                Origin::Topic { topic, .. } => topic.to_owned(),
                 Origin::Device { device, channel } => format!("device {device} channel {channel}"),
                 Origin::Line => "a text line".to_owned(),
                 Origin::Register(name) => format!("register {name}"),

@@ -234,7 +234,7 @@ mod tests {
         };
         let topic = format!("{}/3/1", names.mqtt_root);
         let mqtt = mapper
-            .map("plant-broker", Origin::Topic(&topic), &raw, 0)
+            .map("plant-broker", Origin::topic(&topic), &raw, 0)
             .unwrap();
         assert_eq!(mqtt.sensor, mqtt_series(3, 1));
         let device = Origin::Device {

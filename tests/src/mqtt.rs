@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
+use rumqttc::{v5, AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
 use tokio::task::JoinHandle;
 
 /// A name no other run shares, for client ids and topics.
@@ -58,6 +58,48 @@ pub fn count_pubacks(mut eventloop: EventLoop, total: u64) -> JoinHandle<u64> {
         while acked < total {
             match tokio::time::timeout(Duration::from_secs(30), eventloop.poll()).await {
                 Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => acked += 1,
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => panic!("publisher connection failed: {e}"),
+                Err(_) => panic!("publisher: no progress for 30 s ({acked}/{total} acked)"),
+            }
+        }
+        acked
+    })
+}
+
+/// [`create_session`] for MQTT 5: `clean_start = false` with a Session Expiry Interval of
+/// `expiry_s` (an MQTT 5 session without one ends with its connection).
+pub async fn create_session_v5(mut options: v5::MqttOptions, filter: &str, expiry_s: u32) {
+    options
+        .set_clean_start(false)
+        .set_session_expiry_interval(Some(expiry_s));
+    let (client, mut eventloop) = v5::AsyncClient::new(options, 10);
+    client
+        .subscribe(filter, v5::mqttbytes::QoS::AtLeastOnce)
+        .await
+        .expect("subscribe queued");
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), eventloop.poll()).await {
+            Ok(Ok(v5::Event::Incoming(v5::Incoming::SubAck(_)))) => break,
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => panic!("session set-up failed: {e}"),
+            Err(_) => panic!("no SUBACK within 10 s"),
+        }
+    }
+    client.disconnect().await.expect("disconnect queued");
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while eventloop.poll().await.is_ok() {}
+    })
+    .await;
+}
+
+/// [`count_pubacks`] for an MQTT 5 publisher.
+pub fn count_pubacks_v5(mut eventloop: v5::EventLoop, total: u64) -> JoinHandle<u64> {
+    tokio::spawn(async move {
+        let mut acked = 0;
+        while acked < total {
+            match tokio::time::timeout(Duration::from_secs(30), eventloop.poll()).await {
+                Ok(Ok(v5::Event::Incoming(v5::Incoming::PubAck(_)))) => acked += 1,
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => panic!("publisher connection failed: {e}"),
                 Err(_) => panic!("publisher: no progress for 30 s ({acked}/{total} acked)"),

@@ -19,25 +19,65 @@ use edge_agent::reading::Reading;
 use edge_tests::mqtt::{count_pubacks, unique};
 use edge_tests::Services;
 use ingest_support::{each_reading, open_log};
-use rumqttc::{AsyncClient, MqttOptions, QoS, Transport};
+use rumqttc::{v5, AsyncClient, MqttOptions, QoS, Transport};
 use tokio_util::sync::CancellationToken;
+
+/// The MQTT protocol a test runs: the agent's `version` and the publisher's client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Version {
+    V311,
+    /// MQTT 5: the publisher sends the user property `line = LINE` with every message and the
+    /// agent's sensor ids are `{line}.{dev}`, so every reading in the log proves the property
+    /// came through.
+    V5,
+}
+
+const LINE: &str = "l7";
+
+/// Where and how a test publishes; cloned into publisher tasks.
+#[derive(Debug, Clone)]
+struct Target {
+    url: String,
+    ca: Option<PathBuf>,
+    root: String,
+    version: Version,
+}
 
 struct Setup {
     dir: tempfile::TempDir,
     config_path: PathBuf,
     client_id: String,
-    root: String,
+    target: Target,
 }
 
-/// Writes a config for one MQTT source subscribed to `<root>/+/v` (JSON `{"v":..,"ts":..}`),
-/// sensor id = the device level of the topic.
+/// Writes a config for one MQTT 3.1.1 source subscribed to `<root>/+/v` (JSON
+/// `{"v":..,"ts":..}`), sensor id = the device level of the topic.
 fn setup(url: &str, ca: Option<&Path>, extra_buffer: &str) -> Setup {
+    setup_version(Version::V311, url, ca, extra_buffer, "")
+}
+
+/// [`setup`] for either version; `extra_source` goes into the `[[mqtt]]` table.
+fn setup_version(
+    version: Version,
+    url: &str,
+    ca: Option<&Path>,
+    extra_buffer: &str,
+    extra_source: &str,
+) -> Setup {
     let dir = tempfile::tempdir().expect("tempdir");
     let root = unique("edge-test");
     let client_id = unique("agent");
-    let ca = ca.map_or(String::new(), |p| {
+    let mut source_keys = ca.map_or(String::new(), |p| {
         format!("ca_file = {:?}\n", p.display().to_string())
     });
+    let id = match version {
+        Version::V311 => "{dev}",
+        Version::V5 => {
+            source_keys.push_str("version = 5\nuser_properties = [\"line\"]\n");
+            "{line}.{dev}"
+        }
+    };
+    source_keys.push_str(extra_source);
     let text = format!(
         r#"
 [agent]
@@ -50,7 +90,7 @@ batch_max_ms = 5
 
 {source}"#,
         data_dir = dir.path().display().to_string(),
-        source = edge_tests::config::mqtt_json_source(url, &client_id, &root, "{dev}", &ca),
+        source = edge_tests::config::mqtt_json_source(url, &client_id, &root, id, &source_keys),
     );
     let config_path = dir.path().join("agent.toml");
     std::fs::write(&config_path, text).expect("write config");
@@ -58,30 +98,73 @@ batch_max_ms = 5
         dir,
         config_path,
         client_id,
-        root,
+        target: Target {
+            url: url.to_owned(),
+            ca: ca.map(Path::to_path_buf),
+            root,
+            version,
+        },
     }
 }
 
 fn options(client_id: &str, url: &str, ca: Option<&Path>) -> MqttOptions {
+    let (host, port, transport) = address(url, ca);
+    let mut options = MqttOptions::new(client_id, host, port);
+    options.set_keep_alive(Duration::from_secs(5));
+    if let Some(transport) = transport {
+        options.set_transport(transport);
+    }
+    options
+}
+
+fn options_v5(client_id: &str, url: &str, ca: Option<&Path>) -> v5::MqttOptions {
+    let (host, port, transport) = address(url, ca);
+    let mut options = v5::MqttOptions::new(client_id, host, port);
+    options.set_keep_alive(Duration::from_secs(5));
+    if let Some(transport) = transport {
+        options.set_transport(transport);
+    }
+    options
+}
+
+fn address(url: &str, ca: Option<&Path>) -> (String, u16, Option<Transport>) {
     let (tls, rest) = match url.strip_prefix("mqtts://") {
         Some(rest) => (true, rest),
         None => (false, url.trim_start_matches("mqtt://")),
     };
     let (host, port) = rest.rsplit_once(':').expect("url has a port");
-    let mut options = MqttOptions::new(client_id, host, port.parse().expect("port"));
-    options.set_keep_alive(Duration::from_secs(5));
-    if tls {
+    let transport = tls.then(|| {
         let pem = std::fs::read(ca.expect("TLS needs the CA")).expect("read CA");
-        options.set_transport(Transport::tls(pem, None, None));
-    }
-    options
+        Transport::tls(pem, None, None)
+    });
+    (host.to_owned(), port.parse().expect("port"), transport)
 }
 
-/// Creates the agent's persistent session (same client id, `clean_session = false`) with its
-/// subscription, so the broker queues everything published from now on for the agent.
+/// Creates the agent's persistent session (same client id, `clean_session = false`, or for
+/// MQTT 5 `clean_start = false` with `expiry_s`) with its subscription, so the broker queues
+/// everything published from now on for the agent.
 async fn create_session(setup: &Setup, url: &str, ca: Option<&Path>) {
-    let opts = options(&setup.client_id, url, ca);
-    edge_tests::mqtt::create_session(opts, &format!("{}/+/v", setup.root)).await;
+    create_session_expiring(
+        setup,
+        url,
+        ca,
+        edge_agent::source::mqtt::SESSION_EXPIRY_DEFAULT_S,
+    )
+    .await;
+}
+
+async fn create_session_expiring(setup: &Setup, url: &str, ca: Option<&Path>, expiry_s: u32) {
+    let filter = format!("{}/+/v", setup.target.root);
+    match setup.target.version {
+        Version::V311 => {
+            let opts = options(&setup.client_id, url, ca);
+            edge_tests::mqtt::create_session(opts, &filter).await;
+        }
+        Version::V5 => {
+            let opts = options_v5(&setup.client_id, url, ca);
+            edge_tests::mqtt::create_session_v5(opts, &filter, expiry_s).await;
+        }
+    }
 }
 
 /// The message for reading `i`: device `d{i % devices}`, timestamp `BASE_TS + i`, value `i`.
@@ -97,36 +180,58 @@ fn message(root: &str, i: u64) -> (String, String) {
 
 /// Publishes readings `0..n` at QoS 1 (plus `extra` raw bodies to the same topics) and returns
 /// how many PUBACKs the broker sent: a reading the broker acked must end up in the log.
-async fn publish(
-    url: &str,
-    ca: Option<&Path>,
-    root: &str,
-    n: u64,
-    extra: &[&str],
-    pace: Duration,
-) -> u64 {
-    let (client, eventloop) = AsyncClient::new(options(&unique("pub"), url, ca), 1000);
-    let acks = count_pubacks(eventloop, n + extra.len() as u64);
-    for i in 0..n {
-        let (topic, body) = message(root, i);
-        client
-            .publish(topic, QoS::AtLeastOnce, false, body)
-            .await
-            .expect("publish queued");
-        if i % 100 == 99 {
-            tokio::time::sleep(pace).await;
+async fn publish(target: &Target, n: u64, extra: &[&str], pace: Duration) -> u64 {
+    let bodies = (0..n).map(|i| message(&target.root, i)).chain(
+        extra
+            .iter()
+            .map(|b| (format!("{}/d0/v", target.root), (*b).to_owned())),
+    );
+    match target.version {
+        Version::V311 => {
+            let opts = options(&unique("pub"), &target.url, target.ca.as_deref());
+            let (client, eventloop) = AsyncClient::new(opts, 1000);
+            let acks = count_pubacks(eventloop, n + extra.len() as u64);
+            for (i, (topic, body)) in bodies.enumerate() {
+                client
+                    .publish(topic, QoS::AtLeastOnce, false, body)
+                    .await
+                    .expect("publish queued");
+                if i % 100 == 99 {
+                    tokio::time::sleep(pace).await;
+                }
+            }
+            let acked = acks.await.expect("publisher task");
+            let _ = client.disconnect().await;
+            acked
+        }
+        Version::V5 => {
+            let opts = options_v5(&unique("pub"), &target.url, target.ca.as_deref());
+            let (client, eventloop) = v5::AsyncClient::new(opts, 1000);
+            let acks = edge_tests::mqtt::count_pubacks_v5(eventloop, n + extra.len() as u64);
+            let properties = v5::mqttbytes::v5::PublishProperties {
+                user_properties: vec![("line".to_owned(), LINE.to_owned())],
+                ..Default::default()
+            };
+            for (i, (topic, body)) in bodies.enumerate() {
+                client
+                    .publish_with_properties(
+                        topic,
+                        v5::mqttbytes::QoS::AtLeastOnce,
+                        false,
+                        body,
+                        properties.clone(),
+                    )
+                    .await
+                    .expect("publish queued");
+                if i % 100 == 99 {
+                    tokio::time::sleep(pace).await;
+                }
+            }
+            let acked = acks.await.expect("publisher task");
+            let _ = client.disconnect().await;
+            acked
         }
     }
-    for body in extra {
-        let topic = format!("{root}/d0/v");
-        client
-            .publish(topic, QoS::AtLeastOnce, false, body.as_bytes().to_vec())
-            .await
-            .expect("publish queued");
-    }
-    let acked = acks.await.expect("publisher task");
-    let _ = client.disconnect().await;
-    acked
 }
 
 /// Reads the whole log (in bounded batches) and returns (sensor, ts) -> copies.
@@ -139,25 +244,36 @@ fn log_contents(setup: &Setup) -> (BTreeMap<(String, u64), u64>, edge_agent::ing
     (copies, log.stats().expect("stats"))
 }
 
-fn assert_exactly_once(copies: &BTreeMap<(String, u64), u64>, n: u64) {
-    let twice: Vec<_> = copies.iter().filter(|(_, c)| **c != 1).take(5).collect();
-    assert!(
-        twice.is_empty(),
-        "readings stored more than once: {twice:?}"
-    );
-    let missing: Vec<u64> = (0..n)
-        .filter(|i| !copies.contains_key(&(format!("d{}", i % DEVICES), BASE_TS + i)))
-        .take(10)
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "acked readings missing from the log (first 10): {missing:?}"
-    );
-    assert_eq!(
-        copies.len() as u64,
-        n,
-        "the log holds exactly the published readings"
-    );
+impl Setup {
+    /// The sensor id of reading `i` in the log.
+    fn sensor(&self, i: u64) -> String {
+        match self.target.version {
+            Version::V311 => format!("d{}", i % DEVICES),
+            Version::V5 => format!("{LINE}.d{}", i % DEVICES),
+        }
+    }
+
+    /// Every one of readings `0..n` is in `copies` once, and nothing else is.
+    fn assert_exactly_once(&self, copies: &BTreeMap<(String, u64), u64>, n: u64) {
+        let twice: Vec<_> = copies.iter().filter(|(_, c)| **c != 1).take(5).collect();
+        assert!(
+            twice.is_empty(),
+            "readings stored more than once: {twice:?}"
+        );
+        let missing: Vec<u64> = (0..n)
+            .filter(|i| !copies.contains_key(&(self.sensor(*i), BASE_TS + i)))
+            .take(10)
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "acked readings missing from the log (first 10): {missing:?}"
+        );
+        assert_eq!(
+            copies.len() as u64,
+            n,
+            "the log holds exactly the published readings"
+        );
+    }
 }
 
 /// Runs the agent in-process until `done` says so (or 60 s pass), then stops it.
@@ -184,31 +300,34 @@ async fn run_in_process(setup: &Setup, done: impl Fn(&Counters) -> bool) -> Arc<
     counters
 }
 
-async fn ingest_all(url: &str, ca: Option<&Path>) {
+async fn ingest_all(version: Version, url: &str, ca: Option<&Path>) {
     const N: u64 = 2_000;
-    let setup = setup(url, ca, "");
+    let setup = setup_version(version, url, ca, "", "");
     create_session(&setup, url, ca).await;
-    assert_eq!(
-        publish(url, ca, &setup.root, N, &[], Duration::ZERO).await,
-        N
-    );
+    assert_eq!(publish(&setup.target, N, &[], Duration::ZERO).await, N);
     let counters = run_in_process(&setup, |c| c.accepted.load(Ordering::Relaxed) >= N).await;
     assert_eq!(counters.accepted.load(Ordering::Relaxed), N);
     let (copies, stats) = log_contents(&setup);
-    assert_exactly_once(&copies, N);
+    setup.assert_exactly_once(&copies, N);
     assert_eq!((stats.accepted, stats.rejected), (N, 0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_published_qos1_reading_lands_in_the_log_exactly_once() {
     let services = Services::from_env();
-    ingest_all(&services.mqtt_url, None).await;
+    ingest_all(Version::V311, &services.mqtt_url, None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_published_mqtt5_reading_lands_once_named_by_its_user_property() {
+    let services = Services::from_env();
+    ingest_all(Version::V5, &services.mqtt_url, None).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_mqtts_source_with_a_ca_file_ingests_every_reading() {
     let services = Services::from_env();
-    ingest_all(&services.mqtts_url, Some(&services.mqtt_ca)).await;
+    ingest_all(Version::V311, &services.mqtts_url, Some(&services.mqtt_ca)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -227,7 +346,7 @@ async fn malformed_messages_are_dead_lettered_and_the_rest_still_lands() {
         oversize.as_str(),
     ];
     assert_eq!(
-        publish(url, None, &setup.root, N, &bad, Duration::ZERO).await,
+        publish(&setup.target, N, &bad, Duration::ZERO).await,
         N + bad.len() as u64
     );
     let counters = run_in_process(&setup, |c| {
@@ -237,24 +356,30 @@ async fn malformed_messages_are_dead_lettered_and_the_rest_still_lands() {
     .await;
     assert_eq!(counters.rejected.load(Ordering::Relaxed), bad.len() as u64);
     let (copies, stats) = log_contents(&setup);
-    assert_exactly_once(&copies, N);
+    setup.assert_exactly_once(&copies, N);
     assert_eq!(stats.dead_letters, bad.len() as u64);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readings_committed_but_never_acked_before_a_crash_are_redelivered_and_dropped_once() {
-    // The crash window of the ack-after-commit rule: the commit landed, the PUBACK did not. The
-    // broker redelivers; the dedupe index (same file, survives restart) must drop the copies.
+    redelivered_after_commit_and_dropped_once(Version::V311).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt5_readings_committed_but_never_acked_are_redelivered_and_dropped_once() {
+    redelivered_after_commit_and_dropped_once(Version::V5).await;
+}
+
+/// The crash window of the ack-after-commit rule: the commit landed, the PUBACK did not. The
+/// broker redelivers; the dedupe index (same file, survives restart) must drop the copies.
+async fn redelivered_after_commit_and_dropped_once(version: Version) {
     const N: u64 = 500;
     const COMMITTED: u64 = 200;
     let services = Services::from_env();
     let url = &services.mqtt_url;
-    let setup = setup(url, None, "");
+    let setup = setup_version(version, url, None, "", "");
     create_session(&setup, url, None).await;
-    assert_eq!(
-        publish(url, None, &setup.root, N, &[], Duration::ZERO).await,
-        N
-    );
+    assert_eq!(publish(&setup.target, N, &[], Duration::ZERO).await, N);
     {
         let config = Config::load(&setup.config_path).expect("config");
         let mut log = IngestLog::open(&config.ingest_path(), edge_agent::service::limits(&config))
@@ -263,7 +388,7 @@ async fn readings_committed_but_never_acked_before_a_crash_are_redelivered_and_d
             .map(|i| Submission {
                 readings: vec![(
                     Reading {
-                        sensor: format!("d{}", i % DEVICES),
+                        sensor: setup.sensor(i),
                         ts_ms: BASE_TS + i,
                         value: i as f64,
                         seq: None,
@@ -289,7 +414,7 @@ async fn readings_committed_but_never_acked_before_a_crash_are_redelivered_and_d
     assert_eq!(counters.duplicate.load(Ordering::Relaxed), COMMITTED);
     assert_eq!(counters.accepted.load(Ordering::Relaxed), N - COMMITTED);
     let (copies, _) = log_contents(&setup);
-    assert_exactly_once(&copies, N);
+    setup.assert_exactly_once(&copies, N);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -299,10 +424,7 @@ async fn at_a_tiny_quota_the_agent_stops_acking_and_mosquitto_holds_the_rest() {
     let url = &services.mqtt_url;
     let setup = setup(url, None, "quota_bytes = 4096\non_full = \"backpressure\"");
     create_session(&setup, url, None).await;
-    assert_eq!(
-        publish(url, None, &setup.root, N, &[], Duration::ZERO).await,
-        N
-    );
+    assert_eq!(publish(&setup.target, N, &[], Duration::ZERO).await, N);
     // Nothing drains the log: ingest stops at the quota and stays there.
     let started = Instant::now();
     let first = run_in_process(&setup, |_| started.elapsed() > Duration::from_secs(3)).await;
@@ -330,7 +452,7 @@ async fn at_a_tiny_quota_the_agent_stops_acking_and_mosquitto_holds_the_rest() {
     })
     .await;
     let (copies, _) = log_contents(&setup);
-    assert_exactly_once(&copies, N);
+    setup.assert_exactly_once(&copies, N);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -363,13 +485,10 @@ subscribe = [{ topic = "x" }]
     );
     std::fs::write(&setup.config_path, text).expect("config");
     create_session(&setup, url, None).await;
-    assert_eq!(
-        publish(url, None, &setup.root, N, &[], Duration::ZERO).await,
-        N
-    );
+    assert_eq!(publish(&setup.target, N, &[], Duration::ZERO).await, N);
     run_in_process(&setup, |c| c.accepted.load(Ordering::Relaxed) >= N).await;
     let (copies, _) = log_contents(&setup);
-    assert_exactly_once(&copies, N);
+    setup.assert_exactly_once(&copies, N);
 }
 
 /// `target/debug/edge-agent`, built on demand (the binary under test, not a stand-in).
@@ -383,23 +502,30 @@ fn spawn_agent(bin: &Path, setup: &Setup) -> Child {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_killed_with_sigkill_mid_stream_loses_and_duplicates_nothing() {
-    const N: u64 = 50_000;
-    const KILLS: usize = 20;
+    killed_mid_stream(Version::V311, 50_000, 20).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt5_agent_killed_with_sigkill_mid_stream_loses_and_duplicates_nothing() {
+    killed_mid_stream(Version::V5, 20_000, 10).await;
+}
+
+/// Publishes `n` readings, paced, while the agent is killed with SIGKILL `kills` times, then
+/// runs it until all are in: each exactly once.
+async fn killed_mid_stream(version: Version, n: u64, kills: usize) {
     let services = Services::from_env();
     let url = services.mqtt_url.clone();
     let bin = agent_binary();
-    let setup = setup(&url, None, "");
+    let setup = setup_version(version, &url, None, "", "");
     create_session(&setup, &url, None).await;
-    let root = setup.root.clone();
+    let target = setup.target.clone();
     let publisher =
-        tokio::spawn(
-            async move { publish(&url, None, &root, N, &[], Duration::from_millis(75)).await },
-        );
+        tokio::spawn(async move { publish(&target, n, &[], Duration::from_millis(75)).await });
 
-    edge_tests::schedule::kill_repeatedly(KILLS, || spawn_agent(&bin, &setup)).await;
+    edge_tests::schedule::kill_repeatedly(kills, || spawn_agent(&bin, &setup)).await;
     assert_eq!(
         publisher.await.expect("publisher"),
-        N,
+        n,
         "the broker acked every publish"
     );
 
@@ -414,14 +540,51 @@ async fn agent_killed_with_sigkill_mid_stream_loses_and_duplicates_nothing() {
             .status();
         agent.wait().expect("reap agent");
         let (copies, stats) = log_contents(&setup);
-        if copies.len() as u64 >= N || Instant::now() > deadline {
+        if copies.len() as u64 >= n || Instant::now() > deadline {
             println!(
                 "log: {} readings, {} duplicates dropped by the dedupe index",
                 stats.readings, stats.duplicate
             );
-            assert_exactly_once(&copies, N);
+            setup.assert_exactly_once(&copies, n);
             break;
         }
     }
     drop(setup.dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mqtt5_session_is_kept_for_session_expiry_s_and_forgotten_after() {
+    const N: u64 = 50;
+    const EXPIRY_S: u32 = 5;
+    let services = Services::from_env();
+    let url = &services.mqtt_url;
+    let setup = setup_version(
+        Version::V5,
+        url,
+        None,
+        "",
+        &format!("session_expiry_s = {EXPIRY_S}\n"),
+    );
+    create_session_expiring(&setup, url, None, EXPIRY_S).await;
+    // Within the expiry the broker keeps the session: what it queued arrives.
+    assert_eq!(publish(&setup.target, N, &[], Duration::ZERO).await, N);
+    let counters = run_in_process(&setup, |c| c.accepted.load(Ordering::Relaxed) >= N).await;
+    assert_eq!(counters.accepted.load(Ordering::Relaxed), N);
+    // The agent disconnected; once the expiry has passed the broker has dropped the session
+    // and its subscription, so nothing published now is queued for the agent. (Had the
+    // session been kept, the same readings would come back and count as duplicates.)
+    tokio::time::sleep(Duration::from_secs(u64::from(EXPIRY_S) + 2)).await;
+    assert_eq!(publish(&setup.target, N, &[], Duration::ZERO).await, N);
+    let started = Instant::now();
+    let counters = run_in_process(&setup, |_| started.elapsed() > Duration::from_secs(3)).await;
+    assert_eq!(
+        (
+            counters.accepted.load(Ordering::Relaxed),
+            counters.duplicate.load(Ordering::Relaxed)
+        ),
+        (0, 0),
+        "an expired session delivers nothing"
+    );
+    let (copies, _) = log_contents(&setup);
+    setup.assert_exactly_once(&copies, N);
 }

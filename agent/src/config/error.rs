@@ -92,6 +92,16 @@ pub enum Invalid {
     UnknownPlaceholder { name: String, allowed: Vec<String> },
     #[error("`{field}` must be a JSON pointer: empty or starting with `/`")]
     BadPointer { field: &'static str },
+    #[error("`version` must be 3 (MQTT 3.1.1) or 5 (MQTT 5), not {version}")]
+    BadMqttVersion { version: u8 },
+    #[error("`{field}` is an MQTT 5 feature: set `version = 5` on this source")]
+    NeedsMqtt5 { field: &'static str },
+    #[error("user property `{name}` cannot be a placeholder: use letters, digits and `_`")]
+    BadUserProperty { name: String },
+    #[error("user property `{name}` is listed twice or takes a reserved placeholder name (`source`, `payload`)")]
+    ReservedUserProperty { name: String },
+    #[error("the topic pattern captures `{{{name}}}`, which is also a user property of this source; rename one")]
+    CaptureIsUserProperty { name: String },
     #[error("`payload.value` is required for `format = \"json\"`")]
     MissingValuePointer,
     #[error("`idempotency = \"payload_seq\"` needs `payload.seq`")]

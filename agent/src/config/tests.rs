@@ -477,3 +477,58 @@ fn a_modbus_device_on_a_serial_port_another_source_uses_is_refused() {
     parse(&text.replace("path = \"/dev/ttyUSB0\"", "path = \"/dev/ttyUSB1\""))
         .unwrap_or_else(|e| panic!("{e}"));
 }
+
+#[test]
+fn mqtt5_keys_need_version_5_and_user_properties_become_placeholders() {
+    let v5 = |extra: &str| {
+        MINIMAL.replace(
+            "client_id = \"agent-gw-1\"",
+            &format!("client_id = \"agent-gw-1\"\n{extra}"),
+        )
+    };
+    let config =
+        parse(&v5("version = 5\nuser_properties = [\"line\"]")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(*config.mqtt[0].version.get_ref(), 5);
+    assert_eq!(
+        *fixtures::minimal().mqtt[0].version.get_ref(),
+        3,
+        "3.1.1 by default"
+    );
+    let uses_line = v5("version = 5\nuser_properties = [\"line\"]").replace(
+        "id = \"{site}.{device}.temp\"",
+        "id = \"{site}.{line}.{device}\"",
+    );
+    parse(&uses_line).unwrap_or_else(|e| panic!("{e}"));
+    // Without the property listed, `{line}` is unknown.
+    message_mentions(
+        &uses_line.replace("user_properties = [\"line\"]", ""),
+        &["`{line}`", "allowed"],
+    );
+    for (extra, expect) in [
+        ("version = 4", "`version` must be 3 (MQTT 3.1.1) or 5"),
+        (
+            "session_expiry_s = 60",
+            "`session_expiry_s` is an MQTT 5 feature",
+        ),
+        (
+            "user_properties = [\"line\"]",
+            "`user_properties` is an MQTT 5 feature",
+        ),
+        (
+            "version = 5\nuser_properties = [\"a-b\"]",
+            "user property `a-b`",
+        ),
+        ("version = 5\nuser_properties = [\"payload\"]", "reserved"),
+        (
+            "version = 5\nuser_properties = [\"x\", \"x\"]",
+            "listed twice",
+        ),
+        (
+            "version = 5\nuser_properties = [\"site\"]",
+            "also a user property",
+        ),
+    ] {
+        let message = message_mentions(&v5(extra), &[expect]);
+        assert!(message.contains("agent.toml:"), "{message}");
+    }
+}

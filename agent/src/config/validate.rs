@@ -157,8 +157,56 @@ fn mqtt(source: &MqttSource) -> Result<(), Failure> {
     if source.idempotency == Idempotency::PayloadSeq && payload.seq.is_none() {
         return Err(at(&source.name, Invalid::SeqKeyWithoutSeq));
     }
+    mqtt_version(source)
+}
+
+/// `version` is 3 or 5, and the MQTT 5 keys are only set with `version = 5`; a user property
+/// named in `user_properties` is a valid placeholder name, named once, and not a reserved one.
+fn mqtt_version(source: &MqttSource) -> Result<(), Failure> {
+    let version = *source.version.get_ref();
+    if version != 3 && version != 5 {
+        return Err(at(&source.version, Invalid::BadMqttVersion { version }));
+    }
+    if version == 5 {
+        for (i, name) in source.user_properties.iter().enumerate() {
+            let text = name.get_ref();
+            if text.is_empty() || !text.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(at(name, Invalid::BadUserProperty { name: text.clone() }));
+            }
+            if RESERVED_PLACEHOLDERS.contains(&text.as_str())
+                || source.user_properties[..i]
+                    .iter()
+                    .any(|n| n.get_ref() == text)
+            {
+                return Err(at(
+                    name,
+                    Invalid::ReservedUserProperty { name: text.clone() },
+                ));
+            }
+        }
+        return Ok(());
+    }
+    if let Some(expiry) = &source.session_expiry_s {
+        return Err(at(
+            expiry,
+            Invalid::NeedsMqtt5 {
+                field: "session_expiry_s",
+            },
+        ));
+    }
+    if let Some(name) = source.user_properties.first() {
+        return Err(at(
+            name,
+            Invalid::NeedsMqtt5 {
+                field: "user_properties",
+            },
+        ));
+    }
     Ok(())
 }
+
+/// Placeholders every MQTT rule has: a user property cannot take their names.
+const RESERVED_PLACEHOLDERS: [&str; 2] = ["source", "payload"];
 
 /// One task owns a serial port: a Modbus RTU device on a port that another `[[modbus]]` or a
 /// `[[serial]]` source also uses is refused (several units on one RS-485 line are not supported
@@ -184,7 +232,7 @@ fn shared_serial_ports(config: &Config) -> Result<(), Failure> {
 }
 
 enum Kind<'c> {
-    Mqtt,
+    Mqtt(&'c MqttSource),
     Serial,
     Modbus(&'c super::ModbusSource),
 }
@@ -193,7 +241,7 @@ impl Kind<'_> {
     /// The kind's name in messages.
     fn label(&self) -> &'static str {
         match self {
-            Kind::Mqtt => "MQTT",
+            Kind::Mqtt(_) => "MQTT",
             Kind::Serial => "serial",
             Kind::Modbus(_) => "Modbus",
         }
@@ -206,7 +254,7 @@ fn sensor(config: &Config, mapping: &super::SensorMapping) -> Result<(), Failure
         .mqtt
         .iter()
         .find(|m| m.name.get_ref() == wanted)
-        .map(|_| Kind::Mqtt)
+        .map(Kind::Mqtt)
         .or_else(|| {
             config
                 .serial
@@ -241,16 +289,16 @@ fn sensor(config: &Config, mapping: &super::SensorMapping) -> Result<(), Failure
     if let (Some(register), false) = (&mapping.register, matches!(kind, Kind::Modbus(_))) {
         return Err(at(register, foreign("register", "Modbus")));
     }
-    if let (Some(topic), false) = (&mapping.topic, matches!(kind, Kind::Mqtt)) {
+    if let (Some(topic), false) = (&mapping.topic, matches!(kind, Kind::Mqtt(_))) {
         return Err(at(topic, foreign("topic", "MQTT")));
     }
     let serial_fields = mapping.device.is_some() || mapping.channel.is_some();
     if serial_fields && !matches!(kind, Kind::Serial) {
         return Err(at(&mapping.source, foreign("device/channel", "serial")));
     }
-    let mut allowed: Vec<String> = vec!["source".into(), "payload".into()];
+    let mut allowed: Vec<String> = RESERVED_PLACEHOLDERS.map(String::from).to_vec();
     match kind {
-        Kind::Mqtt => {
+        Kind::Mqtt(source) => {
             let topic = mapping.topic.as_ref().ok_or_else(|| {
                 at(
                     &mapping.source,
@@ -269,7 +317,19 @@ fn sensor(config: &Config, mapping: &super::SensorMapping) -> Result<(), Failure
                     },
                 )
             })?;
+            if let Some(clash) = pattern
+                .capture_names()
+                .find(|c| source.user_properties.iter().any(|p| p.get_ref() == c))
+            {
+                return Err(at(
+                    topic,
+                    Invalid::CaptureIsUserProperty {
+                        name: clash.to_owned(),
+                    },
+                ));
+            }
             allowed.extend(pattern.capture_names().map(str::to_owned));
+            allowed.extend(source.user_properties.iter().map(|p| p.get_ref().clone()));
         }
         Kind::Serial => allowed.extend(["device".into(), "channel".into()]),
         Kind::Modbus(source) => {

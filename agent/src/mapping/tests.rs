@@ -161,7 +161,7 @@ fn mapper() -> Mapper {
 #[test]
 fn a_topic_maps_to_its_sensor_id_with_calibration() {
     let reading = mapper()
-        .map("b", Origin::Topic("site/kitchen/t"), &temp(20.0), 5)
+        .map("b", Origin::topic("site/kitchen/t"), &temp(20.0), 5)
         .unwrap();
     assert_eq!(reading.sensor, "kitchen.temp");
     assert_eq!(reading.value, 3.0);
@@ -171,7 +171,7 @@ fn a_topic_maps_to_its_sensor_id_with_calibration() {
 #[test]
 fn values_outside_the_valid_range_are_rejected() {
     let err = mapper()
-        .map("b", Origin::Topic("site/k/t"), &temp(200.0), 5)
+        .map("b", Origin::topic("site/k/t"), &temp(200.0), 5)
         .unwrap_err();
     assert!(matches!(err, MapError::OutOfRange { value, .. } if value == 21.0));
 }
@@ -180,13 +180,13 @@ fn values_outside_the_valid_range_are_rejected() {
 fn a_missing_payload_sensor_or_unmatched_topic_is_an_error_not_a_guess() {
     let m = mapper();
     assert_eq!(
-        m.map("b", Origin::Topic("site/k/t"), &raw(1.0), 5),
+        m.map("b", Origin::topic("site/k/t"), &raw(1.0), 5),
         Err(MapError::MissingPlaceholder {
             name: "payload".into()
         })
     );
     assert!(matches!(
-        m.map("b", Origin::Topic("elsewhere"), &raw(1.0), 5),
+        m.map("b", Origin::topic("elsewhere"), &raw(1.0), 5),
         Err(MapError::NoRule { .. })
     ));
 }

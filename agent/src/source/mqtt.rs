@@ -1,4 +1,5 @@
-//! The MQTT source: one broker connection (rumqttc), persistent session, manual acks.
+//! The MQTT source: one broker connection (rumqttc), persistent session, manual acks, MQTT
+//! 3.1.1 or MQTT 5 (`version`; the two clients behind one interface in [`session`]).
 //!
 //! Two tasks per source:
 //!
@@ -15,8 +16,9 @@
 //! - A QoS 1/2 publish is acknowledged (PUBACK) only from its submission's ack, which the
 //!   writer runs after the commit that made its readings (or its dead letter) durable. If the
 //!   agent dies first, the broker still holds the message for our persistent session
-//!   (`clean_session = false`, same client id) and redelivers it; the dedupe index drops the
-//!   copy if the commit had happened.
+//!   (`clean_session = false`, same client id; MQTT 5: `clean_start = false` and a session
+//!   expiry interval) and redelivers it; the dedupe index drops the copy if the commit had
+//!   happened.
 //! - **A stop does not end the session with an ack owed** ([`stop`]). When cancelled (SIGTERM
 //!   drain, SIGHUP reload) the poller submits nothing more, then keeps polling until every
 //!   submission it handed to the writer has either committed and had its PUBACK written, or
@@ -38,6 +40,7 @@
 //! - Payloads larger than `max_payload_bytes` are dead-lettered; rumqttc's own packet limit is
 //!   set above that so such a publish does not break the connection.
 
+pub mod session;
 pub mod stop;
 
 use std::collections::VecDeque;
@@ -45,12 +48,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rumqttc::{
-    AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS, SubscribeFilter, Transport,
-};
+use rumqttc::Transport;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use session::{Client, Event, EventLoop, Publish, Settings, Version};
 use stop::{AckLedger, Outcome, StopReport};
 
 use edge_protocol::backoff::Backoff;
@@ -70,6 +72,15 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// The longest a stop waits for the writer's last commit, the acks it releases and the broker's
 /// close after our DISCONNECT (usually a commit and a round trip: milliseconds).
 pub const STOP_FLUSH_MAX: Duration = Duration::from_secs(5);
+
+/// The broker's session lifetime after a disconnect when `session_expiry_s` is not set (MQTT 5,
+/// persistent session): 7 days, a long weekend of a gateway switched off with margin.
+pub const SESSION_EXPIRY_DEFAULT_S: u32 = 7 * 24 * 3600;
+
+/// An MQTT 5 publish whose topic name is not UTF-8 (the protocol requires UTF-8).
+#[derive(Debug, thiserror::Error)]
+#[error("topic name is not UTF-8")]
+struct TopicNotUtf8;
 
 /// Why a source could not start. Fatal for that source only.
 #[derive(Debug, thiserror::Error)]
@@ -222,30 +233,13 @@ enum Command {
     Disconnect,
 }
 
-fn qos(level: u8) -> QoS {
-    match level {
-        0 => QoS::AtMostOnce,
-        1 => QoS::AtLeastOnce,
-        _ => QoS::ExactlyOnce,
-    }
-}
-
 impl MqttSourceTask {
-    /// Builds the rumqttc options: persistent session, manual acks, TLS, credentials.
-    pub fn options(
-        config: &MqttSource,
-        max_payload_bytes: usize,
-    ) -> Result<MqttOptions, MqttError> {
+    /// Resolves the session settings: persistent session, manual acks, TLS, credentials.
+    pub fn settings(config: &MqttSource, max_payload_bytes: usize) -> Result<Settings, MqttError> {
         let source_name = config.name.get_ref().clone();
         let url = BrokerUrl::parse(config.url.get_ref()).map_err(|_| MqttError::Url {
             source_name: source_name.clone(),
         })?;
-        let mut options = MqttOptions::new(config.client_id.get_ref().clone(), url.host, url.port);
-        options
-            .set_keep_alive(Duration::from_secs(config.keep_alive_s.max(1)))
-            .set_clean_session(!config.persistent_session)
-            .set_manual_acks(true)
-            .set_max_packet_size(max_payload_bytes.saturating_mul(2) + 65_536, 65_536);
         let password = match (&config.password_env, &config.password_file) {
             (Some(var), _) => {
                 Some(
@@ -268,14 +262,14 @@ impl MqttSourceTask {
             ),
             (None, None) => None,
         };
-        if config.username.is_some() || password.is_some() {
-            options.set_credentials(
+        let credentials = (config.username.is_some() || password.is_some()).then(|| {
+            (
                 config.username.clone().unwrap_or_default(),
                 password.unwrap_or_default(),
-            );
-        }
-        if url.tls {
-            let transport = match &config.ca_file {
+            )
+        });
+        let transport = if url.tls {
+            Some(match &config.ca_file {
                 Some(ca) => {
                     let pem = std::fs::read(ca.get_ref()).map_err(|error| MqttError::File {
                         source_name,
@@ -286,23 +280,49 @@ impl MqttSourceTask {
                     Transport::tls(pem, None, None)
                 }
                 None => Transport::tls_with_default_config(),
-            };
-            options.set_transport(transport);
+            })
+        } else {
+            None
+        };
+        let default_expiry = if config.persistent_session {
+            SESSION_EXPIRY_DEFAULT_S
+        } else {
+            0
+        };
+        Ok(Settings {
+            client_id: config.client_id.get_ref().clone(),
+            host: url.host,
+            port: url.port,
+            keep_alive: Duration::from_secs(config.keep_alive_s.max(1)),
+            persistent_session: config.persistent_session,
+            session_expiry_s: config
+                .session_expiry_s
+                .as_ref()
+                .map_or(default_expiry, |s| *s.get_ref()),
+            max_packet_bytes: max_payload_bytes.saturating_mul(2) + 65_536,
+            credentials,
+            transport,
+        })
+    }
+
+    fn version(&self) -> Version {
+        match self.config.version.get_ref() {
+            5 => Version::V5,
+            _ => Version::V311,
         }
-        Ok(options)
     }
 
     /// Runs the source until cancelled, then stops as the module doc says: every ack owed
     /// flushed to the broker, then DISCONNECT. Errors only when it cannot start.
     pub async fn run(self) -> Result<(), MqttError> {
-        let options = Self::options(&self.config, self.max_payload_bytes)?;
-        let (client, mut eventloop) = AsyncClient::new(options, 1024);
+        let settings = Self::settings(&self.config, self.max_payload_bytes)?;
+        let (client, mut eventloop) = session::connect(self.version(), settings, 1024);
         let (commands, command_rx) = mpsc::unbounded_channel();
-        let filters: Vec<SubscribeFilter> = self
+        let filters: Vec<(String, u8)> = self
             .config
             .subscribe
             .iter()
-            .map(|s| SubscribeFilter::new(s.topic.get_ref().clone(), qos(*s.qos.get_ref())))
+            .map(|s| (s.topic.get_ref().clone(), *s.qos.get_ref()))
             .collect();
         let name = self.config.name.get_ref().clone();
         let acker = tokio::spawn(acker(client, command_rx, filters, name.clone()));
@@ -350,16 +370,16 @@ impl MqttSourceTask {
                     Err(_) => return connected,
                 },
                 event = eventloop.poll() => match event {
-                    Ok(Event::Incoming(Packet::ConnAck(connack))) => {
+                    Ok(Event::ConnAck { session_present }) => {
                         backoff.reset();
                         connected = true;
                         self.counters.connects.fetch_add(1, Ordering::Relaxed);
-                        tracing::info!(source = name, session_present = connack.session_present, "MQTT connected");
+                        tracing::info!(source = name, session_present, "MQTT connected");
                         let _ = commands.send(Command::Subscribe);
                     }
-                    Ok(Event::Incoming(Packet::Publish(publish))) => {
+                    Ok(Event::Publish(publish)) => {
                         self.counters.received.fetch_add(1, Ordering::Relaxed);
-                        if publish.qos == QoS::AtMostOnce && waiting.len() >= QOS0_WAITING_MAX {
+                        if publish.at_most_once() && waiting.len() >= QOS0_WAITING_MAX {
                             self.counters.qos0_dropped.fetch_add(1, Ordering::Relaxed);
                             continue;
                         }
@@ -375,10 +395,8 @@ impl MqttSourceTask {
                             Err(mpsc::error::TrySendError::Closed(_)) => return connected,
                         }
                     }
-                    Ok(Event::Incoming(Packet::SubAck(suback))) => {
-                        if suback.return_codes.iter().any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure)) {
-                            tracing::error!(source = name, codes = ?suback.return_codes, "broker refused a subscription");
-                        }
+                    Ok(Event::SubscribeRefused(codes)) => {
+                        tracing::error!(source = name, codes, "broker refused a subscription");
                     }
                     Ok(_) => {}
                     Err(error) => {
@@ -399,6 +417,22 @@ impl MqttSourceTask {
     /// Parses and maps one publish. Whatever fails becomes a dead letter in the same
     /// submission, so a bad message is acked only once its dead letter is durable. A QoS 1/2
     /// submission is owed in `ledger` until its ack runs or it is dropped.
+    /// The message's user properties that this source lists, for the id templates (the first
+    /// value of a property sent twice).
+    fn properties(&self, publish: &Publish) -> Vec<(String, String)> {
+        let listed = &self.config.user_properties;
+        if listed.is_empty() {
+            return Vec::new();
+        }
+        let mut found: Vec<(String, String)> = Vec::new();
+        for (key, value) in publish.user_properties() {
+            if listed.iter().any(|l| l.get_ref() == key) && !found.iter().any(|(k, _)| k == key) {
+                found.push((key.clone(), value.clone()));
+            }
+        }
+        found
+    }
+
     fn submission(
         &self,
         publish: Publish,
@@ -410,30 +444,34 @@ impl MqttSourceTask {
         let now = unix_ms();
         let mut readings = Vec::new();
         let mut dead_letters = Vec::new();
-        match self.parser.parse(&publish.payload, now) {
-            Ok(raws) => {
+        let payload = publish.payload();
+        let properties = self.properties(&publish);
+        match (publish.topic(), self.parser.parse(payload, now)) {
+            (None, _) => dead_letters.push(DeadLetter::new(now, name, &TopicNotUtf8, payload)),
+            (Some(topic), Ok(raws)) => {
+                let origin = Origin::Topic {
+                    topic,
+                    properties: &properties,
+                };
                 for raw in raws {
-                    match self
-                        .mapper
-                        .map(name, Origin::Topic(&publish.topic), &raw, now)
-                    {
+                    match self.mapper.map(name, origin, &raw, now) {
                         Ok(reading) => readings.push((reading, dedupe)),
                         Err(error) => {
-                            dead_letters.push(DeadLetter::new(now, name, &error, &publish.payload))
+                            dead_letters.push(DeadLetter::new(now, name, &error, payload))
                         }
                     }
                 }
             }
-            Err(error) => dead_letters.push(DeadLetter::new(now, name, &error, &publish.payload)),
+            (Some(_), Err(error)) => dead_letters.push(DeadLetter::new(now, name, &error, payload)),
         }
         if !dead_letters.is_empty() {
             tracing::debug!(
                 source = name,
-                topic = publish.topic,
+                topic = publish.topic(),
                 "dead-lettered part of a message"
             );
         }
-        let ack: Option<Box<dyn FnOnce() + Send>> = if publish.qos == QoS::AtMostOnce {
+        let ack: Option<Box<dyn FnOnce() + Send>> = if publish.at_most_once() {
             None
         } else {
             let commands = commands.clone();
@@ -456,16 +494,16 @@ impl MqttSourceTask {
 /// writer's last commit still arrive then, and the stop needs them sent ([`stop`]). The source
 /// aborts it once the event loop is done.
 async fn acker(
-    client: AsyncClient,
+    client: Client,
     mut commands: mpsc::UnboundedReceiver<Command>,
-    filters: Vec<SubscribeFilter>,
+    filters: Vec<(String, u8)>,
     name: String,
 ) {
     while let Some(command) = commands.recv().await {
         let result = match command {
             Command::Ack(publish) => client.ack(&publish).await,
             Command::Subscribe if filters.is_empty() => Ok(()),
-            Command::Subscribe => client.subscribe_many(filters.clone()).await,
+            Command::Subscribe => client.subscribe(&filters).await,
             Command::Disconnect => client.disconnect().await,
         };
         if let Err(error) = result {

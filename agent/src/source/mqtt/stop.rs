@@ -31,10 +31,10 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rumqttc::{Event, EventLoop, Outgoing, Packet, QoS};
 use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 
+use super::session::{Event, EventLoop};
 use super::Command;
 
 /// How long the broker gets to close the connection after our DISCONNECT was written.
@@ -205,11 +205,9 @@ pub(super) async fn flush_and_disconnect(
             }
         };
         match event {
-            Ok(Event::Outgoing(Outgoing::PubAck(_) | Outgoing::PubRec(_))) => {
-                report.acks_flushed += 1;
-            }
-            Ok(Event::Outgoing(Outgoing::Disconnect)) => disconnect_written = Some(Instant::now()),
-            Ok(Event::Incoming(Packet::Publish(p))) if p.qos != QoS::AtMostOnce => {
+            Ok(Event::AckWritten) => report.acks_flushed += 1,
+            Ok(Event::DisconnectWritten) => disconnect_written = Some(Instant::now()),
+            Ok(Event::Publish(p)) if !p.at_most_once() => {
                 report.not_submitted += 1;
             }
             Ok(_) => {}

@@ -1,5 +1,6 @@
 use super::*;
 use crate::config::Config;
+use rumqttc::QoS;
 use stop::AckLedger;
 
 const CONFIG: &str = r#"
@@ -38,9 +39,9 @@ fn task(config: &Config) -> (MqttSourceTask, mpsc::Receiver<Submission>) {
 }
 
 fn publish(topic: &str, qos: QoS, body: &str) -> Publish {
-    let mut p = Publish::new(topic, qos, body.as_bytes().to_vec());
+    let mut p = rumqttc::Publish::new(topic, qos, body.as_bytes().to_vec());
     p.pkid = 9;
-    p
+    Publish::V311(p)
 }
 
 #[test]
@@ -67,7 +68,7 @@ fn a_good_message_becomes_a_reading_whose_ack_goes_to_the_acker() {
     );
     assert_eq!(ledger.owed(), 1, "owed from the moment it is built");
     (s.ack.expect("QoS 1 owes an ack"))();
-    assert!(matches!(command_rx.try_recv(), Ok(Command::Ack(p)) if p.pkid == 9));
+    assert!(matches!(command_rx.try_recv(), Ok(Command::Ack(Publish::V311(p))) if p.pkid == 9));
     assert_eq!((ledger.owed(), ledger.ran()), (0, 1));
 }
 
@@ -127,7 +128,8 @@ fn options_ask_for_a_persistent_session_and_manual_acks() {
             "",
         )
         .replace("mqtts://", "mqtt://");
-    let options = MqttSourceTask::options(&config(&text).mqtt[0], 1024).unwrap();
+    let settings = || MqttSourceTask::settings(&config(&text).mqtt[0], 1024).unwrap();
+    let options = session::options_v311(settings());
     assert!(!options.clean_session());
     assert!(options.manual_acks());
     assert_eq!(
@@ -141,8 +143,141 @@ fn options_ask_for_a_persistent_session_and_manual_acks() {
 }
 
 #[test]
+fn mqtt5_options_keep_the_session_for_its_expiry_and_ack_manually() {
+    let text = CONFIG
+        .replace(
+            "password_env = \"EDGE_TEST_MQTT_PASSWORD_UNSET_7f3a\"\n",
+            "version = 5\n",
+        )
+        .replace("mqtts://", "mqtt://");
+    let options =
+        session::options_v5(MqttSourceTask::settings(&config(&text).mqtt[0], 1024).unwrap());
+    assert!(!options.clean_start());
+    assert!(options.manual_acks());
+    assert_eq!(
+        options.session_expiry_interval(),
+        Some(SESSION_EXPIRY_DEFAULT_S),
+        "a persistent MQTT 5 session must outlive the connection"
+    );
+    assert_eq!(options.max_packet_size(), Some(2 * 1024 + 65_536));
+    assert_eq!(
+        options.credentials().map(|l| l.username),
+        Some("edge".to_owned())
+    );
+
+    let set = text.replace("version = 5\n", "version = 5\nsession_expiry_s = 3600\n");
+    let options =
+        session::options_v5(MqttSourceTask::settings(&config(&set).mqtt[0], 1024).unwrap());
+    assert_eq!(options.session_expiry_interval(), Some(3600));
+
+    let clean = text.replace("version = 5\n", "version = 5\npersistent_session = false\n");
+    let options =
+        session::options_v5(MqttSourceTask::settings(&config(&clean).mqtt[0], 1024).unwrap());
+    assert!(options.clean_start());
+    assert_eq!(options.session_expiry_interval(), Some(0));
+}
+
+fn publish5(topic: &str, body: &str, properties: &[(&str, &str)]) -> Publish {
+    use rumqttc::v5::mqttbytes::v5::{Publish as P5, PublishProperties};
+    let props = PublishProperties {
+        user_properties: properties
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+        ..PublishProperties::default()
+    };
+    let mut p = P5::new(
+        topic,
+        rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+        body.as_bytes().to_vec(),
+        Some(props),
+    );
+    p.pkid = 3;
+    Publish::V5(Box::new(p))
+}
+
+#[test]
+fn listed_mqtt5_user_properties_fill_the_id_template_and_a_missing_one_is_a_dead_letter() {
+    let text = CONFIG
+        .replace(
+            "password_env = \"EDGE_TEST_MQTT_PASSWORD_UNSET_7f3a\"\n",
+            "version = 5\nuser_properties = [\"site\", \"line\"]\n",
+        )
+        .replace("id = \"{dev}\"", "id = \"{site}.{line}.{dev}\"");
+    let config = config(&text);
+    let (task, _rx) = task(&config);
+    let (commands, mut command_rx) = mpsc::unbounded_channel();
+    let ledger = Arc::new(AckLedger::default());
+    let body = r#"{"v":5,"ts":7}"#;
+    // A property sent twice counts once (the first); unlisted ones are ignored.
+    let props = [
+        ("line", "l2"),
+        ("site", "north"),
+        ("line", "l9"),
+        ("other", "x"),
+    ];
+    let s = task.submission(
+        publish5("s/d1/v", body, &props),
+        Dedupe::SensorTs,
+        &commands,
+        &ledger,
+    );
+    assert!(s.dead_letters.is_empty(), "{:?}", s.dead_letters);
+    assert_eq!(s.readings[0].0.sensor, "north.l2.d1");
+    (s.ack.expect("QoS 1 owes an ack"))();
+    assert!(matches!(command_rx.try_recv(), Ok(Command::Ack(Publish::V5(p))) if p.pkid == 3));
+
+    let s = task.submission(
+        publish5("s/d1/v", body, &[("site", "north")]),
+        Dedupe::SensorTs,
+        &commands,
+        &ledger,
+    );
+    assert!(s.readings.is_empty());
+    assert!(
+        s.dead_letters[0].reason.contains("line"),
+        "{}",
+        s.dead_letters[0].reason
+    );
+    assert!(s.ack.is_some(), "acked once the dead letter is durable");
+}
+
+#[test]
+fn an_mqtt5_topic_that_is_not_utf8_is_a_dead_letter() {
+    use rumqttc::v5::mqttbytes::v5::Publish as P5;
+    let config = config(&CONFIG.replace(
+        "password_env = \"EDGE_TEST_MQTT_PASSWORD_UNSET_7f3a\"\n",
+        "version = 5\n",
+    ));
+    let (task, _rx) = task(&config);
+    let (commands, _c) = mpsc::unbounded_channel();
+    let ledger = Arc::new(AckLedger::default());
+    let mut p = P5::new(
+        "s/x/v",
+        rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+        b"1".to_vec(),
+        None,
+    );
+    p.topic = vec![b's', b'/', 0xff, b'/', b'v'].into();
+    let s = task.submission(
+        Publish::V5(Box::new(p)),
+        Dedupe::SensorTs,
+        &commands,
+        &ledger,
+    );
+    assert!(s.readings.is_empty());
+    assert!(
+        s.dead_letters[0].reason.contains("UTF-8"),
+        "{}",
+        s.dead_letters[0].reason
+    );
+}
+
+#[test]
 fn a_missing_password_variable_or_ca_file_is_a_start_error_naming_it() {
-    let err = MqttSourceTask::options(&config(CONFIG).mqtt[0], 1024).unwrap_err();
+    let err = MqttSourceTask::settings(&config(CONFIG).mqtt[0], 1024)
+        .err()
+        .expect("a start error");
     assert!(
         err.to_string()
             .contains("EDGE_TEST_MQTT_PASSWORD_UNSET_7f3a"),
@@ -152,7 +287,9 @@ fn a_missing_password_variable_or_ca_file_is_a_start_error_naming_it() {
         "password_env = \"EDGE_TEST_MQTT_PASSWORD_UNSET_7f3a\"",
         "ca_file = \"/nonexistent/ca.pem\"",
     );
-    let err = MqttSourceTask::options(&config(&text).mqtt[0], 1024).unwrap_err();
+    let err = MqttSourceTask::settings(&config(&text).mqtt[0], 1024)
+        .err()
+        .expect("a start error");
     assert!(err.to_string().contains("/nonexistent/ca.pem"), "{err}");
 }
 
@@ -167,8 +304,10 @@ fn a_password_file_loses_its_trailing_newline() {
             &format!("password_file = {:?}", file.display().to_string()),
         )
         .replace("mqtts://", "mqtt://");
-    let options = MqttSourceTask::options(&config(&text).mqtt[0], 1024).unwrap();
-    let login = options.credentials().expect("credentials");
+    let settings = MqttSourceTask::settings(&config(&text).mqtt[0], 1024).unwrap();
+    let login = session::options_v311(settings)
+        .credentials()
+        .expect("credentials");
     assert_eq!(
         (login.username.as_str(), login.password.as_str()),
         ("edge", "s3cret")
@@ -371,12 +510,11 @@ async fn a_stop_flushes_the_acks_of_commits_that_finish_after_it_then_disconnect
 async fn a_stop_whose_commit_never_finishes_gives_up_at_its_deadline_without_disconnect() {
     let mut broker = fake_broker::start().await;
     let config = plain_config(broker.port);
-    let options = MqttSourceTask::options(&config.mqtt[0], 1024).expect("options");
-    let (client, mut eventloop) = AsyncClient::new(options, 16);
+    let settings = MqttSourceTask::settings(&config.mqtt[0], 1024).expect("settings");
+    let (client, mut eventloop) = session::connect(Version::V311, settings, 16);
     loop {
-        match eventloop.poll().await.expect("connects") {
-            Event::Incoming(Packet::ConnAck(_)) => break,
-            _ => continue,
+        if let Event::ConnAck { .. } = eventloop.poll().await.expect("connects") {
+            break;
         }
     }
     let (commands, mut command_rx) = mpsc::unbounded_channel();
