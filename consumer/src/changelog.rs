@@ -337,6 +337,74 @@ mod tests {
         assert_eq!(decode::<Meta>("m", &[1, 2, 0, 3]), Ok(m));
     }
 
+    /// The checked-in changelog records of `protocol/tests/vectors/v1` (key and value as a
+    /// release wrote them): a new owner running this build restores each to the state it held.
+    /// `EDGE_BLESS_VECTORS=1` writes a missing one; vectors are never edited.
+    #[test]
+    fn changelog_records_on_file_restore_to_their_state() {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../protocol/tests/vectors/v1");
+        let (k, w) = window_with_reading_at(10_500);
+        let source_key_value = SourceKey {
+            agent: "gw".into(),
+            series: "s|1".into(),
+        };
+        let g = Source {
+            group: "g".into(),
+            watermark_ms: 21_000,
+            last_seen_ms: -1,
+        };
+        let m = Meta {
+            stream_time_ms: 1,
+            frontier_ms: 0,
+            swept_ms: -2,
+        };
+        let cases = [
+            (
+                "changelog-window",
+                window_key("in", 0, k.borrowed()),
+                encode(&w),
+                Entry::Window(k.clone(), Some(Box::new(w))),
+            ),
+            (
+                "changelog-source",
+                source_key("in", 0, &source_key_value),
+                encode(&g),
+                Entry::Source(source_key_value.clone(), Some(g)),
+            ),
+            (
+                "changelog-clocks",
+                meta_key("in", 0),
+                encode(&m),
+                Entry::Meta(Some(m)),
+            ),
+        ];
+        for (name, key, value, expected) in cases {
+            let (key_path, value_path) = (
+                dir.join(format!("{name}.key")),
+                dir.join(format!("{name}.bin")),
+            );
+            if !value_path.exists() && std::env::var_os("EDGE_BLESS_VECTORS").is_some() {
+                std::fs::write(&key_path, key.as_bytes()).unwrap();
+                std::fs::write(&value_path, &value).unwrap();
+            }
+            let read = |p: &std::path::Path| {
+                std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+            };
+            let (key_on_file, value_on_file) = (read(&key_path), read(&value_path));
+            assert_eq!(
+                decode_entry("in", 0, &key_on_file, Some(&value_on_file)),
+                Ok(Some(expected)),
+                "{name}"
+            );
+            assert_eq!(
+                (key.as_bytes(), value.as_slice()),
+                (&key_on_file[..], &value_on_file[..]),
+                "{name}: version 1 is current, so this build writes the vector"
+            );
+        }
+    }
+
     #[test]
     fn other_partitions_records_are_skipped_and_garbage_is_refused() {
         let key = meta_key("in", 4);
