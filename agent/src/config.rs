@@ -48,7 +48,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 pub use error::{ConfigError, Invalid, Location};
-pub use kafka::{validate_kafka, KafkaSection, KafkaTopics, RESERVED_CLIENT_KEYS};
+pub use kafka::{validate_kafka, KafkaSection, KafkaTopics, PartialFormat, RESERVED_CLIENT_KEYS};
 pub use modbus::{validate_modbus, ModbusSource};
 pub use ops::OpsSection;
 pub use validate::validate;

@@ -70,7 +70,7 @@ use edge_protocol::backoff::Backoff;
 use edge_protocol::partial::{Partial, MAX_ENCODED_LEN};
 use redb::{Database, Durability, ReadableDatabase};
 
-use crate::config::Config;
+use crate::config::{Config, PartialFormat};
 use crate::ingest::{DeadLetter, IngestError, IngestLog};
 use crate::mapping::Glob;
 use crate::outbox::{self, OutboxError, OutboxRecord, RecordKind};
@@ -260,7 +260,12 @@ impl Stage {
                             );
                             let mut out = Vec::new();
                             stored.close_all(&mut out);
-                            self.pending.extend(records(&name, out, now_ms)?);
+                            self.pending.extend(records(
+                                &name,
+                                out,
+                                now_ms,
+                                self.partial_format(),
+                            )?);
                             reset = true;
                         }
                     }
@@ -303,11 +308,12 @@ impl Stage {
             self.route(reading, now_ms, &mut records)?;
         }
         if step.caught_up {
+            let format = self.partial_format();
             for route in &mut self.routes {
                 if let Some(w) = &mut route.windows {
                     let mut out = Vec::new();
                     w.tick(now_ms, &mut out);
-                    records.extend(self::records(&route.name, out, now_ms)?);
+                    records.extend(self::records(&route.name, out, now_ms, format)?);
                 }
             }
         }
@@ -382,6 +388,7 @@ impl Stage {
         now_ms: u64,
         records: &mut Vec<OutboxRecord>,
     ) -> Result<(), StageError> {
+        let format = self.partial_format();
         let Some(route) = self
             .routes
             .iter_mut()
@@ -403,7 +410,7 @@ impl Stage {
             Some(w) => {
                 let mut out = Vec::new();
                 w.push(reading, now_ms, &mut out);
-                records.extend(self::records(&route.name, out, now_ms)?);
+                records.extend(self::records(&route.name, out, now_ms, format)?);
             }
         }
         Ok(())
@@ -435,6 +442,14 @@ impl Stage {
                 add(&c.rejected, n.rejected);
             }
         }
+    }
+
+    /// `[kafka] partial_format` (postcard when there is no `[kafka]`).
+    fn partial_format(&self) -> PartialFormat {
+        self.config
+            .kafka
+            .as_ref()
+            .map_or(PartialFormat::default(), |k| k.partial_format)
     }
 
     /// Open windows per pipeline, for metrics.
@@ -476,12 +491,17 @@ impl Stage {
 }
 
 /// The outbox records of a machine's outputs.
-fn records(pipeline: &str, out: Vec<Output>, now_ms: u64) -> Result<Vec<OutboxRecord>, StageError> {
+fn records(
+    pipeline: &str,
+    out: Vec<Output>,
+    now_ms: u64,
+    format: PartialFormat,
+) -> Result<Vec<OutboxRecord>, StageError> {
     let mut records = Vec::with_capacity(out.len());
     let mut buf = vec![0u8; MAX_ENCODED_LEN];
     for o in out {
         records.push(match o {
-            Output::Partial(p) => partial_record(pipeline, &p, now_ms, &mut buf)?,
+            Output::Partial(p) => partial_record(pipeline, &p, now_ms, format, &mut buf)?,
             Output::Late(r) => reading_record(RecordKind::Late, pipeline, &r, now_ms),
             Output::Rejected(r, why) => {
                 let source = format!("window:{pipeline}");
@@ -503,15 +523,23 @@ fn partial_record(
     pipeline: &str,
     p: &Partial,
     now_ms: u64,
+    format: PartialFormat,
     buf: &mut [u8],
 ) -> Result<OutboxRecord, StageError> {
-    let n = p.encode(buf).map_err(StageError::Partial)?;
+    let payload = match format {
+        PartialFormat::Postcard => {
+            let n = p.encode(buf).map_err(StageError::Partial)?;
+            buf[..n].to_vec()
+        }
+        // Serialising a partial (strings, integers, finite floats) into a Vec cannot fail.
+        PartialFormat::Json => serde_json::to_vec(p).unwrap_or_default(),
+    };
     Ok(OutboxRecord {
         kind: RecordKind::Partial,
         created_ms: now_ms,
         route: pipeline.to_owned(),
         key: p.series.as_bytes().to_vec(),
-        payload: buf[..n].to_vec(),
+        payload,
     })
 }
 

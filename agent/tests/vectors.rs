@@ -12,7 +12,9 @@ use edge_agent::reading::Reading;
 use edge_agent::stage::reading_json;
 
 fn path(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../protocol/tests/vectors/v1").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../protocol/tests/vectors/v1")
+        .join(name)
 }
 
 fn vector(name: &str, current: &[u8]) -> Vec<u8> {

@@ -19,6 +19,7 @@
 //! | [`http`] | a free loopback port and a tiny GET for the ops endpoints |
 //! | [`schedule`] | fault schedules: a printed clock seed, xorshift draws, the SIGKILL loop |
 //! | [`check`] | assertions the accounting shares |
+//! | [`schema`] | the JSON Schemas of `protocol/schemas/` applied to the records a suite reads |
 //!
 //! Helpers used by one family of suites only stay in its `tests/tests/<family>_support/`.
 #![forbid(unsafe_code)]
@@ -32,6 +33,7 @@ pub mod kafka;
 pub mod modbus;
 pub mod mqtt;
 pub mod schedule;
+pub mod schema;
 pub mod services;
 
 pub use services::Services;

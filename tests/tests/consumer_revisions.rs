@@ -89,8 +89,9 @@ fn a_gateway_back_after_hours_offline_produces_revisions_with_the_merged_values(
                 .iter()
                 .find(|rec| rec.key.as_deref() == Some(k.as_bytes()))
                 .map(|rec| {
-                    serde_json::from_slice::<serde_json::Value>(rec.payload.as_deref().unwrap())
-                        .unwrap()
+                    let payload = rec.payload.as_deref().unwrap();
+                    edge_tests::schema::Schema::Final.check(payload);
+                    serde_json::from_slice::<serde_json::Value>(payload).unwrap()
                 })
                 .expect("a first final");
             if first["revision"] == 0 {

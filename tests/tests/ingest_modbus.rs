@@ -229,9 +229,10 @@ impl Agent {
         records
             .iter()
             .map(|r| {
+                let payload = r.payload.as_deref().unwrap_or_default();
+                edge_tests::schema::Schema::Reading.check(payload);
                 let json: serde_json::Value =
-                    serde_json::from_slice(r.payload.as_deref().unwrap_or_default())
-                        .expect("a reading is JSON");
+                    serde_json::from_slice(payload).expect("a reading is JSON");
                 (
                     json["sensor"].as_str().expect("sensor").to_owned(),
                     json["ts"].as_u64().expect("ts"),

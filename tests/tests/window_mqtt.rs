@@ -71,6 +71,7 @@ async fn out_of_order_readings_within_the_lateness_count_and_a_late_one_is_forwa
         .filter(|r| r.kind == RecordKind::Late)
         .collect();
     assert_eq!(late.len(), 1);
+    edge_tests::schema::Schema::Reading.check(&late[0].payload);
     let json: serde_json::Value = serde_json::from_slice(&late[0].payload).expect("JSON");
     assert_eq!(json["ts"], T0 + 300);
     assert_eq!(json["sensor"], "d0");

@@ -49,10 +49,25 @@ pub struct KafkaSection {
     /// How often an empty outbox is looked at again, in ms (default 10).
     #[serde(default = "plain::u64::<10>")]
     pub poll_interval_ms: u64,
+    /// How partials are written to the partials topic: `"postcard"` (default: the compact
+    /// version-1 envelope, `protocol/FORMAT.md`) or `"json"` (the JSON form,
+    /// `protocol/schemas/partial.v1.schema.json`, for readers without edge-consumer; about six
+    /// times larger). edge-consumer reads both. Applies to partials made after the change.
+    #[serde(default)]
+    pub partial_format: PartialFormat,
     /// Take over the progress of another instance (another database) that used this agent id.
     /// Refused by default: see `forward` ("instance id").
     #[serde(default)]
     pub adopt_agent_id: bool,
+}
+
+/// `[kafka] partial_format`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PartialFormat {
+    #[default]
+    Postcard,
+    Json,
 }
 
 /// `[kafka.topics]`: `{pipeline}` in a name is replaced by the record's pipeline.

@@ -234,3 +234,29 @@ proptest::proptest! {
         proptest::prop_assert_eq!(run(batch, &restarts), straight);
     }
 }
+
+#[test]
+fn partial_format_json_writes_the_json_form_of_the_same_partials() {
+    let readings = [("w.a", 1, 1.0), ("w.a", 3, -2.5), ("w.b", 12, 7.0)];
+    let run = |text: &str| {
+        let (_dir, log) = log_with(&readings, 0);
+        let mut stage = Stage::open(log.database(), config(text), 100, 0).unwrap();
+        stage.step(0).unwrap();
+        stage.step(5_000).unwrap();
+        outbox_all(&log.database())
+            .into_iter()
+            .filter(|r| r.kind == RecordKind::Partial)
+            .collect::<Vec<_>>()
+    };
+    let kafka = "[kafka]\nbootstrap_servers = \"127.0.0.1:9092\"\n";
+    let postcard = run(&format!("{CONFIG}{kafka}"));
+    let json = run(&format!("{CONFIG}{kafka}partial_format = \"json\"\n"));
+    assert_eq!(postcard.len(), 2, "both windows closed");
+    assert_eq!(json.len(), postcard.len());
+    for (p, j) in postcard.iter().zip(&json) {
+        assert_eq!(j.payload.first(), Some(&b'{'), "a JSON object");
+        let from_json: Partial = serde_json::from_slice(&j.payload).unwrap();
+        assert_eq!(from_json, Partial::decode(&p.payload).unwrap());
+        assert_eq!(j.key, p.key);
+    }
+}

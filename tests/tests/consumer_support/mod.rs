@@ -159,7 +159,9 @@ batch_max_ms = 100
         {
             for r in records {
                 let key = String::from_utf8(r.key.unwrap_or_default()).expect("utf-8 key");
-                let v = serde_json::from_slice(&r.payload.unwrap_or_default()).expect("JSON final");
+                let payload = r.payload.unwrap_or_default();
+                edge_tests::schema::Schema::Final.check(&payload);
+                let v = serde_json::from_slice(&payload).expect("JSON final");
                 out.insert(key, v);
             }
         }

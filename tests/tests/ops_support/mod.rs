@@ -234,8 +234,9 @@ pub fn delivered(setup: &Setup) -> Vec<Delivered> {
     records
         .iter()
         .map(|r| {
-            let json: serde_json::Value =
-                serde_json::from_slice(r.payload.as_deref().expect("payload")).expect("JSON");
+            let payload = r.payload.as_deref().expect("payload");
+            edge_tests::schema::Schema::Reading.check(payload);
+            let json: serde_json::Value = serde_json::from_slice(payload).expect("JSON");
             Delivered {
                 sensor: json["sensor"].as_str().expect("sensor").to_owned(),
                 ts: json["ts"].as_u64().expect("ts"),
