@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the tests and the demo need on a fresh Debian machine, skipping what is there:
-# Mosquitto, kcat, OpenSSL, a JDK 17+ and Maven (for the Kafka test broker), socat and a Python
+# Mosquitto, kcat, jq, OpenSSL, a JDK 17+ and Maven (for the Kafka test broker), socat and a Python
 # virtualenv with pymodbus (the Modbus peer of the tests, see tests/peers/), and the Rust
 # components and targets the checks use. Needs root (or sudo) for apt-get.
 #
@@ -26,6 +26,7 @@ if ((!runtime_only)); then
   command -v kcat >/dev/null || need+=(kcat)
   command -v systemd-analyze >/dev/null || need+=(systemd)   # verifies the unit in deploy/
   command -v socat >/dev/null || need+=(socat)                # pty pairs for the Modbus RTU test
+  command -v jq >/dev/null || need+=(jq)                      # parses finals in the engines test
   /usr/bin/python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
 fi
 

@@ -8,6 +8,7 @@
 #   tests/services/services.sh clean                            stop all, delete broker data
 #   tests/services/services.sh status                           what runs, where its logs are
 #   tests/services/services.sh env                              print the env file
+#   tests/services/services.sh console-consumer ARGS...         Kafka's own kafka-console-consumer (same jars)
 #
 # Addresses (written to .services/env at the workspace root, sourceable, read by edge-tests):
 #   KAFKA_BOOTSTRAP=127.0.0.1:19092      (3 nodes: 127.0.0.1:19092,127.0.0.1:29092,127.0.0.1:39092)
@@ -26,7 +27,10 @@ root=$(cd "$here/../.." && pwd)
 state="${EDGE_SERVICES_DIR:-$root/.services}"
 cache="${EDGE_CACHE:-$HOME/.cache/edge-ingest}"
 kafka_version=$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$here/pom.xml")
-jars="$cache/kafka-$kafka_version/libs"
+# One jar set per pom.xml content: a changed pom gets a fresh directory (a running broker keeps
+# the jars it was started with).
+pom_hash=$(sha256sum "$here/pom.xml" | cut -c1-12)
+jars="$cache/kafka-$kafka_version-$pom_hash/libs"
 # EDGE_MQTT_PORT moves Mosquitto (TLS on the next port), so a second copy of the suite can run
 # beside a running one (with EDGE_SERVICES_DIR and EDGE_KAFKA_PORT_OFFSET set too).
 mqtt_port=${EDGE_MQTT_PORT:-18830}
@@ -314,6 +318,12 @@ status() {
 }
 
 cmd=${1:-status}; shift || true
+if [[ $cmd == console-consumer ]]; then
+  # Its arguments are the tool's own (--bootstrap-server, --topic, --isolation-level, ...).
+  kafka_jars
+  exec java -Xmx256m -XX:+UseSerialGC -XX:TieredStopAtLevel=1 -cp "$jars/*" \
+    org.apache.kafka.tools.consumer.ConsoleConsumer "$@"
+fi
 what=all nodes="" node=""
 while (($#)); do
   case $1 in
@@ -353,5 +363,5 @@ case $cmd in
     ;;
   status) status ;;
   env) cat "$state/env" ;;
-  *) die "unknown command: $cmd (start|stop|kill|clean|status|env)" ;;
+  *) die "unknown command: $cmd (start|stop|kill|clean|status|env|console-consumer)" ;;
 esac
