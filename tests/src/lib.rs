@@ -19,6 +19,7 @@
 //! | [`http`] | a free loopback port and a tiny GET for the ops endpoints |
 //! | [`schedule`] | fault schedules: a printed clock seed, xorshift draws, the SIGKILL loop |
 //! | [`check`] | assertions the accounting shares |
+//! | [`upgrade`] | the previous release (`v0.1.0`) built from its git tag, for the rolling-upgrade suite |
 //! | [`schema`] | the JSON Schemas of `protocol/schemas/` applied to the records a suite reads |
 //!
 //! Helpers used by one family of suites only stay in its `tests/tests/<family>_support/`.
@@ -35,5 +36,6 @@ pub mod mqtt;
 pub mod schedule;
 pub mod schema;
 pub mod services;
+pub mod upgrade;
 
 pub use services::Services;

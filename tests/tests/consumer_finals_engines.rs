@@ -82,7 +82,11 @@ fn finals_of_a_mixed_postcard_and_json_fleet_read_by_kafka_console_consumer_and_
             "{key}: window bounds"
         );
         assert_eq!(row.end - row.start, size, "{key}");
-        assert_eq!(row.gateways, vec!["gw-json", "gw-postcard"], "{key}: both gateways merged");
+        assert_eq!(
+            row.gateways,
+            vec!["gw-json", "gw-postcard"],
+            "{key}: both gateways merged"
+        );
     }
 }
 
@@ -128,7 +132,12 @@ fn jq_newest_per_window(lines: &str) -> BTreeMap<String, Row> {
     let values: String = lines
         .lines()
         .filter_map(|l| l.split_once('\t'))
-        .map(|(key, value)| format!("{{\"key\":{},\"final\":{value}}}\n", serde_json::Value::from(key)))
+        .map(|(key, value)| {
+            format!(
+                "{{\"key\":{},\"final\":{value}}}\n",
+                serde_json::Value::from(key)
+            )
+        })
         .collect();
     let program = r#"group_by(.key) | map(max_by(.final.revision))
         | map({key, count: .final.count, mean: .final.mean,

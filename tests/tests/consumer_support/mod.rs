@@ -101,12 +101,17 @@ batch_max_ms = 100
 
     /// Spawns `edge-consumer run`; its log goes to `{instance}.log` in the test's directory.
     pub fn spawn(&self, config: &Path, instance: &str) -> Child {
+        self.spawn_binary(&consumer_binary(), config, instance)
+    }
+
+    /// [`Setup::spawn`] with another build of the consumer (the rolling-upgrade suite's).
+    pub fn spawn_binary(&self, binary: &Path, config: &Path, instance: &str) -> Child {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.log_path(instance))
             .expect("log file");
-        Command::new(consumer_binary())
+        Command::new(binary)
             .args(["run", "--config"])
             .arg(config)
             .env(
