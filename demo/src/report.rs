@@ -150,7 +150,7 @@ impl Outcome {
         let mark = |n: u64| if n == a.sent { " " } else { "!" };
         let _ = writeln!(
             out,
-            "\n== Account of every reading ({} s of {} MQTT + {} serial devices, {} channels, {} readings/s each; {} s tumbling windows)\n",
+            "\n== Account of every reading ({} s of {} MQTT + {} serial devices + 1 Modbus TCP device, {} channels, {} readings/s each; {} s tumbling windows)\n",
             o.duration.as_secs(),
             o.devices,
             o.devices,
@@ -209,7 +209,7 @@ impl Outcome {
         if self.sent.uncertain_readings() > 0 {
             let _ = writeln!(
                 out,
-                "  ({} readings were dropped by a full device ring and may or may not have arrived; counted as either)",
+                "  ({} readings may or may not have arrived and count as either: serial frames dropped by a full device ring, Modbus answers taken just before the agent was killed or as the device stopped)",
                 thousands(self.sent.uncertain_readings())
             );
         }
