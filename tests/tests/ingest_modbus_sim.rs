@@ -34,6 +34,11 @@ const CHANNELS: u16 = 4;
 /// The agent's `timeout_ms`: an answer comes within it, or the poll fails.
 const TIMEOUT_MS: u64 = 1000;
 
+/// A pass-through reading in Kafka: (sensor, ts, value).
+type Reading = (String, u64, f64);
+/// The ledger per device (unit id).
+type Ledgers = BTreeMap<u64, DeviceLedger>;
+
 /// A running `firmware-sim modbus`, killed when dropped.
 struct Sim {
     child: Child,
@@ -127,7 +132,7 @@ struct DeviceLedger {
 }
 
 /// Replays the ledger in order: the values in force at each request are the last installed.
-fn read_ledger(path: &Path) -> (BTreeMap<u64, DeviceLedger>, bool) {
+fn read_ledger(path: &Path) -> (Ledgers, bool) {
     let text = std::fs::read_to_string(path).expect("read the simulator's ledger");
     let mut devices: BTreeMap<u64, DeviceLedger> = BTreeMap::new();
     let mut current: BTreeMap<u64, Vec<f32>> = BTreeMap::new();
@@ -274,7 +279,7 @@ impl Agent {
     }
 
     /// Every pass-through reading in Kafka: (sensor, ts, value).
-    fn readings(&self) -> Vec<(String, u64, f64)> {
+    fn readings(&self) -> Vec<Reading> {
         let records = read_committed(&self.bootstrap, &self.topic, Duration::from_secs(30))
             .unwrap_or_else(|e| panic!("{e}"));
         records
@@ -301,7 +306,7 @@ fn stop_both(
     agent: &Agent,
     proc: &mut AgentProc,
     units: &[u8],
-) -> (Vec<(String, u64, f64)>, BTreeMap<u64, DeviceLedger>) {
+) -> (Vec<Reading>, Ledgers) {
     sim.stop();
     let (ledger, clean) = read_ledger(&sim.ledger);
     assert!(clean, "the simulator's run ended clean:\n{}", sim.stderr());
@@ -327,8 +332,8 @@ fn stop_both(
 
 /// The pairing of the module doc, per device and channel.
 fn assert_readings_pair_with_answered_requests(
-    readings: &[(String, u64, f64)],
-    ledger: &BTreeMap<u64, DeviceLedger>,
+    readings: &[Reading],
+    ledger: &Ledgers,
     units: &[u8],
 ) {
     let mut seen = BTreeSet::new();
