@@ -19,7 +19,7 @@
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use edge_bench::line::Family;
 use edge_bench::suite::thousands;
@@ -140,7 +140,7 @@ fn peak_rss_mib(pid: u32) -> f64 {
 async fn main() {
     let devices = u8::try_from(arg(1, 100)).expect("at most 247 devices");
     let registers = u16::try_from(arg(2, 50)).expect("at most 125 registers");
-    let secs = arg(3, 30);
+    let secs = arg(3, 30).max(1);
     let period_ms = arg(4, 1000);
     let exe = std::env::current_exe().expect("exe");
     let bin = exe
@@ -188,11 +188,15 @@ async fn main() {
     let pid = agent.id();
 
     tokio::time::sleep(WARM_UP).await;
-    let (Some(first), cpu0, t0) = (sample(metrics), cpu_secs(pid), Instant::now()) else {
+    // The two scrapes start `secs` apart (to the scheduler's milliseconds), and the rates divide
+    // by that nominal window: a poll count is whole, so dividing by a measured 10.004 s would
+    // show a device polled exactly once a second as polled 0.9996 times a second.
+    let t0 = tokio::time::Instant::now();
+    let (Some(first), cpu0) = (sample(metrics), cpu_secs(pid)) else {
         panic!("the agent's /metrics did not answer on {metrics}");
     };
-    tokio::time::sleep(Duration::from_secs(secs)).await;
-    let (Some(last), cpu1, elapsed) = (sample(metrics), cpu_secs(pid), t0.elapsed()) else {
+    tokio::time::sleep_until(t0 + Duration::from_secs(secs)).await;
+    let (Some(last), cpu1) = (sample(metrics), cpu_secs(pid)) else {
         panic!("the agent's /metrics did not answer on {metrics}");
     };
     let rss = peak_rss_mib(pid);
@@ -204,7 +208,7 @@ async fn main() {
     let _ = sim_task.await;
     let _ = std::fs::remove_dir_all(&dir);
 
-    let t = elapsed.as_secs_f64();
+    let t = secs as f64;
     let rate = |a: f64, b: f64| (b - a) / t;
     let per_s = 1000.0 / period_ms as f64;
     let want_polls = f64::from(devices) * per_s;
