@@ -72,7 +72,11 @@ async fn main() -> anyhow::Result<()> {
     let summary = match &cli.transport {
         Transport::Serial { serial, run } => runner::serial::run(run, serial, cancel).await?,
         Transport::Mqtt { mqtt, run } => runner::mqtt::run(run, mqtt, cancel).await?,
-        Transport::Modbus { modbus } => runner::modbus::run(modbus, cancel).await?,
+        Transport::Modbus { modbus } => {
+            // It prints its own summary (answers, exceptions, drops): no frames or acks here.
+            runner::modbus::run(modbus, cancel).await?;
+            return Ok(());
+        }
     };
     eprintln!(
         "firmware-sim: readings={} frames={} acked={} retransmits={} evicted_readings={} drained={}",

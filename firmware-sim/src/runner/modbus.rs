@@ -334,8 +334,8 @@ pub async fn run(config: &ModbusConfig, cancel: CancellationToken) -> Result<Run
     state.ledger.flush()?;
     drop(state);
     eprintln!(
-        "firmware-sim modbus: answered={} busy={} refused={} dropped={} slow={}",
-        counts.answered, counts.busy, counts.refused, counts.dropped, counts.slow
+        "firmware-sim modbus: values={} answered={} busy={} refused={} dropped={} slow={}",
+        counts.values, counts.answered, counts.busy, counts.refused, counts.dropped, counts.slow
     );
     match served {
         Ok(result) => result?,
