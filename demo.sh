@@ -2,6 +2,7 @@
 # The demo: edge-ingest end to end on this machine, with faults, and an account of every reading.
 #
 #   ./demo.sh                      60 s of 3 MQTT + 3 serial devices (2 channels, 20 readings/s each)
+#                                  and 1 Modbus TCP device (2 channels, polled twice a second)
 #   ./demo.sh --duration 120 --devices 10 --rate 100
 #   ./demo.sh --kafka host:9092 --mqtt mqtt://host:1883    use running brokers (no Kafka outage then)
 #   ./demo.sh --help                                       every flag

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# The benchmark suite: every benchmark program of the project (serial link, ingest, windows,
-# forwarder drain, end-to-end latency, consumer, consumer recovery after a broker restart) against
-# the real test brokers (the recovery benchmark on a private broker of its own), one table, JSON
-# with machine info, each figure with the target an issue set for it (where one did). Benchmarks
-# print figures; nothing here is a timed test.
+# The benchmark suite: every benchmark program of the project (serial link, ingest, Modbus TCP
+# polling of firmware-sim, windows, forwarder drain, end-to-end latency, consumer, consumer
+# recovery after a broker restart) against the real test brokers (the recovery benchmark on a
+# private broker of its own), one table, JSON with machine info, each figure with the target an
+# issue set for it (where one did). Benchmarks print figures; nothing here is a timed test.
 #
 #   scripts/bench.sh [--quick] [--update-readme] [--out FILE] [--only ID,ID]
 #
@@ -40,7 +40,7 @@ cargo build --locked --release --message-format=json-render-diagnostics \
   --bin edge-bench --bin edge-agent \
   --example ingest_bench --example bench_window --example bench_forward \
   --example bench_forward_latency --example bench_consumer --example bench_recovery \
-  --bench link \
+  --example bench_modbus --bench link \
   >target/bench/artifacts.jsonl
 
 EDGE_BENCH_COMMAND="scripts/bench.sh${*:+ $*}" exec target/release/edge-bench "$@"

@@ -114,6 +114,10 @@ const CONSUMER: Program = Program::Example {
     package: "edge-consumer",
     name: "bench_consumer",
 };
+const MODBUS: Program = Program::Example {
+    package: "firmware-sim",
+    name: "bench_modbus",
+};
 const RECOVERY: Program = Program::Example {
     package: "edge-consumer",
     name: "bench_recovery",
@@ -176,6 +180,13 @@ pub fn jobs(quick: bool, brokers: &Brokers) -> Vec<Job> {
         format!("agent peak RSS, 10,000 readings/s for {steady_secs} s"),
         INGEST,
         &["steady", mqtt, "10000", steady_secs],
+    ));
+    let modbus_secs = if quick { "10" } else { "30" };
+    jobs.push(job(
+        "modbus",
+        format!("Modbus TCP polling of firmware-sim, 100 devices x 50 registers at 1 s for {modbus_secs} s"),
+        MODBUS,
+        &["100", "50", modbus_secs, "1000"],
     ));
     let window_secs = if quick { "30" } else { "120" };
     jobs.push(job(
@@ -358,7 +369,7 @@ mod tests {
         let quick = jobs(true, &brokers());
         let full = jobs(false, &brokers());
         assert_eq!(programs(&quick), programs(&full));
-        assert_eq!(programs(&full).len(), 7);
+        assert_eq!(programs(&full).len(), 8);
         assert!(full.len() > quick.len());
         for js in [&quick, &full] {
             let mut ids: Vec<_> = js.iter().map(|j| j.id.as_str()).collect();

@@ -17,11 +17,18 @@
 //! Readings the ledger itself marks as uncertain (a serial frame evicted from a full device
 //! ring, or lost in a device reboot: it arrived at most once) widen the expected count of their
 //! series to a range; the demo's defaults never fill a ring, and the summary says when one did.
+//!
+//! A Modbus device acknowledges nothing: its ledger lists every request it answered, with the
+//! values it answered with (replayed in ledger order), and each answered poll is one reading per
+//! channel. Two kinds of answer may rightly be missing, so they are uncertain: one taken in the
+//! [`MODBUS_KILL_MARGIN_MS`] before the agent was killed (answered, but not yet committed by the
+//! agent when the power went: a gap, as for any poll of a device the agent cannot hear), and each
+//! device's last answer (taken as the simulator stopped: it may never have left).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
-use firmware_sim::runner::{Ledger, LedgerRecord};
+use firmware_sim::runner::{Ledger, LedgerRecord, ModbusOutcome};
 
 /// The sensor id the demo's mapping gives an MQTT device channel (`configs.rs` must agree).
 pub fn mqtt_series(device: u32, channel: u8) -> String {
@@ -32,6 +39,15 @@ pub fn mqtt_series(device: u32, channel: u8) -> String {
 pub fn serial_series(device: u32, channel: u8) -> String {
     format!("serial.dev{device}.ch{channel}")
 }
+
+/// The sensor id the demo's mapping gives a Modbus device channel (`configs.rs` must agree).
+pub fn modbus_series(device: u32, channel: usize) -> String {
+    format!("modbus.dev{device}.ch{channel}")
+}
+
+/// How long before an agent kill a Modbus answer may still be uncommitted (poll, ingest
+/// channel, group commit: milliseconds normally; seconds on a loaded machine).
+pub const MODBUS_KILL_MARGIN_MS: u64 = 3000;
 
 /// Readings and the sum of their values.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -61,6 +77,8 @@ pub struct Sent {
     pub clean: bool,
     /// Ledgers read.
     pub ledgers: usize,
+    /// When the agent was killed (Unix ms): Modbus answers just before are uncertain.
+    pub agent_kills: Vec<u64>,
 }
 
 impl Sent {
@@ -72,10 +90,15 @@ impl Sent {
         self.uncertain.values().sum()
     }
 
-    /// Reads ledgers written by `firmware-sim --ledger`.
-    pub fn from_ledgers(paths: &[&Path]) -> Result<Sent, firmware_sim::runner::LedgerError> {
+    /// Reads ledgers written by `firmware-sim --ledger`; `agent_kills`: when the agent was
+    /// killed (Unix ms).
+    pub fn from_ledgers(
+        paths: &[&Path],
+        agent_kills: &[u64],
+    ) -> Result<Sent, firmware_sim::runner::LedgerError> {
         let mut sent = Sent {
             clean: true,
+            agent_kills: agent_kills.to_vec(),
             ..Sent::default()
         };
         for path in paths {
@@ -90,6 +113,9 @@ impl Sent {
         let mut frames: HashMap<(u32, u32, u32), Vec<(String, f64)>> = HashMap::new();
         let mut doubtful: Vec<(u32, u32, u32)> = Vec::new();
         let mut ended = false;
+        // Modbus: each device's values in force, and its answers (taken at, values).
+        let mut values: HashMap<u32, Vec<f32>> = HashMap::new();
+        let mut answers: BTreeMap<u32, Vec<(u64, Vec<f32>)>> = BTreeMap::new();
         for record in records {
             match record {
                 LedgerRecord::Mqtt {
@@ -130,7 +156,43 @@ impl Sent {
                     ended = true;
                     self.clean &= *clean;
                 }
-                LedgerRecord::Start { .. } | LedgerRecord::Hello { .. } => {}
+                LedgerRecord::ModbusValues {
+                    device, values: v, ..
+                } => {
+                    values.insert(*device, v.clone());
+                }
+                LedgerRecord::ModbusRequest {
+                    device,
+                    unix_ms,
+                    outcome: ModbusOutcome::Answered,
+                    ..
+                } => answers
+                    .entry(*device)
+                    .or_default()
+                    .push((*unix_ms, values.get(device).cloned().unwrap_or_default())),
+                LedgerRecord::ModbusRequest { .. }
+                | LedgerRecord::Start { .. }
+                | LedgerRecord::Hello { .. } => {}
+            }
+        }
+        for (device, answers) in answers {
+            let last = answers.len().saturating_sub(1);
+            for (i, (at, values)) in answers.into_iter().enumerate() {
+                let near_kill = self
+                    .agent_kills
+                    .iter()
+                    .any(|&kill| at <= kill && at + MODBUS_KILL_MARGIN_MS >= kill);
+                for (channel, value) in values.into_iter().enumerate() {
+                    let series = modbus_series(device, channel);
+                    if i == last || near_kill {
+                        *self.uncertain.entry(series).or_default() += 1;
+                    } else {
+                        self.certain
+                            .entry(series)
+                            .or_default()
+                            .add(f64::from(value));
+                    }
+                }
             }
         }
         self.clean &= ended;
@@ -457,6 +519,45 @@ mod tests {
         }
         let f = finals(&[final_json("serial.dev101.ch0", 0, 3, 4.0, 0)]);
         assert_eq!(reconcile(&s, &f.per_series()).duplicated, 1);
+    }
+
+    #[test]
+    fn modbus_answers_count_with_the_values_in_force_and_the_last_or_killed_ones_are_uncertain() {
+        let values = |unix_ms, v: &[f32]| LedgerRecord::ModbusValues {
+            device: 1,
+            unix_ms,
+            values: v.to_vec(),
+        };
+        let request = |unix_ms, outcome| LedgerRecord::ModbusRequest {
+            device: 1,
+            unix_ms,
+            outcome,
+            delay_ms: 0,
+        };
+        let mut s = Sent {
+            clean: true,
+            agent_kills: vec![20_000],
+            ..Sent::default()
+        };
+        s.add_ledger(&[
+            values(1_000, &[1.0, 10.0]),
+            request(1_100, ModbusOutcome::Answered),
+            request(1_200, ModbusOutcome::Busy),
+            values(1_300, &[2.0, 20.0]),
+            request(1_400, ModbusOutcome::Answered),
+            request(1_500, ModbusOutcome::Dropped),
+            // Just before the kill: maybe never committed.
+            request(19_000, ModbusOutcome::Answered),
+            values(30_000, &[3.0, 30.0]),
+            request(30_100, ModbusOutcome::Answered),
+            // The last answer: maybe never sent.
+            request(30_200, ModbusOutcome::Answered),
+            end(true),
+        ]);
+        assert_eq!(s.certain[&modbus_series(1, 0)].count, 3);
+        assert_eq!(s.certain[&modbus_series(1, 0)].sum, 6.0);
+        assert_eq!(s.certain[&modbus_series(1, 1)].sum, 60.0);
+        assert_eq!(s.uncertain[&modbus_series(1, 1)], 2);
     }
 
     #[test]

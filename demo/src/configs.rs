@@ -2,7 +2,7 @@
 //! configuration, with this run's broker addresses, topic names and paths filled in. They are
 //! ordinary files (kept in the run directory) that `edge-agent check-config` accepts.
 //!
-//! The sensor ids must agree with `account::{mqtt_series, serial_series}`.
+//! The sensor ids must agree with `account::{mqtt_series, serial_series, modbus_series}`.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -63,15 +63,26 @@ pub struct AgentParams<'a> {
     pub data_dir: &'a Path,
     pub mqtt_url: &'a str,
     pub serial_path: &'a str,
+    /// The Modbus TCP device (`firmware-sim modbus`): its address and f32 channels.
+    pub modbus_tcp: &'a str,
+    pub modbus_channels: u8,
     pub kafka: &'a str,
     pub metrics: SocketAddr,
     pub window_ms: u64,
 }
 
-/// The agent's TOML: one MQTT source, one serial (link) source, one tumbling-window pipeline
-/// over every sensor, partials to Kafka.
+/// The agent's TOML: one MQTT source, one serial (link) source, one Modbus TCP device, one
+/// tumbling-window pipeline over every sensor, partials to Kafka.
 pub fn agent(p: &AgentParams) -> String {
     let n = p.names;
+    let modbus_registers: String = (0..u16::from(p.modbus_channels))
+        .map(|c| {
+            format!(
+                "\n[[modbus.block.register]]\nname = \"ch{c}\"\naddress = {}\ntype = \"f32\"\n",
+                2 * c
+            )
+        })
+        .collect();
     format!(
         r#"# edge-agent configuration written by the demo (see configs/agent.example.toml for every key).
 [agent]
@@ -100,6 +111,19 @@ path = "{serial_path}"
 baud = 115200
 framing = "link"
 
+# A Modbus TCP device (unit 1): each channel an f32 in two holding registers, polled twice a second.
+[[modbus]]
+name = "plc"
+tcp = "{modbus_tcp}"
+unit = 1
+timeout_ms = 1000
+
+[[modbus.block]]
+kind = "holding"
+address = 0
+count = {modbus_count}
+period_ms = 500
+{modbus_registers}
 [[sensor]]
 source = "plant-broker"
 topic = "{root}/{{device}}/{{channel}}"
@@ -108,6 +132,10 @@ id = "mqtt.dev{{device}}.ch{{channel}}"
 [[sensor]]
 source = "rs485"
 id = "serial.dev{{device}}.ch{{channel}}"
+
+[[sensor]]
+source = "plc"
+id = "modbus.dev1.{{register}}"
 
 [[pipeline]]
 name = "all"
@@ -142,6 +170,8 @@ progress = "{progress}"
         mqtt_url = p.mqtt_url,
         root = n.mqtt_root,
         serial_path = p.serial_path,
+        modbus_tcp = p.modbus_tcp,
+        modbus_count = 2 * u16::from(p.modbus_channels),
         window_ms = p.window_ms,
         metrics = p.metrics,
         kafka = p.kafka,
@@ -202,7 +232,7 @@ metrics_listen = "{metrics}"
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::account::{mqtt_series, serial_series};
+    use crate::account::{modbus_series, mqtt_series, serial_series};
     use edge_agent::mapping::{Mapper, Origin};
     use edge_agent::source::payload::RawReading;
 
@@ -213,6 +243,8 @@ mod tests {
             data_dir: &dir.join("data"),
             mqtt_url: "mqtt://127.0.0.1:18860",
             serial_path: "/dev/pts/9",
+            modbus_tcp: "127.0.0.1:15020",
+            modbus_channels: 2,
             kafka: "127.0.0.1:19692",
             metrics: "127.0.0.1:9999".parse().unwrap(),
             window_ms: 5000,
@@ -243,6 +275,8 @@ mod tests {
         };
         let serial = mapper.map("rs485", device, &raw, 0).unwrap();
         assert_eq!(serial.sensor, serial_series(101, 0));
+        let modbus = mapper.map("plc", Origin::Register("ch1"), &raw, 0).unwrap();
+        assert_eq!(modbus.sensor, modbus_series(1, 1));
     }
 
     #[test]

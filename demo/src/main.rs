@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
-/// Runs simulated devices (MQTT and a serial link) through edge-agent into Kafka and through
+/// Runs simulated devices (MQTT, a serial link and Modbus TCP) through edge-agent into Kafka and through
 /// edge-consumer, kills the agent and takes Kafka down mid-run, then accounts for every reading.
 /// Exit status 0 only when nothing was lost or duplicated.
 #[derive(Debug, Parser)]

@@ -147,10 +147,18 @@ impl Outcome {
         let a = &self.account;
         let s = &self.snapshot;
         let mut out = String::new();
-        let mark = |n: u64| if n == a.sent { " " } else { "!" };
+        // A stage matches when it holds every certain reading and at most every uncertain one.
+        let uncertain = self.sent.uncertain_readings();
+        let mark = |n: u64| {
+            if (a.sent..=a.sent + uncertain).contains(&n) {
+                " "
+            } else {
+                "!"
+            }
+        };
         let _ = writeln!(
             out,
-            "\n== Account of every reading ({} s of {} MQTT + {} serial devices, {} channels, {} readings/s each; {} s tumbling windows)\n",
+            "\n== Account of every reading ({} s of {} MQTT + {} serial devices + 1 Modbus TCP device, {} channels, {} readings/s each; {} s tumbling windows)\n",
             o.duration.as_secs(),
             o.devices,
             o.devices,
@@ -209,7 +217,7 @@ impl Outcome {
         if self.sent.uncertain_readings() > 0 {
             let _ = writeln!(
                 out,
-                "  ({} readings were dropped by a full device ring and may or may not have arrived; counted as either)",
+                "  ({} readings may or may not have arrived and count as either: serial frames dropped by a full device ring, Modbus answers taken just before the agent was killed or as the device stopped)",
                 thousands(self.sent.uncertain_readings())
             );
         }
@@ -235,7 +243,7 @@ impl Outcome {
             );
         }
         let _ = writeln!(out, "\n  Lost and duplicated compare, series by series, the ledgers' readings with the newest revision");
-        let _ = writeln!(out, "  of every final window (count and sum of values). '!' marks a stage that does not match 'sent'.");
+        let _ = writeln!(out, "  of every final window (count and sum of values). '!' marks a stage that does not match 'sent' (plus, at most, the uncertain readings).");
 
         let _ = writeln!(out, "\n== Faults survived");
         if self.events.is_empty() {

@@ -9,7 +9,7 @@
 //!                         after 2 s
 //! ```
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -103,6 +103,8 @@ struct Counts {
     kafka_back: Option<(Instant, u64)>,
     /// From Kafka back to the first final record committed after it (as the tail reads it).
     finals_resumed: Option<Duration>,
+    /// When the agent was killed (Unix ms), for the Modbus account.
+    agent_kills: Vec<u64>,
 }
 
 /// After the outage: the first final record read since Kafka came back is the consumer's first
@@ -172,7 +174,8 @@ pub fn run(o: &Options, stop: &AtomicBool) -> Result<Outcome> {
     println!("{}", Progress::LEGEND);
     let events = stream(o, &mut stack, &clock, &mut counts, &mut progress, stop)?;
 
-    let sent = Sent::from_ledgers(&[&stack.ledgers[0], &stack.ledgers[1]])
+    let ledgers: Vec<&Path> = stack.ledgers.iter().map(PathBuf::as_path).collect();
+    let sent = Sent::from_ledgers(&ledgers, &counts.agent_kills)
         .context("reading the simulators' ledgers")?;
     clock.say(&format!(
         "devices done: {} readings sent; waiting until every one is in a final (windows close 3 s after the last reading, finals 4 s later)",
@@ -241,6 +244,13 @@ pub fn run(o: &Options, stop: &AtomicBool) -> Result<Outcome> {
     })
 }
 
+/// Milliseconds since the Unix epoch (the simulators' ledgers use the same clock).
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// Every reading sent is in a final, once.
 fn complete(account: &Account) -> bool {
     account.exact() && account.finalized >= account.sent
@@ -268,8 +278,8 @@ fn stream(
     let mut restarted = false;
     let mut killed_at = Duration::ZERO;
     let mut outage_from = Duration::ZERO;
-    let (mut serial_done, mut mqtt_done) = (None, None);
-    while serial_done.is_none() || mqtt_done.is_none() {
+    let (mut serial_done, mut mqtt_done, mut modbus_done) = (None, None, None);
+    while serial_done.is_none() || mqtt_done.is_none() || modbus_done.is_none() {
         if stop.load(Ordering::Relaxed) {
             bail!(
                 "interrupted; logs and configuration are in {}",
@@ -281,6 +291,7 @@ fn stream(
             clock.say("FAULT  kill -9 edge-agent (a power cut: no shutdown, nothing flushed); devices keep sending");
             stack.agent.kill();
             killed_at = clock.elapsed();
+            counts.agent_kills.push(unix_ms());
         }
         if faults.restart_at.is_some_and(|t| now >= t) && stack.agent.proc.is_none() {
             let back = Instant::now();
@@ -293,7 +304,7 @@ fn stream(
                 clock.elapsed().as_secs_f64()
             ));
             clock.say(&format!(
-                "edge-agent restarted on the same database: serial devices retransmit what was never acked, the broker redelivers the rest ({:.1} s to reconnect)",
+                "edge-agent restarted on the same database: serial devices retransmit what was never acked, the broker redelivers the rest, Modbus polls resume (the polls it missed are a gap) ({:.1} s to reconnect)",
                 back.elapsed().as_secs_f64()
             ));
         }
@@ -327,6 +338,7 @@ fn stream(
         stack.check_alive()?;
         serial_done = serial_done.or_else(|| stack.sim_serial.exited());
         mqtt_done = mqtt_done.or_else(|| stack.sim_mqtt.exited());
+        modbus_done = modbus_done.or_else(|| stack.sim_modbus.exited());
         if !kafka_down {
             drain(&stack.tails, counts);
             check_resume(clock, counts);
@@ -342,6 +354,7 @@ fn stream(
     for (name, status, log) in [
         ("serial", serial_done, &stack.sim_serial.log),
         ("mqtt", mqtt_done, &stack.sim_mqtt.log),
+        ("modbus", modbus_done, &stack.sim_modbus.log),
     ] {
         if !status.is_some_and(|s| s.success()) {
             clock.say(&format!(

@@ -1,5 +1,6 @@
 //! Everything the demo runs, started in order: brokers and topics, the serial devices (their
-//! pseudo-terminal path goes into the agent's configuration), the agent (waited for until its
+//! pseudo-terminal path goes into the agent's configuration), the Modbus TCP device (its
+//! address too), the agent (waited for until its
 //! MQTT session exists, so the broker queues for it from then on), the MQTT devices, the
 //! consumer, and the demo's own `read_committed` tails of the partials and finals.
 
@@ -35,7 +36,9 @@ pub struct Stack {
     pub brokers: Brokers,
     pub sim_serial: Proc,
     pub sim_mqtt: Proc,
-    pub ledgers: [PathBuf; 2],
+    pub sim_modbus: Proc,
+    /// Serial, MQTT and Modbus ledgers.
+    pub ledgers: [PathBuf; 3],
     pub agent: Agent,
     consumer: Proc,
     consumer_log: PathBuf,
@@ -90,6 +93,7 @@ impl Stack {
         let ledgers = [
             dir.join("ledger-serial.jsonl"),
             dir.join("ledger-mqtt.jsonl"),
+            dir.join("ledger-modbus.jsonl"),
         ];
         let mut cmd = sim("serial", 101, &ledgers[0]);
         cmd.arg("--pty");
@@ -105,6 +109,26 @@ impl Stack {
             o.devices, o.channels, o.rate
         ));
 
+        let mut cmd = Command::new(&bins.sim);
+        cmd.args(["modbus", "--tcp", "127.0.0.1:0"])
+            .args(["--channels", &o.channels.to_string()])
+            .args(["--duration", &secs, "--update-ms", "100"])
+            .args(["--model", "sine", "--model", "walk"])
+            .args(["--progress-secs", "0", "--seed", &run_id])
+            .arg("--ledger")
+            .arg(&ledgers[2]);
+        let (sim_modbus, modbus_tcp) = Proc::spawn_announcing(
+            "firmware-sim modbus",
+            cmd,
+            &dir.join("firmware-sim-modbus.log"),
+            "MODBUS_TCP=",
+            Duration::from_secs(30),
+        )?;
+        clock.say(&format!(
+            "1 Modbus TCP device (unit 1) on {modbus_tcp}, {} f32 channels changing every 100 ms, polled every 500 ms",
+            o.channels
+        ));
+
         let metrics = free_port()?;
         let config = dir.join("agent.toml");
         let data_dir = dir.join("agent-data");
@@ -115,6 +139,8 @@ impl Stack {
                 data_dir: &data_dir,
                 mqtt_url: &brokers.mqtt,
                 serial_path: &pty,
+                modbus_tcp: &modbus_tcp,
+                modbus_channels: o.channels,
                 kafka: &brokers.kafka,
                 metrics,
                 window_ms: o.window_ms,
@@ -175,6 +201,7 @@ impl Stack {
             brokers,
             sim_serial,
             sim_mqtt,
+            sim_modbus,
             ledgers,
             agent,
             consumer,

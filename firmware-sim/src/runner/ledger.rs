@@ -7,13 +7,15 @@
 //!
 //! | kind | fields | written when |
 //! | --- | --- | --- |
-//! | `start` | `transport` (`serial`/`mqtt`), `seed`, `devices`, `channels`, `unix_ms` | once, first |
+//! | `start` | `transport` (`serial`/`mqtt`/`modbus-tcp`/`modbus-rtu`), `seed`, `devices`, `channels`, `unix_ms` | once, first |
 //! | `hello` | `device`, `boot_id`, `firmware_version` | a device booted (serial) |
 //! | `frame` | `device`, `boot_id`, `seq`, `dropped`, `readings: [{channel, ts_ms, value}]` | the device sealed a `Readings` frame (serial; before its first transmission). `dropped` is the boot's running total of discarded readings at sealing; later copies may carry a higher one |
 //! | `evicted` | `device`, `boot_id`, `seq`, `readings` | an unacknowledged frame fell out of the device's ring; its readings are counted in the boot's `dropped` total from then on (serial) |
 //! | `reboot` | `device`, `old_boot_id`, `new_boot_id`, `lost: [seq]`, `unsealed` | a rebooted device lost its unacknowledged frames `lost` and `unsealed` readings not yet in any frame (never in the ledger) with its RAM (serial) |
 //! | `mqtt` | `device`, `channel`, `topic`, `qos`, `ts_ms`, `value` | a reading was handed to the MQTT client (once per reading, also when a fault publishes it twice) |
-//! | `end` | `readings`, `frames`, `retransmits`, `evicted_readings`, `unix_ms`, `clean` | once, last, when the run ends (also on Ctrl-C/SIGTERM); `clean` is false if the transport failed or something was still unacknowledged after `--drain-timeout` |
+//! | `modbus_values` | `device`, `unix_ms`, `values: [f32]` | a Modbus device installed new channel values (channel `i` is `values[i]`, as a client decodes it); it holds them from `unix_ms` until its next `modbus_values` record |
+//! | `modbus_request` | `device`, `unix_ms`, `outcome` (`answered`, `busy`, `refused`, `dropped`), `delay_ms` | a Modbus device took a request for its unit id: answered with data, answered with an injected `ServerDeviceBusy` exception, refused with another exception (bad address or function), or not answered; the answer left `delay_ms` later (slow-answer fault) |
+//! | `end` | `readings`, `frames`, `retransmits`, `evicted_readings`, `unix_ms`, `clean` | once, last, when the run ends (also on Ctrl-C/SIGTERM); `clean` is false if the transport failed or something was still unacknowledged after `--drain-timeout`. Modbus: `readings` counts channel values installed, `frames` requests answered with data |
 //!
 //! Values are `f32`, printed in their shortest round-trip form (compare as `f32`). Timestamps
 //! are milliseconds on the device's clock, skew included: over MQTT always Unix milliseconds;
@@ -35,6 +37,14 @@
 //! Over MQTT, every `mqtt` record is one reading: once the run ends with `clean: true` the
 //! broker has acknowledged every publish. At QoS 2 each arrives once; at QoS 1 a reconnect may
 //! deliver it again; `--duplicate-rate` publishes it twice on purpose.
+//!
+//! Over Modbus, the device never learns what the client kept; the ledger says what was served
+//! when. A value a client read at time `t` (its request left at `t`, its answer came by `t + d`)
+//! must be one of that device's `modbus_values` records in force at some instant of
+//! `[t, t + d]`: both sides stamp with the same host clock, and a device stamps a
+//! `modbus_values` record under the lock that installs the values, so no request sees values
+//! before their record's `unix_ms`. A request's record is written when the device takes it, so
+//! a run cut short can have an `answered` record whose answer never left.
 //!
 //! Frame records are written when the frame is sealed, before its first byte is sent, so a run
 //! cut short by `kill -9` can have a record whose frame never left; a clean shutdown (with an
@@ -98,6 +108,17 @@ pub enum LedgerRecord {
         ts_ms: u64,
         value: f32,
     },
+    ModbusValues {
+        device: u32,
+        unix_ms: u64,
+        values: Vec<f32>,
+    },
+    ModbusRequest {
+        device: u32,
+        unix_ms: u64,
+        outcome: ModbusOutcome,
+        delay_ms: u64,
+    },
     End {
         readings: u64,
         frames: u64,
@@ -106,6 +127,20 @@ pub enum LedgerRecord {
         unix_ms: u64,
         clean: bool,
     },
+}
+
+/// What a simulated Modbus device did with one request (ledger `modbus_request`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModbusOutcome {
+    /// Answered with the registers asked for.
+    Answered,
+    /// Answered with the injected exception `ServerDeviceBusy` (0x06).
+    Busy,
+    /// Answered with another exception: an address outside the map, a function not served.
+    Refused,
+    /// Not answered (injected): the client times out.
+    Dropped,
 }
 
 /// Why the ledger could not be written or read.

@@ -1,4 +1,4 @@
-//! The runner (feature `std`): simulated devices driven over a serial line or MQTT.
+//! The runner (feature `std`): simulated devices driven over a serial line, MQTT or Modbus.
 //!
 //! | module | holds |
 //! | --- | --- |
@@ -7,8 +7,10 @@
 //! | [`serial`] | the serial transport: device cores speaking the link protocol over a port or a pty |
 //! | [`serial_io`] | the port's reader and (paced) writer tasks |
 //! | [`mqtt`] | the MQTT transport: one message per reading, QoS 0/1/2, plain or TLS |
+//! | [`modbus`] | the Modbus transport: devices as unit ids behind a TCP or RTU server, values updated on a clock |
+//! | [`modbus_device`] | one Modbus device without I/O: register map, answers, fault choice |
 //! | [`payload`] | MQTT payload formats (JSON, nested JSON, SenML, plain) and topic templates |
-//! | [`faults`] | fault injection: corruption, duplicates, reordering, skew, bursts, disconnects, reboots |
+//! | [`faults`] | fault injection (serial, MQTT): corruption, duplicates, reordering, skew, bursts, disconnects, reboots |
 //! | [`ledger`] | the JSON-lines record of everything sent, for end-to-end accounting |
 //! | [`peer`] | a minimal agent side of the serial link (decode, dedupe, ack), for tests and benches |
 //! | [`rng`] | the seeded SplitMix64 generator behind every random choice |
@@ -20,6 +22,8 @@
 
 pub mod faults;
 pub mod ledger;
+pub mod modbus;
+pub mod modbus_device;
 pub mod models;
 pub mod mqtt;
 pub mod payload;
@@ -31,7 +35,7 @@ pub mod sim;
 
 use std::time::{Duration, Instant};
 
-pub use ledger::{Ledger, LedgerError, LedgerReading, LedgerRecord};
+pub use ledger::{Ledger, LedgerError, LedgerReading, LedgerRecord, ModbusOutcome};
 pub use sim::RunConfig;
 
 /// Why a run failed.
@@ -61,6 +65,16 @@ pub enum RunError {
     },
     #[error("MQTT client: {0}")]
     MqttClient(#[from] rumqttc::ClientError),
+    #[error("Modbus TCP: binding {addr}: {source}")]
+    ModbusBind {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("Modbus: {devices} devices from unit id {first} do not fit in unit ids 1..=247")]
+    ModbusUnits { first: u8, devices: u8 },
+    #[error("Modbus server: {0}")]
+    ModbusServer(#[source] std::io::Error),
 }
 
 /// What a run did.
