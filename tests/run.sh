@@ -18,7 +18,8 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 services=tests/services/services.sh
 
-step() { printf '\n== %s\n' "$*" >&2; }
+started=$SECONDS
+step() { printf '\n== %s (at %d s)\n' "$*" $((SECONDS - started)) >&2; }
 
 step "dependencies"
 bash scripts/install-deps.sh
@@ -76,5 +77,6 @@ bash tests/readme.sh || status=1
 
 read -r passed failed < <(awk '/^test result: /{for(i=1;i<=NF;i++){if($i~/^passed;?$/)p+=$(i-1);if($i~/^failed;?$/)f+=$(i-1)}} END{print p+0, f+0}' "$log")
 rm -f "$log"
+step "done"
 echo "tests: $passed passed, $failed failed"
 exit "$status"

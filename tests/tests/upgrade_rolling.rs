@@ -280,3 +280,94 @@ async fn old_agent_crashes_mid_upgrade_new_agent_resumes_its_database_and_both_c
     }
     drop(fleet.dir);
 }
+
+/// `tests/fixtures/v0.1.0/ingest.redb` (see its README): 500 readings a v0.1.0 agent ingested
+/// and windowed into 50 partials it never sent. This release opens the file in place and
+/// forwards those partials: each reading counted once, in its window.
+#[test]
+fn a_database_written_by_v0_1_0_is_forwarded_by_this_release_exactly_once() {
+    let services = Services::from_env();
+    let bootstrap = services.kafka_bootstrap.as_str();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).expect("data dir");
+    let fixture =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/v0.1.0/ingest.redb");
+    std::fs::copy(&fixture, data.join("ingest.redb")).expect("copy the fixture");
+    let prefix = unique_topic("upgrade-fixture");
+    let text = format!(
+        r#"[agent]
+id = "{id}"
+data_dir = {data:?}
+
+[ops]
+metrics_listen = "{metrics}"
+
+{source}
+[[pipeline]]
+name = "all"
+sensors = ["*"]
+[pipeline.window]
+kind = "tumbling"
+size_ms = 1000
+idle_timeout_ms = 2000
+revisions = true
+
+[kafka]
+bootstrap_servers = "{bootstrap}"
+transaction_timeout_ms = 10000
+{topics}"#,
+        id = unique_topic("fixture-gw"),
+        data = data.display().to_string(),
+        metrics = free_port(),
+        // A source nobody publishes to: the readings are already in the file.
+        source = edge_tests::config::mqtt_json_source(
+            &services.mqtt_url,
+            &unique("fixture-gw"),
+            &unique("fixture-silent"),
+            "{dev}",
+            ""
+        ),
+        topics = edge_tests::config::kafka_topics(
+            &format!("{prefix}.readings"),
+            &prefix,
+            &format!("{prefix}.progress")
+        ),
+    );
+    let config = dir.path().join("agent.toml");
+    std::fs::write(&config, text).expect("write config");
+    let mut expected: BTreeMap<(String, i64), u64> = BTreeMap::new();
+    for i in 0..500i64 {
+        let ts = 1_700_000_000_000 + 20 * i;
+        *expected
+            .entry((format!("d{}", i % 5), ts.div_euclid(1000) * 1000))
+            .or_insert(0) += 1;
+    }
+    let mut agent = edge_tests::bins::spawn_agent(&upgrade::current().agent, &config);
+    let partials = format!("{prefix}.partials");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (counts, records) = loop {
+        let records =
+            read_committed(bootstrap, &partials, Duration::from_secs(10)).unwrap_or_default();
+        let mut counts: BTreeMap<(String, i64), u64> = BTreeMap::new();
+        for r in &records {
+            let p = Partial::decode(r.payload.as_deref().unwrap_or_default()).expect("a partial");
+            *counts
+                .entry((p.series.to_string(), p.window_start_ms))
+                .or_insert(0) += p.aggregate.count();
+        }
+        if counts.values().sum::<u64>() >= 500 || Instant::now() > deadline {
+            break (counts, records.len());
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    };
+    stop(&mut agent);
+    assert_eq!(
+        records, 50,
+        "the 50 partials v0.1.0 left in its outbox, each once"
+    );
+    assert_eq!(
+        counts, expected,
+        "every reading of the old database, in its window, once"
+    );
+}
