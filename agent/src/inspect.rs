@@ -42,6 +42,16 @@ pub enum InspectError {
         #[source]
         source: redb::DatabaseError,
     },
+    /// redb refuses a read-only open of a file that was not closed cleanly: only a writer
+    /// may repair it.
+    #[error(
+        "{}: the database was not closed cleanly (the agent was killed or the gateway lost \
+         power). `edge-agent run` repairs it when it starts, keeping every committed \
+         transaction; `inspect` opens the file read-only and cannot. Start the agent, then \
+         inspect again (it asks the running agent).",
+        path.display()
+    )]
+    NeedsRepair { path: PathBuf },
     #[error("reading the database: {0}")]
     Read(#[from] StoreError),
     #[error("outbox record {seq} does not decode")]
@@ -150,6 +160,9 @@ pub fn inspect(path: &Path, agent: SocketAddr) -> Result<(Snapshot, Origin), Ins
         Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
             Ok((from_agent(agent)?, Origin::Agent(agent)))
         }
+        Err(redb::DatabaseError::RepairAborted) => Err(InspectError::NeedsRepair {
+            path: path.to_owned(),
+        }),
         Err(source) => Err(InspectError::Open {
             path: path.to_owned(),
             source,

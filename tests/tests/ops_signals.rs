@@ -180,6 +180,37 @@ async fn sighup_changing_the_sensor_mapping_mid_stream_stores_each_reading_once_
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inspect_after_a_sigkill_says_the_agent_must_repair_the_file_first() {
+    const N: u64 = 200;
+    let services = Services::from_env();
+    let (bin, setup, mut agent) = ready_agent(&services).await;
+    assert_eq!(publish(&setup, 0, N, Duration::ZERO).await, N);
+    setup.wait_drained(&mut agent, N, Duration::from_secs(60));
+    agent.signal("KILL");
+    let _ = agent.child.wait();
+    let out = std::process::Command::new(&bin)
+        .args(["inspect", "--config"])
+        .arg(&setup.config_path)
+        .output()
+        .expect("run inspect");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "a file that needs repair is not read"
+    );
+    assert!(
+        stderr.contains("not closed cleanly") && stderr.contains("edge-agent run"),
+        "{stderr}"
+    );
+    // The agent repairs it on start; afterwards the file reads, with nothing lost.
+    let mut agent = setup.spawn(&bin);
+    setup.wait_ready(&mut agent, Duration::from_secs(30));
+    agent.terminate(Duration::from_secs(30));
+    let offline = inspect_cli(&bin, &setup);
+    assert!(offline.contains(&format!("accepted {N} ")), "{offline}");
+}
+
 /// `edge-agent inspect --config` (text output).
 fn inspect_cli(bin: &std::path::Path, setup: &Setup) -> String {
     let out = std::process::Command::new(bin)
