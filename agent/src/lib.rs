@@ -43,6 +43,7 @@ pub mod inspect;
 pub mod mapping;
 pub mod ops;
 pub mod outbox;
+pub mod preflight;
 pub mod reading;
 pub mod service;
 pub mod source;

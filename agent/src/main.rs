@@ -17,9 +17,15 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Validates a configuration file without running: exit 0 when good, 1 with the reason.
+    /// Also checks this machine (secrets, files, data_dir, serial ports) and asks librdkafka
+    /// about the Kafka client settings, without connecting.
     CheckConfig {
         /// The TOML configuration file.
         file: PathBuf,
+        /// Check the file and the Kafka settings only, not this machine (for a file checked
+        /// away from its gateway).
+        #[arg(long)]
+        no_environment: bool,
     },
     /// Runs the agent until SIGTERM or SIGINT (drain); SIGHUP reloads the file.
     Run {
@@ -65,8 +71,23 @@ fn main() -> ExitCode {
                 std::process::exit(1);
             }
         },
-        Command::CheckConfig { file } => match edge_agent::config::Config::load(&file) {
+        Command::CheckConfig {
+            file,
+            no_environment,
+        } => match edge_agent::config::Config::load(&file) {
             Ok(config) => {
+                let findings = edge_agent::preflight::check(&config, !no_environment);
+                for f in &findings {
+                    let level = if f.error { "error" } else { "warning" };
+                    eprintln!("{level}: {}: {}", file.display(), f.message);
+                }
+                if findings.iter().any(|f| f.error) {
+                    eprintln!(
+                        "error: {}: the file is valid, but the agent would not start as it is (above)",
+                        file.display()
+                    );
+                    return ExitCode::FAILURE;
+                }
                 println!(
                     "{}: ok (agent `{}`, {} MQTT, {} serial and {} Modbus sources, {} sensor rules, {} pipelines)",
                     file.display(),

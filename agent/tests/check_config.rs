@@ -5,8 +5,13 @@ use std::path::Path;
 use std::process::Command;
 
 fn check(path: &Path) -> (i32, String, String) {
+    check_with(&["--no-environment"], path)
+}
+
+fn check_with(flags: &[&str], path: &Path) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_edge-agent"))
         .arg("check-config")
+        .args(flags)
         .arg(path)
         .output()
         .expect("run edge-agent");
@@ -97,6 +102,42 @@ fn a_bad_modbus_register_type_exits_1_naming_file_line_and_field() {
     assert!(stderr.contains(&place), "{stderr}");
     assert!(
         stderr.contains("field `type`") && stderr.contains("holding"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn on_this_machine_the_example_fails_on_its_missing_secret_and_ca_file_and_warns_of_ports() {
+    // The example names /etc/edge-agent/plant-ca.pem, EDGE_MQTT_PASSWORD and /dev/ttyUSB0:
+    // none is here, as on a gateway not yet provisioned.
+    let (code, stdout, stderr) = check_with(&[], &example());
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert!(!stdout.contains(": ok"), "{stdout}");
+    for expected in [
+        "error:",
+        "`EDGE_MQTT_PASSWORD` (password_env) is not set",
+        "cannot read ca_file `/etc/edge-agent/plant-ca.pem`",
+        "warning:",
+        "`/dev/ttyUSB0` does not exist",
+        "the agent would not start as it is",
+    ] {
+        assert!(stderr.contains(expected), "{expected}: {stderr}");
+    }
+}
+
+#[test]
+fn a_kafka_setting_librdkafka_refuses_fails_the_check_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    let text = std::fs::read_to_string(example()).unwrap().replace(
+        "\"client.id\" = \"edge-agent-gw-plant7-cab2\"",
+        "\"linger.ms\" = \"later\"",
+    );
+    std::fs::write(&bad, text).unwrap();
+    let (code, _, stderr) = check(&bad);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("librdkafka refuses") && stderr.contains("linger.ms"),
         "{stderr}"
     );
 }

@@ -1,0 +1,246 @@
+//! `check-config`'s checks of the machine and the Kafka client settings: what a valid file can
+//! still get wrong on the gateway it is deployed to. The file itself is checked by
+//! [`crate::config`] first; these run after, unless `--no-environment` (a file checked on a
+//! laptop or in a config repository, away from its gateway) skips the machine checks.
+//!
+//! | check | when it fails |
+//! | --- | --- |
+//! | `password_env` | the variable is unset or empty (the source would not start) |
+//! | `password_file`, `ca_file` | the file cannot be read; a CA file holds no PEM certificate |
+//! | `data_dir` | it is not a writable directory and cannot be created (the agent would not start) |
+//! | serial and Modbus RTU ports | the device node is missing: a **warning** only (a USB adapter may be plugged in later; the source retries) |
+//! | `[kafka.client]` | librdkafka refuses a setting (unknown key, bad value), asked without connecting (always checked) |
+//!
+//! No check connects to anything.
+
+use std::path::Path;
+
+use crate::config::Config;
+use crate::forward::producer::{producer_config, reader_config};
+
+/// One finding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    /// An error stops the agent (or a source) from starting; a warning may resolve itself.
+    pub error: bool,
+    pub message: String,
+}
+
+impl Finding {
+    fn error(message: String) -> Finding {
+        Finding {
+            error: true,
+            message,
+        }
+    }
+
+    fn warning(message: String) -> Finding {
+        Finding {
+            error: false,
+            message,
+        }
+    }
+}
+
+/// Every finding for `config`; `environment = false` skips the machine checks.
+pub fn check(config: &Config, environment: bool) -> Vec<Finding> {
+    let mut findings = kafka_settings(config);
+    if environment {
+        findings.extend(machine(config));
+    }
+    findings
+}
+
+/// librdkafka's verdict on the producer's and the progress reader's settings, as the
+/// forwarder will build them.
+fn kafka_settings(config: &Config) -> Vec<Finding> {
+    let Some(kafka) = &config.kafka else {
+        return Vec::new();
+    };
+    let agent = config.agent.id.get_ref();
+    let mut findings = Vec::new();
+    for (client, settings) in [
+        ("producer", producer_config(kafka, agent)),
+        ("progress reader", reader_config(kafka, agent)),
+    ] {
+        if let Err(error) = settings.create_native_config() {
+            findings.push(Finding::error(format!(
+                "[kafka.client]: librdkafka refuses the {client}'s settings: {error}"
+            )));
+        }
+    }
+    findings
+}
+
+fn machine(config: &Config) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    for source in &config.mqtt {
+        let name = source.name.get_ref();
+        if let Some(var) = &source.password_env {
+            let var = var.get_ref();
+            if std::env::var_os(var).is_none_or(|v| v.is_empty()) {
+                findings.push(Finding::error(format!(
+                    "source `{name}`: environment variable `{var}` (password_env) is not set"
+                )));
+            }
+        }
+        if let Some(path) = &source.password_file {
+            if let Err(e) = std::fs::read(path) {
+                findings.push(Finding::error(format!(
+                    "source `{name}`: cannot read password_file `{}`: {e}",
+                    path.display()
+                )));
+            }
+        }
+        if let Some(ca) = &source.ca_file {
+            let path = ca.get_ref();
+            match std::fs::read(path) {
+                Err(e) => findings.push(Finding::error(format!(
+                    "source `{name}`: cannot read ca_file `{}`: {e}",
+                    path.display()
+                ))),
+                Ok(pem) if !contains(&pem, b"-----BEGIN CERTIFICATE-----") => {
+                    findings.push(Finding::error(format!(
+                        "source `{name}`: ca_file `{}` holds no PEM certificate",
+                        path.display()
+                    )))
+                }
+                Ok(_) => {}
+            }
+        }
+    }
+    let ports = config
+        .serial
+        .iter()
+        .map(|s| (s.name.get_ref(), s.path.as_path()))
+        .chain(config.modbus.iter().filter_map(|m| {
+            let port = m.serial.as_ref()?;
+            Some((m.name.get_ref(), Path::new(port.get_ref().as_str())))
+        }));
+    for (name, port) in ports {
+        if !port.exists() {
+            findings.push(Finding::warning(format!(
+                "source `{name}`: serial port `{}` does not exist (yet); the source retries until it does",
+                port.display()
+            )));
+        }
+    }
+    if let Some(problem) = data_dir_problem(&config.agent.data_dir) {
+        findings.push(Finding::error(format!(
+            "data_dir `{}`: {problem}",
+            config.agent.data_dir.display()
+        )));
+    }
+    findings
+}
+
+/// Why the agent could not keep its database in `dir`, if it could not: it must be a writable
+/// directory, or creatable under the nearest existing ancestor.
+fn data_dir_problem(dir: &Path) -> Option<String> {
+    let existing = dir.ancestors().find(|a| a.exists())?;
+    if !existing.is_dir() {
+        return Some(format!("`{}` is not a directory", existing.display()));
+    }
+    // Writable: try it (permission bits do not tell for root, ACLs or read-only mounts).
+    let probe = existing.join(format!(".edge-agent-check-{}", std::process::id()));
+    match std::fs::File::create(&probe) {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&probe);
+            None
+        }
+        Err(e) => Some(format!("cannot write in `{}`: {e}", existing.display())),
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::fixtures;
+
+    fn findings(extra_mqtt: &str, kafka: &str, environment: bool) -> Vec<Finding> {
+        let text = fixtures::MINIMAL.replace(
+            "client_id = \"agent-gw-1\"",
+            &format!("client_id = \"agent-gw-1\"\n{extra_mqtt}"),
+        ) + kafka;
+        check(&fixtures::config(&text), environment)
+    }
+
+    #[test]
+    fn a_good_machine_has_no_findings() {
+        assert_eq!(findings("", "", true), Vec::new());
+    }
+
+    #[test]
+    fn missing_secrets_and_files_are_errors_naming_source_and_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let not_pem = dir.path().join("ca.txt");
+        std::fs::write(&not_pem, "hello").unwrap();
+        let f = findings(
+            "password_env = \"EDGE_PREFLIGHT_UNSET_91c2\"\nusername = \"u\"\n",
+            "",
+            true,
+        );
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert!(
+            f[0].error && f[0].message.contains("EDGE_PREFLIGHT_UNSET_91c2"),
+            "{f:?}"
+        );
+        let f = findings(
+            "password_file = \"/nonexistent/pw\"\nusername = \"u\"\n",
+            "",
+            true,
+        );
+        assert!(
+            f[0].error && f[0].message.contains("/nonexistent/pw"),
+            "{f:?}"
+        );
+        let tls = |ca: &str| {
+            fixtures::MINIMAL
+                .replace("mqtt://127.0.0.1:1883", "mqtts://127.0.0.1:8883")
+                .replace(
+                    "client_id = \"agent-gw-1\"",
+                    &format!("client_id = \"agent-gw-1\"\nca_file = {ca:?}"),
+                )
+        };
+        let f = check(
+            &fixtures::config(&tls(&not_pem.display().to_string())),
+            true,
+        );
+        assert!(
+            f[0].error && f[0].message.contains("no PEM certificate"),
+            "{f:?}"
+        );
+        let f = check(&fixtures::config(&tls("/nonexistent/ca.pem")), true);
+        assert!(f[0].message.contains("cannot read ca_file"), "{f:?}");
+        assert!(
+            check(&fixtures::config(&tls("/nonexistent/ca.pem")), false).is_empty(),
+            "--no-environment skips the machine"
+        );
+    }
+
+    #[test]
+    fn librdkafka_refuses_an_unknown_or_bad_setting_without_connecting() {
+        let kafka = "\n[kafka]\nbootstrap_servers = \"127.0.0.1:1\"\n[kafka.client]\n";
+        assert!(findings("", kafka, false).is_empty());
+        let f = findings("", &format!("{kafka}\"linger.ms\" = \"soon\"\n"), false);
+        assert!(f.iter().all(|f| f.error) && !f.is_empty(), "{f:?}");
+        assert!(f[0].message.contains("linger.ms"), "{f:?}");
+        let f = findings("", &format!("{kafka}\"no.such.setting\" = \"1\"\n"), false);
+        assert!(f[0].message.contains("no.such.setting"), "{f:?}");
+    }
+
+    #[test]
+    fn a_data_dir_that_cannot_be_made_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("a-file");
+        std::fs::write(&file, "x").unwrap();
+        assert!(data_dir_problem(&dir.path().join("new/sub")).is_none());
+        assert!(data_dir_problem(&file.join("data"))
+            .unwrap()
+            .contains("not a directory"));
+    }
+}
