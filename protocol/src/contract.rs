@@ -14,9 +14,10 @@
 //! | record | written by | `schema` | key | value |
 //! | --- | --- | --- | --- | --- |
 //! | partial | agent | `edge.partial` | series | [`crate::partial`] envelope (postcard `0x01 ..`, or JSON `{..}`) |
-//! | reading passed through | agent | `edge.reading` | series | the reading as the agent stored it |
-//! | late reading | agent | `edge.late` | series | the reading as the agent stored it |
-//! | dead letter | agent, consumer | `edge.dead-letter` | the input's key | the input's bytes, as they came |
+//! | reading passed through | agent | `edge.reading` | sensor id | the reading as JSON (`protocol/schemas/reading.v1.schema.json`) |
+//! | late reading | agent | `edge.late` | sensor id | the reading as JSON (the same schema) |
+//! | dead letter (agent) | agent | `edge.dead-letter` | the source's name | the agent's DeadLetter record v1 (`agent/src/store/FORMAT.md`): received time, source, reason and the input's bytes |
+//! | dead letter (consumer) | consumer | `edge.dead-letter` | the input's key | the input's bytes, as they came; the reason in headers |
 //! | progress marker | agent | `edge.progress.v1` | agent id | marker (`agent/src/forward/progress.rs`) |
 //! | final | consumer | `edge.final.v1` | `{group}\|{window_start_ms}\|{window_end_ms}` | [`Final`] as JSON |
 //! | changelog | consumer | none | see `consumer/src/changelog.rs` | versioned state value |

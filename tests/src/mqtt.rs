@@ -25,11 +25,16 @@ pub fn options(client_id: &str, url: &str) -> MqttOptions {
 /// Creates a persistent session (`clean_session = false`) for `options`' client id subscribed
 /// to `filter` at QoS 1, then disconnects: from now on the broker queues everything for it, as
 /// it will for the agent that takes the session over.
-pub async fn create_session(mut options: MqttOptions, filter: &str) {
+pub async fn create_session(options: MqttOptions, filter: &str) {
+    create_session_qos(options, filter, QoS::AtLeastOnce).await;
+}
+
+/// [`create_session`] subscribed at `qos`.
+pub async fn create_session_qos(mut options: MqttOptions, filter: &str, qos: QoS) {
     options.set_clean_session(false);
     let (client, mut eventloop) = AsyncClient::new(options, 10);
     client
-        .subscribe(filter, QoS::AtLeastOnce)
+        .subscribe(filter, qos)
         .await
         .expect("subscribe queued");
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -50,14 +55,15 @@ pub async fn create_session(mut options: MqttOptions, filter: &str) {
 }
 
 /// Polls a publisher's `eventloop` in a task until the broker has acknowledged `total` QoS 1
-/// publishes; the task returns the PUBACK count. Panics on a connection error or after 30 s
+/// or 2 publishes (a PUBACK, or the PUBCOMP that ends a QoS 2 exchange); the task returns the
+/// count. Panics on a connection error or after 30 s
 /// without progress (naming how many were acked), so a stalled broker fails the test.
 pub fn count_pubacks(mut eventloop: EventLoop, total: u64) -> JoinHandle<u64> {
     tokio::spawn(async move {
         let mut acked = 0;
         while acked < total {
             match tokio::time::timeout(Duration::from_secs(30), eventloop.poll()).await {
-                Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => acked += 1,
+                Ok(Ok(Event::Incoming(Packet::PubAck(_) | Packet::PubComp(_)))) => acked += 1,
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => panic!("publisher connection failed: {e}"),
                 Err(_) => panic!("publisher: no progress for 30 s ({acked}/{total} acked)"),

@@ -588,3 +588,107 @@ async fn an_mqtt5_session_is_kept_for_session_expiry_s_and_forgotten_after() {
     let (copies, _) = log_contents(&setup);
     setup.assert_exactly_once(&copies, N);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn senml_packs_published_at_qos2_land_once_per_record_under_their_resolved_names() {
+    const PACKS: u64 = 300;
+    let services = Services::from_env();
+    let url = &services.mqtt_url;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = unique("edge-senml");
+    let client_id = unique("agent");
+    let config_path = dir.path().join("agent.toml");
+    std::fs::write(
+        &config_path,
+        format!(
+            r#"[agent]
+id = "test-agent"
+data_dir = {data:?}
+
+[buffer]
+batch_max_ms = 5
+
+[[mqtt]]
+name = "broker"
+url = "{url}"
+client_id = "{client_id}"
+keep_alive_s = 5
+payload = {{ format = "senml" }}
+subscribe = [{{ topic = "{root}/senml", qos = 2 }}]
+
+[[sensor]]
+source = "broker"
+topic = "{root}/senml"
+id = "{{payload}}"
+"#,
+            data = dir.path().display().to_string(),
+        ),
+    )
+    .expect("write config");
+    let setup = Setup {
+        dir,
+        config_path,
+        client_id: client_id.clone(),
+        target: Target {
+            url: url.clone(),
+            ca: None,
+            root: root.clone(),
+            version: Version::V311,
+        },
+    };
+    edge_tests::mqtt::create_session_qos(
+        options(&client_id, url, None),
+        &format!("{root}/senml"),
+        QoS::ExactlyOnce,
+    )
+    .await;
+    // Pack i: device d{i % 10}, base time BASE + i seconds, two records (temp = i, hum = 2i).
+    // At most 20 QoS 2 exchanges open at once: with rumqttc's default (100) Mosquitto reset the
+    // publisher's connection at once (its max_inflight_messages is 20).
+    let mut publisher = options(&unique("pub"), url, None);
+    publisher.set_inflight(20);
+    let (client, eventloop) = AsyncClient::new(publisher, 1000);
+    let acks = count_pubacks(eventloop, PACKS);
+    for i in 0..PACKS {
+        let pack = format!(
+            r#"[{{"bn":"urn:dev:d{}:","bt":{},"n":"temp","v":{i}}},{{"n":"hum","v":{}}}]"#,
+            i % 10,
+            BASE_TS / 1000 + i,
+            2 * i
+        );
+        client
+            .publish(format!("{root}/senml"), QoS::ExactlyOnce, false, pack)
+            .await
+            .expect("publish queued");
+    }
+    assert_eq!(
+        acks.await.expect("publisher"),
+        PACKS,
+        "every QoS 2 exchange completed"
+    );
+    let _ = client.disconnect().await;
+    let counters =
+        run_in_process(&setup, |c| c.accepted.load(Ordering::Relaxed) >= 2 * PACKS).await;
+    assert_eq!(counters.accepted.load(Ordering::Relaxed), 2 * PACKS);
+    assert_eq!(counters.rejected.load(Ordering::Relaxed), 0);
+    let log = open_log(&setup.config_path);
+    let mut values = BTreeMap::new();
+    each_reading(&log, |r| {
+        *values
+            .entry((r.sensor, r.ts_ms, r.value as u64))
+            .or_insert(0u32) += 1;
+    });
+    let expected: BTreeMap<_, _> = (0..PACKS)
+        .flat_map(|i| {
+            let ts = (BASE_TS / 1000 + i) * 1000;
+            [
+                ((format!("urn:dev:d{}:temp", i % 10), ts, i), 1),
+                ((format!("urn:dev:d{}:hum", i % 10), ts, 2 * i), 1),
+            ]
+        })
+        .collect();
+    assert_eq!(
+        values, expected,
+        "each SenML record once, named bn + n, at bt + t"
+    );
+}
