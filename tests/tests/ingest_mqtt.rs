@@ -692,3 +692,37 @@ id = "{{payload}}"
         "each SenML record once, named bn + n, at bt + t"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_drop_oldest_a_full_quota_keeps_the_newest_readings_and_counts_every_eviction() {
+    const N: u64 = 1_000;
+    let services = Services::from_env();
+    let url = &services.mqtt_url;
+    let setup = setup(url, None, "quota_bytes = 4096\non_full = \"drop_oldest\"");
+    create_session(&setup, url, None).await;
+    assert_eq!(publish(&setup.target, N, &[], Duration::ZERO).await, N);
+    // Nothing drains the log: every reading is acked (never pushed back), the oldest evicted.
+    let counters = run_in_process(&setup, |c| c.accepted.load(Ordering::Relaxed) >= N).await;
+    assert_eq!(counters.accepted.load(Ordering::Relaxed), N, "all acked");
+    let (copies, stats) = log_contents(&setup);
+    assert!(
+        stats.log_bytes <= 4096,
+        "within the quota: {} bytes",
+        stats.log_bytes
+    );
+    assert_eq!(
+        stats.dropped + copies.len() as u64,
+        N,
+        "every reading is either kept or counted as dropped"
+    );
+    assert!(stats.dropped > 0 && !copies.is_empty());
+    // The kept ones are the newest: exactly the last `kept` readings, once each.
+    let kept = copies.len() as u64;
+    for i in N - kept..N {
+        assert_eq!(
+            copies.get(&(setup.sensor(i), BASE_TS + i)),
+            Some(&1),
+            "reading {i} (among the newest {kept}) kept once"
+        );
+    }
+}
