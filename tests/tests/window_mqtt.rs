@@ -139,3 +139,39 @@ async fn a_device_whose_clock_runs_an_hour_ahead_does_not_make_the_others_late()
         assert_eq!(n, 50, "{dev}: every reading in a window");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hopping_windows_count_each_reading_once_in_every_window_that_covers_it() {
+    // 2 s windows starting every 1 s: each reading is in exactly two windows.
+    let window = "kind = \"hopping\"\nsize_ms = 2000\nslide_ms = 1000\nidle_timeout_ms = 600000\n";
+    let msgs = vec![
+        msg(0, 100, 1.0),
+        msg(0, 1100, 2.0),
+        msg(0, 2100, 3.0),
+        msg(0, 60_000, 0.0),
+    ];
+    let records = run(window, msgs, 4).await;
+    let got: Vec<(i64, u64, Option<f64>, Option<f64>)> = partials(&records)
+        .iter()
+        .map(|p| {
+            (
+                p.window_start_ms - T0 as i64,
+                p.aggregate.count(),
+                p.aggregate.min(),
+                p.aggregate.max(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (-1000, 1, Some(1.0), Some(1.0)),
+            (0, 2, Some(1.0), Some(2.0)),
+            (1000, 2, Some(2.0), Some(3.0)),
+            (2000, 1, Some(3.0), Some(3.0)),
+        ]
+    );
+    assert!(partials(&records)
+        .iter()
+        .all(|p| p.window_end_ms - p.window_start_ms == 2000));
+}
