@@ -15,6 +15,7 @@
 #   MQTT_URL=mqtt://127.0.0.1:18830      anonymous, plain
 #   MQTTS_URL=mqtts://127.0.0.1:18831    TLS, certificate signed by a throw-away CA made at start
 #   MQTT_CA=.services/mqtt/tls/ca.crt
+#   MQTT_AUTH_URL=mqtt://127.0.0.1:18832  username edge-test, password in MQTT_AUTH_PASSWORD_FILE
 #
 # Kafka's jars are assembled by Maven from tests/services/pom.xml into a cache
 # (EDGE_CACHE, default ~/.cache/edge-ingest) and reused. Broker data survives stop/start (a
@@ -35,6 +36,7 @@ jars="$cache/kafka-$kafka_version-$pom_hash/libs"
 # beside a running one (with EDGE_SERVICES_DIR and EDGE_KAFKA_PORT_OFFSET set too).
 mqtt_port=${EDGE_MQTT_PORT:-18830}
 mqtts_port=$((mqtt_port + 1))
+mqtt_auth_port=$((mqtt_port + 2))
 ready_timeout=${EDGE_READY_TIMEOUT:-90}
 
 log() { printf 'services: %s\n' "$*" >&2; }
@@ -244,8 +246,7 @@ mqtt_conf() {
 # Run as whoever starts it: started as root, Mosquitto would otherwise switch to user
 # "mosquitto", which cannot reach a checkout under a private directory (mktemp -d is 0700).
 user $(id -un)
-per_listener_settings false
-allow_anonymous true
+per_listener_settings true
 persistence true
 persistence_location $dir/data/
 autosave_interval 1
@@ -259,11 +260,18 @@ log_type notice
 connection_messages true
 
 listener $mqtt_port 127.0.0.1
+allow_anonymous true
 
 listener $mqtts_port 127.0.0.1
+allow_anonymous true
 cafile $dir/tls/ca.crt
 certfile $dir/tls/server.crt
 keyfile $dir/tls/server.key
+
+# Username and password required (user edge-test, password in $dir/password).
+listener $mqtt_auth_port 127.0.0.1
+allow_anonymous false
+password_file $dir/passwd
 CONF
 }
 
@@ -275,8 +283,14 @@ mqtt_start() {
   local bin; bin=$(command -v mosquitto || echo /usr/sbin/mosquitto)
   require_free "$mqtt_port" "Mosquitto"
   require_free "$mqtts_port" "Mosquitto (TLS)"
+  require_free "$mqtt_auth_port" "Mosquitto (password)"
   rm -rf "$dir/data" && mkdir -p "$dir/data"
   mqtt_tls
+  command -v mosquitto_passwd >/dev/null || die "mosquitto_passwd not found: apt-get install mosquitto"
+  od -An -N12 -tx1 /dev/urandom | tr -d ' \n' > "$dir/password"
+  rm -f "$dir/passwd"
+  mosquitto_passwd -b -c "$dir/passwd" edge-test "$(cat "$dir/password")" >/dev/null 2>&1 \
+    || die "mosquitto_passwd could not write $dir/passwd"
   mqtt_conf > "$dir/mosquitto.conf"
   : > "$dir/mosquitto.log"
   local t0=$SECONDS
@@ -284,7 +298,8 @@ mqtt_start() {
   echo $! > "$dir/pid"
   wait_port "$mqtt_port" 20 "Mosquitto" "$dir/mosquitto.log" "$dir/pid"
   wait_port "$mqtts_port" 20 "Mosquitto (TLS)" "$dir/mosquitto.log" "$dir/pid"
-  log "Mosquitto $("$bin" -h 2>/dev/null | sed -n 's/^mosquitto version //p') ready on 127.0.0.1:$mqtt_port and TLS :$mqtts_port in $((SECONDS - t0)) s (log: $dir/mosquitto.log)"
+  wait_port "$mqtt_auth_port" 20 "Mosquitto (password)" "$dir/mosquitto.log" "$dir/pid"
+  log "Mosquitto $("$bin" -h 2>/dev/null | sed -n 's/^mosquitto version //p') ready on 127.0.0.1:$mqtt_port, TLS :$mqtts_port and password :$mqtt_auth_port in $((SECONDS - t0)) s (log: $dir/mosquitto.log)"
 }
 
 # ---------------------------------------------------------------- env and status
@@ -299,6 +314,9 @@ export KAFKA_BOOTSTRAP=$(kafka_bootstrap "$nodes")
 export MQTT_URL=mqtt://127.0.0.1:$mqtt_port
 export MQTTS_URL=mqtts://127.0.0.1:$mqtts_port
 export MQTT_CA=$state/mqtt/tls/ca.crt
+export MQTT_AUTH_URL=mqtt://127.0.0.1:$mqtt_auth_port
+export MQTT_AUTH_USER=edge-test
+export MQTT_AUTH_PASSWORD_FILE=$state/mqtt/password
 ENV
 }
 

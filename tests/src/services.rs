@@ -18,6 +18,25 @@ pub struct Services {
     pub mqtt_ca: PathBuf,
 }
 
+/// The password-protected MQTT listener and its one user.
+#[derive(Debug, Clone)]
+pub struct MqttAuth {
+    /// `mqtt://127.0.0.1:18832`.
+    pub url: String,
+    pub user: String,
+    /// The user's password, alone in the file.
+    pub password_file: PathBuf,
+}
+
+impl MqttAuth {
+    pub fn password(&self) -> String {
+        std::fs::read_to_string(&self.password_file)
+            .unwrap_or_else(|e| panic!("{}: {e}", self.password_file.display()))
+            .trim()
+            .to_owned()
+    }
+}
+
 const KEYS: [&str; 4] = ["KAFKA_BOOTSTRAP", "MQTT_URL", "MQTTS_URL", "MQTT_CA"];
 
 impl Services {
@@ -55,6 +74,33 @@ impl Services {
             require_listening(what, &addr);
         }
         services
+    }
+
+    /// The MQTT listener that requires a username and password (`MQTT_AUTH_URL`,
+    /// `MQTT_AUTH_USER`, `MQTT_AUTH_PASSWORD_FILE`). Panics with instructions when the running
+    /// brokers were started by an older `services.sh` without it.
+    pub fn mqtt_auth(&self) -> MqttAuth {
+        let from_file = std::fs::read_to_string(env_file_path())
+            .map(|text| parse_env_file(&text))
+            .unwrap_or_default();
+        let get = |key: &str| {
+            std::env::var(key)
+                .ok()
+                .or_else(|| from_file.get(key).cloned())
+                .unwrap_or_else(|| {
+                    panic!(
+                        "{key} is not set: restart Mosquitto with this checkout's \
+                         tests/services/services.sh (stop mqtt, then start) for its password listener"
+                    )
+                })
+        };
+        let auth = MqttAuth {
+            url: get("MQTT_AUTH_URL"),
+            user: get("MQTT_AUTH_USER"),
+            password_file: PathBuf::from(get("MQTT_AUTH_PASSWORD_FILE")),
+        };
+        require_listening("MQTT with a password", &url_addr(&auth.url));
+        auth
     }
 
     /// `(host, port)` of the plain MQTT listener.

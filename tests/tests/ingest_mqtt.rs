@@ -726,3 +726,73 @@ async fn under_drop_oldest_a_full_quota_keeps_the_newest_readings_and_counts_eve
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn against_a_broker_that_checks_passwords_the_right_one_ingests_and_a_wrong_one_gets_nothing()
+{
+    const N: u64 = 500;
+    let services = Services::from_env();
+    let auth = services.mqtt_auth();
+    let password = auth.password();
+    let with_password = |id: &str| {
+        let mut o = options(id, &auth.url, None);
+        o.set_credentials(auth.user.clone(), password.clone());
+        o
+    };
+    let credentials = |password_file: &Path| {
+        format!(
+            "username = {:?}\npassword_file = {:?}\n",
+            auth.user,
+            password_file.display().to_string()
+        )
+    };
+    let wrong = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(wrong.path(), "not-the-password\n").expect("write");
+    let setup = setup_version(
+        Version::V311,
+        &auth.url,
+        None,
+        "",
+        &credentials(wrong.path()),
+    );
+    edge_tests::mqtt::create_session(
+        with_password(&setup.client_id),
+        &format!("{}/+/v", setup.target.root),
+    )
+    .await;
+    // The publisher authenticates too; the broker queues everything for the agent's session.
+    let (client, eventloop) = AsyncClient::new(with_password(&unique("pub")), 1000);
+    let acks = count_pubacks(eventloop, N);
+    for i in 0..N {
+        let (topic, body) = message(&setup.target.root, i);
+        client
+            .publish(topic, QoS::AtLeastOnce, false, body)
+            .await
+            .expect("publish queued");
+    }
+    assert_eq!(acks.await.expect("publisher"), N);
+    let _ = client.disconnect().await;
+
+    // A wrong password: the broker refuses the connection, nothing arrives, the agent retries.
+    let started = Instant::now();
+    let refused = run_in_process(&setup, |_| started.elapsed() > Duration::from_secs(3)).await;
+    assert_eq!(
+        refused.accepted.load(Ordering::Relaxed),
+        0,
+        "nothing without the password"
+    );
+
+    // The right one (from its file, trailing newline dropped): everything, once.
+    let text = std::fs::read_to_string(&setup.config_path).expect("config");
+    std::fs::write(
+        &setup.config_path,
+        text.replace(
+            &credentials(wrong.path()),
+            &credentials(&auth.password_file),
+        ),
+    )
+    .expect("config");
+    run_in_process(&setup, |c| c.accepted.load(Ordering::Relaxed) >= N).await;
+    let (copies, _) = log_contents(&setup);
+    setup.assert_exactly_once(&copies, N);
+}
