@@ -271,6 +271,7 @@ async fn readings_committed_but_never_acked_before_a_crash_are_redelivered_and_d
                     Dedupe::SensorTs,
                 )],
                 dead_letters: Vec::new(),
+                state: Vec::new(),
                 ack: None,
             })
             .collect();

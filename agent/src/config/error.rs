@@ -92,6 +92,8 @@ pub enum Invalid {
     UnknownPlaceholder { name: String, allowed: Vec<String> },
     #[error("`{field}` must be a JSON pointer: empty or starting with `/`")]
     BadPointer { field: &'static str },
+    #[error("`{field}` is a JSON pointer; `format = \"sparkplug_b\"` takes none (metric names come from the payload and its births)")]
+    PointerWithSparkplug { field: &'static str },
     #[error("`payload.value` is required for `format = \"json\"`")]
     MissingValuePointer,
     #[error("`idempotency = \"payload_seq\"` needs `payload.seq`")]

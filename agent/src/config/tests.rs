@@ -477,3 +477,23 @@ fn a_modbus_device_on_a_serial_port_another_source_uses_is_refused() {
     parse(&text.replace("path = \"/dev/ttyUSB0\"", "path = \"/dev/ttyUSB1\""))
         .unwrap_or_else(|e| panic!("{e}"));
 }
+
+#[test]
+fn a_sparkplug_payload_with_a_json_pointer_is_refused_at_that_pointer() {
+    let text = MINIMAL.replace(
+        "payload = { format = \"json\", value = \"/v\", timestamp = \"/ts\" }",
+        "payload = { format = \"sparkplug_b\", value = \"/v\" }",
+    );
+    let message = message_mentions(&text, &["payload.value", "sparkplug_b", "JSON pointer"]);
+    assert!(message.starts_with("agent.toml:"), "{message}");
+    let ok = MINIMAL.replace(
+        "payload = { format = \"json\", value = \"/v\", timestamp = \"/ts\" }",
+        "payload = { format = \"sparkplug_b\" }",
+    );
+    assert_eq!(
+        parse(&ok).unwrap_or_else(|e| panic!("{e}")).mqtt[0]
+            .payload
+            .format,
+        PayloadFormat::SparkplugB
+    );
+}

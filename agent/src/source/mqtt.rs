@@ -58,10 +58,11 @@ use tokio::time::Instant;
 
 use super::{Context, Family, Kind, SourceHealth, SourceState, Task};
 use crate::clock::unix_ms;
-use crate::config::{Config, Idempotency, MqttSource};
+use crate::config::{Config, Idempotency, MqttSource, PayloadFormat};
 use crate::ingest::{DeadLetter, Dedupe, Submission};
 use crate::mapping::{BrokerUrl, Mapper, Origin};
 use crate::source::payload::PayloadParser;
+use crate::source::sparkplug::Sparkplug;
 
 /// QoS 0 publishes allowed to wait for the writer before new ones are dropped.
 pub const QOS0_WAITING_MAX: usize = 10_000;
@@ -184,7 +185,9 @@ impl SourceHealth for MqttHealth {
 fn spawn(config: &Config, cx: &Context<'_>) -> Vec<Task> {
     let max_payload_bytes = *config.buffer.max_payload_bytes.get_ref();
     let tasks = config.mqtt.iter().map(|source| {
+        let sparkplug = sparkplug_state(source, cx, max_payload_bytes);
         let task = MqttSourceTask {
+            sparkplug,
             parser: PayloadParser::new(&source.payload, max_payload_bytes),
             config: source.clone(),
             mapper: cx.mapper.clone(),
@@ -204,10 +207,38 @@ fn spawn(config: &Config, cx: &Context<'_>) -> Vec<Task> {
     tasks.collect()
 }
 
+/// A `sparkplug_b` source's state, its stored aliases loaded; `None` for other formats, and
+/// (logged) when the database cannot be read: the source then runs without stored aliases.
+fn sparkplug_state(
+    source: &MqttSource,
+    cx: &Context<'_>,
+    max_bytes: usize,
+) -> Option<Arc<Sparkplug>> {
+    if source.payload.format != PayloadFormat::SparkplugB {
+        return None;
+    }
+    let name = source.name.get_ref();
+    let metrics = cx.registry.sparkplug.clone();
+    match Sparkplug::open(&cx.database, name, max_bytes, metrics.clone()) {
+        Ok(s) => Some(Arc::new(s)),
+        Err(error) => {
+            tracing::error!(source = name, %error, "Sparkplug B aliases not loaded; starting without them");
+            Some(Arc::new(Sparkplug::new(
+                name,
+                max_bytes,
+                Default::default(),
+                metrics,
+            )))
+        }
+    }
+}
+
 /// Everything one MQTT source needs.
 pub struct MqttSourceTask {
     pub config: MqttSource,
     pub parser: PayloadParser,
+    /// `format = "sparkplug_b"`: the stateful decoder used instead of `parser`.
+    pub sparkplug: Option<Arc<Sparkplug>>,
     pub mapper: Arc<Mapper>,
     pub max_payload_bytes: usize,
     pub submissions: mpsc::Sender<Submission>,
@@ -410,7 +441,17 @@ impl MqttSourceTask {
         let now = unix_ms();
         let mut readings = Vec::new();
         let mut dead_letters = Vec::new();
-        match self.parser.parse(&publish.payload, now) {
+        let mut state = Vec::new();
+        let parsed = match &self.sparkplug {
+            None => self.parser.parse(&publish.payload, now),
+            Some(sparkplug) => {
+                let parts =
+                    sparkplug.parts(&self.mapper, &publish.topic, &publish.payload, now, dedupe);
+                (readings, dead_letters, state) = (parts.readings, parts.dead_letters, parts.state);
+                Ok(Vec::new())
+            }
+        };
+        match parsed {
             Ok(raws) => {
                 for raw in raws {
                     match self
@@ -446,6 +487,7 @@ impl MqttSourceTask {
         Submission {
             readings,
             dead_letters,
+            state,
             ack,
         }
     }
