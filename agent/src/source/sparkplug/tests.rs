@@ -411,7 +411,7 @@ fn a_node_record_round_trips_and_damaged_bytes_are_errors() {
 
 proptest! {
     #[test]
-    fn any_bytes_on_any_topic_never_panic(
+    fn arbitrary_bytes_on_any_sparkplug_topic_never_panic(
         topic in prop::sample::select(vec![
             "spBv1.0/g/NBIRTH/n", "spBv1.0/g/DBIRTH/n/d", "spBv1.0/g/NDATA/n",
             "spBv1.0/g/DDATA/n/d", "spBv1.0/g/NDEATH/n", "spBv1.0/g/DDEATH/n/d", "x/y",
@@ -423,7 +423,7 @@ proptest! {
     }
 
     #[test]
-    fn any_record_bytes_decode_or_fail_without_panic(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+    fn arbitrary_bytes_as_a_node_record_decode_or_fail_without_panic(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
         let _ = NodeRecord::decode(&bytes);
     }
 
