@@ -58,7 +58,7 @@ use tokio::time::Instant;
 
 use super::{Context, Family, Kind, SourceHealth, SourceState, Task};
 use crate::clock::unix_ms;
-use crate::config::{Config, Idempotency, MqttSource, PayloadFormat};
+use crate::config::{Config, Idempotency, MqttSource};
 use crate::ingest::{DeadLetter, Dedupe, Submission};
 use crate::mapping::{BrokerUrl, Mapper, Origin};
 use crate::source::payload::PayloadParser;
@@ -185,9 +185,8 @@ impl SourceHealth for MqttHealth {
 fn spawn(config: &Config, cx: &Context<'_>) -> Vec<Task> {
     let max_payload_bytes = *config.buffer.max_payload_bytes.get_ref();
     let tasks = config.mqtt.iter().map(|source| {
-        let sparkplug = sparkplug_state(source, cx, max_payload_bytes);
         let task = MqttSourceTask {
-            sparkplug,
+            sparkplug: Sparkplug::for_source(source, cx, max_payload_bytes),
             parser: PayloadParser::new(&source.payload, max_payload_bytes),
             config: source.clone(),
             mapper: cx.mapper.clone(),
@@ -205,32 +204,6 @@ fn spawn(config: &Config, cx: &Context<'_>) -> Vec<Task> {
         }) as Task
     });
     tasks.collect()
-}
-
-/// A `sparkplug_b` source's state, its stored aliases loaded; `None` for other formats, and
-/// (logged) when the database cannot be read: the source then runs without stored aliases.
-fn sparkplug_state(
-    source: &MqttSource,
-    cx: &Context<'_>,
-    max_bytes: usize,
-) -> Option<Arc<Sparkplug>> {
-    if source.payload.format != PayloadFormat::SparkplugB {
-        return None;
-    }
-    let name = source.name.get_ref();
-    let metrics = cx.registry.sparkplug.clone();
-    match Sparkplug::open(&cx.database, name, max_bytes, metrics.clone()) {
-        Ok(s) => Some(Arc::new(s)),
-        Err(error) => {
-            tracing::error!(source = name, %error, "Sparkplug B aliases not loaded; starting without them");
-            Some(Arc::new(Sparkplug::new(
-                name,
-                max_bytes,
-                Default::default(),
-                metrics,
-            )))
-        }
-    }
 }
 
 /// Everything one MQTT source needs.

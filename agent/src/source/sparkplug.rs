@@ -62,10 +62,12 @@ use std::sync::{Arc, Mutex};
 
 use redb::Database;
 
+use crate::config::{MqttSource, PayloadFormat};
 use crate::ingest::{DeadLetter, Dedupe, StateWrite};
 use crate::mapping::{Mapper, Origin};
 use crate::reading::Reading;
 use crate::source::payload::RawReading;
+use crate::source::Context;
 
 use aliases::LoadError;
 use metrics::Metrics;
@@ -90,6 +92,35 @@ pub struct Parts {
 }
 
 impl Sparkplug {
+    /// The state of MQTT source `source` when its format is `sparkplug_b` (`None` otherwise),
+    /// its stored aliases loaded. When the database cannot be read the source still starts,
+    /// without stored aliases (logged as an error): its data by alias dead-letters as unknown
+    /// until each node's next birth, never maps to a wrong name.
+    pub fn for_source(
+        source: &MqttSource,
+        cx: &Context<'_>,
+        max_bytes: usize,
+    ) -> Option<Arc<Sparkplug>> {
+        if source.payload.format != PayloadFormat::SparkplugB {
+            return None;
+        }
+        let name = source.name.get_ref();
+        let metrics = cx.registry.sparkplug.clone();
+        Some(Arc::new(
+            match Sparkplug::open(&cx.database, name, max_bytes, metrics.clone()) {
+                Ok(s) => s,
+                Err(error) => {
+                    tracing::error!(
+                        source = name,
+                        %error,
+                        "Sparkplug B aliases not loaded; starting without them"
+                    );
+                    Sparkplug::new(name, max_bytes, Nodes::default(), metrics)
+                }
+            },
+        ))
+    }
+
     /// Loads `source`'s stored alias tables. A record that does not decode is logged and left
     /// out (that node's data dead-letters until its next birth); a database error is returned.
     pub fn open(
