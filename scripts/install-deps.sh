@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Installs what the tests and the demo need on a fresh Debian machine, skipping what is there:
 # Mosquitto, kcat, jq, OpenSSL, a JDK 17+ and Maven (for the Kafka test broker), socat and a Python
-# virtualenv with pymodbus (the Modbus peer of the tests, see tests/peers/), and the Rust
-# components and targets the checks use. Needs root (or sudo) for apt-get.
+# virtualenv with pymodbus (the Modbus peer of the tests, see tests/peers/), a second one with
+# Google's protobuf and grpcio-tools (the Sparkplug B payload producer of the tests), and the
+# Rust components and targets the checks use. Needs root (or sudo) for apt-get.
 #
-# The virtualenv lives in the project's cache (EDGE_CACHE, default ~/.cache/edge-ingest, as
-# Kafka's jars do): $EDGE_CACHE/pymodbus-<version>/bin/python, made once and reused; the tests
-# find it there (edge_tests::modbus).
+# The virtualenvs live in the project's cache (EDGE_CACHE, default ~/.cache/edge-ingest, as
+# Kafka's jars do): $EDGE_CACHE/pymodbus-<version>/bin/python and
+# $EDGE_CACHE/sparkplug-protobuf-<version>/bin/python, made once and reused; the tests find them
+# there (edge_tests::modbus, edge_tests::sparkplug).
 #
 #   scripts/install-deps.sh             everything the tests need
 #   scripts/install-deps.sh --runtime   only what the demo needs (brokers and a C toolchain)
@@ -56,5 +58,21 @@ if ((!runtime_only)); then
     /usr/bin/python3 -m venv "$venv"
     "$venv/bin/pip" install --quiet --disable-pip-version-check \
       "pymodbus==$pymodbus_version" "pyserial==3.5" >&2
+  fi
+fi
+
+# The Sparkplug B producer: Google's protobuf, and protoc from grpcio-tools (a wheel: no apt
+# protobuf-compiler needed), pinned, in a virtualenv of its own.
+protobuf_version=6.33.1
+if ((!runtime_only)); then
+  cache="${EDGE_CACHE:-$HOME/.cache/edge-ingest}"
+  venv="$cache/sparkplug-protobuf-$protobuf_version"
+  if ! "$venv/bin/python" -c 'import google.protobuf, grpc_tools.protoc' 2>/dev/null; then
+    echo "install-deps: protobuf $protobuf_version and grpcio-tools into $venv" >&2
+    rm -rf "$venv"
+    mkdir -p "$cache"
+    /usr/bin/python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check \
+      "protobuf==$protobuf_version" "grpcio-tools==1.76.0" "grpcio==1.76.0" >&2
   fi
 fi

@@ -172,6 +172,7 @@ fn main() {
         let sub = Submission {
             readings: chunk.iter().map(|r| (r.clone(), Dedupe::None)).collect(),
             dead_letters: Vec::new(),
+            state: Vec::new(),
             ack: None,
         };
         log.commit(&[sub], 0).expect("commit");

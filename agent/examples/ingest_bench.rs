@@ -113,6 +113,7 @@ async fn writer_only(n: u64, linger_ms: u64) {
                     let submission = Submission {
                         readings: vec![(reading, Dedupe::SensorTs)],
                         dead_letters: Vec::new(),
+                        state: Vec::new(),
                         ack: Some(Box::new(move || {
                             if let Ok(mut l) = latencies.lock() {
                                 l.push(sent.elapsed());

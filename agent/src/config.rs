@@ -226,6 +226,9 @@ pub enum PayloadFormat {
     Senml,
     /// The body is one decimal number in UTF-8; the timestamp is the receive time.
     Number,
+    /// Sparkplug B protobuf on `spBv1.0/...` topics (`source/sparkplug.rs`): each data
+    /// metric's name (by alias from its birth) is `{payload}`; no JSON pointers.
+    SparkplugB,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]

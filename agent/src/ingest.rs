@@ -11,7 +11,8 @@
 //!    nothing that was acknowledged: before the commit nothing was acked and the source still
 //!    owns the data (MQTT redelivers unacked QoS 1, firmware retransmits unacked frames).
 //! 2. **Atomic submissions.** A submission (one MQTT message, one serial frame) commits whole or
-//!    not at all, so a SenML pack is never half in the log.
+//!    not at all, so a SenML pack is never half in the log; its `source_state` rows (a Sparkplug
+//!    B birth's aliases) commit with it, so they are durable before its ack runs.
 //! 3. **Dedupe in the same transaction.** The dedupe key of a reading is checked and inserted in
 //!    the transaction that stores the reading, so after a crash the index and the log agree: a
 //!    reading redelivered because its ack was lost in the crash is found and dropped. The index
@@ -43,7 +44,9 @@ use redb::{
 use crate::config::OnFull;
 use crate::reading::{DecodeError, Reading};
 use crate::store::codec::{ByteReader, ByteWriter, Truncated};
-use crate::store::tables::{DEAD_LETTERS, DEDUPE, DEDUPE_AGE, META, READINGS, UPSTREAM_SEQ};
+use crate::store::tables::{
+    DEAD_LETTERS, DEDUPE, DEDUPE_AGE, META, READINGS, SOURCE_STATE, UPSTREAM_SEQ,
+};
 use crate::store::{meta as keys, redb_errors_into, row_bytes, StoreError};
 
 /// Estimated B-tree bytes per row besides key and value (moved to [`crate::store`]).
@@ -209,10 +212,22 @@ impl From<Truncated> for BadDeadLetter {
     }
 }
 
+/// One `source_state` row a submission writes (`store/FORMAT.md`, `source_state`): the key is
+/// owned by one source kind (it starts with the kind's name), the value is that kind's format.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateWrite {
+    pub key: String,
+    pub value: Vec<u8>,
+}
+
 /// What a source hands the writer: readings of one message or frame, dead letters, one ack.
 pub struct Submission {
     pub readings: Vec<(Reading, Dedupe)>,
     pub dead_letters: Vec<DeadLetter>,
+    /// Rows of the `source_state` table a source keeps beside its readings (the Sparkplug B
+    /// alias tables): written, in order, in the same transaction as the readings, so they are
+    /// durable before the ack runs (invariant 2). Empty for most submissions.
+    pub state: Vec<StateWrite>,
     /// Run once, after the commit that holds everything above. Dropped unrun if the agent
     /// stops first: the source then redelivers.
     pub ack: Option<Box<dyn FnOnce() + Send>>,
@@ -223,6 +238,7 @@ impl std::fmt::Debug for Submission {
         f.debug_struct("Submission")
             .field("readings", &self.readings.len())
             .field("dead_letters", &self.dead_letters.len())
+            .field("state", &self.state.len())
             .field("ack", &self.ack.is_some())
             .finish()
     }
@@ -360,6 +376,7 @@ impl IngestLog {
         }
         txn.open_table(DEDUPE)?;
         txn.open_table(UPSTREAM_SEQ)?;
+        txn.open_table(SOURCE_STATE)?;
         txn.open_table(META)?;
         txn.commit()?;
         Ok(IngestLog {

@@ -133,6 +133,7 @@ pub async fn run_with_telemetry(
         submissions: submissions.clone(),
         cancel: cancel.clone(),
         registry: &telemetry.sources,
+        database: database.clone(),
     };
     for task in source::spawn_all(&config, &cx) {
         tracker.spawn(task);

@@ -13,6 +13,7 @@
 //! | [`bins`] | the workspace binaries built on demand; `edge-agent run` spawned plain or with its stderr in a file ([`bins::AgentProc`]) |
 //! | [`config`] | pieces of agent configuration the suites write: an MQTT JSON source, the `[kafka.topics]` table |
 //! | [`modbus`] | the pymodbus peer (`tests/peers/modbus_server.py`) over TCP or a `socat` pty pair (RTU) |
+//! | [`sparkplug`] | Sparkplug B payloads built by Google's protobuf from the checked-in `.proto` (`tests/peers/sparkplug_payloads.py`) |
 //! | [`mqtt`] | client options, a persistent session created ahead of the agent, unique names, the PUBACK counter of every publisher |
 //! | [`kafka`] | topics, committed reads, kcat counts |
 //! | [`cluster`] | a private Kafka cluster for the fault suites |
@@ -36,6 +37,7 @@ pub mod mqtt;
 pub mod schedule;
 pub mod schema;
 pub mod services;
+pub mod sparkplug;
 pub mod upgrade;
 
 pub use services::Services;

@@ -120,6 +120,7 @@ async fn a_full_disk_stops_acks_without_crashing_and_everything_commits_once_spa
                 let submission = Submission {
                     readings: vec![(reading(i), Dedupe::SensorTs)],
                     dead_letters: Vec::new(),
+                    state: Vec::new(),
                     ack: Some(Box::new(move || {
                         acked.fetch_add(1, Ordering::SeqCst);
                     })),

@@ -396,6 +396,7 @@ async fn redelivered_after_commit_and_dropped_once(version: Version) {
                     Dedupe::SensorTs,
                 )],
                 dead_letters: Vec::new(),
+                state: Vec::new(),
                 ack: None,
             })
             .collect();

@@ -102,6 +102,8 @@ pub enum Invalid {
     ReservedUserProperty { name: String },
     #[error("the topic pattern captures `{{{name}}}`, which is also a user property of this source; rename one")]
     CaptureIsUserProperty { name: String },
+    #[error("`{field}` is a JSON pointer; `format = \"sparkplug_b\"` takes none (metric names come from the payload and its births)")]
+    PointerWithSparkplug { field: &'static str },
     #[error("`payload.value` is required for `format = \"json\"`")]
     MissingValuePointer,
     #[error("`idempotency = \"payload_seq\"` needs `payload.seq`")]

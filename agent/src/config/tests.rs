@@ -532,3 +532,23 @@ fn mqtt5_keys_need_version_5_and_user_properties_become_placeholders() {
         assert!(message.contains("agent.toml:"), "{message}");
     }
 }
+
+#[test]
+fn a_sparkplug_payload_with_a_json_pointer_is_refused_at_that_pointer() {
+    let text = MINIMAL.replace(
+        "payload = { format = \"json\", value = \"/v\", timestamp = \"/ts\" }",
+        "payload = { format = \"sparkplug_b\", value = \"/v\" }",
+    );
+    let message = message_mentions(&text, &["payload.value", "sparkplug_b", "JSON pointer"]);
+    assert!(message.starts_with("agent.toml:"), "{message}");
+    let ok = MINIMAL.replace(
+        "payload = { format = \"json\", value = \"/v\", timestamp = \"/ts\" }",
+        "payload = { format = \"sparkplug_b\" }",
+    );
+    assert_eq!(
+        parse(&ok).unwrap_or_else(|e| panic!("{e}")).mqtt[0]
+            .payload
+            .format,
+        PayloadFormat::SparkplugB
+    );
+}

@@ -146,6 +146,9 @@ fn mqtt(source: &MqttSource) -> Result<(), Failure> {
         (&payload.seq, "payload.seq"),
     ] {
         if let Some(p) = pointer {
+            if payload.format == PayloadFormat::SparkplugB {
+                return Err(at(p, Invalid::PointerWithSparkplug { field }));
+            }
             if !(p.get_ref().is_empty() || p.get_ref().starts_with('/')) {
                 return Err(at(p, Invalid::BadPointer { field }));
             }

@@ -30,6 +30,7 @@ fn sub(readings: Vec<(Reading, Dedupe)>) -> Submission {
     Submission {
         readings,
         dead_letters: Vec::new(),
+        state: Vec::new(),
         ack: None,
     }
 }
@@ -196,6 +197,7 @@ fn dead_letters_are_stored_capped_and_counted_as_rejected() {
     let s = Submission {
         readings: Vec::new(),
         dead_letters: vec![dl],
+        state: Vec::new(),
         ack: None,
     };
     assert_eq!(log.commit(&[s], 0).unwrap().rejected, 1);
@@ -355,4 +357,29 @@ async fn a_cancelled_writer_never_acks_what_it_did_not_commit() {
     w.cancel.cancel();
     w.task.await.unwrap().unwrap();
     assert_eq!(acks.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn a_submissions_state_rows_commit_with_it_and_only_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    // Room for one reading: the second submission waits (backpressure), rows and all.
+    let mut log = open(&dir, limits(100, OnFull::Backpressure));
+    let row = |k: &str, v: u8| StateWrite {
+        key: k.into(),
+        value: vec![v],
+    };
+    let mut first = one("a", 1);
+    first.state = vec![row("sparkplug/s/g/n", 1), row("sparkplug/s/g/n", 2)];
+    let mut second = one("b", 1);
+    second.state = vec![row("sparkplug/s/g/m", 3)];
+    assert_eq!(log.commit(&[first, second], 0).unwrap().submissions, 1);
+    let db = log.database();
+    let txn = db.begin_read().unwrap();
+    let t = txn.open_table(crate::store::tables::SOURCE_STATE).unwrap();
+    assert_eq!(
+        t.get("sparkplug/s/g/n").unwrap().unwrap().value(),
+        [2],
+        "in order"
+    );
+    assert!(t.get("sparkplug/s/g/m").unwrap().is_none(), "not committed");
 }

@@ -11,7 +11,9 @@ use crate::store::meta::{
 };
 use crate::store::row_bytes;
 use crate::store::rows::DedupeAge;
-use crate::store::tables::{DEAD_LETTERS, DEDUPE, DEDUPE_AGE, META, READINGS, UPSTREAM_SEQ};
+use crate::store::tables::{
+    DEAD_LETTERS, DEDUPE, DEDUPE_AGE, META, READINGS, SOURCE_STATE, UPSTREAM_SEQ,
+};
 
 const KEYS: [&str; 8] = [
     NEXT_SEQ,
@@ -37,6 +39,7 @@ pub struct Tables<'t> {
     dedupe: Table<'t, &'static [u8], u64>,
     dedupe_age: Table<'t, u64, &'static [u8]>,
     upstream: Table<'t, &'static str, u64>,
+    source_state: Table<'t, &'static str, &'static [u8]>,
     meta: Table<'t, &'static str, u64>,
     /// Values of `KEYS`, in order.
     values: [u64; 8],
@@ -55,6 +58,7 @@ impl<'t> Tables<'t> {
             dedupe: txn.open_table(DEDUPE)?,
             dedupe_age: txn.open_table(DEDUPE_AGE)?,
             upstream: txn.open_table(UPSTREAM_SEQ)?,
+            source_state: txn.open_table(SOURCE_STATE)?,
             meta,
             values,
         })
@@ -138,6 +142,10 @@ impl<'t> Tables<'t> {
             for dead in &sub.dead_letters {
                 self.append(Log::DeadLetters, &dead.encode())?;
                 done.rejected += 1;
+            }
+            for row in &sub.state {
+                self.source_state
+                    .insert(row.key.as_str(), row.value.as_slice())?;
             }
             done.submissions += 1;
         }

@@ -6,6 +6,7 @@
 //! | `mqtt` | one broker connection: poller task + acker task; acks only from the ingest commit |
 //! | `serial` | one serial line: link frames (Hello, Ack after commit, TimeSync) or text lines |
 //! | `modbus` | one Modbus device (TCP or RTU): register blocks polled at fixed periods, one submission per poll; `modbus::decode` turns register words into values (no I/O) |
+//! | `sparkplug` | Sparkplug B payloads of an MQTT source (`format = "sparkplug_b"`): births, aliases (durable in `source_state`), deaths, `seq` gaps; the `edge_sparkplug_*` families per edge node |
 //! | `link_acks` | the link's cumulative-ack rule as a state machine; no I/O |
 //! | this file | the seam: [`Kind`] (what the rest of the agent knows of a source kind), [`KINDS`] (the list), the [`Registry`] of live counters, the [`SourceState`] health reads |
 //!
@@ -71,6 +72,7 @@ pub mod modbus;
 pub mod mqtt;
 pub mod payload;
 pub mod serial;
+pub mod sparkplug;
 
 use std::any::Any;
 use std::collections::BTreeMap;
@@ -81,6 +83,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use edge_ops_http::prometheus::{escape, Out};
+use redb::Database;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -128,6 +131,9 @@ pub struct Context<'a> {
     pub submissions: mpsc::Sender<Submission>,
     pub cancel: CancellationToken,
     pub registry: &'a Registry,
+    /// The agent's database: sources read their `source_state` rows from it at start (they
+    /// write them only through submissions).
+    pub database: Arc<Database>,
 }
 
 /// Every task of every configured source, in [`KINDS`] order.
@@ -185,11 +191,15 @@ type Key = (&'static str, String);
 
 /// The counters of every source, by kind and name; lives as long as the process.
 #[derive(Debug, Default)]
-pub struct Registry(Mutex<BTreeMap<Key, Arc<dyn SourceCounters>>>);
+pub struct Registry {
+    counters: Mutex<BTreeMap<Key, Arc<dyn SourceCounters>>>,
+    /// Sparkplug B counters, per edge node (labelled by node, so not a [`Kind`] family).
+    pub sparkplug: Arc<sparkplug::metrics::Metrics>,
+}
 
 impl Registry {
     fn map(&self) -> std::sync::MutexGuard<'_, BTreeMap<Key, Arc<dyn SourceCounters>>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+        self.counters.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The counters of source `name` of `kind`, created on first use.
@@ -214,6 +224,12 @@ impl Registry {
             .flat_map(|k| (k.names)(config).into_iter().map(|n| (k.name, n)))
             .collect();
         self.map().retain(|key, _| keep.contains(key));
+        self.sparkplug.retain(|source| {
+            config.mqtt.iter().any(|m| {
+                m.name.get_ref() == source
+                    && m.payload.format == crate::config::PayloadFormat::SparkplugB
+            })
+        });
     }
 
     /// Every source's kind, name and counter values now (sorted by kind, then name).
@@ -231,7 +247,7 @@ pub fn kind(name: &str) -> Option<&'static Kind> {
 }
 
 /// Every kind's counter families, each with one sample per source of that kind (families are
-/// written even when no source of the kind is configured).
+/// written even when no source of the kind is configured), then the Sparkplug B families.
 pub fn render_families(o: &mut Out, registry: &Registry) {
     let sample = registry.sample();
     for kind in KINDS {
@@ -243,6 +259,7 @@ pub fn render_families(o: &mut Out, registry: &Registry) {
             }
         }
     }
+    registry.sparkplug.render(o);
 }
 
 /// The `edge_source_connected` and `edge_source_state` gauges of every source.
@@ -330,11 +347,14 @@ modbus = [{ name = "plc", tcp = "127.0.0.1:1", block = [{ kind = "holding", addr
             Config::from_toml(Path::new("t.toml"), CONFIG).unwrap_or_else(|e| panic!("{e}"));
         let registry = Registry::default();
         let (submissions, _rx) = mpsc::channel(1);
+        let dir = tempfile::tempdir().unwrap();
+        let database = Database::create(dir.path().join("db.redb")).unwrap();
         let cx = Context {
             mapper: Arc::new(Mapper::new(&config)),
             submissions,
             cancel: CancellationToken::new(),
             registry: &registry,
+            database: Arc::new(database),
         };
         assert_eq!(spawn_all(&config, &cx).len(), 3);
         assert_eq!(registry.sample().len(), 3, "counters registered at spawn");

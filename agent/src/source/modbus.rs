@@ -341,6 +341,7 @@ pub fn submission(
     Some(Submission {
         readings,
         dead_letters,
+        state: Vec::new(),
         ack: None,
     })
 }

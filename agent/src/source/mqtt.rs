@@ -64,6 +64,7 @@ use crate::config::{Config, Idempotency, MqttSource};
 use crate::ingest::{DeadLetter, Dedupe, Submission};
 use crate::mapping::{BrokerUrl, Mapper, Origin};
 use crate::source::payload::PayloadParser;
+use crate::source::sparkplug::Sparkplug;
 
 /// QoS 0 publishes allowed to wait for the writer before new ones are dropped.
 pub const QOS0_WAITING_MAX: usize = 10_000;
@@ -196,6 +197,7 @@ fn spawn(config: &Config, cx: &Context<'_>) -> Vec<Task> {
     let max_payload_bytes = *config.buffer.max_payload_bytes.get_ref();
     let tasks = config.mqtt.iter().map(|source| {
         let task = MqttSourceTask {
+            sparkplug: Sparkplug::for_source(source, cx, max_payload_bytes),
             parser: PayloadParser::new(&source.payload, max_payload_bytes),
             config: source.clone(),
             mapper: cx.mapper.clone(),
@@ -219,6 +221,8 @@ fn spawn(config: &Config, cx: &Context<'_>) -> Vec<Task> {
 pub struct MqttSourceTask {
     pub config: MqttSource,
     pub parser: PayloadParser,
+    /// `format = "sparkplug_b"`: the stateful decoder used instead of `parser`.
+    pub sparkplug: Option<Arc<Sparkplug>>,
     pub mapper: Arc<Mapper>,
     pub max_payload_bytes: usize,
     pub submissions: mpsc::Sender<Submission>,
@@ -444,9 +448,18 @@ impl MqttSourceTask {
         let now = unix_ms();
         let mut readings = Vec::new();
         let mut dead_letters = Vec::new();
+        let mut state = Vec::new();
         let payload = publish.payload();
         let properties = self.properties(&publish);
-        match (publish.topic(), self.parser.parse(payload, now)) {
+        let parsed = match (&self.sparkplug, publish.topic()) {
+            (Some(sparkplug), Some(topic)) => {
+                let parts = sparkplug.parts(&self.mapper, topic, payload, now, dedupe);
+                (readings, dead_letters, state) = (parts.readings, parts.dead_letters, parts.state);
+                Ok(Vec::new())
+            }
+            _ => self.parser.parse(payload, now),
+        };
+        match (publish.topic(), parsed) {
             (None, _) => dead_letters.push(DeadLetter::new(now, name, &TopicNotUtf8, payload)),
             (Some(topic), Ok(raws)) => {
                 let origin = Origin::Topic {
@@ -484,6 +497,7 @@ impl MqttSourceTask {
         Submission {
             readings,
             dead_letters,
+            state,
             ack,
         }
     }

@@ -5,6 +5,7 @@
 //! | `json` | one JSON value | number at `value` pointer | number at `timestamp` pointer, in `timestamp_unit`; receive time when absent | string or number at `sensor` pointer |
 //! | `senml` | SenML JSON pack (RFC 8428) | `bv + v` (`vb` as 1/0) | `bt + t` seconds, relative to now when below 2^28 | `bn + n` |
 //! | `number` | a decimal number in UTF-8 | the number | receive time | none |
+//! | `sparkplug_b` | not here: stateful (aliases), see `source/sparkplug.rs` | metric value | metric or payload timestamp | metric name |
 //!
 //! # Invariants
 //!
@@ -55,6 +56,10 @@ pub enum PayloadError {
     SenmlNoValue { index: usize },
     #[error("SenML record {index} field `{field}` has the wrong type")]
     SenmlField { index: usize, field: &'static str },
+    #[error(
+        "sparkplug_b payloads are decoded by the source's Sparkplug B state, not by this parser"
+    )]
+    Stateful,
 }
 
 /// A compiled `[mqtt.payload]`.
@@ -98,6 +103,9 @@ impl PayloadParser {
             PayloadFormat::Number => parse_number(body).map(|r| vec![r]),
             PayloadFormat::Json => self.parse_json(body).map(|r| vec![r]),
             PayloadFormat::Senml => parse_senml(body, now_ms),
+            // Stateful (aliases from births): the MQTT source hands these to its
+            // `source::sparkplug::Sparkplug`, never to this parser.
+            PayloadFormat::SparkplugB => Err(PayloadError::Stateful),
         }
     }
 

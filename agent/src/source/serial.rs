@@ -352,6 +352,7 @@ impl SerialSourceTask {
         Submission {
             readings,
             dead_letters,
+            state: Vec::new(),
             ack: Some(Box::new(move || {
                 let _ = durable.send((device, boot, seq));
             })),
@@ -364,6 +365,7 @@ impl SerialSourceTask {
         let submission = Submission {
             readings: Vec::new(),
             dead_letters: vec![dl],
+            state: Vec::new(),
             ack: None,
         };
         // Best effort: under backpressure a dead letter of line noise is only counted.
@@ -407,6 +409,7 @@ impl SerialSourceTask {
                                 Ok(reading) => Submission {
                                     readings: vec![(reading, Dedupe::SensorTs)],
                                     dead_letters: Vec::new(),
+                                    state: Vec::new(),
                                     ack: None,
                                 },
                                 Err(error) => dead_submission(now, name, &error, &line),
@@ -440,6 +443,7 @@ fn dead_submission(
     Submission {
         readings: Vec::new(),
         dead_letters: vec![DeadLetter::new(now, source, reason, bytes)],
+        state: Vec::new(),
         ack: None,
     }
 }

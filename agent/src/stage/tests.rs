@@ -59,6 +59,7 @@ fn put(log: &mut IngestLog, readings: &[(&str, u64, f64)], dead: usize) {
         dead_letters: (0..dead)
             .map(|i| DeadLetter::new(1, "mqtt-a", &"bad json", &[i as u8]))
             .collect(),
+        state: Vec::new(),
         ack: None,
     };
     log.commit(&[sub], 0).unwrap();

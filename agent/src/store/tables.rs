@@ -14,6 +14,11 @@ pub const DEDUPE: TableDefinition<&[u8], u64> = TableDefinition::new("dedupe");
 pub const DEDUPE_AGE: TableDefinition<u64, &[u8]> = TableDefinition::new("dedupe_age");
 /// Sensor id -> last device seq seen (upstream gap counting). Ingest writer.
 pub const UPSTREAM_SEQ: TableDefinition<&str, u64> = TableDefinition::new("upstream_seq");
+/// Source-owned key -> bytes: state a source keeps durable beside its readings, written only
+/// through a submission (`Submission::state`) by the ingest writer, so it commits with the
+/// message that carried it. Keys start with the owning kind (`sparkplug/...`: the Sparkplug B
+/// alias tables, `source/sparkplug/aliases.rs`).
+pub const SOURCE_STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("source_state");
 /// Name -> `u64`: counters, sequences and cursors of every stage (keys: [`super::meta`]).
 pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// Pipeline name -> the window shape its series rows were written with. Windowing stage.

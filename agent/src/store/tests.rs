@@ -193,6 +193,7 @@ fn every_golden_vector_in_format_md_is_under_test() {
         "window_series",
         "outbox",
         "forward_meta",
+        "source_state_sparkplug",
     ];
     for line in FORMAT.lines() {
         if let Some(rest) = line.trim().strip_prefix("golden ") {
@@ -294,4 +295,30 @@ fn every_stage_error_retries_the_database_by_the_one_rule() {
         let via_outbox = ForwardError::Outbox(OutboxError::from(make()));
         assert_eq!(via_outbox.is_retryable(), retryable, "{name}");
     }
+}
+
+#[test]
+fn a_sparkplug_node_record_matches_its_golden_vector() {
+    use crate::source::sparkplug::aliases::{Declared, NodeRecord, Table};
+    let record = NodeRecord {
+        node: Table::new(vec![Declared {
+            name: "t".into(),
+            alias: Some(5),
+            datatype: 10,
+        }]),
+        devices: [(
+            "d".to_owned(),
+            Table::new(vec![Declared {
+                name: "r".into(),
+                alias: None,
+                datatype: 9,
+            }]),
+        )]
+        .into(),
+    };
+    assert_eq!(record.encode(), golden("source_state_sparkplug"));
+    assert_eq!(
+        NodeRecord::decode(&golden("source_state_sparkplug")),
+        Ok(record)
+    );
 }

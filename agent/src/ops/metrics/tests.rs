@@ -118,6 +118,9 @@ fn telemetry() -> (Telemetry, Health) {
         ],
         90,
     );
+    t.sources
+        .sparkplug
+        .add("sp", "plant", "gw \"1\"", [100, 101, 102, 103]);
     let health = Health {
         sampled_at: Some(Instant::now()),
         snapshot: Some(Snapshot {

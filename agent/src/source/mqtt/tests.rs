@@ -28,6 +28,7 @@ fn task(config: &Config) -> (MqttSourceTask, mpsc::Receiver<Submission>) {
     let (submissions, rx) = mpsc::channel(4);
     let task = MqttSourceTask {
         parser: PayloadParser::new(&config.mqtt[0].payload, 1024),
+        sparkplug: None,
         config: config.mqtt[0].clone(),
         mapper: Arc::new(Mapper::new(config)),
         max_payload_bytes: 1024,
