@@ -23,3 +23,17 @@ pub fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     let body = answer.body_mut().read_to_string().ok()?;
     Some((status, body))
 }
+
+/// The value of the first `/metrics` sample at `addr` whose line starts with `sample` (a family
+/// name with its labels, e.g. `edge_modbus_polls_total{source="plc"}`); 0 while the listener
+/// does not answer or the sample is not there yet.
+pub fn metric(addr: SocketAddr, sample: &str) -> u64 {
+    let Some((200, body)) = get(addr, "/metrics") else {
+        return 0;
+    };
+    body.lines()
+        .find(|l| l.starts_with(sample))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}

@@ -20,6 +20,7 @@
 //! | [`http`] | a free loopback port and a tiny GET for the ops endpoints |
 //! | [`schedule`] | fault schedules: a printed clock seed, xorshift draws, the SIGKILL loop |
 //! | [`check`] | assertions the accounting shares |
+//! | [`venv`] | the Python virtualenvs of the peers (pymodbus, protobuf), made by `scripts/install-deps.sh` |
 //! | [`upgrade`] | the previous release (`v0.1.0`) built from its git tag, for the rolling-upgrade suite |
 //! | [`schema`] | the JSON Schemas of `protocol/schemas/` applied to the records a suite reads |
 //!
@@ -39,5 +40,6 @@ pub mod schema;
 pub mod services;
 pub mod sparkplug;
 pub mod upgrade;
+pub mod venv;
 
 pub use services::Services;

@@ -14,25 +14,9 @@ use std::time::{Duration, Instant};
 /// The pymodbus version `scripts/install-deps.sh` installs (its virtualenv's directory name).
 pub const PYMODBUS_VERSION: &str = "3.16.1";
 
-/// The virtualenv's Python, `$EDGE_CACHE/pymodbus-<version>/bin/python` (`EDGE_CACHE` defaults
-/// to `~/.cache/edge-ingest`).
+/// The virtualenv's Python, `$EDGE_CACHE/pymodbus-<version>/bin/python`.
 pub fn python() -> PathBuf {
-    let cache = std::env::var_os("EDGE_CACHE").map_or_else(
-        || {
-            let home = std::env::var_os("HOME").expect("HOME is set");
-            Path::new(&home).join(".cache/edge-ingest")
-        },
-        PathBuf::from,
-    );
-    let python = cache
-        .join(format!("pymodbus-{PYMODBUS_VERSION}"))
-        .join("bin/python");
-    assert!(
-        python.exists(),
-        "{} is missing: run `bash scripts/install-deps.sh` (it makes the pymodbus virtualenv)",
-        python.display()
-    );
-    python
+    crate::venv::python(&format!("pymodbus-{PYMODBUS_VERSION}"), "pymodbus")
 }
 
 /// The peer script.

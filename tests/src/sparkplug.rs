@@ -14,22 +14,10 @@ pub const PROTOBUF_VERSION: &str = "6.33.1";
 
 /// The virtualenv's Python, `$EDGE_CACHE/sparkplug-protobuf-<version>/bin/python`.
 pub fn python() -> PathBuf {
-    let cache = std::env::var_os("EDGE_CACHE").map_or_else(
-        || {
-            let home = std::env::var_os("HOME").expect("HOME is set");
-            Path::new(&home).join(".cache/edge-ingest")
-        },
-        PathBuf::from,
-    );
-    let python = cache
-        .join(format!("sparkplug-protobuf-{PROTOBUF_VERSION}"))
-        .join("bin/python");
-    assert!(
-        python.exists(),
-        "{} is missing: run `bash scripts/install-deps.sh` (it makes the protobuf virtualenv)",
-        python.display()
-    );
-    python
+    crate::venv::python(
+        &format!("sparkplug-protobuf-{PROTOBUF_VERSION}"),
+        "protobuf",
+    )
 }
 
 /// Builds `messages` (the script's JSON text, see its doc): `(topic, payload bytes)` in order.

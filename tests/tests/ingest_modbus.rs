@@ -172,14 +172,7 @@ impl Agent {
 
     /// The value of counter or gauge `name{source="plc"...}` now (0 while nothing answers).
     fn metric(&self, name: &str) -> u64 {
-        let Some((200, body)) = get(self.metrics, "/metrics") else {
-            return 0;
-        };
-        body.lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
+        edge_tests::http::metric(self.metrics, name)
     }
 
     /// The `plc` lines of `/metrics`, for failure messages.

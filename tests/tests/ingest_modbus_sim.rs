@@ -233,14 +233,7 @@ impl Agent {
 
     /// The value of the metric line starting with `name` (0 while absent).
     fn metric(&self, name: &str) -> u64 {
-        let Some((200, body)) = get(self.metrics, "/metrics") else {
-            return 0;
-        };
-        body.lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
+        edge_tests::http::metric(self.metrics, name)
     }
 
     /// `edge_modbus_<family>_total` of source `sim<unit>`.

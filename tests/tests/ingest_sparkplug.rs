@@ -105,14 +105,7 @@ transaction_timeout_ms = 10000
 
     /// The value of the first `/metrics` line starting with `name` (0 when absent).
     fn metric(&self, name: &str) -> u64 {
-        let Some((200, body)) = get(self.metrics, "/metrics") else {
-            return 0;
-        };
-        body.lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
+        edge_tests::http::metric(self.metrics, name)
     }
 
     /// An `edge_sparkplug_*` counter of edge node `gw1`.

@@ -35,27 +35,19 @@ const SENSORS: u64 = 5;
 const STEP_MS: i64 = 20;
 const WINDOW_MS: i64 = 1_000;
 
-struct Fleet {
-    dir: tempfile::TempDir,
-    agent_id: String,
-    client_id: String,
-    root: String,
-    partials: String,
-    config: PathBuf,
-    base_ms: i64,
-}
-
-impl Fleet {
-    fn new(bootstrap: &str, mqtt_url: &str) -> Fleet {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let agent_id = unique_topic("upgrade-agent");
-        let client_id = unique("upgrade-agent");
-        let root = unique("upgrade");
-        let prefix = unique_topic("upgrade");
-        // Only keys both releases know: the file an operator keeps through the upgrade.
-        let text = format!(
-            r#"[agent]
-id = "{agent_id}"
+/// The agent's file for both releases (only keys both know: the file an operator keeps through
+/// the upgrade): `source`, one pipeline of 1 s tumbling windows with revisions, Kafka topics
+/// named from `prefix`.
+fn agent_config(
+    id: &str,
+    data_dir: &std::path::Path,
+    source: &str,
+    bootstrap: &str,
+    prefix: &str,
+) -> String {
+    format!(
+        r#"[agent]
+id = "{id}"
 data_dir = {data:?}
 
 [ops]
@@ -78,14 +70,39 @@ revisions = true
 bootstrap_servers = "{bootstrap}"
 transaction_timeout_ms = 10000
 {topics}"#,
-            data = dir.path().join("data").display().to_string(),
-            metrics = free_port(),
-            source = edge_tests::config::mqtt_json_source(mqtt_url, &client_id, &root, "{dev}", ""),
-            topics = edge_tests::config::kafka_topics(
-                &format!("{prefix}.readings"),
-                &prefix,
-                &format!("{prefix}.progress")
-            ),
+        data = data_dir.display().to_string(),
+        metrics = free_port(),
+        topics = edge_tests::config::kafka_topics(
+            &format!("{prefix}.readings"),
+            prefix,
+            &format!("{prefix}.progress")
+        ),
+    )
+}
+
+struct Fleet {
+    dir: tempfile::TempDir,
+    agent_id: String,
+    client_id: String,
+    root: String,
+    partials: String,
+    config: PathBuf,
+    base_ms: i64,
+}
+
+impl Fleet {
+    fn new(bootstrap: &str, mqtt_url: &str) -> Fleet {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let agent_id = unique_topic("upgrade-agent");
+        let client_id = unique("upgrade-agent");
+        let root = unique("upgrade");
+        let prefix = unique_topic("upgrade");
+        let text = agent_config(
+            &agent_id,
+            &dir.path().join("data"),
+            &edge_tests::config::mqtt_json_source(mqtt_url, &client_id, &root, "{dev}", ""),
+            bootstrap,
+            &prefix,
         );
         let config = dir.path().join("agent.toml");
         std::fs::write(&config, text).expect("write config");
@@ -295,44 +312,20 @@ fn a_database_written_by_v0_1_0_is_forwarded_by_this_release_exactly_once() {
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/v0.1.0/ingest.redb");
     std::fs::copy(&fixture, data.join("ingest.redb")).expect("copy the fixture");
     let prefix = unique_topic("upgrade-fixture");
-    let text = format!(
-        r#"[agent]
-id = "{id}"
-data_dir = {data:?}
-
-[ops]
-metrics_listen = "{metrics}"
-
-{source}
-[[pipeline]]
-name = "all"
-sensors = ["*"]
-[pipeline.window]
-kind = "tumbling"
-size_ms = 1000
-idle_timeout_ms = 2000
-revisions = true
-
-[kafka]
-bootstrap_servers = "{bootstrap}"
-transaction_timeout_ms = 10000
-{topics}"#,
-        id = unique_topic("fixture-gw"),
-        data = data.display().to_string(),
-        metrics = free_port(),
-        // A source nobody publishes to: the readings are already in the file.
-        source = edge_tests::config::mqtt_json_source(
-            &services.mqtt_url,
-            &unique("fixture-gw"),
-            &unique("fixture-silent"),
-            "{dev}",
-            ""
-        ),
-        topics = edge_tests::config::kafka_topics(
-            &format!("{prefix}.readings"),
-            &prefix,
-            &format!("{prefix}.progress")
-        ),
+    // A source nobody publishes to: the readings are already in the file.
+    let silent = edge_tests::config::mqtt_json_source(
+        &services.mqtt_url,
+        &unique("fixture-gw"),
+        &unique("fixture-silent"),
+        "{dev}",
+        "",
+    );
+    let text = agent_config(
+        &unique_topic("fixture-gw"),
+        &data,
+        &silent,
+        bootstrap,
+        &prefix,
     );
     let config = dir.path().join("agent.toml");
     std::fs::write(&config, text).expect("write config");
