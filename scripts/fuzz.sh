@@ -12,6 +12,10 @@
 # EDGE_FUZZ_ALLOW_FALLBACK=1 to accept the property tests alone (exit 0) on a machine that
 # cannot fuzz.
 #
+# EDGE_FUZZ_TARGET_DIR=DIR builds each fuzz crate in DIR/<crate> instead of <crate>/fuzz/target:
+# tests/run.sh points it into the project's cache, so CI on a fresh clone rebuilds only the
+# workspace crates, not librdkafka and every dependency with the nightly compiler (minutes).
+#
 # agent/fuzz builds with `--sanitizer none` (coverage-guided, no AddressSanitizer): the agent links
 # the bundled librdkafka, whose ./configure cannot link its probes against sanitizer-instrumented
 # C libraries. The agent has `forbid(unsafe_code)`, so ASan would add little there.
@@ -59,6 +63,7 @@ for crate in protocol agent; do
     dir="$root/$crate/fuzz"
     flags=()
     [[ $crate == agent ]] && flags=(--sanitizer none)
+    [[ -n ${EDGE_FUZZ_TARGET_DIR:-} ]] && flags+=(--target-dir "$EDGE_FUZZ_TARGET_DIR/$crate")
     cd "$dir"
     for t in $(cargo +nightly fuzz list); do
         mkdir -p "corpus/$t"

@@ -62,7 +62,9 @@ if [[ -n $warned ]]; then
 fi
 
 step "fuzz (${EDGE_FUZZ_SECONDS:-20} s per target)"
-bash scripts/fuzz.sh "${EDGE_FUZZ_SECONDS:-20}" || status=1
+# The fuzz crates' builds (nightly, librdkafka included) are kept in the cache between runs.
+EDGE_FUZZ_TARGET_DIR=${EDGE_FUZZ_TARGET_DIR:-${EDGE_CACHE:-$HOME/.cache/edge-ingest}/fuzz-target} \
+  bash scripts/fuzz.sh "${EDGE_FUZZ_SECONDS:-20}" || status=1
 
 if [[ ${EDGE_SKIP_DEPLOY:-0} != 1 ]]; then
   step "deploy: aarch64 cross build run under qemu, amd64 package installed and run, unit verified"
