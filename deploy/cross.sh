@@ -44,7 +44,7 @@ export CC_x86_64_unknown_linux_gnu=gcc CXX_x86_64_unknown_linux_gnu=g++ AR_x86_6
 start=$(date +%s)
 cargo build --release --locked -p edge-agent --bin edge-agent --target "$target"
 took=$(($(date +%s) - start))
-bin="target/$target/release/edge-agent"
+bin="${CARGO_TARGET_DIR:-target}/$target/release/edge-agent"
 "$gnu-strip" -o "$bin.stripped" "$bin"
 size=$(stat -c %s "$bin.stripped")
 echo "built $bin in ${took}s; stripped: $size bytes ($((size / 1024)) KiB)"
@@ -54,5 +54,5 @@ if [ "$deb" = "--deb" ]; then
     command -v cargo-deb >/dev/null || cargo install --locked cargo-deb
     start=$(date +%s)
     cargo deb -p edge-agent --no-build --target "$target" --no-strip
-    echo "packaged in $(($(date +%s) - start))s: $(ls -t target/"$target"/debian/*.deb | head -1)"
+    echo "packaged in $(($(date +%s) - start))s: $(ls -t "${CARGO_TARGET_DIR:-target}/$target"/debian/*.deb | head -1)"
 fi

@@ -12,7 +12,7 @@
 # running (tests/services/services.sh) and the binary built (deploy/cross.sh aarch64).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
-bin="${1:-$root/target/aarch64-unknown-linux-gnu/release/edge-agent}"
+bin="${1:-${CARGO_TARGET_DIR:-$root/target}/aarch64-unknown-linux-gnu/release/edge-agent}"
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 missing=()
 command -v qemu-aarch64 >/dev/null || missing+=(qemu-user)

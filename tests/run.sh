@@ -68,7 +68,10 @@ EDGE_FUZZ_TARGET_DIR=${EDGE_FUZZ_TARGET_DIR:-${EDGE_CACHE:-$HOME/.cache/edge-ing
 
 if [[ ${EDGE_SKIP_DEPLOY:-0} != 1 ]]; then
   step "deploy: aarch64 cross build run under qemu, amd64 package installed and run, unit verified"
-  { bash deploy/cross.sh aarch64 && bash deploy/smoke-qemu.sh && bash deploy/test-deb.sh; } || status=1
+  # The cross build (librdkafka for aarch64, thin LTO) is kept in the cache between runs too.
+  cross_target=${EDGE_CACHE:-$HOME/.cache/edge-ingest}/cross-target
+  { CARGO_TARGET_DIR=$cross_target bash deploy/cross.sh aarch64 \
+      && CARGO_TARGET_DIR=$cross_target bash deploy/smoke-qemu.sh && bash deploy/test-deb.sh; } || status=1
 fi
 
 step "benchmarks, quick (scripts/bench.sh --quick: every benchmark on small inputs, one table)"
