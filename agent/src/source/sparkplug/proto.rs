@@ -8,7 +8,7 @@
 //! armv7 cross builds (`deploy/cross.sh`); generated code checked in would be a second copy of
 //! the schema that nothing keeps in step. The agent reads two messages and twelve fields, so they
 //! are declared here with `prost`'s derive (no build script, no `protoc`), and the test
-//! [`tests::every_declared_field_is_in_the_checked_in_proto`] checks each declared field's
+//! `tests::every_declared_field_is_in_the_checked_in_proto` checks each declared field's
 //! number, label and type against the checked-in `.proto` text. The independent check is the
 //! end-to-end suite, whose payloads come from the same `.proto` compiled by Google's `protoc`
 //! and serialised by Google's Python `protobuf` (`tests/peers/sparkplug_publish.py`).
@@ -53,7 +53,7 @@ pub struct Metric {
     /// Milliseconds since the Unix epoch, at acquisition.
     #[prost(uint64, optional, tag = "3")]
     pub timestamp: Option<u64>,
-    /// A [`DataType`] number; usually only in births.
+    /// A Sparkplug `DataType` number (`sparkplug_b.proto`); usually only in births.
     #[prost(uint32, optional, tag = "4")]
     pub datatype: Option<u32>,
     #[prost(bool, optional, tag = "7")]
