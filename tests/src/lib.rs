@@ -21,7 +21,7 @@
 //! | [`schedule`] | fault schedules: a printed clock seed, xorshift draws, the SIGKILL loop |
 //! | [`check`] | assertions the accounting shares |
 //! | [`venv`] | the Python virtualenvs of the peers (pymodbus, protobuf), made by `scripts/install-deps.sh` |
-//! | [`upgrade`] | the previous release (`v0.1.0`) built from its git tag, for the rolling-upgrade suite |
+//! | [`upgrade`] | the previous release (`v0.1.0`) built from its release commit, for the rolling-upgrade suite |
 //! | [`schema`] | the JSON Schemas of `protocol/schemas/` applied to the records a suite reads |
 //!
 //! Helpers used by one family of suites only stay in its `tests/tests/<family>_support/`.

@@ -1,16 +1,21 @@
-//! The previous release, built from its git tag, for the rolling-upgrade suite
+//! The previous release, built from its release commit, for the rolling-upgrade suite
 //! (`tests/tests/upgrade_rolling.rs`).
 //!
-//! The tag's tree is exported with `git archive` into `target/upgrade/<tag>/src`, its workspace
-//! version suffixed with `-previous` (so its crates' artifacts never take the names of ours),
-//! and built there with this workspace's target directory, so the dependencies both releases
-//! share (all of them, unless the lock file changed) are compiled once; only the workspace
-//! crates of the old tree build again. Its binaries are copied to `target/upgrade/<tag>/bin` and kept: the tree
-//! of a tag never changes. Because that build writes its binaries to the same
-//! `target/<profile>/edge-agent` paths as ours, those are removed afterwards and rebuilt from the
-//! current tree ([`crate::bins::workspace_binary`]), so no other suite runs an old binary.
+//! A release is named by its tag and pinned by its commit ([`PREVIOUS_COMMIT`]): a clone does
+//! not always carry tags (CI's fresh clone of main has none), but every clone of main holds the
+//! commit, an ancestor of every later one.
 //!
-//! A missing tag fails the test with the command that fetches it: never a silent skip.
+//! The commit's tree is exported with `git archive` into `target/upgrade/<tag>/src`, its
+//! workspace version suffixed with `-previous` and its binaries renamed `edge-agent-previous`
+//! and `edge-consumer-previous` (so none of its artifacts takes the name of one of ours: a test
+//! running beside the build never starts an old binary by mistake), and built there with this
+//! workspace's target directory, so the dependencies both releases share (all of them, unless
+//! the lock file changed) are compiled once; only the workspace crates of the old tree build
+//! again. Its binaries are copied to `target/upgrade/<tag>/bin` and kept: the tree of a commit
+//! never changes.
+//!
+//! A missing commit (a shallow clone) is fetched; if that fails, the test fails with the
+//! command that fetches it: never a silent skip.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -20,6 +25,9 @@ use crate::bins::workspace_binary;
 
 /// The release this one must interoperate with (`protocol/FORMAT.md`, "Compatibility").
 pub const PREVIOUS: &str = "v0.1.0";
+
+/// The commit [`PREVIOUS`] names (`git rev-parse v0.1.0^{commit}`).
+pub const PREVIOUS_COMMIT: &str = "2ff9114b35f55bb5a88f1f4b8147a740666f4a35";
 
 /// A release's binaries.
 #[derive(Debug, Clone)]
@@ -69,8 +77,8 @@ pub fn previous() -> Release {
     let mut build = Command::new(env!("CARGO"));
     build
         .args(["build", "--quiet"])
-        .args(["-p", "edge-agent", "--bin", "edge-agent"])
-        .args(["-p", "edge-consumer", "--bin", "edge-consumer"])
+        .args(["-p", "edge-agent", "--bin", "edge-agent-previous"])
+        .args(["-p", "edge-consumer", "--bin", "edge-consumer-previous"])
         .current_dir(&src)
         .env("CARGO_TARGET_DIR", &target_dir);
     if profile_dir.ends_with("release") {
@@ -80,17 +88,13 @@ pub fn previous() -> Release {
     assert!(status.success(), "building {PREVIOUS} failed");
     std::fs::create_dir_all(&bin).expect("bin dir");
     for name in ["edge-agent", "edge-consumer"] {
-        let built = profile_dir.join(name);
+        let built = profile_dir.join(format!("{name}-previous"));
         std::fs::copy(&built, bin.join(name)).expect("copy the old binary");
-        // The shared path now holds the old binary: remove it and rebuild ours into it.
-        std::fs::remove_file(&built).expect("remove the old binary from the shared path");
     }
-    let ours = current();
-    assert!(ours.agent.exists() && ours.consumer.exists());
     release
 }
 
-/// Writes the tree of tag [`PREVIOUS`] to `dest`.
+/// Writes the tree of [`PREVIOUS_COMMIT`] to `dest`.
 fn export(root: &Path, dest: &Path) {
     let git = |args: &[&str]| {
         Command::new("git")
@@ -101,26 +105,21 @@ fn export(root: &Path, dest: &Path) {
             .output()
             .expect("git runs")
     };
-    let commit = format!("{PREVIOUS}^{{commit}}");
-    if !git(&["rev-parse", "--verify", "--quiet", &commit])
-        .status
-        .success()
+    let commit = format!("{PREVIOUS_COMMIT}^{{commit}}");
+    let present = || git(&["cat-file", "-e", &commit]).status.success();
+    if !present()
+        && git(&["rev-parse", "--is-shallow-repository"])
+            .stdout
+            .starts_with(b"true")
     {
-        // A shallow or tagless clone: fetch the tag from origin.
-        let _ = git(&["fetch", "--quiet", "--tags", "origin"]);
-        if !git(&["rev-parse", "--verify", "--quiet", &commit])
-            .status
-            .success()
-        {
-            let _ = git(&["fetch", "--quiet", "--unshallow", "--tags", "origin"]);
-        }
+        let _ = git(&["fetch", "--quiet", "--unshallow", "origin"]);
     }
     assert!(
-        git(&["rev-parse", "--verify", "--quiet", &commit]).status.success(),
-        "tag {PREVIOUS} is not in this clone: run `git fetch --tags` (the rolling-upgrade suite builds it)"
+        present(),
+        "commit {PREVIOUS_COMMIT} ({PREVIOUS}) is not in this clone: run `git fetch --unshallow origin` (the rolling-upgrade suite builds it)"
     );
     std::fs::create_dir_all(dest).expect("source dir");
-    let archive = git(&["archive", "--format=tar", PREVIOUS]);
+    let archive = git(&["archive", "--format=tar", PREVIOUS_COMMIT]);
     assert!(archive.status.success(), "git archive {PREVIOUS} failed");
     let mut tar = Command::new("tar")
         .arg("-x")
@@ -167,4 +166,30 @@ fn export(root: &Path, dest: &Path) {
         "no [workspace.package] version in {PREVIOUS}'s Cargo.toml"
     );
     std::fs::write(&manifest, edited.join("\n") + "\n").expect("write Cargo.toml");
+    for (dir, name) in [("agent", "edge-agent"), ("consumer", "edge-consumer")] {
+        rename_binary(&dest.join(dir).join("Cargo.toml"), name);
+    }
+}
+
+/// Gives the package `name`'s binary (`src/main.rs`) the name `<name>-previous`.
+fn rename_binary(manifest: &Path, name: &str) {
+    let text = std::fs::read_to_string(manifest).expect("the tag's package manifest");
+    let package_name = format!("name = \"{name}\"");
+    assert!(
+        text.lines().any(|line| line == package_name) && !text.contains("[[bin]]"),
+        "{}: expected package {name} with an implicit binary",
+        manifest.display()
+    );
+    let mut edited = String::new();
+    for line in text.lines() {
+        edited.push_str(line);
+        edited.push('\n');
+        if line == package_name {
+            edited.push_str("autobins = false\n");
+        }
+    }
+    edited.push_str(&format!(
+        "\n[[bin]]\nname = \"{name}-previous\"\npath = \"src/main.rs\"\n"
+    ));
+    std::fs::write(manifest, edited).expect("write the package manifest");
 }

@@ -1,4 +1,4 @@
-//! A rolling upgrade, counted: the previous release (`v0.1.0`, built from its git tag by
+//! A rolling upgrade, counted: the previous release (`v0.1.0`, built from its release commit by
 //! `edge_tests::upgrade`) and this tree, mixed the ways a fleet mixes them.
 //!
 //! 1. The **old agent** ingests MQTT readings, windows them and forwards partials; it is killed
