@@ -310,6 +310,19 @@ impl Config {
         Config::from_toml(path, &edge_config_toml::read(path)?)
     }
 
+    /// Reads what the file only names: the Kafka SASL password (`[kafka.security]`
+    /// `password_file` or `password_env`). Run before the forwarder starts; `check-config
+    /// --no-environment` never does.
+    pub fn load_secrets(&mut self) -> Result<(), String> {
+        match self.kafka.as_mut().and_then(|k| k.security.as_mut()) {
+            Some(security) => security
+                .get_mut()
+                .load_secret()
+                .map_err(|e| format!("[kafka.security]: {e}")),
+            None => Ok(()),
+        }
+    }
+
     /// Parses and validates `text`; `path` is only used to name the file in errors.
     pub fn from_toml(path: &Path, text: &str) -> Result<Config, ConfigError> {
         let config: Config = edge_config_toml::parse(path, text)?;

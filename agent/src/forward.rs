@@ -123,6 +123,9 @@ pub struct ForwardMetrics {
     pub transactions_aborted: AtomicU64,
     /// Sessions that ended in a retryable error (each is followed by a backoff).
     pub session_errors: AtomicU64,
+    /// The last of those errors, as logged (`/readyz` says it while the forwarder is failing:
+    /// a missing ACL, a wrong password, an unreachable broker).
+    pub last_error: std::sync::Mutex<String>,
 }
 
 /// The forwarder's inputs.
@@ -177,6 +180,9 @@ impl Forwarder {
                 Ok(()) | Err(ForwardError::Cancelled) => return Ok(()),
                 Err(error) if error.is_retryable() => {
                     self.metrics.session_errors.fetch_add(1, Ordering::Relaxed);
+                    if let Ok(mut last) = self.metrics.last_error.lock() {
+                        *last = error.to_string();
+                    }
                     let delay = backoff.next_delay();
                     tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "forwarder: retrying");
                     sleep(delay, &cancel);

@@ -126,7 +126,11 @@ fn main() -> ExitCode {
 fn run(path: PathBuf, format: LogFormat) -> anyhow::Result<()> {
     use anyhow::Context;
     logging::init(format);
-    let config = edge_agent::config::Config::load(&path)?;
+    let mut config = edge_agent::config::Config::load(&path)?;
+    config.load_secrets().map_err(anyhow::Error::msg)?;
+    if let Some(missing) = edge_agent::preflight::unsupported_kafka_settings(&config).first() {
+        anyhow::bail!("[kafka]: {missing}");
+    }
     let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
     let result = runtime.block_on(edge_agent::ops::supervise::run(path, config));
     // The pipeline has drained (or overran its bound): do not wait for idle blocking threads.

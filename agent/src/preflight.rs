@@ -10,6 +10,8 @@
 //! | `data_dir` | it is not a writable directory and cannot be created (the agent would not start) |
 //! | serial and Modbus RTU ports | the device node is missing: a **warning** only (a USB adapter may be plugged in later; the source retries) |
 //! | `[kafka.client]` | librdkafka refuses a setting (unknown key, bad value), asked without connecting (always checked) |
+//! | `[kafka.security]`, `[kafka.client]` | TLS or a SASL mechanism this build of librdkafka lacks (its `builtin.features`; always checked) |
+//! | `[kafka.security]` files | a CA, certificate or key file is unreadable or holds no PEM; a key or password file anyone may read; `password_env` unset |
 //!
 //! No check connects to anything.
 
@@ -69,11 +71,30 @@ fn kafka_settings(config: &Config) -> Vec<Finding> {
             )));
         }
     }
+    findings.extend(
+        unsupported_kafka_settings(config)
+            .into_iter()
+            .map(|m| Finding::error(format!("[kafka]: {m}"))),
+    );
     findings
+}
+
+/// Security settings the linked librdkafka cannot honour ([`edge_kafka::missing_features`]):
+/// `run` refuses to start on any, as `check-config` does.
+pub fn unsupported_kafka_settings(config: &Config) -> Vec<String> {
+    match &config.kafka {
+        Some(kafka) => edge_kafka::missing_features(&producer_config(kafka, config.agent.id.get_ref())),
+        None => Vec::new(),
+    }
 }
 
 fn machine(config: &Config) -> Vec<Finding> {
     let mut findings = Vec::new();
+    if let Some(security) = config.kafka.as_ref().and_then(|k| k.security.as_ref()) {
+        for problem in security.get_ref().check_machine() {
+            findings.push(Finding::error(format!("[kafka.security]: {problem}")));
+        }
+    }
     for source in &config.mqtt {
         let name = source.name.get_ref();
         if let Some(var) = &source.password_env {

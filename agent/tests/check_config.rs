@@ -117,6 +117,8 @@ fn on_this_machine_the_example_fails_on_its_missing_secret_and_ca_file_and_warns
         "error:",
         "`EDGE_MQTT_PASSWORD` (password_env) is not set",
         "cannot read ca_file `/etc/edge-agent/plant-ca.pem`",
+        "[kafka.security]: cannot read ca_file `/etc/edge-agent/kafka-ca.pem`",
+        "[kafka.security]: environment variable `EDGE_KAFKA_PASSWORD` (password_env) is not set",
         "warning:",
         "`/dev/ttyUSB0` does not exist",
         "the agent would not start as it is",
@@ -138,6 +140,87 @@ fn a_kafka_setting_librdkafka_refuses_fails_the_check_naming_it() {
     assert_eq!(code, 1, "{stderr}");
     assert!(
         stderr.contains("librdkafka refuses") && stderr.contains("linger.ms"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn kafka_security_files_that_are_missing_or_readable_by_everyone_are_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let password = dir.path().join("kafka-password");
+    std::fs::write(&password, "s3cret\n").unwrap();
+    std::fs::set_permissions(&password, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let key = dir.path().join("client.key");
+    std::fs::write(&key, "-----BEGIN PRIVATE KEY-----\n").unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o604)).unwrap();
+    let text = format!(
+        "[agent]\nid = \"gw\"\ndata_dir = {data:?}\n[kafka]\nbootstrap_servers = \"127.0.0.1:1\"\n\
+         [kafka.security]\nprotocol = \"SASL_SSL\"\nsasl_mechanism = \"SCRAM-SHA-512\"\n\
+         username = \"gw\"\npassword_file = {password:?}\nca_file = \"/nonexistent/ca.pem\"\n\
+         cert_file = {key:?}\nkey_file = {key:?}\n",
+        data = dir.path().join("data").display().to_string(),
+        password = password.display().to_string(),
+        key = key.display().to_string(),
+    );
+    let file = dir.path().join("agent.toml");
+    std::fs::write(&file, text).unwrap();
+    // The file alone is fine ...
+    let (code, stdout, stderr) = check(&file);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    // ... the machine is not.
+    let (code, _, stderr) = check_with(&[], &file);
+    assert_eq!(code, 1, "{stderr}");
+    for expected in [
+        "[kafka.security]: cannot read ca_file `/nonexistent/ca.pem`",
+        "password_file",
+        "is readable by every user (mode 644)",
+        "is readable by every user (mode 604)",
+        "cert_file",
+        "holds no PEM `BEGIN CERTIFICATE`",
+    ] {
+        assert!(stderr.contains(expected), "{expected}: {stderr}");
+    }
+}
+
+#[test]
+fn a_kafka_security_key_also_in_the_client_table_is_refused_naming_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = "[agent]\nid = \"gw\"\ndata_dir = \"/tmp\"\n[kafka]\nbootstrap_servers = \"h:1\"\n\
+                [kafka.security]\nprotocol = \"SSL\"\n[kafka.client]\n\
+                \"ssl.ca.location\" = \"/etc/ca.pem\"\n";
+    let file = dir.path().join("agent.toml");
+    std::fs::write(&file, text).unwrap();
+    let (code, _, stderr) = check(&file);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("agent.toml:9:"), "{stderr}");
+    assert!(
+        stderr.contains("`kafka.client.\"ssl.ca.location\"` is also set by [kafka.security]"),
+        "{stderr}"
+    );
+    std::fs::write(&file, text.replace("protocol = \"SSL\"", "protocol = \"SASL_SSL\"")).unwrap();
+    let (code, _, stderr) = check(&file);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("`kafka.security.sasl_mechanism` is required with a SASL protocol"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_sasl_mechanism_this_build_lacks_is_refused_before_the_agent_would_start() {
+    // GSSAPI (Kerberos) is not built into the bundled librdkafka: librdkafka itself accepts
+    // the setting and would fail only when the client is created.
+    let dir = tempfile::tempdir().unwrap();
+    let text = "[agent]\nid = \"gw\"\ndata_dir = \"/tmp\"\n[kafka]\nbootstrap_servers = \"h:1\"\n\
+                [kafka.client]\n\"security.protocol\" = \"SASL_PLAINTEXT\"\n\
+                \"sasl.mechanism\" = \"GSSAPI\"\n";
+    let file = dir.path().join("agent.toml");
+    std::fs::write(&file, text).unwrap();
+    let (code, _, stderr) = check(&file);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("sasl.mechanism = GSSAPI needs librdkafka's `sasl_gssapi`"),
         "{stderr}"
     );
 }

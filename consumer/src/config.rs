@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 
 use edge_config_toml::defaults::{self, default_true};
 use edge_config_toml::{LoadError, Location};
+use edge_kafka::Security;
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -105,6 +106,8 @@ pub struct KafkaSection {
     pub transaction_timeout_ms: Spanned<u64>,
     #[serde(default)]
     pub client: BTreeMap<Spanned<String>, String>,
+    /// TLS and SASL, typed ([`edge_kafka::security`]); plaintext when absent.
+    pub security: Option<Spanned<Security>>,
 }
 
 /// `[topics]`.
@@ -252,6 +255,18 @@ impl Config {
         Config::parse(file, &edge_config_toml::read(file)?)
     }
 
+    /// Reads what the file only names: the SASL password of `[kafka.security]`. Run before the
+    /// first session.
+    pub fn load_secrets(&mut self) -> Result<(), String> {
+        match self.kafka.security.as_mut() {
+            Some(security) => security
+                .get_mut()
+                .load_secret()
+                .map_err(|e| format!("[kafka.security]: {e}")),
+            None => Ok(()),
+        }
+    }
+
     /// Parses and validates `text` (named `file` in errors).
     pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
         let config: Config = edge_config_toml::parse(file, text)?;
@@ -291,6 +306,21 @@ impl Config {
                     key.span(),
                     "kafka.client",
                     "sets a key the consumer sets itself (exactly-once or static membership depends on it; the list is in configs/consumer.example.toml)",
+                ));
+            }
+        }
+        if let Some(security) = &k.security {
+            security
+                .get_ref()
+                .validate()
+                .map_err(|(field, reason)| (security.span(), field, reason))?;
+            let keys = k.client.keys().map(|key| key.get_ref().as_str());
+            if let Some(key) = security.get_ref().conflict(keys) {
+                let span = k.client.keys().find(|c| c.get_ref() == key).map(|c| c.span());
+                return Err((
+                    span.unwrap_or(security.span()),
+                    "kafka.client",
+                    "sets a key [kafka.security] sets too: set it in one place",
                 ));
             }
         }
@@ -458,6 +488,36 @@ dead_letters = "dl"
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("/nonexistent/c.toml: cannot read: "), "{e}");
+    }
+
+    #[test]
+    fn a_security_section_is_typed_checked_and_reaches_every_client() {
+        let secure = MINIMAL.replace(
+            "[topics]",
+            "[kafka.security]\nprotocol = \"SSL\"\nca_file = \"/etc/ca.pem\"\n\
+             cert_file = \"/etc/c.pem\"\nkey_file = \"/etc/c.key\"\n[topics]",
+        );
+        let config = Config::parse(Path::new("c.toml"), &secure).expect("valid");
+        for client in [
+            crate::kafka::consumer_config(&config),
+            crate::kafka::producer_config(&config),
+            crate::kafka::restore_config(&config),
+        ] {
+            assert_eq!(client.get("security.protocol"), Some("SSL"));
+            assert_eq!(client.get("ssl.key.location"), Some("/etc/c.key"));
+        }
+        let bad = secure.replace("key_file = \"/etc/c.key\"\n", "");
+        let e = Config::parse(Path::new("c.toml"), &bad).unwrap_err().to_string();
+        assert!(
+            e.contains("`kafka.security.key_file`: a client certificate needs its key_file"),
+            "{e}"
+        );
+        let twice = secure.replace(
+            "[topics]",
+            "[kafka.client]\n\"ssl.key.location\" = \"/x\"\n[topics]",
+        );
+        let e = Config::parse(Path::new("c.toml"), &twice).unwrap_err().to_string();
+        assert!(e.contains("sets a key [kafka.security] sets too"), "{e}");
     }
 
     #[test]

@@ -65,10 +65,14 @@ pub fn classify(during: &'static str, e: KafkaError) -> KafkaCallError {
 }
 
 /// Bootstrap and the reconnect backoff ([`edge_kafka::client_config`]: librdkafka's default
-/// would retry a broker that is back up to 15 s late), then the user's `[kafka.client]`, less
+/// would retry a broker that is back up to 15 s late), `[kafka.security]`, then the user's
+/// `[kafka.client]`, less
 /// the settings only the other role reads ([`edge_kafka::applies_to`]: no CONFWARN).
 fn base(config: &Config, role: Role) -> ClientConfig {
     let mut c = edge_kafka::client_config(config.kafka.bootstrap_servers.get_ref());
+    if let Some(security) = &config.kafka.security {
+        security.get_ref().apply(&mut c);
+    }
     for (k, v) in &config.kafka.client {
         if applies_to(k.get_ref(), role) {
             c.set(k.get_ref(), v);

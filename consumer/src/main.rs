@@ -36,19 +36,47 @@ enum Command {
         #[arg(long, value_enum, default_value = "human")]
         log_format: LogFormat,
     },
-    /// Validates a configuration file and exits: 0 when good, 1 with the reason.
+    /// Validates a configuration file and what it needs of this machine (the files and the
+    /// password `[kafka.security]` names, the TLS and SASL support of this build) and exits:
+    /// 0 when good, 1 with the reasons.
     CheckConfig {
         /// The TOML configuration file.
         file: PathBuf,
+        /// Check the file only (on a laptop or in a config repository, away from its server).
+        #[arg(long)]
+        no_environment: bool,
     },
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::CheckConfig { file } => {
+        Command::CheckConfig {
+            file,
+            no_environment,
+        } => {
             logging::init(LogFormat::Human);
-            Config::load(&file)?;
+            let config = Config::load(&file)?;
+            let mut problems = unsupported(&config);
+            if !no_environment {
+                if let Some(security) = &config.kafka.security {
+                    problems.extend(
+                        security
+                            .get_ref()
+                            .check_machine()
+                            .into_iter()
+                            .map(|p| format!("[kafka.security]: {p}")),
+                    );
+                }
+            }
+            for problem in &problems {
+                eprintln!("error: {}: {problem}", file.display());
+            }
+            anyhow::ensure!(
+                problems.is_empty(),
+                "{}: the file is valid, but the consumer would not start as it is (above)",
+                file.display()
+            );
             println!("{}: ok", file.display());
             Ok(())
         }
@@ -57,7 +85,11 @@ fn main() -> anyhow::Result<()> {
             log_format,
         } => {
             logging::init(log_format);
-            let config = Config::load(&path)?;
+            let mut config = Config::load(&path)?;
+            config.load_secrets().map_err(anyhow::Error::msg)?;
+            if let Some(problem) = unsupported(&config).first() {
+                anyhow::bail!("{problem}");
+            }
             let stop = Arc::new(AtomicBool::new(false));
             let metrics = Arc::new(Metrics::default());
             // SIGTERM / SIGINT: stop between transactions; SIGHUP: reload; systemd notified.
@@ -92,4 +124,17 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Security settings this build of librdkafka cannot honour (TLS without OpenSSL, a SASL
+/// mechanism it lacks), asked of librdkafka's `builtin.features` for each client.
+fn unsupported(config: &Config) -> Vec<String> {
+    use edge_consumer::kafka::{consumer_config, producer_config};
+    let mut problems = edge_kafka::missing_features(&consumer_config(config));
+    for p in edge_kafka::missing_features(&producer_config(config)) {
+        if !problems.contains(&p) {
+            problems.push(p);
+        }
+    }
+    problems.into_iter().map(|p| format!("[kafka]: {p}")).collect()
 }

@@ -55,6 +55,8 @@ use crate::group::Grouping;
 pub enum ReloadRefused {
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[error("{0}")]
+    Secret(String),
     #[error(
         "{file}: the file changes [{table}], which a reload cannot apply ({why}); only \
          [grouping] reloads: restart the consumer for the rest"
@@ -68,7 +70,8 @@ pub enum ReloadRefused {
 
 /// Reads and validates `path`, and checks that it changes only what a reload applies.
 pub fn load(path: &Path, running: &Config) -> Result<Config, ReloadRefused> {
-    let new = Config::load(path)?;
+    let mut new = Config::load(path)?;
+    new.load_secrets().map_err(ReloadRefused::Secret)?;
     check(running, &new).map_err(|(table, why)| ReloadRefused::NeedsRestart {
         file: path.display().to_string(),
         table,

@@ -11,6 +11,7 @@
 //! | [`txn`] | the transactional producer's life cycle (init, begin, send, wait, commit, abort, all bounded) and fencing |
 //! | [`errors`] | which `KafkaError`s are fatal, which mean another producer fenced ours, which are a lost connection; a throttle for logging those |
 //! | [`records`] | an owned copy of a received record's headers |
+//! | [`security`] | `[kafka.security]` of both services: typed TLS and SASL settings, their checks, and which librdkafka build features they need |
 //!
 //! Each service keeps its own settings (the agent's producer tuning, the consumer's group
 //! settings) and its own error type; this crate has the pieces whose rules are the same for
@@ -20,11 +21,13 @@
 pub mod config;
 pub mod errors;
 pub mod records;
+pub mod security;
 pub mod topics;
 pub mod txn;
 
 pub use config::{applies_to, client_config, set_transactional, Role, RECONNECT_BACKOFF_MAX_MS};
 pub use errors::{fenced_code, is_connection_loss, is_fatal, Throttle, FENCED};
 pub use records::owned_headers;
+pub use security::{missing_features, Security, SECURITY_CLIENT_KEYS};
 pub use topics::{admin_options, create_topics, partition_count, TopicError};
 pub use txn::TxnProducer;

@@ -178,4 +178,11 @@ pub enum Invalid {
         key: String,
         reserved: Vec<&'static str>,
     },
+    #[error("`{key}` {reason}")]
+    Security {
+        key: &'static str,
+        reason: &'static str,
+    },
+    #[error("`kafka.client.\"{key}\"` is also set by [kafka.security]: set it in one place")]
+    SecurityClientSetting { key: String },
 }

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::ops::Range;
 
 use edge_config_toml::defaults::{self, plain, unspanned};
+use edge_kafka::Security;
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -25,6 +26,8 @@ pub struct KafkaSection {
     /// exactly-once depends on, which are refused here: see [`RESERVED_CLIENT_KEYS`].
     #[serde(default)]
     pub client: BTreeMap<Spanned<String>, String>,
+    /// TLS and SASL, typed ([`edge_kafka::security`]); plaintext when absent.
+    pub security: Option<Spanned<Security>>,
     #[serde(default)]
     pub topics: KafkaTopics,
     /// Create missing topics (`true`, default) or refuse to start naming the missing one.
@@ -131,6 +134,19 @@ pub fn validate_kafka(kafka: &KafkaSection) -> Result<(), (Range<usize>, Invalid
                     key: key.get_ref().clone(),
                     reserved: RESERVED_CLIENT_KEYS.to_vec(),
                 },
+            );
+        }
+    }
+    if let Some(security) = &kafka.security {
+        if let Err((key, reason)) = security.get_ref().validate() {
+            return fail(security.span(), Invalid::Security { key, reason });
+        }
+        let keys = kafka.client.keys().map(|k| k.get_ref().as_str());
+        if let Some(key) = security.get_ref().conflict(keys) {
+            let span = kafka.client.keys().find(|k| k.get_ref() == key).map(|k| k.span());
+            return fail(
+                span.unwrap_or(security.span()),
+                Invalid::SecurityClientSetting { key: key.to_owned() },
             );
         }
     }

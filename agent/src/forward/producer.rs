@@ -50,9 +50,13 @@ pub fn transactional_id(agent: &str) -> String {
 pub use edge_kafka::RECONNECT_BACKOFF_MAX_MS;
 
 /// Settings every client of the forwarder shares: bootstrap, the reconnect backoff (the
-/// passthrough, applied after this, may override it).
+/// passthrough, applied after this, may override it), `[kafka.security]`.
 fn common(kafka: &KafkaSection) -> ClientConfig {
-    edge_kafka::client_config(kafka.bootstrap_servers.get_ref())
+    let mut config = edge_kafka::client_config(kafka.bootstrap_servers.get_ref());
+    if let Some(security) = &kafka.security {
+        security.get_ref().apply(&mut config);
+    }
+    config
 }
 
 fn passthrough(config: &mut ClientConfig, kafka: &KafkaSection) {

@@ -56,6 +56,8 @@ pub struct Health {
     pub db_error: bool,
     pub sources: BTreeMap<String, SourceState>,
     pub forwarder_failing: bool,
+    /// The forwarder's last session error (empty before the first).
+    pub forwarder_error: String,
     /// Names of stalled stages (`forwarder`, `windowing`).
     pub stalled: Vec<&'static str>,
     pub running: bool,
@@ -90,7 +92,10 @@ impl Health {
             }
         }
         if self.forwarder_failing {
-            why.push("forwarder failing (session error within 30 s)".to_owned());
+            why.push(format!(
+                "forwarder failing (session error within 30 s): {}",
+                self.forwarder_error
+            ));
         }
         why
     }
@@ -106,6 +111,8 @@ pub struct Observation {
     /// Commits + aborts + session errors of the forwarder.
     pub forward_events: u64,
     pub forward_errors: u64,
+    /// The last of them ([`crate::forward::ForwardMetrics::last_error`]).
+    pub forward_last_error: String,
     pub stage_enabled: bool,
     pub stage_commits: u64,
     /// `None`: no database open, or the read failed (`db_error`).
@@ -219,6 +226,7 @@ impl Tracker {
             db_error: o.db_error,
             sources,
             forwarder_failing,
+            forwarder_error: o.forward_last_error,
             stalled,
             running: o.running,
         }
@@ -252,6 +260,7 @@ pub fn observe(t: &Telemetry) -> Observation {
             + get(&f.transactions_aborted)
             + get(&f.session_errors),
         forward_errors: get(&f.session_errors),
+        forward_last_error: f.last_error.lock().map(|e| e.clone()).unwrap_or_default(),
         stage_enabled: t.stage_enabled.load(Ordering::Relaxed),
         stage_commits: get(&t.stage.commits),
         snapshot,

@@ -182,7 +182,8 @@ async fn drain(
 
 /// The file at `path`, when it is valid and only changes what a reload can apply.
 fn reloaded(path: &Path, running: &Config) -> Result<Config, ReloadRefused> {
-    let new = Config::load(path)?;
+    let mut new = Config::load(path)?;
+    new.load_secrets().map_err(ReloadRefused::Secret)?;
     if new.agent.id.get_ref() != running.agent.id.get_ref() {
         return Err(ReloadRefused::NeedsRestart { field: "agent.id" });
     }
@@ -202,6 +203,8 @@ fn reloaded(path: &Path, running: &Config) -> Result<Config, ReloadRefused> {
 pub enum ReloadRefused {
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    #[error("{0}")]
+    Secret(String),
     #[error("the file changes `{field}`, which needs a restart")]
     NeedsRestart { field: &'static str },
 }

@@ -95,6 +95,7 @@ fn a_forwarder_retrying_a_dead_broker_is_failing_but_not_stalled() {
                 forward_enabled: true,
                 forward_events: s / 5,
                 forward_errors: s / 5,
+                forward_last_error: "Kafka, while init: Broker: Topic authorization failed".into(),
                 running: true,
                 snapshot: Some(Snapshot {
                     outbox_records: 100,
@@ -106,6 +107,8 @@ fn a_forwarder_retrying_a_dead_broker_is_failing_but_not_stalled() {
         assert!(h.stalled.is_empty());
         if s >= 5 {
             assert!(h.forwarder_failing);
+            let why = h.unready(t0 + Duration::from_secs(s)).join("; ");
+            assert!(why.contains("Topic authorization failed"), "{why}");
         }
     }
 }

@@ -139,6 +139,7 @@ fn telemetry() -> (Telemetry, Health) {
         ]
         .into(),
         forwarder_failing: true,
+        forwarder_error: String::new(),
         stalled: vec!["windowing"],
         running: true,
     };
