@@ -9,6 +9,7 @@
 #   tests/services/services.sh status                           what runs, where its logs are
 #   tests/services/services.sh env                              print the env file
 #   tests/services/services.sh console-consumer ARGS...         Kafka's own kafka-console-consumer (same jars)
+#   tests/services/services.sh console-producer ARGS...         Kafka's own kafka-console-producer (same jars)
 #   tests/services/services.sh start --secure                   also the secured broker and Mosquitto's mTLS listener
 #   tests/services/services.sh acl ARGS...                      Kafka's AclCommand against the secured broker, as admin
 #   tests/services/services.sh topics ARGS...                   Kafka's TopicCommand against the secured broker, as admin
@@ -638,11 +639,12 @@ status() {
 }
 
 cmd=${1:-status}; shift || true
-if [[ $cmd == console-consumer ]]; then
+if [[ $cmd == console-consumer || $cmd == console-producer ]]; then
   # Its arguments are the tool's own (--bootstrap-server, --topic, --isolation-level, ...).
   kafka_jars
-  exec java -Xmx256m -XX:+UseSerialGC -XX:TieredStopAtLevel=1 -cp "$jars/*" \
-    org.apache.kafka.tools.consumer.ConsoleConsumer "$@"
+  class=org.apache.kafka.tools.consumer.ConsoleConsumer
+  [[ $cmd == console-producer ]] && class=org.apache.kafka.tools.ConsoleProducer
+  exec java -Xmx256m -XX:+UseSerialGC -XX:TieredStopAtLevel=1 -cp "$jars/*" "$class" "$@"
 fi
 if [[ $cmd == acl || $cmd == topics ]]; then
   # Kafka's kafka-acls / kafka-topics as the secured broker's admin; the arguments are the tool's
@@ -707,5 +709,5 @@ case $cmd in
     ;;
   status) status ;;
   env) cat "$state/env" ;;
-  *) die "unknown command: $cmd (start|stop|kill|clean|status|env|console-consumer|acl|topics|secure-config)" ;;
+  *) die "unknown command: $cmd (start|stop|kill|clean|status|env|console-consumer|console-producer|acl|topics|secure-config)" ;;
 esac
