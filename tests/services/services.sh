@@ -627,10 +627,12 @@ status() {
       echo "kafka node $id: up on 127.0.0.1:$port (pid $(cat "$state/kafka/node$id/pid"), log $state/kafka/node$id/server.log)"
     else echo "kafka node $id: down"; rc=1; fi
   done
-  # The secured broker counts only once started (start --secure): down after that is a failure.
+  # The secured broker is optional (start --secure): only one that died on its own (its pid file
+  # is still there) makes status fail; stopped or killed by this script, it is just listed.
   if pid_alive "$secure_dir/pid" && port_open "$secure_sasl_port" && port_open "$secure_mtls_port"; then
     echo "kafka secure: up on SASL_SSL 127.0.0.1:$secure_sasl_port, mTLS :$secure_mtls_port (pid $(cat "$secure_dir/pid"), log $secure_dir/server.log)"
-  elif [[ -f "$secure_dir/pid" ]]; then echo "kafka secure: down"; rc=1
+  elif [[ -f "$secure_dir/pid" ]]; then echo "kafka secure: down (log $secure_dir/server.log)"; rc=1
+  elif [[ -d "$secure_dir/data" ]]; then echo "kafka secure: stopped (start --secure restarts it with its data)"
   else echo "kafka secure: not started (start --secure)"; fi
   if pid_alive "$state/mqtt/pid" && port_open "$mqtt_port"; then
     echo "mosquitto: up on 127.0.0.1:$mqtt_port, TLS :$mqtts_port, password :$mqtt_auth_port$(mqtt_has_mtls && echo ", mTLS :$mqtt_mtls_port") (pid $(cat "$state/mqtt/pid"), log $state/mqtt/mosquitto.log)"
