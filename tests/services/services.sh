@@ -11,6 +11,8 @@
 #   tests/services/services.sh console-consumer ARGS...         Kafka's own kafka-console-consumer (same jars)
 #   tests/services/services.sh console-producer ARGS...         Kafka's own kafka-console-producer (same jars)
 #   tests/services/services.sh start --secure                   also the secured broker and Mosquitto's mTLS listener
+#                                                               (a running Mosquitto without it is restarted, once)
+#   tests/services/services.sh start|stop|kill secure           the secured broker (start: and the mTLS listener)
 #   tests/services/services.sh acl ARGS...                      Kafka's AclCommand against the secured broker, as admin
 #   tests/services/services.sh topics ARGS...                   Kafka's TopicCommand against the secured broker, as admin
 #   tests/services/services.sh secure-config                    print the path of the secured broker's admin client config
@@ -33,11 +35,17 @@
 #   KAFKA_SECURE_ADMIN_CONFIG=.services/kafka-secure/admin.properties   for Kafka's own tools
 #   MQTT_MTLS_URL=mqtts://127.0.0.1:18833 TLS, client certificate required, CN is the username
 #   MQTT_MTLS_CA, MQTT_MTLS_CERT, MQTT_MTLS_KEY (CN=edge-test-client), MQTT_MTLS_ROGUE_CERT/_KEY
+#                                        (.services/mqtt/tls: the CA of the TLS listener; the rogue
+#                                        certificate's CA is not)
 # The secured broker is a separate single-node KRaft broker (.services/kafka-secure, its own
 # cluster id; controller :19097, broker-internal :19098, both mTLS as User:broker). A certificate
 # CN=agent-a and the SCRAM user agent-a are both principal User:agent-a. StandardAuthorizer, no
 # ACL = denied; super users admin and broker. Its ACLs (PREFIXED patterns, re-added at each start
-# of the broker) are listed in kafka_secure_acls below.
+# of the broker) are listed in kafka_secure_acls below. `stop` stops it too, `clean` deletes it;
+# `stop kafka` and `kill kafka` are about the main broker(s) only. Ports move with
+# EDGE_KAFKA_PORT_OFFSET (secured: 19095-19098 + offset) and EDGE_MQTT_PORT (mTLS: + 3).
+# SCRAM clients need librdkafka 2.6.1 or later (or Java): older ones, Debian's kcat among them,
+# are refused by Kafka 4.x as "invalid credentials" (librdkafka PR 4895); they work over mTLS.
 #
 # Kafka's jars are assembled by Maven from tests/services/pom.xml into a cache
 # (EDGE_CACHE, default ~/.cache/edge-ingest) and reused. Broker data survives stop/start (a
