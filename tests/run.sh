@@ -27,7 +27,7 @@ bash scripts/install-deps.sh
 step "test brokers"
 started_here=0
 if ! bash "$services" status >/dev/null 2>&1; then started_here=1; fi
-bash "$services" start
+bash "$services" start --secure
 if ((started_here)) && [[ ${EDGE_KEEP_SERVICES:-0} != 1 ]]; then
   trap 'bash "$services" stop' EXIT
 fi

@@ -1,4 +1,6 @@
-//! Where the test brokers are: `KAFKA_BOOTSTRAP`, `MQTT_URL`, `MQTTS_URL`, `MQTT_CA`.
+//! Where the test brokers are: `KAFKA_BOOTSTRAP`, `MQTT_URL`, `MQTTS_URL`, `MQTT_CA`; with
+//! `services.sh start --secure` also the secured Kafka ([`SecureKafka`]) and Mosquitto's
+//! client-certificate listener ([`MqttMtls`]).
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
@@ -112,6 +114,172 @@ impl Services {
     pub fn mqtts_host_port(&self) -> (String, u16) {
         host_port(&url_addr(&self.mqtts_url))
     }
+}
+
+/// The secured Kafka broker of `tests/services/services.sh start --secure`: a separate
+/// single-node broker, TLS on every listener (CA in `ca_file`), StandardAuthorizer with no ACL
+/// meaning denied. `agent-a`, `agent-b`, `consumer` and `admin` (a super user) are both SCRAM
+/// users and certificate CNs (`User:<name>` either way); their ACLs are in `services.sh`
+/// (`kafka_secure_acls`).
+#[derive(Debug, Clone)]
+pub struct SecureKafka {
+    /// SASL_SSL, SCRAM-SHA-512 only: `127.0.0.1:19095` (`KAFKA_SECURE_SASL`).
+    pub sasl_bootstrap: String,
+    /// SSL with a client certificate required: `127.0.0.1:19096` (`KAFKA_SECURE_MTLS`).
+    pub mtls_bootstrap: String,
+    /// PEM of the throw-away CA that signed the broker's and the clients' certificates.
+    pub ca_file: PathBuf,
+    /// `<name>.password`, `<name>.crt`, `<name>.key` per principal; `rogue.crt`/`rogue.key`
+    /// are signed by a CA the broker does not trust.
+    pub clients: PathBuf,
+    /// The admin's client properties for Kafka's own tools (`--command-config`).
+    pub admin_config: PathBuf,
+}
+
+impl SecureKafka {
+    /// Reads `KAFKA_SECURE_*` from the environment, falling back to `.services/env`, and checks
+    /// that both listeners accept TCP connections. Panics with instructions when missing.
+    pub fn from_env() -> SecureKafka {
+        let get = secure_getter("the secured Kafka broker");
+        let kafka = SecureKafka {
+            sasl_bootstrap: get("KAFKA_SECURE_SASL"),
+            mtls_bootstrap: get("KAFKA_SECURE_MTLS"),
+            ca_file: PathBuf::from(get("KAFKA_SECURE_CA")),
+            clients: PathBuf::from(get("KAFKA_SECURE_CLIENTS")),
+            admin_config: PathBuf::from(get("KAFKA_SECURE_ADMIN_CONFIG")),
+        };
+        require_listening_secure("the secured Kafka (SASL_SSL)", &kafka.sasl_bootstrap);
+        require_listening_secure("the secured Kafka (mTLS)", &kafka.mtls_bootstrap);
+        kafka
+    }
+
+    /// The file holding `principal`'s SCRAM-SHA-512 password alone.
+    pub fn password_file(&self, principal: &str) -> PathBuf {
+        self.clients.join(format!("{principal}.password"))
+    }
+
+    /// `principal`'s SCRAM-SHA-512 password.
+    pub fn password(&self, principal: &str) -> String {
+        let file = self.password_file(principal);
+        std::fs::read_to_string(&file)
+            .unwrap_or_else(|e| panic!("{}: {e}", file.display()))
+            .trim()
+            .to_owned()
+    }
+
+    /// `principal`'s certificate (PEM, CN=`principal`); `"rogue"` is the untrusted one.
+    pub fn cert_file(&self, principal: &str) -> PathBuf {
+        self.clients.join(format!("{principal}.crt"))
+    }
+
+    /// `principal`'s private key (unencrypted PKCS#8 PEM, mode 0600).
+    pub fn key_file(&self, principal: &str) -> PathBuf {
+        self.clients.join(format!("{principal}.key"))
+    }
+
+    /// Kafka's AclCommand as admin (`services.sh acl ARGS`): e.g. `["--add",
+    /// "--allow-principal", "User:agent-a", "--operation", "Write", "--topic", "t"]`. Panics with
+    /// its output when it fails.
+    pub fn acl(&self, args: &[&str]) {
+        services_sh("acl", args);
+    }
+
+    /// Kafka's TopicCommand as admin (`services.sh topics ARGS`), e.g. `["--create", "--topic",
+    /// "t"]`. Panics with its output when it fails.
+    pub fn topics(&self, args: &[&str]) {
+        services_sh("topics", args);
+    }
+}
+
+/// Mosquitto's listener that requires a client certificate (`start --secure`): TLS, the
+/// certificate's CN is the username; no certificate, or one from another CA, is refused.
+#[derive(Debug, Clone)]
+pub struct MqttMtls {
+    /// `mqtts://127.0.0.1:18833` (`MQTT_MTLS_URL`).
+    pub url: String,
+    /// PEM of the CA that signed the broker's and the client's certificates.
+    pub ca_file: PathBuf,
+    /// CN=edge-test-client, signed by `ca_file`.
+    pub cert_file: PathBuf,
+    /// Its key (unencrypted PKCS#8 PEM, mode 0600).
+    pub key_file: PathBuf,
+    /// Signed by a CA Mosquitto does not know.
+    pub rogue_cert: PathBuf,
+    pub rogue_key: PathBuf,
+}
+
+impl MqttMtls {
+    /// Reads `MQTT_MTLS_*` from the environment, falling back to `.services/env`, and checks the
+    /// listener accepts TCP connections. Panics with instructions when missing.
+    pub fn from_env() -> MqttMtls {
+        let get = secure_getter("Mosquitto's mTLS listener");
+        let mtls = MqttMtls {
+            url: get("MQTT_MTLS_URL"),
+            ca_file: PathBuf::from(get("MQTT_MTLS_CA")),
+            cert_file: PathBuf::from(get("MQTT_MTLS_CERT")),
+            key_file: PathBuf::from(get("MQTT_MTLS_KEY")),
+            rogue_cert: PathBuf::from(get("MQTT_MTLS_ROGUE_CERT")),
+            rogue_key: PathBuf::from(get("MQTT_MTLS_ROGUE_KEY")),
+        };
+        require_listening_secure("MQTT with client certificates", &url_addr(&mtls.url));
+        mtls
+    }
+
+    /// `(host, port)` of the listener.
+    pub fn host_port(&self) -> (String, u16) {
+        host_port(&url_addr(&self.url))
+    }
+}
+
+const START_SECURE: &str = "start the brokers with `tests/services/services.sh start --secure`";
+
+/// A reader of `KEY` from the environment, else `.services/env`, that panics with instructions.
+fn secure_getter(what: &'static str) -> impl Fn(&str) -> String {
+    let file = env_file_path();
+    let from_file = std::fs::read_to_string(&file)
+        .map(|text| parse_env_file(&text))
+        .unwrap_or_default();
+    move |key: &str| {
+        std::env::var(key)
+            .ok()
+            .filter(|v| !v.is_empty())
+            .or_else(|| from_file.get(key).cloned().filter(|v| !v.is_empty()))
+            .unwrap_or_else(|| {
+                panic!(
+                    "{key} ({what}) is not set and {} does not define it: {START_SECURE}",
+                    file.display()
+                )
+            })
+    }
+}
+
+fn require_listening_secure(what: &str, addr: &str) {
+    let reachable = addr.to_socket_addrs().is_ok_and(|mut addrs| {
+        addrs.any(|a| TcpStream::connect_timeout(&a, Duration::from_secs(2)).is_ok())
+    });
+    assert!(
+        reachable,
+        "{what} is not listening on {addr}: {START_SECURE}"
+    );
+}
+
+/// `tests/services/services.sh <cmd> <args>`; panics with its output when it fails.
+fn services_sh(cmd: &str, args: &[&str]) -> std::process::Output {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("services/services.sh");
+    let output = std::process::Command::new("bash")
+        .arg(&script)
+        .arg(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("bash {}: {e}", script.display()));
+    assert!(
+        output.status.success(),
+        "services.sh {cmd} {args:?} failed ({}):\n{}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
 }
 
 /// `.services/env` at the workspace root (this crate lives in `tests/`).
