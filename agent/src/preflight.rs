@@ -83,7 +83,9 @@ fn kafka_settings(config: &Config) -> Vec<Finding> {
 /// `run` refuses to start on any, as `check-config` does.
 pub fn unsupported_kafka_settings(config: &Config) -> Vec<String> {
     match &config.kafka {
-        Some(kafka) => edge_kafka::missing_features(&producer_config(kafka, config.agent.id.get_ref())),
+        Some(kafka) => {
+            edge_kafka::missing_features(&producer_config(kafka, config.agent.id.get_ref()))
+        }
         None => Vec::new(),
     }
 }

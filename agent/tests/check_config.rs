@@ -198,7 +198,11 @@ fn a_kafka_security_key_also_in_the_client_table_is_refused_naming_its_line() {
         stderr.contains("`kafka.client.\"ssl.ca.location\"` is also set by [kafka.security]"),
         "{stderr}"
     );
-    std::fs::write(&file, text.replace("protocol = \"SSL\"", "protocol = \"SASL_SSL\"")).unwrap();
+    std::fs::write(
+        &file,
+        text.replace("protocol = \"SSL\"", "protocol = \"SASL_SSL\""),
+    )
+    .unwrap();
     let (code, _, stderr) = check(&file);
     assert_eq!(code, 1, "{stderr}");
     assert!(

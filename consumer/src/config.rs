@@ -316,7 +316,11 @@ impl Config {
                 .map_err(|(field, reason)| (security.span(), field, reason))?;
             let keys = k.client.keys().map(|key| key.get_ref().as_str());
             if let Some(key) = security.get_ref().conflict(keys) {
-                let span = k.client.keys().find(|c| c.get_ref() == key).map(|c| c.span());
+                let span = k
+                    .client
+                    .keys()
+                    .find(|c| c.get_ref() == key)
+                    .map(|c| c.span());
                 return Err((
                     span.unwrap_or(security.span()),
                     "kafka.client",
@@ -507,7 +511,9 @@ dead_letters = "dl"
             assert_eq!(client.get("ssl.key.location"), Some("/etc/c.key"));
         }
         let bad = secure.replace("key_file = \"/etc/c.key\"\n", "");
-        let e = Config::parse(Path::new("c.toml"), &bad).unwrap_err().to_string();
+        let e = Config::parse(Path::new("c.toml"), &bad)
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("`kafka.security.key_file`: a client certificate needs its key_file"),
             "{e}"
@@ -516,7 +522,9 @@ dead_letters = "dl"
             "[topics]",
             "[kafka.client]\n\"ssl.key.location\" = \"/x\"\n[topics]",
         );
-        let e = Config::parse(Path::new("c.toml"), &twice).unwrap_err().to_string();
+        let e = Config::parse(Path::new("c.toml"), &twice)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("sets a key [kafka.security] sets too"), "{e}");
     }
 

@@ -136,5 +136,8 @@ fn unsupported(config: &Config) -> Vec<String> {
             problems.push(p);
         }
     }
-    problems.into_iter().map(|p| format!("[kafka]: {p}")).collect()
+    problems
+        .into_iter()
+        .map(|p| format!("[kafka]: {p}"))
+        .collect()
 }

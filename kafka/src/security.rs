@@ -130,10 +130,16 @@ impl Security {
         let tls = self.protocol.tls();
         if sasl {
             if self.sasl_mechanism.is_none() {
-                return Err(("kafka.security.sasl_mechanism", "is required with a SASL protocol"));
+                return Err((
+                    "kafka.security.sasl_mechanism",
+                    "is required with a SASL protocol",
+                ));
             }
             if self.username.as_deref().is_none_or(str::is_empty) {
-                return Err(("kafka.security.username", "is required with a SASL protocol"));
+                return Err((
+                    "kafka.security.username",
+                    "is required with a SASL protocol",
+                ));
             }
             match (&self.password_file, &self.password_env) {
                 (None, None) => {
@@ -152,7 +158,10 @@ impl Security {
             }
         } else {
             for (set, key) in [
-                (self.sasl_mechanism.is_some(), "kafka.security.sasl_mechanism"),
+                (
+                    self.sasl_mechanism.is_some(),
+                    "kafka.security.sasl_mechanism",
+                ),
                 (self.username.is_some(), "kafka.security.username"),
                 (self.password_file.is_some(), "kafka.security.password_file"),
                 (self.password_env.is_some(), "kafka.security.password_env"),
@@ -174,7 +183,10 @@ impl Security {
             }
         }
         match (&self.cert_file, &self.key_file) {
-            (Some(_), None) => Err(("kafka.security.key_file", "a client certificate needs its key_file")),
+            (Some(_), None) => Err((
+                "kafka.security.key_file",
+                "a client certificate needs its key_file",
+            )),
             (None, Some(_)) => Err(("kafka.security.cert_file", "a key_file needs its cert_file")),
             _ => Ok(()),
         }
@@ -382,7 +394,11 @@ mod tests {
         ];
         for (text, key) in cases {
             let refused = parse(text).validate().expect_err(text);
-            assert_eq!(refused.0, format!("kafka.security.{key}"), "{text}: {refused:?}");
+            assert_eq!(
+                refused.0,
+                format!("kafka.security.{key}"),
+                "{text}: {refused:?}"
+            );
         }
         assert_eq!(
             parse("protocol = \"SSL\"\ncert_file = \"/c\"\nkey_file = \"/k\"\n").validate(),
@@ -454,15 +470,24 @@ mod tests {
             key.display().to_string()
         ));
         let problems = s.check_machine().join("\n");
-        assert!(problems.contains("holds no PEM `BEGIN CERTIFICATE`"), "{problems}");
-        assert!(problems.contains("holds no PEM `PRIVATE KEY`"), "{problems}");
+        assert!(
+            problems.contains("holds no PEM `BEGIN CERTIFICATE`"),
+            "{problems}"
+        );
+        assert!(
+            problems.contains("holds no PEM `PRIVATE KEY`"),
+            "{problems}"
+        );
     }
 
     #[test]
     fn this_build_has_tls_and_scram() {
         let features = builtin_features();
         for needed in ["ssl", "sasl_scram", "sasl_plain"] {
-            assert!(features.iter().any(|f| f == needed), "{needed}: {features:?}");
+            assert!(
+                features.iter().any(|f| f == needed),
+                "{needed}: {features:?}"
+            );
         }
         let mut c = ClientConfig::new();
         c.set("security.protocol", "SASL_SSL")

@@ -143,10 +143,16 @@ pub fn validate_kafka(kafka: &KafkaSection) -> Result<(), (Range<usize>, Invalid
         }
         let keys = kafka.client.keys().map(|k| k.get_ref().as_str());
         if let Some(key) = security.get_ref().conflict(keys) {
-            let span = kafka.client.keys().find(|k| k.get_ref() == key).map(|k| k.span());
+            let span = kafka
+                .client
+                .keys()
+                .find(|k| k.get_ref() == key)
+                .map(|k| k.span());
             return fail(
                 span.unwrap_or(security.span()),
-                Invalid::SecurityClientSetting { key: key.to_owned() },
+                Invalid::SecurityClientSetting {
+                    key: key.to_owned(),
+                },
             );
         }
     }
