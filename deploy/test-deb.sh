@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Builds the amd64 Debian packages, installs each on this machine (dpkg -i) and runs it from the
-# package: the installed binary, as the installed user, on the installed configuration adjusted
-# to the loopback brokers of tests/services/services.sh (no systemd needed: the binary is started
-# directly; the installed unit is checked with systemd-analyze verify and security).
+# package: the installed binary, as the installed user, on the installed configuration with its
+# addresses and names pointed at the loopback brokers of tests/services/services.sh (the agent's
+# as shipped otherwise: SASL_SSL to the secured Kafka of `start --secure`, secrets from the unit's
+# EnvironmentFile; no systemd needed: the binary is started directly; the installed unit is
+# checked with systemd-analyze verify and security).
 #
 #   deploy/test-deb.sh [agent] [consumer]     (default: both)
 #
@@ -119,18 +121,34 @@ test_agent() {
     installed edge-agent agent.toml
     id -nG edge-agent | grep -qw dialout
     [ "$(stat -c '%U:%G %a' /var/lib/edge-agent)" = "edge-agent:edge-agent 750" ]
-    echo "== start the installed agent on the installed config, adjusted to loopback brokers"
+    echo "== start the installed agent on the installed config as shipped (SASL_SSL + SCRAM-SHA-512 to"
+    echo "   Kafka, TLS + password to MQTT), its addresses and names pointed at the loopback brokers"
+    : "${KAFKA_SECURE_SASL:?the secured Kafka is not running: tests/services/services.sh start --secure}"
     local run_id port config log ok=""
-    run_id="deb-test-$$-$(date +%s)"
+    run_id="gw-a-deb-$$-$(date +%s)"
     port=$((20000 + RANDOM % 20000))
-    config=$(adjusted edge-agent agent.toml '-kafka.client.*' '-mqtt.username' \
-        '-mqtt.password_env' '-mqtt.password_file' '-mqtt.ca_file' \
-        "agent.id=\"$run_id\"" "mqtt.url=\"$MQTT_URL\"" "mqtt.client_id=\"$run_id\"" \
-        "ops.metrics_listen=\"127.0.0.1:$port\"" "kafka.bootstrap_servers=\"$KAFKA_BOOTSTRAP\"" \
-        'kafka.replication_factor=1' \
-        "kafka.topics.partials=\"$run_id.partials\"" "kafka.topics.readings=\"$run_id.readings\"" \
-        "kafka.topics.late=\"$run_id.late\"" "kafka.topics.dead_letters=\"$run_id.dead_letters\"" \
-        "kafka.topics.progress=\"$run_id.progress\"")
+    # Provisioning, as OPERATIONS.md says: the CA files the example names, and the secrets in
+    # the unit's EnvironmentFile (root:edge-agent 0640). agent-a's ACLs cover agent ids gw-a*
+    # and topics edge.partials*, edge.readings*, ... (tests/services/services.sh).
+    install -m 0640 -o root -g edge-agent "$KAFKA_SECURE_CA" /etc/edge-agent/kafka-ca.pem
+    install -m 0640 -o root -g edge-agent "$MQTT_CA" /etc/edge-agent/plant-ca.pem
+    install -m 0640 -o root -g edge-agent /dev/null /etc/edge-agent/env
+    printf 'EDGE_KAFKA_PASSWORD=%s\nEDGE_MQTT_PASSWORD=%s\n' \
+        "$(cat "$KAFKA_SECURE_CLIENTS/agent-a.password")" "anonymous-listener-ignores-it" >/etc/edge-agent/env
+    set -a
+    # shellcheck disable=SC1091
+    . /etc/edge-agent/env
+    set +a
+    config=$(adjusted edge-agent agent.toml \
+        "agent.id=\"$run_id\"" "mqtt.url=\"$MQTTS_URL\"" "mqtt.client_id=\"$run_id\"" \
+        "ops.metrics_listen=\"127.0.0.1:$port\"" "kafka.bootstrap_servers=\"$KAFKA_SECURE_SASL\"" \
+        'kafka.replication_factor=1' 'kafka.security.username="agent-a"' \
+        "kafka.topics.partials=\"edge.partials.$run_id\"" \
+        "kafka.topics.readings=\"edge.readings.$run_id.{pipeline}\"" \
+        "kafka.topics.late=\"edge.late.$run_id\"" "kafka.topics.dead_letters=\"edge.dead-letters.$run_id\"" \
+        "kafka.topics.progress=\"edge.progress.$run_id\"")
+    # Nothing of the shipped file is dropped: the same keys, other values.
+    diff <(grep -Eo '^[a-z_]+ *=' "/etc/edge-agent/agent.toml") <(grep -Eo '^[a-z_]+ *=' "$config")
     log="$work/agent.log"
     run_as edge-agent /usr/bin/edge-agent run --config "$config" --log-format json 2>"$log"
     for _ in $(seq 1 60); do
@@ -150,7 +168,8 @@ test_agent() {
     [ -n "$ok" ] || { cat "$log"; echo "agent deb test FAILED" >&2; return 1; }
     test -f /var/lib/edge-agent/ingest.redb
     [ "$(stat -c %U /var/lib/edge-agent/ingest.redb)" = edge-agent ]
-    echo "agent deb test OK: installed agent ran as edge-agent, connected MQTT and Kafka, drained on SIGTERM"
+    rm -f /etc/edge-agent/env
+    echo "agent deb test OK: installed agent ran as edge-agent on the shipped config, connected MQTT (TLS) and Kafka (SASL_SSL, SCRAM-SHA-512), drained on SIGTERM"
 }
 
 test_consumer() {

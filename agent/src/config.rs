@@ -152,6 +152,11 @@ pub struct MqttSource {
     pub password_file: Option<PathBuf>,
     /// PEM CA bundle for `mqtts://`; the system roots when absent.
     pub ca_file: Option<Spanned<PathBuf>>,
+    /// A client certificate (PEM) for brokers that require one (Mosquitto's
+    /// `require_certificate`); with `key_file` and `ca_file`.
+    pub cert_file: Option<Spanned<PathBuf>>,
+    /// The certificate's private key (PEM, PKCS#8 or RSA/EC); not readable by every user.
+    pub key_file: Option<Spanned<PathBuf>>,
     /// Default 30.
     #[serde(default = "plain::u64::<30>")]
     pub keep_alive_s: u64,

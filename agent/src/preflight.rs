@@ -6,7 +6,7 @@
 //! | check | when it fails |
 //! | --- | --- |
 //! | `password_env` | the variable is unset or empty (the source would not start) |
-//! | `password_file`, `ca_file` | the file cannot be read; a CA file holds no PEM certificate |
+//! | `password_file`, `ca_file`, `cert_file`, `key_file` | the file cannot be read; a CA or certificate file holds no PEM certificate, a key file no PEM key; a key file every user may read |
 //! | `data_dir` | it is not a writable directory and cannot be created (the agent would not start) |
 //! | serial and Modbus RTU ports | the device node is missing: a **warning** only (a USB adapter may be plugged in later; the source retries) |
 //! | `[kafka.client]` | librdkafka refuses a setting (unknown key, bad value), asked without connecting (always checked) |
@@ -115,21 +115,12 @@ fn machine(config: &Config) -> Vec<Finding> {
                 )));
             }
         }
-        if let Some(ca) = &source.ca_file {
-            let path = ca.get_ref();
-            match std::fs::read(path) {
-                Err(e) => findings.push(Finding::error(format!(
-                    "source `{name}`: cannot read ca_file `{}`: {e}",
-                    path.display()
-                ))),
-                Ok(pem) if !contains(&pem, b"-----BEGIN CERTIFICATE-----") => {
-                    findings.push(Finding::error(format!(
-                        "source `{name}`: ca_file `{}` holds no PEM certificate",
-                        path.display()
-                    )))
-                }
-                Ok(_) => {}
-            }
+        for problem in edge_kafka::pem_files(
+            path(&source.ca_file),
+            path(&source.cert_file),
+            path(&source.key_file),
+        ) {
+            findings.push(Finding::error(format!("source `{name}`: {problem}")));
         }
     }
     let ports = config
@@ -175,8 +166,8 @@ fn data_dir_problem(dir: &Path) -> Option<String> {
     }
 }
 
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
+fn path(file: &Option<toml::Spanned<std::path::PathBuf>>) -> Option<&Path> {
+    file.as_ref().map(|f| f.get_ref().as_path())
 }
 
 #[cfg(test)]
@@ -234,11 +225,37 @@ mod tests {
             true,
         );
         assert!(
-            f[0].error && f[0].message.contains("no PEM certificate"),
+            f[0].error && f[0].message.contains("holds no PEM `BEGIN CERTIFICATE`"),
             "{f:?}"
         );
         let f = check(&fixtures::config(&tls("/nonexistent/ca.pem")), true);
         assert!(f[0].message.contains("cannot read ca_file"), "{f:?}");
+
+        // A client certificate whose key every user may read.
+        use std::os::unix::fs::PermissionsExt;
+        let key = dir.path().join("client.key");
+        std::fs::write(&key, "-----BEGIN PRIVATE KEY-----\n").expect("write");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let with_cert = tls("/nonexistent/ca.pem").replace(
+            "client_id = \"agent-gw-1\"",
+            &format!(
+                "client_id = \"agent-gw-1\"\ncert_file = \"/nonexistent/c.pem\"\nkey_file = {:?}",
+                key.display().to_string()
+            ),
+        );
+        let all = check(&fixtures::config(&with_cert), true)
+            .iter()
+            .map(|f| f.message.clone())
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert!(
+            all.contains("cannot read cert_file `/nonexistent/c.pem`"),
+            "{all}"
+        );
+        assert!(
+            all.contains("key_file") && all.contains("readable by every user"),
+            "{all}"
+        );
         assert!(
             check(&fixtures::config(&tls("/nonexistent/ca.pem")), false).is_empty(),
             "--no-environment skips the machine"

@@ -28,6 +28,6 @@ pub mod txn;
 pub use config::{applies_to, client_config, set_transactional, Role, RECONNECT_BACKOFF_MAX_MS};
 pub use errors::{fenced_code, is_connection_loss, is_fatal, Throttle, FENCED};
 pub use records::owned_headers;
-pub use security::{missing_features, Security, SECURITY_CLIENT_KEYS};
+pub use security::{missing_features, pem_files, Security, SECURITY_CLIENT_KEYS};
 pub use topics::{admin_options, create_topics, partition_count, TopicError};
 pub use txn::TxnProducer;

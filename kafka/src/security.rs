@@ -226,27 +226,11 @@ impl Security {
     /// file nobody else may read, the password itself. One message per problem.
     pub fn check_machine(&self) -> Vec<String> {
         let mut problems = Vec::new();
-        for (path, key, marker) in [
-            (&self.ca_file, "ca_file", "-----BEGIN CERTIFICATE-----"),
-            (&self.cert_file, "cert_file", "-----BEGIN CERTIFICATE-----"),
-            (&self.key_file, "key_file", "PRIVATE KEY-----"),
-        ] {
-            let Some(path) = path else { continue };
-            match std::fs::read_to_string(path) {
-                Err(e) => problems.push(format!("cannot read {key} `{}`: {e}", path.display())),
-                Ok(pem) if !pem.contains(marker) => problems.push(format!(
-                    "{key} `{}` holds no PEM `{}`",
-                    path.display(),
-                    marker.trim_matches('-')
-                )),
-                Ok(_) => {}
-            }
-        }
-        if let Some(key) = &self.key_file {
-            if let Err(problem) = private(key, "key_file") {
-                problems.push(problem);
-            }
-        }
+        problems.extend(pem_files(
+            self.ca_file.as_deref(),
+            self.cert_file.as_deref(),
+            self.key_file.as_deref(),
+        ));
         if let Err(problem) = self.clone().load_secret() {
             problems.push(problem);
         }
@@ -276,6 +260,33 @@ impl Security {
             }
         }
     }
+}
+
+/// What is wrong with a CA file, a client certificate and its key (each optional): unreadable,
+/// no PEM of the right kind, a key any user may read. One message per problem, each naming the
+/// key (`ca_file`, `cert_file`, `key_file`) and the path. Shared with the agent's MQTT sources.
+pub fn pem_files(ca: Option<&Path>, cert: Option<&Path>, key: Option<&Path>) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (path, name, marker) in [
+        (ca, "ca_file", "-----BEGIN CERTIFICATE-----"),
+        (cert, "cert_file", "-----BEGIN CERTIFICATE-----"),
+        (key, "key_file", "PRIVATE KEY-----"),
+    ] {
+        let Some(path) = path else { continue };
+        match std::fs::read_to_string(path) {
+            Err(e) => problems.push(format!("cannot read {name} `{}`: {e}", path.display())),
+            Ok(pem) if !pem.contains(marker) => problems.push(format!(
+                "{name} `{}` holds no PEM `{}`",
+                path.display(),
+                marker.trim_matches('-')
+            )),
+            Ok(_) => {}
+        }
+    }
+    if let Some(Err(problem)) = key.map(|k| private(k, "key_file")) {
+        problems.push(problem);
+    }
+    problems
 }
 
 /// Refuses a secret file that any user of the machine may read.

@@ -76,6 +76,8 @@ pub enum Invalid {
     UnknownSource { name: String, defined: Vec<String> },
     #[error("`url` must be `mqtt://host[:port]` or `mqtts://host[:port]`")]
     BadUrl,
+    #[error("`cert_file` and `key_file` go together, with an `mqtts://` url and a `ca_file`")]
+    ClientCertificate,
     #[error("`ca_file` needs an `mqtts://` url")]
     CaWithoutTls,
     #[error("`password_env` and `password_file` are alternatives: set at most one")]

@@ -112,6 +112,15 @@ fn mqtt(source: &MqttSource) -> Result<(), Failure> {
             return Err((ca.span(), Invalid::CaWithoutTls));
         }
     }
+    match (&source.cert_file, &source.key_file) {
+        (None, None) => {}
+        (Some(f), _) | (None, Some(f)) => {
+            let whole = source.cert_file.is_some() && source.key_file.is_some();
+            if !whole || !url.tls || source.ca_file.is_none() {
+                return Err((f.span(), Invalid::ClientCertificate));
+            }
+        }
+    }
     if source.client_id.get_ref().is_empty() {
         return Err(at(&source.client_id, Invalid::Empty { field: "client_id" }));
     }

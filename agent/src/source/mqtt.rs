@@ -44,6 +44,7 @@ pub mod session;
 pub mod stop;
 
 use std::collections::VecDeque;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,6 +52,7 @@ use std::time::Duration;
 use rumqttc::Transport;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use toml::Spanned;
 
 use session::{Client, Event, EventLoop, Publish, Settings, Version};
 use stop::{AckLedger, Outcome, StopReport};
@@ -276,12 +278,26 @@ impl MqttSourceTask {
             Some(match &config.ca_file {
                 Some(ca) => {
                     let pem = std::fs::read(ca.get_ref()).map_err(|error| MqttError::File {
-                        source_name,
+                        source_name: source_name.clone(),
                         what: "ca_file",
                         path: ca.get_ref().clone(),
                         error,
                     })?;
-                    Transport::tls(pem, None, None)
+                    let client_auth = match (&config.cert_file, &config.key_file) {
+                        (Some(cert), Some(key)) => {
+                            let read = |file: &Spanned<PathBuf>, what| {
+                                std::fs::read(file.get_ref()).map_err(|error| MqttError::File {
+                                    source_name: source_name.clone(),
+                                    what,
+                                    path: file.get_ref().clone(),
+                                    error,
+                                })
+                            };
+                            Some((read(cert, "cert_file")?, read(key, "key_file")?))
+                        }
+                        _ => None,
+                    };
+                    Transport::tls(pem, client_auth, None)
                 }
                 None => Transport::tls_with_default_config(),
             })
