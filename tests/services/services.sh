@@ -15,6 +15,7 @@
 #   tests/services/services.sh start|stop|kill secure           the secured broker (start: and the mTLS listener)
 #   tests/services/services.sh acl ARGS...                      Kafka's AclCommand against the secured broker, as admin
 #   tests/services/services.sh topics ARGS...                   Kafka's TopicCommand against the secured broker, as admin
+#   tests/services/services.sh configs ARGS...                  Kafka's ConfigCommand (kafka-configs: SCRAM users) there, as admin
 #   tests/services/services.sh secure-config                    print the path of the secured broker's admin client config
 #
 # Addresses (written to .services/env at the workspace root, sourceable, read by edge-tests):
@@ -656,7 +657,7 @@ if [[ $cmd == console-consumer || $cmd == console-producer ]]; then
   [[ $cmd == console-producer ]] && class=org.apache.kafka.tools.ConsoleProducer
   exec java -Xmx256m -XX:+UseSerialGC -XX:TieredStopAtLevel=1 -cp "$jars/*" "$class" "$@"
 fi
-if [[ $cmd == acl || $cmd == topics ]]; then
+if [[ $cmd == acl || $cmd == topics || $cmd == configs ]]; then
   # Kafka's kafka-acls / kafka-topics as the secured broker's admin; the arguments are the tool's
   # own (--add/--remove/--list, --allow-principal, --topic, --create, ...).
   [[ -f "$secure_dir/admin.properties" ]] || die "no secured broker in $state: run \`$0 start --secure\`"
@@ -664,6 +665,7 @@ if [[ $cmd == acl || $cmd == topics ]]; then
   kafka_jars
   class=org.apache.kafka.tools.AclCommand
   [[ $cmd == topics ]] && class=org.apache.kafka.tools.TopicCommand
+  [[ $cmd == configs ]] && class=kafka.admin.ConfigCommand
   exec java -Xmx256m -XX:+UseSerialGC -XX:TieredStopAtLevel=1 -cp "$jars/*" "$class" \
     --bootstrap-server "127.0.0.1:$secure_sasl_port" --command-config "$secure_dir/admin.properties" "$@"
 fi

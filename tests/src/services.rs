@@ -189,6 +189,24 @@ impl SecureKafka {
     pub fn topics(&self, args: &[&str]) {
         services_sh("topics", args);
     }
+
+    /// Creates SCRAM-SHA-512 user `user` with `password`, or sets a new password
+    /// (`kafka-configs --alter --add-config`, as admin).
+    pub fn set_scram_password(&self, user: &str, password: &str) {
+        let config = format!("SCRAM-SHA-512=[password={password}]");
+        services_sh(
+            "configs",
+            &[
+                "--alter",
+                "--add-config",
+                &config,
+                "--entity-type",
+                "users",
+                "--entity-name",
+                user,
+            ],
+        );
+    }
 }
 
 /// Mosquitto's listener that requires a client certificate (`start --secure`): TLS, the

@@ -455,3 +455,73 @@ impl Drop for Killed {
         let _ = self.0.wait();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_password_takes_effect_on_sighup_with_nothing_lost_or_doubled() {
+    let services = Services::from_env();
+    let kafka = SecureKafka::from_env();
+    // A principal of this test's own, so changing its password disturbs no other test.
+    let user = unique_topic("rot");
+    kafka.set_scram_password(&user, "first-password");
+    let principal = format!("User:{user}");
+    let txn = format!("edge-agent.{user}");
+    for acl in [
+        vec!["--operation", "All", "--topic", "edge."],
+        vec![
+            "--operation",
+            "Write",
+            "--operation",
+            "Describe",
+            "--transactional-id",
+            &txn,
+        ],
+        vec!["--operation", "Read", "--group", &txn],
+    ] {
+        let mut args = vec!["--add", "--allow-principal", &principal];
+        args.extend(acl);
+        args.extend(["--resource-pattern-type", "prefixed"]);
+        kafka.acl(&args);
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let password_file = dir.path().join("kafka-password");
+    let write_password = |password: &str| {
+        std::fs::write(&password_file, format!("{password}\n")).expect("write");
+        std::fs::set_permissions(
+            &password_file,
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .expect("chmod");
+    };
+    write_password("first-password");
+    let auth = Auth::Scram {
+        principal: &user,
+        password_file: &password_file,
+    };
+    let setup = setup(&services, &kafka, &auth, &user, "");
+    create_session(&setup).await;
+    let mut agent = setup.spawn(&agent_binary());
+    setup.wait_ready(&mut agent, Duration::from_secs(60));
+    assert_eq!(publish(&setup, 0, N / 2, Duration::ZERO).await, N / 2);
+    setup.wait_drained(&mut agent, N / 2, Duration::from_secs(60));
+
+    // Rotate: the broker knows only the new password from now on; the file gets it, SIGHUP.
+    kafka.set_scram_password(&user, "second-password");
+    write_password("second-password");
+    let sessions = |agent: &Proc| agent.stderr().matches("forwarder: session started").count();
+    let before = sessions(&agent);
+    agent.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while sessions(&agent) <= before {
+        agent.assert_alive();
+        assert!(
+            Instant::now() < deadline,
+            "no new session after SIGHUP:\n{}",
+            agent.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(publish(&setup, N / 2, N, Duration::ZERO).await, N / 2);
+    setup.wait_drained(&mut agent, N, Duration::from_secs(60));
+    agent.terminate(Duration::from_secs(30));
+    account_secure(&kafka, &setup, N);
+}
