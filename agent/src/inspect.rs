@@ -151,14 +151,18 @@ pub enum Origin {
 }
 
 /// Opens `path` read-only; when a running agent holds the lock, asks it at `agent` instead.
-pub fn inspect(path: &Path, agent: SocketAddr) -> Result<(Snapshot, Origin), InspectError> {
+pub fn inspect(
+    path: &Path,
+    agent: SocketAddr,
+    token: Option<&edge_ops_http::Token>,
+) -> Result<(Snapshot, Origin), InspectError> {
     let open = redb::Builder::new()
         .set_cache_size(1024 * 1024)
         .open_read_only(path);
     match open {
         Ok(db) => Ok((snapshot(&db)?, Origin::File(path.to_owned()))),
         Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
-            Ok((from_agent(agent)?, Origin::Agent(agent)))
+            Ok((from_agent(agent, token)?, Origin::Agent(agent)))
         }
         Err(redb::DatabaseError::RepairAborted) => Err(InspectError::NeedsRepair {
             path: path.to_owned(),
@@ -170,20 +174,28 @@ pub fn inspect(path: &Path, agent: SocketAddr) -> Result<(Snapshot, Origin), Ins
     }
 }
 
-/// `GET /inspect` from a running agent (blocking, 5 s timeouts).
+/// `GET /inspect` from a running agent (blocking, 5 s timeouts), with its `[ops] token_file`'s
+/// token when it has one.
 ///
 /// A plain socket rather than `ureq` (which the tests and the demo use): `ureq` 3 without TLS
 /// grew a stripped release binary by 437 KB in a probe (issue 15), over the 300 KiB a crate may
 /// add to the gateway binary, for one GET to a loopback port the agent serves itself.
-pub fn from_agent(addr: SocketAddr) -> Result<Snapshot, InspectError> {
+pub fn from_agent(
+    addr: SocketAddr,
+    token: Option<&edge_ops_http::Token>,
+) -> Result<Snapshot, InspectError> {
     let io = |source| InspectError::Agent { addr, source };
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(io)?;
     stream
         .set_read_timeout(Some(Duration::from_secs(5)))
         .map_err(io)?;
-    stream
-        .write_all(b"GET /inspect HTTP/1.1\r\nHost: edge-agent\r\nConnection: close\r\n\r\n")
-        .map_err(io)?;
+    let authorization = token
+        .map(|t| format!("Authorization: {}\r\n", t.header()))
+        .unwrap_or_default();
+    let request = format!(
+        "GET /inspect HTTP/1.1\r\nHost: edge-agent\r\nConnection: close\r\n{authorization}\r\n"
+    );
+    stream.write_all(request.as_bytes()).map_err(io)?;
     let mut answer = Vec::new();
     stream
         .take(1024 * 1024)

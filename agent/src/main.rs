@@ -147,18 +147,23 @@ fn inspect(
     json: bool,
 ) -> anyhow::Result<String> {
     use edge_agent::inspect;
-    let (path, listen) = match (config, data_dir) {
+    let (path, listen, token) = match (config, data_dir) {
         (Some(file), _) => {
             let config = edge_agent::config::Config::load(&file)?;
-            (config.ingest_path(), config.ops.metrics_listen)
+            let token = match &config.ops.token_file {
+                Some(f) => Some(edge_ops_http::Token::read(f).map_err(anyhow::Error::msg)?),
+                None => None,
+            };
+            (config.ingest_path(), config.ops.metrics_listen, token)
         }
         (None, Some(dir)) => (
             dir.join("ingest.redb"),
             edge_agent::config::OpsSection::default().metrics_listen,
+            None,
         ),
         (None, None) => anyhow::bail!("give --config or --data-dir"),
     };
-    let (snapshot, origin) = inspect::inspect(&path, agent.unwrap_or(listen))?;
+    let (snapshot, origin) = inspect::inspect(&path, agent.unwrap_or(listen), token.as_ref())?;
     Ok(match json {
         true => serde_json::to_string_pretty(&snapshot)? + "\n",
         false => inspect::render(&snapshot, &origin, edge_agent::clock::unix_ms()),

@@ -7,6 +7,7 @@
 //! | --- | --- |
 //! | `password_env` | the variable is unset or empty (the source would not start) |
 //! | `password_file`, `ca_file`, `cert_file`, `key_file` | the file cannot be read; a CA or certificate file holds no PEM certificate, a key file no PEM key; a key file every user may read |
+//! | `[ops] token_file` | unreadable, empty, or readable by every user |
 //! | `data_dir` | it is not a writable directory and cannot be created (the agent would not start) |
 //! | serial and Modbus RTU ports | the device node is missing: a **warning** only (a USB adapter may be plugged in later; the source retries) |
 //! | `[kafka.client]` | librdkafka refuses a setting (unknown key, bad value), asked without connecting (always checked) |
@@ -92,6 +93,14 @@ pub fn unsupported_kafka_settings(config: &Config) -> Vec<String> {
 
 fn machine(config: &Config) -> Vec<Finding> {
     let mut findings = Vec::new();
+    if let Some(Err(problem)) = config
+        .ops
+        .token_file
+        .as_deref()
+        .map(edge_ops_http::Token::read)
+    {
+        findings.push(Finding::error(format!("[ops]: {problem}")));
+    }
     if let Some(security) = config.kafka.as_ref().and_then(|k| k.security.as_ref()) {
         for problem in security.get_ref().check_machine() {
             findings.push(Finding::error(format!("[kafka.security]: {problem}")));

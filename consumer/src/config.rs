@@ -226,10 +226,14 @@ pub struct OpsSection {
     /// Serve `/metrics`, `/healthz` and `/readyz` at all.
     #[serde(default = "default_true")]
     pub metrics: bool,
-    /// Where to serve them. Loopback by default: the endpoints are unauthenticated. An address
-    /// that cannot be bound is logged and the consumer runs without the endpoints.
+    /// Where to serve them. Loopback by default. An address that cannot be bound is logged and
+    /// the consumer runs without the endpoints.
     #[serde(default = "default_metrics_listen")]
     pub metrics_listen: SocketAddr,
+    /// A file holding a bearer token `/metrics` then requires (`Authorization: Bearer
+    /// <token>`); `/healthz` and `/readyz` stay open. Read at start.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
     /// `/healthz` answers 503 once the loop has shown no progress (a poll batch handled, a
     /// partition restored, a session started or failed) for this many seconds.
     #[serde(default = "defaults::u64::<300>")]
@@ -241,6 +245,7 @@ impl Default for OpsSection {
         OpsSection {
             metrics: true,
             metrics_listen: default_metrics_listen(),
+            token_file: None,
             health_stall_s: defaults::u64::<300>(),
         }
     }

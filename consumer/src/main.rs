@@ -59,6 +59,14 @@ fn main() -> anyhow::Result<()> {
             let config = Config::load(&file)?;
             let mut problems = unsupported(&config);
             if !no_environment {
+                if let Some(Err(problem)) = config
+                    .ops
+                    .token_file
+                    .as_deref()
+                    .map(edge_ops_http::Token::read)
+                {
+                    problems.push(format!("[ops]: {problem}"));
+                }
                 if let Some(security) = &config.kafka.security {
                     problems.extend(
                         security
@@ -99,13 +107,15 @@ fn main() -> anyhow::Result<()> {
             let ops = match Server::start(&config.ops, metrics.clone()) {
                 Ok(Some(server)) => {
                     tracing::info!(listen = %server.addr(), "serving /metrics /healthz /readyz");
-                    if !server.addr().ip().is_loopback() {
+                    if config.ops.token_file.is_none() && !server.addr().ip().is_loopback() {
                         tracing::warn!(listen = %server.addr(),
-                            "the ops endpoints have no authentication and listen beyond loopback");
+                            "/metrics answers anyone who reaches this address: set [ops] token_file");
                     }
                     Some(server)
                 }
                 Ok(None) => None,
+                // A token that cannot be read: refuse to serve /metrics unguarded.
+                Err(error @ edge_consumer::ops::OpsError::Token(_)) => return Err(error.into()),
                 Err(error) => {
                     tracing::error!(%error, "running without the metrics listener");
                     None

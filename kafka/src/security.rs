@@ -379,7 +379,7 @@ mod tests {
         assert_eq!(c.get("sasl.username"), Some("gw-7"));
         assert_eq!(c.get("sasl.password"), Some("pw"));
         assert_eq!(c.get("ssl.ca.location"), Some("/etc/ca.pem"));
-        assert_eq!(format!("{s:?}").contains("\"pw\""), false, "{s:?}");
+        assert!(!format!("{s:?}").contains("\"pw\""), "{s:?}");
     }
 
     #[test]

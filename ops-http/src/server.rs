@@ -11,6 +11,9 @@
 //! - at most [`MAX_CONNECTIONS`] (32) connections at once: the loop accepts the next only when
 //!   one of them ends, and more wait in the kernel's backlog.
 //!
+//! With a [`Token`] ([`Router::token`]) every path but `/healthz` and `/readyz` needs
+//! `Authorization: Bearer <token>`; without it the answer is 401 with `WWW-Authenticate: Bearer`.
+//!
 //! The answer is `HTTP/1.1 {status} {reason}` (`HTTP/1.0` to an HTTP/1.0 request) with `content-type`, `content-length` and
 //! `connection: close`, then the body. A method other than GET/HEAD is answered 400
 //! `bad request`; a head that is not HTTP/1.x is answered 400 by hyper. The loop ends when the
@@ -27,11 +30,15 @@ use std::time::Duration;
 
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
-use hyper::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::header::{
+    HeaderValue, AUTHORIZATION, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE,
+};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
+
+use crate::token::Token;
 
 pub const MAX_REQUEST: usize = 8 * 1024;
 pub const DEADLINE: Duration = Duration::from_secs(5);
@@ -46,6 +53,11 @@ pub trait Router: Send + Sync + 'static {
     /// the connection's task, within its [`DEADLINE`]: blocking work belongs in
     /// `tokio::task::spawn_blocking`.
     fn route(&self, path: &str) -> impl Future<Output = Response> + Send;
+
+    /// The bearer token every path but the health probes needs ([`Token`]); none by default.
+    fn token(&self) -> Option<&Token> {
+        None
+    }
 }
 
 /// Serves `router` until `stop` completes.
@@ -111,8 +123,18 @@ async fn respond<R: Router>(
     router: &R,
     request: &Request<Incoming>,
 ) -> hyper::Response<Full<Bytes>> {
+    let path = request.uri().path();
+    let authorization = request
+        .headers()
+        .get(AUTHORIZATION)
+        .map(HeaderValue::as_bytes);
+    let refused = match router.token() {
+        Some(token) => Token::guards(path) && !token.admits(authorization),
+        None => false,
+    };
     let (status, kind, body) = match *request.method() {
-        Method::GET | Method::HEAD => router.route(request.uri().path()).await,
+        Method::GET | Method::HEAD if refused => (401, "text/plain", UNAUTHORIZED.to_owned()),
+        Method::GET | Method::HEAD => router.route(path).await,
         _ => (400, "text/plain", "bad request\n".to_owned()),
     };
     let length = body.len();
@@ -123,8 +145,15 @@ async fn respond<R: Router>(
     headers.insert(CONTENT_TYPE, HeaderValue::from_static(kind));
     headers.insert(CONTENT_LENGTH, HeaderValue::from(length));
     headers.insert(CONNECTION, HeaderValue::from_static("close"));
+    if status == 401 {
+        headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
     answer
 }
+
+/// The body of a 401.
+const UNAUTHORIZED: &str =
+    "unauthorized: send `Authorization: Bearer <token>` ([ops] token_file); /healthz and /readyz are open\n";
 
 /// A health answer: 200 with `good` while there is no reason against, else 503 with the
 /// reasons, one a line.
@@ -273,6 +302,49 @@ mod tests {
             assert!(Instant::now() < give_up, "still listening");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// [`Paths`] behind a token read from a file.
+    struct Guarded(Token);
+
+    impl Router for Guarded {
+        async fn route(&self, path: &str) -> Response {
+            Paths.route(path).await
+        }
+        fn token(&self) -> Option<&Token> {
+            Some(&self.0)
+        }
+    }
+
+    #[tokio::test]
+    async fn with_a_token_only_the_health_probes_answer_without_it() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("token");
+        std::fs::write(&file, "t0ken\n").expect("write");
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let router = Guarded(Token::read(&file).expect("token"));
+        tokio::spawn(serve(listener, router, std::future::pending()));
+        let bare = exchange(addr, b"GET / HTTP/1.1\r\n\r\n").await;
+        assert!(bare.starts_with("HTTP/1.1 401 Unauthorized\r\n"), "{bare}");
+        assert!(bare.contains("www-authenticate: Bearer\r\n"), "{bare}");
+        let wrong = exchange(
+            addr,
+            b"GET / HTTP/1.1\r\nAuthorization: Bearer t0kem\r\n\r\n",
+        )
+        .await;
+        assert!(wrong.starts_with("HTTP/1.1 401"), "{wrong}");
+        let right = exchange(
+            addr,
+            b"GET / HTTP/1.1\r\nAuthorization: Bearer t0ken\r\n\r\n",
+        )
+        .await;
+        assert!(right.ends_with("\r\n\r\nroot\n"), "{right}");
+        // The probes are open (Paths answers them 404: routed, not refused).
+        let probe = exchange(addr, b"GET /healthz HTTP/1.1\r\n\r\n").await;
+        assert!(probe.starts_with("HTTP/1.1 404"), "{probe}");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! restart" (see [`crate::ops::supervise`]).
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use serde::Deserialize;
 
@@ -14,8 +15,12 @@ use serde::Deserialize;
 pub struct OpsSection {
     /// Serve `/metrics`, `/healthz`, `/readyz` and `/inspect` at all.
     pub metrics: bool,
-    /// Where to serve them. Loopback by default: the endpoints are unauthenticated.
+    /// Where to serve them. Loopback by default.
     pub metrics_listen: SocketAddr,
+    /// A file holding a bearer token that `/metrics` and `/inspect` then require
+    /// (`Authorization: Bearer <token>`); `/healthz` and `/readyz` stay open. Read at start;
+    /// every user may not read it. None by default: keep the listener on loopback then.
+    pub token_file: Option<PathBuf>,
     /// Upper bound of a graceful stop (SIGTERM) or of the drain before a reload (SIGHUP), in
     /// seconds. Past it the agent exits anyway: nothing is lost (uncommitted readings were not
     /// acked; the open Kafka transaction is aborted by the next start). Keep systemd's
@@ -32,6 +37,7 @@ impl Default for OpsSection {
         OpsSection {
             metrics: true,
             metrics_listen: SocketAddr::from(([127, 0, 0, 1], 9898)),
+            token_file: None,
             shutdown_timeout_s: 45,
             watchdog_stall_s: 300,
         }

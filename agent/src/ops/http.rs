@@ -9,21 +9,28 @@
 //! | `/inspect` | the buffer [`crate::inspect::Snapshot`] as JSON, read now (503 while no pipeline runs) |
 //! | anything else | 404 with the list of paths |
 //!
+//! With `[ops] token_file` every path but `/healthz` and `/readyz` needs `Authorization: Bearer
+//! <token>` (401 without; [`edge_ops_http::token`]).
+//!
 //! `/metrics` and `/inspect` are built on tokio's blocking pool (`/inspect` opens a redb read
 //! transaction), off the runtime's workers.
 
 use std::sync::Arc;
 
-use edge_ops_http::{prometheus, verdict, Response, Router};
+use edge_ops_http::{prometheus, verdict, Response, Router, Token};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use super::Shared;
 
-/// The path table, over the process's telemetry and health view.
-struct Endpoints(Arc<Shared>);
+/// The path table, over the process's telemetry and health view, behind the optional token.
+struct Endpoints(Arc<Shared>, Option<Token>);
 
 impl Router for Endpoints {
+    fn token(&self) -> Option<&Token> {
+        self.1.as_ref()
+    }
+
     async fn route(&self, path: &str) -> Response {
         let shared = &self.0;
         let t = &shared.telemetry;
@@ -67,9 +74,14 @@ impl Router for Endpoints {
     }
 }
 
-/// Serves until `stop` fires.
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken) {
-    edge_ops_http::serve(listener, Endpoints(shared), stop.cancelled_owned()).await
+/// Serves until `stop` fires; with `token`, `/metrics` and `/inspect` need it.
+pub async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    token: Option<Token>,
+    stop: CancellationToken,
+) {
+    edge_ops_http::serve(listener, Endpoints(shared, token), stop.cancelled_owned()).await
 }
 
 #[cfg(test)]
@@ -82,7 +94,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let stop = CancellationToken::new();
-        tokio::spawn(serve(listener, Arc::default(), stop.clone()));
+        tokio::spawn(serve(listener, Arc::default(), None, stop.clone()));
         (addr, stop)
     }
 
@@ -102,5 +114,39 @@ mod tests {
         assert!(i.starts_with("HTTP/1.1 503"), "no pipeline: {i}");
         let n = exchange(addr, b"GET /nope HTTP/1.1\r\n\r\n").await;
         assert!(n.starts_with("HTTP/1.1 404"), "{n}");
+    }
+
+    #[tokio::test]
+    async fn with_a_token_metrics_and_inspect_need_it_and_the_probes_do_not() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("ops-token");
+        std::fs::write(&file, "gw-7-token\n").expect("write");
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let token = Token::read(&file).expect("token");
+        tokio::spawn(serve(
+            listener,
+            Arc::default(),
+            Some(token),
+            CancellationToken::new(),
+        ));
+        for path in ["/metrics", "/inspect"] {
+            let bare = exchange(addr, format!("GET {path} HTTP/1.1\r\n\r\n").as_bytes()).await;
+            assert!(bare.starts_with("HTTP/1.1 401"), "{path}: {bare}");
+        }
+        let m = exchange(
+            addr,
+            b"GET /metrics HTTP/1.1\r\nAuthorization: Bearer gw-7-token\r\n\r\n",
+        )
+        .await;
+        assert!(m.starts_with("HTTP/1.1 200 OK\r\n"), "{m}");
+        assert!(m.contains("\nedge_ingest_accepted_total 0\n"), "{m}");
+        // Probes answer without it (503 here: no sample yet; never 401).
+        for path in ["/healthz", "/readyz"] {
+            let probe = exchange(addr, format!("GET {path} HTTP/1.1\r\n\r\n").as_bytes()).await;
+            assert!(probe.starts_with("HTTP/1.1 503"), "{path}: {probe}");
+        }
     }
 }

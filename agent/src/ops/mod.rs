@@ -47,6 +47,8 @@ pub enum OpsError {
         #[source]
         source: std::io::Error,
     },
+    #[error("[ops] {0}")]
+    Token(String),
     #[error("the drain did not finish within {seconds} s")]
     DrainTimeout { seconds: u64 },
     #[error(transparent)]

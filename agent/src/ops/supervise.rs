@@ -62,13 +62,22 @@ pub async fn run(path: PathBuf, config: Config) -> Result<(), OpsError> {
     let ops = config.ops.clone();
     let ops_stop = CancellationToken::new();
     let _guard = ops_stop.clone().drop_guard();
+    let token = match &ops.token_file {
+        Some(path) => Some(edge_ops_http::Token::read(path).map_err(OpsError::Token)?),
+        None => None,
+    };
     if ops.metrics {
         match TcpListener::bind(ops.metrics_listen).await {
             Ok(listener) => {
-                tracing::info!(listen = %ops.metrics_listen, "serving /metrics /healthz /readyz /inspect");
+                tracing::info!(listen = %ops.metrics_listen, token = token.is_some(), "serving /metrics /healthz /readyz /inspect");
+                if token.is_none() && !ops.metrics_listen.ip().is_loopback() {
+                    tracing::warn!(listen = %ops.metrics_listen,
+                        "/metrics and /inspect answer anyone who reaches this address: set [ops] token_file");
+                }
                 tokio::spawn(super::http::serve(
                     listener,
                     shared.clone(),
+                    token,
                     ops_stop.clone(),
                 ));
             }

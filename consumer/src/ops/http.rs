@@ -7,8 +7,10 @@
 //! | `/healthz` | 200 `ok` while the loop progresses, else 503 with the reasons ([`super::health`]) |
 //! | `/readyz` | 200 `ready` once the assigned partitions are restored, else 503 with the reasons |
 //! | anything else | 404 with the list of paths |
+//!
+//! With `[ops] token_file`, `/metrics` needs `Authorization: Bearer <token>` (401 without).
 
-use edge_ops_http::{prometheus, verdict, Response, Router};
+use edge_ops_http::{prometheus, verdict, Response, Router, Token};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -37,6 +39,10 @@ pub fn route(path: &str, shared: &Shared) -> Response {
 impl Router for Shared {
     async fn route(&self, path: &str) -> Response {
         route(path, self)
+    }
+
+    fn token(&self) -> Option<&Token> {
+        self.token.as_ref()
     }
 }
 
@@ -68,6 +74,7 @@ mod tests {
         let shared = Shared {
             metrics: metrics.clone(),
             stall: Duration::from_secs(300),
+            token: None,
         };
         let (stop, stopped) = watch::channel(false);
         tokio::spawn(serve(listener, shared, stopped));
@@ -117,5 +124,33 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "still listening");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    #[tokio::test]
+    async fn with_a_token_metrics_needs_it_and_the_probes_do_not() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("ops-token");
+        std::fs::write(&file, "c-token").expect("write");
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let shared = Shared {
+            metrics: Arc::new(Metrics::default()),
+            stall: Duration::from_secs(300),
+            token: Some(Token::read(&file).expect("token")),
+        };
+        let (_stop, stopped) = watch::channel(false);
+        tokio::spawn(serve(listener, shared, stopped));
+        let bare = exchange(addr, b"GET /metrics HTTP/1.1\r\n\r\n").await;
+        assert!(bare.starts_with("HTTP/1.1 401"), "{bare}");
+        let m = exchange(
+            addr,
+            b"GET /metrics HTTP/1.1\r\nAuthorization: Bearer c-token\r\n\r\n",
+        )
+        .await;
+        assert!(m.contains("\nedge_consumer_merged_total 0\n"), "{m}");
+        let h = exchange(addr, b"GET /healthz HTTP/1.1\r\n\r\n").await;
+        assert!(h.starts_with("HTTP/1.1 200 OK\r\n"), "{h}");
     }
 }

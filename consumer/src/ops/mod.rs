@@ -27,6 +27,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use edge_ops_http::Token;
 use tokio::sync::watch;
 
 use crate::config::OpsSection;
@@ -41,6 +42,8 @@ pub enum OpsError {
         #[source]
         source: std::io::Error,
     },
+    #[error("[ops] {0}")]
+    Token(String),
     #[error("starting an ops thread: {0}")]
     Thread(#[source] std::io::Error),
     #[error("installing the {signal} handler: {source}")]
@@ -57,6 +60,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// `[ops] health_stall_s`.
     pub stall: Duration,
+    /// `[ops] token_file`'s token: `/metrics` needs it.
+    pub token: Option<Token>,
 }
 
 /// The running listener; dropping it (or [`Server::stop`]) stops it and joins its thread.
@@ -74,6 +79,10 @@ impl Server {
         if !ops.metrics {
             return Ok(None);
         }
+        let token = match &ops.token_file {
+            Some(path) => Some(Token::read(path).map_err(OpsError::Token)?),
+            None => None,
+        };
         let addr = ops.metrics_listen;
         let bind = |source| OpsError::Bind { addr, source };
         let listener = std::net::TcpListener::bind(addr).map_err(bind)?;
@@ -86,6 +95,7 @@ impl Server {
         let shared = Shared {
             metrics,
             stall: Duration::from_secs(*ops.health_stall_s.get_ref()),
+            token,
         };
         let (stop, stopped) = watch::channel(false);
         let thread = std::thread::Builder::new()
