@@ -125,6 +125,17 @@ progress = "edge.progress.{suffix}"
     setup
 }
 
+/// A pass-through setup of agent `gw-<x>-...` authenticating as `principal` with SCRAM and the
+/// password the script made for it.
+fn scram_setup(services: &Services, kafka: &SecureKafka, principal: &str, agent: &str) -> Setup {
+    let password_file = kafka.password_file(principal);
+    let auth = Auth::Scram {
+        principal,
+        password_file: &password_file,
+    };
+    setup(services, kafka, &auth, agent, "")
+}
+
 /// The suffix shared by the setup's topics (`edge.readings.<suffix>`).
 fn suffix(setup: &Setup) -> &str {
     setup.topic.strip_prefix("edge.readings.").expect("suffix")
@@ -223,12 +234,7 @@ fn wait_unready(setup: &Setup, why: &str) {
 async fn an_agent_over_sasl_ssl_forwards_every_reading_once() {
     let services = Services::from_env();
     let kafka = SecureKafka::from_env();
-    let password_file = kafka.password_file("agent-a");
-    let auth = Auth::Scram {
-        principal: "agent-a",
-        password_file: &password_file,
-    };
-    let setup = setup(&services, &kafka, &auth, "gw-a", "");
+    let setup = scram_setup(&services, &kafka, "agent-a", "gw-a");
     create_session(&setup).await;
     let mut agent = setup.spawn(&agent_binary());
     setup.wait_ready(&mut agent, Duration::from_secs(60));
@@ -366,12 +372,7 @@ async fn an_agent_using_another_agents_transactional_id_is_refused_by_the_broker
     let services = Services::from_env();
     let kafka = SecureKafka::from_env();
     // agent-b's credentials, agent-a's id: transactional id edge-agent.gw-a-... is not agent-b's.
-    let password_file = kafka.password_file("agent-b");
-    let auth = Auth::Scram {
-        principal: "agent-b",
-        password_file: &password_file,
-    };
-    let setup = setup(&services, &kafka, &auth, "gw-a", "");
+    let setup = scram_setup(&services, &kafka, "agent-b", "gw-a");
     create_session(&setup).await;
     let mut agent = setup.spawn(&agent_binary());
     let log = wait_logged(
@@ -399,12 +400,7 @@ async fn an_agent_using_another_agents_transactional_id_is_refused_by_the_broker
 async fn a_missing_acl_holds_everything_in_the_outbox_until_granted_then_drains_once() {
     let services = Services::from_env();
     let kafka = SecureKafka::from_env();
-    let password_file = kafka.password_file("agent-a");
-    let auth = Auth::Scram {
-        principal: "agent-a",
-        password_file: &password_file,
-    };
-    let setup = setup(&services, &kafka, &auth, "gw-a", "");
+    let setup = scram_setup(&services, &kafka, "agent-a", "gw-a");
     // A DENY on this test's readings topic alone beats the prefixed ALLOW.
     let deny = [
         "--deny-principal",
