@@ -130,9 +130,9 @@ test_agent() {
     # Provisioning, as OPERATIONS.md says: the CA files the example names, and the secrets in
     # the unit's EnvironmentFile (root:edge-agent 0640). agent-a's ACLs cover agent ids gw-a*
     # and topics edge.partials*, edge.readings*, ... (tests/services/services.sh).
-    install -m 0640 -o root -g edge-agent "$KAFKA_SECURE_CA" /etc/edge-agent/kafka-ca.pem
-    install -m 0640 -o root -g edge-agent "$MQTT_CA" /etc/edge-agent/plant-ca.pem
-    install -m 0640 -o root -g edge-agent /dev/null /etc/edge-agent/env
+    command install -m 0640 -o root -g edge-agent "$KAFKA_SECURE_CA" /etc/edge-agent/kafka-ca.pem
+    command install -m 0640 -o root -g edge-agent "$MQTT_CA" /etc/edge-agent/plant-ca.pem
+    command install -m 0640 -o root -g edge-agent /dev/null /etc/edge-agent/env
     printf 'EDGE_KAFKA_PASSWORD=%s\nEDGE_MQTT_PASSWORD=%s\n' \
         "$(cat "$KAFKA_SECURE_CLIENTS/agent-a.password")" "anonymous-listener-ignores-it" >/etc/edge-agent/env
     set -a
