@@ -86,6 +86,26 @@ fn the_configuration_shown_in_the_readme_checks_out() {
 }
 
 #[test]
+fn the_kafka_security_table_shown_in_the_readme_checks_out() {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
+            .expect("README.md");
+    let block = readme
+        .split("```toml\n")
+        .filter_map(|rest| rest.split("```").next())
+        .find(|b| b.starts_with("[kafka.security]"))
+        .expect("the README shows a [kafka.security] table");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("readme-security.toml");
+    let text = format!(
+        "[agent]\nid = \"gw\"\ndata_dir = \"/tmp\"\n[kafka]\nbootstrap_servers = \"h:9093\"\n{block}"
+    );
+    std::fs::write(&file, text).unwrap();
+    let (code, stdout, stderr) = check(&file);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+}
+
+#[test]
 fn a_bad_modbus_register_type_exits_1_naming_file_line_and_field() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.toml");
