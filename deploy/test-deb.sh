@@ -26,7 +26,11 @@ target="${CARGO_TARGET_DIR:-$root/target}"
 work="$(mktemp -d)"
 chmod 755 "$work"
 pid=""
-trap '[ -z "$pid" ] || kill -9 "$pid" 2>/dev/null || true; rm -rf "$work"' EXIT
+# Files this script provisions outside the package (the agent's CA files and secrets): removed
+# at exit, pass or fail, so the machine is left as unprovisioned as it was (the check-config
+# suite expects the example's files to be missing here).
+provisioned=()
+trap '[ -z "$pid" ] || kill -9 "$pid" 2>/dev/null || true; rm -rf "$work" "${provisioned[@]}"' EXIT
 
 # install PKG: build the package with cargo deb (the release build included) and dpkg -i it.
 install() {
@@ -130,6 +134,7 @@ test_agent() {
     # Provisioning, as OPERATIONS.md says: the CA files the example names, and the secrets in
     # the unit's EnvironmentFile (root:edge-agent 0640). agent-a's ACLs cover agent ids gw-a*
     # and topics edge.partials*, edge.readings*, ... (tests/services/services.sh).
+    provisioned+=(/etc/edge-agent/kafka-ca.pem /etc/edge-agent/plant-ca.pem /etc/edge-agent/env)
     command install -m 0640 -o root -g edge-agent "$KAFKA_SECURE_CA" /etc/edge-agent/kafka-ca.pem
     command install -m 0640 -o root -g edge-agent "$MQTT_CA" /etc/edge-agent/plant-ca.pem
     command install -m 0640 -o root -g edge-agent /dev/null /etc/edge-agent/env
@@ -168,7 +173,6 @@ test_agent() {
     [ -n "$ok" ] || { cat "$log"; echo "agent deb test FAILED" >&2; return 1; }
     test -f /var/lib/edge-agent/ingest.redb
     [ "$(stat -c %U /var/lib/edge-agent/ingest.redb)" = edge-agent ]
-    rm -f /etc/edge-agent/env
     echo "agent deb test OK: installed agent ran as edge-agent on the shipped config, connected MQTT (TLS) and Kafka (SASL_SSL, SCRAM-SHA-512), drained on SIGTERM"
 }
 
