@@ -274,25 +274,20 @@ impl MqttSourceTask {
                 password.unwrap_or_default(),
             )
         });
+        let read = |file: &Spanned<PathBuf>, what| {
+            std::fs::read(file.get_ref()).map_err(|error| MqttError::File {
+                source_name: source_name.clone(),
+                what,
+                path: file.get_ref().clone(),
+                error,
+            })
+        };
         let transport = if url.tls {
             Some(match &config.ca_file {
                 Some(ca) => {
-                    let pem = std::fs::read(ca.get_ref()).map_err(|error| MqttError::File {
-                        source_name: source_name.clone(),
-                        what: "ca_file",
-                        path: ca.get_ref().clone(),
-                        error,
-                    })?;
+                    let pem = read(ca, "ca_file")?;
                     let client_auth = match (&config.cert_file, &config.key_file) {
                         (Some(cert), Some(key)) => {
-                            let read = |file: &Spanned<PathBuf>, what| {
-                                std::fs::read(file.get_ref()).map_err(|error| MqttError::File {
-                                    source_name: source_name.clone(),
-                                    what,
-                                    path: file.get_ref().clone(),
-                                    error,
-                                })
-                            };
                             Some((read(cert, "cert_file")?, read(key, "key_file")?))
                         }
                         _ => None,
