@@ -180,11 +180,15 @@ impl Forwarder {
                 Ok(()) | Err(ForwardError::Cancelled) => return Ok(()),
                 Err(error) if error.is_retryable() => {
                     self.metrics.session_errors.fetch_add(1, Ordering::Relaxed);
+                    let report = match error.broker_failure() {
+                        Some(why) => format!("{error}; the last broker connection failed: {why}"),
+                        None => error.to_string(),
+                    };
                     if let Ok(mut last) = self.metrics.last_error.lock() {
-                        *last = error.to_string();
+                        last.clone_from(&report);
                     }
                     let delay = backoff.next_delay();
-                    tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "forwarder: retrying");
+                    tracing::warn!(error = %report, retry_in_ms = delay.as_millis() as u64, "forwarder: retrying");
                     sleep(delay, &cancel);
                 }
                 Err(error) => return Err(error),

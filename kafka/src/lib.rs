@@ -6,6 +6,7 @@
 //!
 //! | module | holds |
 //! | --- | --- |
+//! | [`broker_log`] | the client context of every client: librdkafka's log lines to `tracing`, and the last broker failure it logged (why a connection failed) |
 //! | [`config`] | the base client settings (bootstrap, the reconnect backoff), the transactional settings, and which passthrough settings each role reads |
 //! | [`topics`] | does a topic exist (its partition count), create topics (an existing one is fine) |
 //! | [`txn`] | the transactional producer's life cycle (init, begin, send, wait, commit, abort, all bounded) and fencing |
@@ -18,6 +19,7 @@
 //! both, so they are written once.
 #![forbid(unsafe_code)]
 
+pub mod broker_log;
 pub mod config;
 pub mod errors;
 pub mod records;
@@ -25,6 +27,7 @@ pub mod security;
 pub mod topics;
 pub mod txn;
 
+pub use broker_log::{recent_failure, BrokerLog};
 pub use config::{applies_to, client_config, set_transactional, Role, RECONNECT_BACKOFF_MAX_MS};
 pub use errors::{fenced_code, is_connection_loss, is_fatal, Throttle, FENCED};
 pub use records::owned_headers;

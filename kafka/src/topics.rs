@@ -5,7 +5,9 @@
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic};
-use rdkafka::client::{Client, ClientContext, DefaultClientContext};
+use rdkafka::client::{Client, ClientContext};
+
+use crate::broker_log::BrokerLog;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
@@ -60,7 +62,8 @@ pub fn create_topics<'a>(
     topics: impl IntoIterator<Item = &'a NewTopic<'a>>,
     options: &AdminOptions,
 ) -> Result<Vec<String>, TopicError> {
-    let admin: AdminClient<DefaultClientContext> = config.create().map_err(TopicError::Client)?;
+    let admin: AdminClient<BrokerLog> =
+        crate::broker_log::create(config).map_err(TopicError::Client)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

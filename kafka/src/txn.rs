@@ -25,6 +25,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::util::Timeout;
 use rdkafka::TopicPartitionList;
 
+use crate::broker_log::{self, BrokerLog};
 use crate::errors::{fenced_code, FENCED};
 
 /// How long one slice of [`TxnProducer::abort`] waits before the delivery reports are served.
@@ -32,14 +33,14 @@ pub const ABORT_STEP: Duration = Duration::from_millis(50);
 
 /// One transactional producer (settings from [`crate::set_transactional`]).
 pub struct TxnProducer {
-    producer: BaseProducer,
+    producer: BaseProducer<BrokerLog>,
 }
 
 impl TxnProducer {
     /// Creates the producer; no broker is contacted yet.
     pub fn create(config: &ClientConfig) -> Result<TxnProducer, KafkaError> {
         Ok(TxnProducer {
-            producer: config.create()?,
+            producer: broker_log::create(config)?,
         })
     }
 
@@ -151,7 +152,7 @@ impl TxnProducer {
     }
 
     /// The producer itself.
-    pub fn producer(&self) -> &BaseProducer {
+    pub fn producer(&self) -> &BaseProducer<BrokerLog> {
         &self.producer
     }
 }

@@ -104,7 +104,22 @@ pub fn kafka(during: &'static str) -> impl Fn(KafkaError) -> ForwardError {
     move |source| ForwardError::Kafka { during, source }
 }
 
+/// How far back a broker failure logged by librdkafka is taken as the reason of a Kafka error:
+/// longer than the longest call that waits on a broker (15 s), shorter than an old outage.
+const BROKER_FAILURE_WINDOW: Duration = Duration::from_secs(60);
+
 impl ForwardError {
+    /// For a failed Kafka call: why librdkafka's last broker connection failed, if it logged
+    /// that lately (a SASL authentication error, a TLS handshake failure; the call itself says
+    /// only `BrokerTransportFailure` or timed out).
+    pub fn broker_failure(&self) -> Option<String> {
+        match self {
+            ForwardError::Kafka { .. } => edge_kafka::recent_failure(BROKER_FAILURE_WINDOW),
+            ForwardError::Aborted(inner) => inner.broker_failure(),
+            _ => None,
+        }
+    }
+
     /// Whether a new session (after a backoff) can succeed. Broker trouble, timeouts, aborted
     /// transactions and even a producer librdkafka declared unusable are retryable: a new
     /// producer resumes from the progress in Kafka. Not retryable: fencing, another instance's

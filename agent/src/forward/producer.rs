@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use edge_kafka::broker_log::{self, BrokerLog};
 use edge_kafka::{admin_options, create_topics, partition_count, TopicError};
 use rdkafka::admin::{NewTopic, TopicReplication};
 use rdkafka::config::ClientConfig;
@@ -109,7 +110,8 @@ pub fn ensure_topics(
     progress_topic: &str,
 ) -> Result<(), ForwardError> {
     let timeout = Duration::from_secs(15);
-    let consumer: BaseConsumer = reader.create().map_err(kafka_err("creating a client"))?;
+    let consumer: BaseConsumer<BrokerLog> =
+        broker_log::create(reader).map_err(kafka_err("creating a client"))?;
     let mut missing = Vec::new();
     for topic in topics {
         let exists = partition_count(consumer.client(), topic, timeout)

@@ -40,6 +40,7 @@
 use std::io::Read;
 use std::time::{Duration, Instant};
 
+use edge_kafka::broker_log::{self, BrokerLog};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
@@ -176,18 +177,16 @@ pub fn read_last(
     let timeout = Duration::from_secs(10);
     let mut watermarks_config = client.clone();
     watermarks_config.set("isolation.level", "read_uncommitted");
-    let watermarks: BaseConsumer = watermarks_config
-        .create()
-        .map_err(kafka("creating a consumer"))?;
+    let watermarks: BaseConsumer<BrokerLog> =
+        broker_log::create(&watermarks_config).map_err(kafka("creating a consumer"))?;
     let mut reader_config = client.clone();
     reader_config
         .set("isolation.level", "read_committed")
         .set("enable.partition.eof", "true")
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false");
-    let reader: BaseConsumer = reader_config
-        .create()
-        .map_err(kafka("creating a consumer"))?;
+    let reader: BaseConsumer<BrokerLog> =
+        broker_log::create(&reader_config).map_err(kafka("creating a consumer"))?;
     let metadata = watermarks
         .fetch_metadata(Some(topic), timeout)
         .map_err(kafka("reading progress topic metadata"))?;
@@ -234,7 +233,7 @@ pub fn read_last(
 
 /// One partition being searched.
 struct Scan<'a> {
-    reader: &'a BaseConsumer,
+    reader: &'a BaseConsumer<BrokerLog>,
     topic: &'a str,
     partition: i32,
     agent: &'a str,
