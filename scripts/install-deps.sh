@@ -76,3 +76,26 @@ if ((!runtime_only)); then
       "protobuf==$protobuf_version" "grpcio-tools==1.76.0" "grpcio==1.76.0" >&2
   fi
 fi
+
+# cargo-deny (scripts/deny.sh: licences, sources, advisories), pinned, built once.
+cargo_deny_version=0.20.2
+if ((!runtime_only)) && ! cargo deny --version 2>/dev/null | grep -q "$cargo_deny_version"; then
+  echo "install-deps: cargo-deny $cargo_deny_version (cargo install, a few minutes)" >&2
+  cargo install --quiet --locked cargo-deny --version "$cargo_deny_version" >&2
+fi
+
+# The RustSec advisory database for cargo-deny: GitHub is not reachable from the machines here,
+# so it is copied from a local snapshot when the machine has one (EDGE_ADVISORY_DB_SOURCE, a git
+# repository; default: the library's mirror). Without one, scripts/deny.sh says it skipped
+# advisories.
+advisory_source=${EDGE_ADVISORY_DB_SOURCE:-/work/.mirror/rustsec+advisory-db/repo}
+if ((!runtime_only)) && [[ -d $advisory_source ]]; then
+  cache="${EDGE_CACHE:-$HOME/.cache/edge-ingest}"
+  db="$cache/advisory-db/advisory-db"
+  if [[ ! -d $db/.git ]] || [[ $(git -C "$db" rev-parse HEAD) != $(git -C "$advisory_source" rev-parse HEAD) ]]; then
+    echo "install-deps: RustSec advisory database from $advisory_source" >&2
+    rm -rf "$db"
+    mkdir -p "$(dirname "$db")"
+    git clone --quiet "$advisory_source" "$db" >&2
+  fi
+fi

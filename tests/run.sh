@@ -2,7 +2,7 @@
 # The test command: every check the project has, against real brokers.
 #
 #   tests/run.sh              install missing packages, start the test brokers, then:
-#                             cargo fmt --check, clippy -D warnings, no_std builds for a
+#                             cargo fmt --check, clippy -D warnings, cargo deny, no_std builds for a
 #                             bare-metal target, all tests, a short fuzz run, the deploy checks,
 #                             the README's commands
 #
@@ -40,6 +40,9 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "docs (rustdoc, broken links are errors)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
+
+step "licences, sources and advisories of the dependencies (scripts/deny.sh)"
+bash scripts/deny.sh
 
 step "no_std builds for thumbv7em-none-eabihf (firmware-ready)"
 cargo build --locked -p edge-protocol --target thumbv7em-none-eabihf
