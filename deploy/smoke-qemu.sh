@@ -1,21 +1,27 @@
 #!/usr/bin/env bash
-# Smoke test of the cross-built aarch64 binary under qemu-user, against the loopback Mosquitto
-# and Kafka of tests/services/services.sh:
+# Smoke test of a cross-built gateway binary (aarch64 or armv7) under qemu-user, against the
+# loopback Mosquitto and Kafka of tests/services/services.sh:
 #   1. `edge-agent check-config` on configs/agent.example.toml;
 #   2. a short real pipeline: MQTT -> ingest log -> pass-through -> Kafka (transactional);
 #      100 QoS 1 messages must arrive in Kafka exactly once (kcat, read_committed);
 #   3. /readyz, /metrics and `inspect` answer; SIGTERM drains and exits 0.
 #
-#   deploy/smoke-qemu.sh [path/to/aarch64/edge-agent]
+#   deploy/smoke-qemu.sh [aarch64|armv7] [path/to/edge-agent]      (default aarch64)
 #
 # Installs qemu-user, mosquitto-clients, kcat and curl when missing (apt). Needs the services
-# running (tests/services/services.sh) and the binary built (deploy/cross.sh aarch64).
+# running (tests/services/services.sh) and the binary built (deploy/cross.sh ARCH).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
-bin="${1:-${CARGO_TARGET_DIR:-$root/target}/aarch64-unknown-linux-gnu/release/edge-agent}"
+arch="${1:-aarch64}"
+case "$arch" in
+aarch64) target=aarch64-unknown-linux-gnu qemu=(qemu-aarch64 -L /usr/aarch64-linux-gnu) ;;
+armv7) target=armv7-unknown-linux-gnueabihf qemu=(qemu-arm -L /usr/arm-linux-gnueabihf) ;;
+*) echo "usage: $0 [aarch64|armv7] [path/to/edge-agent]" >&2; exit 2 ;;
+esac
+bin="${2:-${CARGO_TARGET_DIR:-$root/target}/$target/release/edge-agent}"
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 missing=()
-command -v qemu-aarch64 >/dev/null || missing+=(qemu-user)
+command -v "${qemu[0]}" >/dev/null || missing+=(qemu-user)
 command -v mosquitto_pub >/dev/null || missing+=(mosquitto-clients)
 command -v kcat >/dev/null || missing+=(kcat)
 command -v curl >/dev/null || missing+=(curl)
@@ -23,15 +29,14 @@ if [ ${#missing[@]} -gt 0 ]; then
     as_root apt-get update -qq
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
 fi
-[ -x "$bin" ] || { echo "no binary at $bin: run deploy/cross.sh aarch64" >&2; exit 1; }
+[ -x "$bin" ] || { echo "no binary at $bin: run deploy/cross.sh $arch" >&2; exit 1; }
 # shellcheck disable=SC1091
 . "$root/.services/env"
 mqtt_host="${MQTT_URL#mqtt://}"
 mqtt_port="${mqtt_host##*:}"
 mqtt_host="${mqtt_host%:*}"
-qemu=(qemu-aarch64 -L /usr/aarch64-linux-gnu)
 
-echo "== check-config (aarch64 under qemu)"
+echo "== check-config ($arch under qemu)"
 "${qemu[@]}" "$bin" --version
 "${qemu[@]}" "$bin" check-config --no-environment "$root/configs/agent.example.toml"
 
@@ -80,7 +85,7 @@ dead_letters = "$run_id.dead"
 progress = "$run_id.progress"
 TOML
 
-echo "== run (aarch64 under qemu)"
+echo "== run ($arch under qemu)"
 start=$(date +%s)
 "${qemu[@]}" "$bin" run --config "$work/agent.toml" 2>"$work/agent.log" &
 agent_pid=$!
@@ -112,7 +117,7 @@ echo "SIGTERM: exit $status"
 "${qemu[@]}" "$bin" inspect --data-dir "$work/data"
 [ "$count" -eq 100 ] && [ "$distinct" -eq 100 ] && [ "$status" -eq 0 ] || {
     cat "$work/agent.log"
-    echo "qemu smoke FAILED" >&2
+    echo "qemu smoke ($arch) FAILED" >&2
     exit 1
 }
-echo "qemu smoke OK in $(($(date +%s) - start)) s"
+echo "qemu smoke ($arch) OK in $(($(date +%s) - start)) s"
