@@ -80,6 +80,10 @@ pub use copy::{SalvageReport, TableReport};
 /// log line of [`SalvageReport::log`] names every table).
 pub const METRIC_TABLES: [&str; 4] = ["readings", "dead_letters", "outbox", "window_series"];
 
+/// The tables whose losses `/metrics` counts: the dense sequences, whose expected range `meta`
+/// states (`window_series` keys are not a sequence: what an unreadable range held is unknown).
+pub const LOST_TABLES: [&str; 3] = ["readings", "dead_letters", "outbox"];
+
 /// Salvages in this process, for `/metrics` (process-lifetime like every agent counter).
 #[derive(Debug, Default)]
 pub struct SalvageCounters {
@@ -87,9 +91,8 @@ pub struct SalvageCounters {
     pub salvages: AtomicU64,
     /// Rows salvaged, per [`METRIC_TABLES`] entry.
     pub salvaged: [AtomicU64; METRIC_TABLES.len()],
-    /// Rows lost, per [`METRIC_TABLES`] entry (`window_series` counts none: its keys are not a
-    /// sequence, so what an unreadable range held is unknown).
-    pub lost: [AtomicU64; METRIC_TABLES.len()],
+    /// Rows lost, per [`LOST_TABLES`] entry.
+    pub lost: [AtomicU64; LOST_TABLES.len()],
 }
 
 impl SalvageCounters {
@@ -97,10 +100,12 @@ impl SalvageCounters {
     pub fn record(&self, report: &SalvageReport) {
         self.salvages.fetch_add(1, Ordering::Relaxed);
         for (i, name) in METRIC_TABLES.iter().enumerate() {
-            if let Some(t) = report.table(name) {
-                self.salvaged[i].fetch_add(t.salvaged, Ordering::Relaxed);
-                self.lost[i].fetch_add(t.lost.unwrap_or(0), Ordering::Relaxed);
-            }
+            let salvaged = report.table(name).map_or(0, |t| t.salvaged);
+            self.salvaged[i].fetch_add(salvaged, Ordering::Relaxed);
+        }
+        for (i, name) in LOST_TABLES.iter().enumerate() {
+            let lost = report.table(name).and_then(|t| t.lost).unwrap_or(0);
+            self.lost[i].fetch_add(lost, Ordering::Relaxed);
         }
     }
 }
