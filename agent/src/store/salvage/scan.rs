@@ -61,6 +61,9 @@ pub const MAX_STEP: u64 = 16;
 /// A row as redb stores it: key bytes, value bytes.
 pub type RawRow = (Vec<u8>, Vec<u8>);
 
+/// A row of a `u64`-keyed table: its key, its value bytes.
+pub type SeqRow = (u64, Vec<u8>);
+
 /// The damaged file, read through a backend that clears the recovery flags (module doc).
 #[derive(Debug)]
 pub struct CleanHeaderView {
@@ -248,7 +251,7 @@ pub fn scan_seq<E>(
     source: &mut Source,
     table: TableDefinition<u64, &[u8]>,
     last_hint: Option<u64>,
-    sink: &mut dyn FnMut(Vec<(u64, Vec<u8>)>) -> Result<(), E>,
+    sink: &mut dyn FnMut(Vec<SeqRow>) -> Result<(), E>,
 ) -> Result<Scanned, E> {
     let mut scanned = Scanned::default();
     let last = source
@@ -268,7 +271,7 @@ pub fn scan_seq<E>(
     let mut from = 0u64;
     let mut first_attempt = true;
     loop {
-        let mut batch: Vec<(u64, Vec<u8>)> = Vec::new();
+        let mut batch: Vec<SeqRow> = Vec::new();
         let outcome = source.attempt(|txn| {
             let Some(t) = table_in(txn, table)? else {
                 return Ok(true);
