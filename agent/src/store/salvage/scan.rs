@@ -17,8 +17,10 @@
 //! runs inside [`std::panic::catch_unwind`] (the release profile unwinds), the handle is
 //! reopened after a panic, and every row is checked before it is kept (by the caller's `keep`:
 //! its key in the range `meta` says the table covers, its value decoded by the record's own
-//! decoder), so garbage is refused rather than invented. The panics are not printed: a hook
-//! sends those of the salvaging thread to the debug log.
+//! decoder), so garbage is refused rather than invented. A page of garbage whose type byte
+//! survived reads without an error, so a scan also counts as failed where its keys stop
+//! ascending or pass the last key `meta` allows, and where it ends before that key. The panics
+//! are not printed: a hook sends those of the salvaging thread to the debug log.
 //!
 //! # Skipping a damaged range
 //!
@@ -112,6 +114,8 @@ pub enum Failure {
     Error(redb::Error),
     /// redb panicked on a damaged page.
     Panic,
+    /// Keys out of order: redb read a page of garbage.
+    Disorder,
 }
 
 impl<E: Into<redb::Error>> From<E> for Failure {
@@ -246,7 +250,9 @@ pub struct Scanned {
 
 /// Reads every readable row of a `u64`-keyed table in key order, handing them to `sink` in
 /// batches of at most [`BATCH`]; `last_hint` is the highest key the table may hold (from
-/// `meta`), when known. Skips damaged ranges as the module doc says.
+/// `meta`), when known. Skips damaged ranges as the module doc says. A scan that yields a key
+/// not above the one before, or ends before the table's last key, went through a page of
+/// garbage (a damaged page whose type byte survived): it counts as a failure there.
 pub fn scan_seq<E>(
     source: &mut Source,
     table: TableDefinition<u64, &[u8]>,
@@ -264,10 +270,8 @@ pub fn scan_seq<E>(
         })
         .ok()
         .flatten();
-    let last = match (last, last_hint) {
-        (Some(a), Some(b)) => Some(a.max(b)),
-        (a, b) => a.or(b),
-    };
+    // `meta`'s word first: a last key read through a damaged page may be garbage.
+    let last = last_hint.or(last);
     let mut from = 0u64;
     let mut first_attempt = true;
     loop {
@@ -278,7 +282,12 @@ pub fn scan_seq<E>(
             };
             for row in t.range(from..)? {
                 let (k, v) = row?;
-                batch.push((k.value(), v.value().to_vec()));
+                let k = k.value();
+                let out_of_order = batch.last().is_some_and(|&(prev, _)| k <= prev);
+                if k < from || out_of_order || last.is_some_and(|last| k > last) {
+                    return Err(Failure::Disorder);
+                }
+                batch.push((k, v.value().to_vec()));
                 if batch.len() == BATCH {
                     return Ok(false);
                 }
@@ -289,17 +298,30 @@ pub fn scan_seq<E>(
             scanned.start_read = true;
         }
         first_attempt = false;
-        let resume = batch.last().map(|&(k, _)| k.checked_add(1));
+        let resume = match batch.last() {
+            Some(&(k, _)) => match k.checked_add(1) {
+                Some(next) => Some(next),
+                None => {
+                    sink(batch)?;
+                    return Ok(scanned);
+                }
+            },
+            None => None,
+        };
         scanned.read += batch.len() as u64;
         sink(batch)?;
+        // Ended before the last key the table is known to hold: a failure too.
+        let short = last.is_some_and(|last| resume.unwrap_or(from) <= last);
         match (outcome, resume) {
-            (Ok(true), _) | (_, Some(None)) => return Ok(scanned),
-            (Ok(false), Some(Some(next))) => from = next,
+            (Ok(true), _) if !short => return Ok(scanned),
+            // More rows, or a failure after some: a fresh scan from just after the last row
+            // read (it fails at once, reading nothing, when the next leaf is the damaged one).
+            (_, Some(next)) => from = next,
             (Ok(false), None) => return Ok(scanned),
-            (Err(_), resume) => {
+            // Nothing readable from `from` on: skip the damaged range.
+            (Ok(true) | Err(_), None) => {
                 scanned.unreadable_ranges += 1;
-                let failed_at = resume.flatten().unwrap_or(from);
-                match next_readable(source, table, failed_at, last) {
+                match next_readable(source, table, from, last) {
                     Some(next) => from = next,
                     None => return Ok(scanned),
                 }
@@ -308,21 +330,43 @@ pub fn scan_seq<E>(
     }
 }
 
-/// Whether a scan starting at `key` can take its first step: `Some(true)` readable with rows
-/// at or after `key`, `Some(false)` readable and nothing at or after `key`, `None` damaged.
-fn probe(source: &mut Source, table: TableDefinition<u64, &[u8]>, key: u64) -> Option<bool> {
+/// Whether a scan starting at `key` can take its first step: `Some(first key at or after
+/// key)`, `Some(None)` when readable and nothing is there, `None` when damaged.
+fn probe(source: &mut Source, table: TableDefinition<u64, &[u8]>, key: u64) -> Option<Option<u64>> {
     source
         .attempt(|txn| {
             let Some(t) = table_in(txn, table)? else {
-                return Ok(false);
+                return Ok(None);
             };
             let first = t.range(key..)?.next().transpose()?;
-            Ok(first.is_some())
+            Ok(first.map(|(k, _)| k.value()))
         })
         .ok()
 }
 
-/// The first key after `failed` (whose descent failed) from which a scan succeeds; `None` when
+/// Whether a scan from `key` reads a plausible first row: a key at or after `key` and not past
+/// the table's last key (garbage reads as anything).
+fn readable(
+    source: &mut Source,
+    table: TableDefinition<u64, &[u8]>,
+    key: u64,
+    last: Option<u64>,
+) -> Readable {
+    match probe(source, table, key) {
+        Some(Some(k)) if k >= key && last.is_none_or(|l| k <= l) => Readable::Yes,
+        Some(None) if last.is_none_or(|l| key > l) => Readable::End,
+        _ => Readable::No,
+    }
+}
+
+enum Readable {
+    Yes,
+    /// Readable, and nothing at or after the key.
+    End,
+    No,
+}
+
+/// The first key after `failed` (where a scan failed) from which a scan succeeds; `None` when
 /// none does or nothing is left.
 fn next_readable(
     source: &mut Source,
@@ -337,15 +381,15 @@ fn next_readable(
         if last.is_some_and(|last| key > last) {
             // Past the last key: only the last key itself can still be reached.
             let last = last.expect("checked");
-            if last > bad && probe(source, table, last) == Some(true) {
+            if last > bad && matches!(readable(source, table, last, Some(last)), Readable::Yes) {
                 break last;
             }
             return None;
         }
-        match probe(source, table, key) {
-            Some(true) => break key,
-            Some(false) => return None,
-            None => {
+        match readable(source, table, key, last) {
+            Readable::Yes => break key,
+            Readable::End => return None,
+            Readable::No => {
                 bad = key;
                 step = match last {
                     Some(_) => (step * 2).min(MAX_STEP),
@@ -358,9 +402,9 @@ fn next_readable(
     let (mut bad, mut good) = (bad, good);
     while good - bad > 1 {
         let mid = bad + (good - bad) / 2;
-        match probe(source, table, mid) {
-            Some(_) => good = mid,
-            None => bad = mid,
+        match readable(source, table, mid, last) {
+            Readable::Yes => good = mid,
+            _ => bad = mid,
         }
     }
     Some(good)
@@ -389,10 +433,12 @@ pub fn scan_ends<K: Key + 'static, V: Value + 'static, E>(
             };
             for row in t.range::<K::SelfType<'_>>((lower, Bound::Unbounded))? {
                 let (k, v) = row?;
-                batch.push((
-                    K::as_bytes(&k.value()).as_ref().to_vec(),
-                    V::as_bytes(&v.value()).as_ref().to_vec(),
-                ));
+                let key = K::as_bytes(&k.value()).as_ref().to_vec();
+                let previous = batch.last().map(|r: &RawRow| &r.0).or(after.as_ref());
+                if previous.is_some_and(|p| K::compare(&key, p) != std::cmp::Ordering::Greater) {
+                    return Err(Failure::Disorder);
+                }
+                batch.push((key, V::as_bytes(&v.value()).as_ref().to_vec()));
                 if batch.len() == BATCH {
                     return Ok(false);
                 }
@@ -403,6 +449,7 @@ pub fn scan_ends<K: Key + 'static, V: Value + 'static, E>(
             scanned.start_read = true;
         }
         first_attempt = false;
+        let read_some = !batch.is_empty();
         if let Some((k, _)) = batch.last() {
             after = Some(k.clone());
         }
@@ -410,7 +457,9 @@ pub fn scan_ends<K: Key + 'static, V: Value + 'static, E>(
         sink(batch)?;
         match outcome {
             Ok(true) => break true,
+            // After a failure with rows read, a fresh scan from the last of them first.
             Ok(false) => continue,
+            Err(_) if read_some => continue,
             Err(_) => break false,
         }
     };
@@ -432,6 +481,10 @@ pub fn scan_ends<K: Key + 'static, V: Value + 'static, E>(
             for row in t.range::<K::SelfType<'_>>((Bound::Unbounded, upper))?.rev() {
                 let (k, v) = row?;
                 let key = K::as_bytes(&k.value()).as_ref().to_vec();
+                let previous = batch.last().map(|r: &RawRow| &r.0).or(before.as_ref());
+                if previous.is_some_and(|p| K::compare(&key, p) != std::cmp::Ordering::Less) {
+                    return Err(Failure::Disorder);
+                }
                 if after
                     .as_ref()
                     .is_some_and(|a| K::compare(&key, a) != std::cmp::Ordering::Greater)
@@ -445,15 +498,17 @@ pub fn scan_ends<K: Key + 'static, V: Value + 'static, E>(
             }
             Ok(true)
         });
+        let read_some = !batch.is_empty();
         if let Some((k, _)) = batch.last() {
             before = Some(k.clone());
         }
         scanned.read += batch.len() as u64;
         sink(batch)?;
         match outcome {
-            // Met the forward scan's last key (or the table's start), or a second failure.
-            Ok(true) | Err(_) => return Ok(scanned),
-            Ok(false) => continue,
+            // Met the forward scan's last key (or the table's start), or nothing more readable.
+            Ok(true) => return Ok(scanned),
+            Err(_) if !read_some => return Ok(scanned),
+            Ok(false) | Err(_) => continue,
         }
     }
 }
