@@ -14,6 +14,12 @@
 //!   database: magic number mismatch": the header itself was overwritten), or
 //! - the open panics inside redb.
 //!
+//! The check reads the committed pages once at start: redb does the same full read after every
+//! unclean stop anyway. Measured (release build, redb 4.6, this project's 2-core VM): a 68 MB
+//! file of 500,000 outbox rows opens in 0.26 s with a cold page cache (7 ms without the check);
+//! on an SD card it is about the file size over the card's read speed (some seconds at 20 MB/s),
+//! well inside systemd's start timeout.
+//!
 //! Everything else keeps the old behaviour (a clear error and exit, so systemd retries): I/O
 //! errors (a full disk, a permission, an SD card that fails reads), another process holding the
 //! file, a file of a newer format. Those are facts about the machine, not the file, and moving
@@ -63,7 +69,10 @@
 //! instance id is gone and the forwarder refuses Kafka's marker as another instance's
 //! (`kafka.adopt_agent_id` takes it over); if `meta` is unreadable the sequences restart above
 //! the surviving keys and the forwarder may refuse a marker ahead of the outbox. Both tables are
-//! one small page each. Counts go to the log and to `/metrics`
+//! one small page each. And redb verifies page checksums only in its repair, which the damaged
+//! file fails as a whole, so a few flipped bits inside a value that leave the page's structure
+//! and the record's layout intact are copied as read; whole pages overwritten, zeroed or torn
+//! (what storage failures look like) are refused. Counts go to the log and to `/metrics`
 //! (`edge_store_salvaged_rows_total`, `edge_store_salvage_lost_rows_total`).
 
 mod copy;
