@@ -84,12 +84,17 @@ fn a_damaged_database_is_salvaged_at_start_and_kafka_gets_each_surviving_record_
     // The backlog: the outbox filled through the library, then the agent binary runs against a
     // closed port (it makes its instance id and delivers nothing) and is stopped.
     agent.prefill(BACKLOG);
+    let t0 = Instant::now();
     let mut first = agent.spawn_binary(&bin);
     wait_for("the first run's /metrics", Duration::from_secs(30), || {
         metric(ops, "edge_buffer_outbox_records") == BACKLOG
     });
     first.assert_alive();
-    first.terminate(Duration::from_secs(60));
+    let stop = first.terminate(Duration::from_secs(60));
+    println!(
+        "first run (Kafka unreachable): {:?}, its stop {stop:?}",
+        t0.elapsed()
+    );
 
     damage(&db_path, &[0.35, 0.6]);
     let config = std::fs::read_to_string(&agent.config_path).expect("config");
@@ -125,6 +130,12 @@ fn a_damaged_database_is_salvaged_at_start_and_kafka_gets_each_surviving_record_
         log.contains("database damaged"),
         "the damage is logged:\n{log}"
     );
+    for line in log
+        .lines()
+        .filter(|l| l.contains("salvage") || l.contains("damaged"))
+    {
+        println!("agent: {line}");
+    }
 
     let damaged = damaged_beside(&db_path);
     assert_eq!(
