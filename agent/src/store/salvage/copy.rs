@@ -109,12 +109,17 @@ impl SalvageReport {
     }
 }
 
-/// The `meta` values the salvage needs, as read from the damaged file (`None`: unreadable).
-struct Meta(Option<BTreeMap<String, u64>>);
+/// The `meta` rows read from the damaged file, and whether that was all of them.
+struct Meta {
+    rows: BTreeMap<String, u64>,
+    complete: bool,
+}
 
 impl Meta {
+    /// A value read; a key not read is 0 when the table was read whole (a missing key reads as
+    /// 0), else unknown.
     fn get(&self, key: &str) -> Option<u64> {
-        self.0.as_ref().map(|m| m.get(key).copied().unwrap_or(0))
+        self.rows.get(key).copied().or(self.complete.then_some(0))
     }
 }
 
@@ -130,7 +135,11 @@ pub fn copy_all(damaged: &Path, fresh: &Database) -> Result<SalvageReport, redb:
         Ok(source) => source,
         Err(error) => {
             tracing::error!(%error, "salvage: redb cannot read the damaged file at all; nothing salvaged");
-            write_meta(fresh, &Meta(None), &Totals::default())?;
+            let nothing = Meta {
+                rows: BTreeMap::new(),
+                complete: false,
+            };
+            write_meta(fresh, &nothing, &Totals::default())?;
             return Ok(report);
         }
     };
@@ -161,7 +170,10 @@ pub fn copy_all(damaged: &Path, fresh: &Database) -> Result<SalvageReport, redb:
         unreadable_ranges: scanned.unreadable_ranges,
         lost: None,
     });
-    let meta = Meta((meta_read || !meta_rows.is_empty()).then_some(meta_rows));
+    let meta = Meta {
+        rows: meta_rows,
+        complete: meta_read,
+    };
 
     let t = &mut report.tables;
     t.push(copy_keyed(
@@ -453,7 +465,7 @@ fn plausible_dedupe_key(key: &[u8]) -> bool {
 /// `Durability::Immediate` commit: every sequence stays above every surviving key (so none is
 /// reused), `log_bytes` is the surviving rows' quota estimate.
 fn write_meta(fresh: &Database, meta: &Meta, totals: &Totals) -> Result<(), redb::Error> {
-    let mut rows = meta.0.clone().unwrap_or_default();
+    let mut rows = meta.rows.clone();
     let above = |rows: &mut BTreeMap<String, u64>, key: &str, tables: &[&str]| {
         for table in tables {
             if let Some(&max) = totals.max_key.get(table) {
@@ -476,4 +488,44 @@ fn write_meta(fresh: &Database, meta: &Meta, totals: &Totals) -> Result<(), redb
     }
     txn.commit()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_meta_key_not_read_is_zero_only_when_the_table_was_read_whole() {
+        let rows = BTreeMap::from([(keys::NEXT_SEQ.to_owned(), 9)]);
+        let whole = Meta {
+            rows: rows.clone(),
+            complete: true,
+        };
+        assert_eq!(whole.get(keys::NEXT_SEQ), Some(9));
+        assert_eq!(whole.get(keys::OUTBOX_NEXT_SEQ), Some(0));
+        let part = Meta {
+            rows,
+            complete: false,
+        };
+        assert_eq!(part.get(keys::NEXT_SEQ), Some(9));
+        assert_eq!(part.get(keys::OUTBOX_NEXT_SEQ), None, "unknown, not 0");
+    }
+
+    #[test]
+    fn dedupe_keys_of_every_kind_are_plausible_and_garbage_is_not() {
+        assert!(plausible_dedupe_key(&[
+            1, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 3, 0, 4
+        ]));
+        assert!(plausible_dedupe_key(&[
+            2, 0, 2, b'a', b'b', 0, 0, 0, 0, 0, 0, 1, 2
+        ]));
+        assert!(plausible_dedupe_key(&[
+            3, 0, 2, b'a', b'b', 0, 0, 0, 0, 0, 0, 0, 5
+        ]));
+        assert!(!plausible_dedupe_key(&[
+            2, 0, 9, b'a', b'b', 0, 0, 0, 0, 0, 0, 1, 2
+        ]));
+        assert!(!plausible_dedupe_key(&[0x5a; 15]));
+        assert!(!plausible_dedupe_key(&[]));
+    }
 }
