@@ -44,6 +44,7 @@ use redb::{
 use crate::config::OnFull;
 use crate::reading::{DecodeError, Reading};
 use crate::store::codec::{ByteReader, ByteWriter, Truncated};
+use crate::store::salvage::{self, SalvageReport};
 use crate::store::tables::{
     DEAD_LETTERS, DEDUPE, DEDUPE_AGE, META, READINGS, SOURCE_STATE, UPSTREAM_SEQ,
 };
@@ -272,6 +273,9 @@ pub enum IngestError {
     WriterThread,
     #[error("stopped before the ingest log could be reopened")]
     Stopped,
+    /// Opening the database failed, or salvaging a damaged one did (`store::salvage`).
+    #[error("opening the database: {0}")]
+    Open(#[from] crate::store::salvage::SalvageError),
     #[error("ingest log record {seq} is corrupt: {source}")]
     Corrupt {
         seq: u64,
@@ -287,6 +291,12 @@ impl IngestError {
         match self {
             IngestError::DataDir(_) => true,
             IngestError::Store(e) => e.is_retryable(),
+            // An I/O error (a full disk) may clear; anything else is a fact about the file.
+            IngestError::Open(crate::store::salvage::SalvageError::Open(e)) => {
+                use redb::{DatabaseError::Storage, StorageError::*};
+                matches!(e, Storage(Io(_) | PreviousIo))
+            }
+            IngestError::Open(_) => false,
             IngestError::Corrupt { .. } | IngestError::WriterThread | IngestError::Stopped => false,
         }
     }
@@ -357,19 +367,21 @@ pub struct Committed {
 pub struct IngestLog {
     db: Arc<Database>,
     limits: Limits,
+    salvage: Option<SalvageReport>,
 }
 
 mod txn;
 
 impl IngestLog {
-    /// Opens (or creates) the database at `path` and its tables.
+    /// Opens (or creates) the database at `path` and its tables. A damaged file is moved aside
+    /// and its readable rows salvaged into a new one first ([`crate::store::salvage`]; the
+    /// report: [`IngestLog::salvage_report`]).
     pub fn open(path: &Path, limits: Limits) -> Result<IngestLog, IngestError> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        let db = Database::builder()
-            .set_cache_size(CACHE_BYTES)
-            .create(path)?;
+        let opened = salvage::open(path, CACHE_BYTES)?;
+        let db = opened.db;
         let txn = db.begin_write()?;
         for table in [READINGS, DEAD_LETTERS, DEDUPE_AGE] {
             txn.open_table(table)?;
@@ -382,7 +394,13 @@ impl IngestLog {
         Ok(IngestLog {
             db: Arc::new(db),
             limits,
+            salvage: opened.salvage,
         })
+    }
+
+    /// What the salvage of a damaged file kept and lost, when this open had to salvage.
+    pub fn salvage_report(&self) -> Option<&SalvageReport> {
+        self.salvage.as_ref()
     }
 
     /// The shared database handle, for stages that join the same file.

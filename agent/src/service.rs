@@ -97,6 +97,9 @@ pub async fn run_with_telemetry(
     let counters = telemetry.ingest.clone();
     let path = config.ingest_path();
     let log = IngestLog::open(&path, limits(&config))?;
+    if let Some(report) = log.salvage_report() {
+        telemetry.salvage.record(report);
+    }
     let database = log.database();
     let stage = match config.pipeline.is_empty() {
         true => None,

@@ -23,6 +23,7 @@ use crate::forward::ForwardMetrics;
 use crate::ingest::Counters;
 use crate::source::Registry;
 use crate::stage::StageCounters;
+use crate::store::salvage::SalvageCounters;
 
 /// Everything the endpoints show, shared by the pipeline's tasks and the ops tasks.
 #[derive(Debug)]
@@ -31,6 +32,8 @@ pub struct Telemetry {
     pub ingest: Arc<Counters>,
     pub stage: Arc<StageCounters>,
     pub forward: Arc<ForwardMetrics>,
+    /// Salvages of a damaged database (`store::salvage`).
+    pub salvage: Arc<SalvageCounters>,
     /// Per source (kind and name); a reload keeps the entry of a source that still exists.
     pub sources: Registry,
     /// The open database while a pipeline runs (never a strong reference: see the invariants).
@@ -54,6 +57,7 @@ impl Default for Telemetry {
             ingest: Arc::default(),
             stage: Arc::default(),
             forward: Arc::default(),
+            salvage: Arc::default(),
             sources: Registry::default(),
             db: Mutex::new(Weak::new()),
             running: AtomicBool::new(false),

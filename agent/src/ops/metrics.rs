@@ -19,6 +19,7 @@ use super::health::Health;
 use crate::forward::ForwardMetrics;
 use crate::ingest::Counters;
 use crate::stage::StageCounters;
+use crate::store::salvage::{SalvageCounters, LOST_TABLES, METRIC_TABLES};
 use crate::telemetry::Telemetry;
 
 fn get(a: &AtomicU64) -> u64 {
@@ -33,6 +34,7 @@ pub fn render(t: &Telemetry, health: &Health) -> String {
     window(&mut o, &t.stage);
     kafka(&mut o, &t.forward, health);
     buffer(&mut o, health);
+    store(&mut o, &t.salvage);
     crate::source::render_states(&mut o, &health.sources);
     crate::source::render_families(&mut o, &t.sources);
     o.finish()
@@ -287,6 +289,34 @@ fn buffer(o: &mut Out, health: &Health) {
         "1 when the last read of the buffer state failed.",
         u8::from(health.db_error),
     )]);
+}
+
+/// Salvages of a damaged database at start (`store::salvage`): rows kept and lost per table.
+fn store(o: &mut Out, s: &SalvageCounters) {
+    o.counters(&[(
+        "edge_store_salvages_total",
+        "Damaged databases moved aside and salvaged into a new file.",
+        get(&s.salvages),
+    )]);
+    let by_table = |tables: &[&str], counts: &[AtomicU64]| {
+        tables
+            .iter()
+            .zip(counts)
+            .map(|(table, n)| (format!("table=\"{table}\""), get(n)))
+            .collect::<Vec<_>>()
+    };
+    o.family(
+        "edge_store_salvaged_rows_total",
+        "counter",
+        "Rows of unsent data salvaged from a damaged database.",
+        by_table(&METRIC_TABLES, &s.salvaged),
+    );
+    o.family(
+        "edge_store_salvage_lost_rows_total",
+        "counter",
+        "Rows of unsent data a damaged database held that could not be read.",
+        by_table(&LOST_TABLES, &s.lost),
+    );
 }
 
 #[cfg(test)]

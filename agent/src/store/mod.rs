@@ -12,6 +12,7 @@
 //! | [`error`] | [`StoreError`]: every redb failure, and the one retry rule ([`StoreError::is_retryable`]) |
 //! | [`codec`] | the little-endian [`ByteWriter`] / [`ByteReader`] every stored record is written and read with |
 //! | [`rows`] | the small row values the store encodes itself (`window_shape`, `dedupe_age`) |
+//! | [`salvage`] | opening the file with redb's integrity check; a damaged file is moved aside and every readable row salvaged into a new one |
 //! | `FORMAT.md` | every table's key and value bytes, versions, stability, golden vectors (checked by `tests.rs`) |
 //!
 //! # Invariants
@@ -38,7 +39,8 @@
 //!
 //! Declare it in [`tables`] (or the key in [`meta`], with what it holds and who writes it),
 //! write its layout and a golden vector in `FORMAT.md`, and test the vector in `tests.rs`
-//! (`every_golden_vector_in_format_md_is_under_test` refuses a vector without a test). Encode
+//! (`every_golden_vector_in_format_md_is_under_test` refuses a vector without a test), and add
+//! it to `salvage/copy.rs` (`TABLES` and a copy step) so a damaged file does not lose it. Encode
 //! values with [`codec`]; wrap errors by giving the stage's error a `#[from] StoreError` variant
 //! and `redb_errors_into!(ThatError)`.
 
@@ -46,6 +48,7 @@ pub mod codec;
 pub mod error;
 pub mod meta;
 pub mod rows;
+pub mod salvage;
 pub mod tables;
 
 use redb::{Key, ReadOnlyTable, ReadTransaction, TableDefinition, TableError, Value};

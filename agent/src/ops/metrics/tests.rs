@@ -83,6 +83,9 @@ fn telemetry() -> (Telemetry, Health) {
     set(&f.commit_latency_us_last, 1_500);
     set(&f.commit_latency_us_sum, 2_500_000);
     set(&f.commit_latency_us_max, 7_000);
+    let v = &t.salvage;
+    set(&v.salvages, 1);
+    fill(&v.salvaged.iter().chain(&v.lost).collect::<Vec<_>>(), 50);
     let m: Arc<MqttCounters> = t.sources.counters(&mqtt::KIND, "plant \"a\"");
     fill(
         &[
