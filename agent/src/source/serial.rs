@@ -22,6 +22,10 @@
 //!   with its reason; the next frame or line is read as usual.
 //! - A device timestamp below 2000-01-01 is uptime (the device has not had a `TimeSync` yet) and
 //!   is replaced by the receive time.
+//! - The periodic `TimeSync` is a tokio interval in the task's own loop, with
+//!   `MissedTickBehavior::Delay`: a loop held up (a slow write) sends one late sync, never a
+//!   burst; there is no other timer and no polling. Its first tick is one period after the port
+//!   opened.
 //! - A port that fails to open or errors is retried with backoff (100 ms .. 30 s); other sources
 //!   are not affected.
 
@@ -322,12 +326,12 @@ impl SerialSourceTask {
                                 "device discarded readings"
                             );
                         }
-                        if let Some(offset) = clock::offset_ms(&frame.readings, now) {
-                            self.counters.clock_offset.set(offset);
-                        }
+                        let offset = clock::offset_ms(&frame.readings, now);
                         let submission = self.submission(&frame, now, durable.clone());
                         if self.submissions.try_send(submission).is_err() {
                             self.counters.busy.fetch_add(1, Ordering::Relaxed);
+                        } else if let Some(offset) = offset {
+                            self.counters.clock_offset.set(offset);
                         }
                     }
                 }

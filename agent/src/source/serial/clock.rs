@@ -4,8 +4,8 @@
 //! # What the gauge says
 //!
 //! `edge_serial_clock_offset_ms{source}` = the device timestamp of the newest reading of the
-//! last stored `Readings` frame **minus** the agent's clock when the frame was received, in
-//! milliseconds: positive when the device's clock is ahead of the gateway's.
+//! last `Readings` frame handed to the ingest writer **minus** the agent's clock when the frame
+//! was received, in milliseconds: positive when the device's clock is ahead of the gateway's.
 //!
 //! - Only wall-clock stamps count: a reading stamped below 2000-01-01 carries the device's uptime
 //!   (no `TimeSync` yet this boot, [`super::UPTIME_LIMIT_MS`]) and says nothing about its clock.
@@ -21,7 +21,8 @@
 //!   surplus for a fast one, which slews its clock in rather than stepping it back. Watch its
 //!   peak just before a resync to see the drift per interval.
 //! - With several devices on one line it is the device whose frame was stored last.
-//! - Duplicates (frames already settled) are not counted; dead-lettered frames are not either.
+//! - Duplicates (frames already settled) do not count, nor do frames refused under backpressure
+//!   (`busy`: their retransmit will) or frames from a device beyond the line's device limit.
 
 use std::sync::atomic::{AtomicI64, Ordering};
 
