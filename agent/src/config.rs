@@ -8,7 +8,7 @@
 //! | `[agent]` | `id` (names the agent in Kafka headers and the transactional id), `data_dir` (the redb file lives there) |
 //! | `[buffer]` | `quota_bytes`, `on_full = "backpressure" \| "drop_oldest"`, group-commit limits, dedupe bounds, payload cap |
 //! | `[[mqtt]]` | one broker connection: `url` (`mqtt://` or `mqtts://`), credentials, `version` (3 = MQTT 3.1.1, or 5 with `session_expiry_s` and `user_properties`), `[[mqtt.subscribe]]`, `[mqtt.payload]` |
-//! | `[[serial]]` | one serial line: `path`, `baud`, `framing = "link" \| "line"` |
+//! | `[[serial]]` | one serial line: `path`, `baud`, `framing = "link" \| "line"`, `time_sync_interval_s` (link only) |
 //! | `[[modbus]]` | one Modbus device: `tcp = "host:port"` or `serial` (RTU: `baud`, `parity`, `stop_bits`), `unit`, `timeout_ms`, `[[modbus.block]]` reads with their `[[modbus.block.register]]`s (see [`modbus`]) |
 //! | `[[sensor]]` | the sensor mapping: a topic pattern with `{captures}` (MQTT), a device channel (serial) or a register name (Modbus) to an `id` template, `unit`, `scale`, `offset`, `min`/`max` |
 //! | `[[pipeline]]` | which sensors (`*` globs over sensor ids) go to which pipeline; `[pipeline.window]` (see [`WindowConfig`]): kind, size, slide, lateness, idle timeout, late policy, revisions, cap, grouping |
@@ -254,6 +254,28 @@ pub struct SerialSource {
     #[serde(default = "plain::u32::<115_200>")]
     pub baud: u32,
     pub framing: SerialFraming,
+    /// `framing = "link"` only: seconds between two `TimeSync` frames on the line, on top of
+    /// the one answering each `Hello`; 0 sends only those. At most [`MAX_TIME_SYNC_INTERVAL_S`].
+    /// Default [`DEFAULT_TIME_SYNC_INTERVAL_S`] (see [`SerialSource::time_sync_interval`]).
+    pub time_sync_interval_s: Option<Spanned<u64>>,
+}
+
+/// Default `time_sync_interval_s`: 10 minutes, in which a 50 ppm crystal drifts 30 ms.
+pub const DEFAULT_TIME_SYNC_INTERVAL_S: u64 = 600;
+/// Largest `time_sync_interval_s`: a day.
+pub const MAX_TIME_SYNC_INTERVAL_S: u64 = 86_400;
+
+impl SerialSource {
+    /// How often the periodic `TimeSync` goes out; `None` when there is none (`0`, or text
+    /// lines, which have no `TimeSync`).
+    pub fn time_sync_interval(&self) -> Option<std::time::Duration> {
+        let seconds = self
+            .time_sync_interval_s
+            .as_ref()
+            .map_or(DEFAULT_TIME_SYNC_INTERVAL_S, |s| *s.get_ref());
+        let link = self.framing == SerialFraming::Link;
+        (link && seconds > 0).then(|| std::time::Duration::from_secs(seconds))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

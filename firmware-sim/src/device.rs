@@ -30,8 +30,12 @@
 //! - **Acks.** [`Device::on_frame`] with an `Ack` for this device and this boot frees every frame
 //!   with `seq <=` the acked `seq` (cumulative) and stops the `Hello`. Acks for another boot or
 //!   device, and acks above the highest `seq` sent, are ignored (and counted).
-//! - **Time.** A `TimeSync` sets the offset from uptime to unix time; readings taken after it are
-//!   stamped in unix ms, readings taken before the first one carry the uptime.
+//! - **Time.** Readings taken before the boot's first `TimeSync` carry the uptime; the first
+//!   sets the offset from uptime to unix time, and readings after it are stamped in unix ms.
+//!   Every later `TimeSync` is taken too (the agent resyncs periodically; on a shared bus a
+//!   device also hears the syncs that answer other devices' `Hello`s, which are just as true):
+//!   one that finds the clock behind steps it forward, one that finds it ahead is slewed in, so
+//!   stamps never go backwards ([`clock`]).
 //!
 //! # Invariants
 //!
@@ -55,8 +59,11 @@
 use edge_protocol::link::{Frame, Hello, Reading, Readings, MAX_READINGS};
 use heapless::{Deque, Vec};
 
+pub mod clock;
 #[cfg(test)]
 mod tests;
+
+use clock::WallClock;
 
 /// What a device is configured with.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -157,8 +164,8 @@ struct Slot {
 pub struct Device<const CAP: usize> {
     config: Config,
     boot_id: u32,
-    /// `unix_ms - uptime_ms`, modulo 2^64, once a `TimeSync` arrived.
-    clock_offset: Option<u64>,
+    /// Uptime to unix time, once a `TimeSync` arrived.
+    clock: WallClock,
     open: Vec<Reading, MAX_READINGS>,
     opened_at_ms: u64,
     ring: Deque<Slot, CAP>,
@@ -179,7 +186,7 @@ impl<const CAP: usize> Device<CAP> {
         Self {
             config,
             boot_id,
-            clock_offset: None,
+            clock: WallClock::new(),
             open: Vec::new(),
             opened_at_ms: now_ms,
             ring: Deque::new(),
@@ -211,10 +218,7 @@ impl<const CAP: usize> Device<CAP> {
         if self.open.is_empty() {
             self.opened_at_ms = now_ms;
         }
-        let ts_ms = match self.clock_offset {
-            Some(offset) => now_ms.wrapping_add(offset),
-            None => now_ms,
-        };
+        let ts_ms = self.clock.stamp(now_ms);
         // Never full here: a frame is sealed as soon as it fills up.
         let _ = self.open.push(Reading {
             channel,
@@ -293,7 +297,7 @@ impl<const CAP: usize> Device<CAP> {
                     }
                 }
             }
-            Frame::TimeSync(sync) => self.clock_offset = Some(sync.unix_ms.wrapping_sub(now_ms)),
+            Frame::TimeSync(sync) => self.clock.sync(now_ms, sync.unix_ms),
             Frame::Hello(_) | Frame::Readings(_) => {}
         }
     }
@@ -357,7 +361,12 @@ impl<const CAP: usize> Device<CAP> {
 
     /// Whether a `TimeSync` has arrived this boot (timestamps are unix ms from then on).
     pub fn time_synced(&self) -> bool {
-        self.clock_offset.is_some()
+        self.clock.synced()
+    }
+
+    /// The wall clock: its offset in use and what it still slews away.
+    pub fn clock(&self) -> &WallClock {
+        &self.clock
     }
 
     /// Counters for this boot.

@@ -4,7 +4,10 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
+use std::time::Duration;
 
+use edge_protocol::link::{self, Frame, TimeSync};
+use firmware_sim::runner::ledger::unix_ms_now;
 use firmware_sim::runner::peer::Peer;
 use firmware_sim::runner::serial::{self, SerialConfig};
 use firmware_sim::runner::{Ledger, LedgerRecord, RunConfig, RunSummary};
@@ -25,19 +28,41 @@ async fn run_against_peer(
     config: RunConfig,
     serial: SerialConfig,
 ) -> (RunSummary, Peer, Vec<LedgerRecord>) {
+    let (summary, peer, records, _) = run_against_syncing_peer(config, serial, None).await;
+    (summary, peer, records)
+}
+
+/// [`run_against_peer`] with a peer that also sends a `TimeSync` (host clock) every
+/// `sync_every`, as the agent does; also returns when each accepted frame arrived (host unix ms,
+/// in `peer.accepted` order).
+async fn run_against_syncing_peer(
+    config: RunConfig,
+    serial: SerialConfig,
+    sync_every: Option<Duration>,
+) -> (RunSummary, Peer, Vec<LedgerRecord>, Vec<u64>) {
     let (master, slave) = SerialStream::pair().expect("a pty pair");
     let stop = CancellationToken::new();
     let peer_stop = stop.clone();
     let peer = tokio::spawn(async move {
         let (mut rx, mut tx) = tokio::io::split(slave);
         let mut peer = Peer::new();
+        let mut arrivals = Vec::new();
         let mut buf = [0u8; 4096];
+        let period = sync_every.unwrap_or(Duration::from_secs(3_600));
+        let mut sync = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         loop {
             let n = tokio::select! {
                 n = rx.read(&mut buf) => n.expect("read the pty"),
-                () = peer_stop.cancelled() => return peer,
+                _ = sync.tick(), if sync_every.is_some() => {
+                    let frame = Frame::TimeSync(TimeSync { unix_ms: unix_ms_now() });
+                    let bytes = link::encode_to_vec(&frame).expect("a TimeSync encodes");
+                    tx.write_all(&bytes).await.expect("write the pty");
+                    continue;
+                }
+                () = peer_stop.cancelled() => return (peer, arrivals),
             };
             let reply = peer.feed(&buf[..n]);
+            arrivals.resize(peer.accepted.len(), unix_ms_now());
             if !reply.is_empty() {
                 tx.write_all(&reply).await.expect("write the pty");
             }
@@ -47,11 +72,11 @@ async fn run_against_peer(
         .await
         .expect("the run succeeds");
     stop.cancel();
-    let peer = peer.await.expect("the peer task");
+    let (peer, arrivals) = peer.await.expect("the peer task");
     let path = config.ledger.as_ref().expect("a ledger path");
     let records = Ledger::read(path).expect("read the ledger");
     let _ = std::fs::remove_file(path);
-    (summary, peer, records)
+    (summary, peer, records, arrivals)
 }
 
 /// What the ledger says about each reading, and the accounting check every test shares:
@@ -284,4 +309,90 @@ async fn skewed_clocks_and_reboots_keep_every_reading_identity_unique_and_increa
         }
     }
     assert!(skewed > 0, "some device's clock is visibly off");
+}
+
+/// Every channel's unix and uptime stamps strictly increase over the run (reboots included).
+fn assert_stamps_increase(records: &[LedgerRecord]) {
+    let mut last: HashMap<(u32, u8, bool), u64> = HashMap::new();
+    for r in records {
+        let LedgerRecord::Frame {
+            device, readings, ..
+        } = r
+        else {
+            continue;
+        };
+        for x in readings {
+            let unix = x.ts_ms > 1_000_000_000_000;
+            if let Some(prev) = last.insert((*device, x.channel, unix), x.ts_ms) {
+                assert!(
+                    x.ts_ms > prev,
+                    "device {device} ch {}: {prev} then {}",
+                    x.channel,
+                    x.ts_ms
+                );
+            }
+        }
+    }
+}
+
+/// The newest unix stamp of each accepted frame minus its arrival (host ms): how far the
+/// device clocks were off, link and flush delays included.
+fn offsets(peer: &Peer, arrivals: &[u64]) -> Vec<i64> {
+    let frames = peer.accepted.iter().zip(arrivals);
+    frames
+        .filter_map(|(a, at)| {
+            let newest = a
+                .readings
+                .iter()
+                .map(|r| r.ts_ms)
+                .filter(|t| *t > 1_000_000_000_000)
+                .max()?;
+            Some(newest as i64 - *at as i64)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drifting_clocks_resynced_every_200_ms_stay_near_the_host_and_keep_identities_unique() {
+    // 10% fast: 20 ms gained per sync period; 300 ms over the run without the periodic syncs.
+    let mut config = RunConfig::new(3, 200.0, 26);
+    config.channels = 2;
+    config.count = Some(600);
+    config.ledger = Some(ledger_path("fwsim-serial-drift"));
+    config.faults.clock_drift_ppm = 100_000;
+    config.faults.reboot_every = 0.8;
+    let every = Some(Duration::from_millis(200));
+    let (summary, peer, records, arrivals) =
+        run_against_syncing_peer(config, serial_config(), every).await;
+    assert!(summary.drained, "{summary:?}");
+    account(&records, &peer);
+    assert_stamps_increase(&records);
+    let offsets = offsets(&peer, &arrivals);
+    let worst = offsets.iter().map(|o| o.abs()).max().unwrap_or(0);
+    println!(
+        "{} frames; offsets {:?} .. {:?}",
+        offsets.len(),
+        offsets.iter().min(),
+        offsets.iter().max()
+    );
+    assert!(offsets.len() > 50, "{offsets:?}");
+    assert!(
+        worst < 100,
+        "every frame within 100 ms of the host: {offsets:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drifting_clocks_synced_only_at_boot_run_away_from_the_host() {
+    let mut config = RunConfig::new(2, 200.0, 27);
+    config.count = Some(600);
+    config.ledger = Some(ledger_path("fwsim-serial-drift-free"));
+    config.faults.clock_drift_ppm = 100_000;
+    let (summary, peer, records, arrivals) =
+        run_against_syncing_peer(config, serial_config(), None).await;
+    assert!(summary.drained, "{summary:?}");
+    account(&records, &peer);
+    assert_stamps_increase(&records);
+    let worst = offsets(&peer, &arrivals).into_iter().max().unwrap_or(0);
+    assert!(worst > 200, "3 s at 10% fast is 300 ms ahead: {worst}");
 }

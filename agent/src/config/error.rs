@@ -165,6 +165,11 @@ pub enum Invalid {
         first: u16,
         last: u16,
     },
+    #[error("`{field}` {reason}")]
+    BadSerial {
+        field: &'static str,
+        reason: &'static str,
+    },
     #[error("serial port `{path}` is already used by another source; one source per port (several Modbus units on one line are not supported yet)")]
     SharedSerialPort { path: String },
     #[error("register name `{name}` is used twice in this device")]

@@ -1,4 +1,5 @@
 use std::path::Path;
+use std::time::Duration;
 
 use super::fixtures::{self, MINIMAL};
 use super::*;
@@ -158,6 +159,52 @@ fn a_serial_mapping_may_use_device_and_channel_but_not_topic() {
         error_of(&bad).problem(),
         Some(Invalid::WrongSourceKind { .. })
     ));
+}
+
+#[test]
+fn the_periodic_time_sync_defaults_to_ten_minutes_on_link_lines_and_is_checked() {
+    let serial = |framing: &str, extra: &str| {
+        format!("{MINIMAL}\n[[serial]]\nname = \"rs485\"\npath = \"/dev/ttyUSB0\"\nframing = \"{framing}\"\n{extra}")
+    };
+    let interval =
+        |text: &str| parse(text).unwrap_or_else(|e| panic!("{e}")).serial[0].time_sync_interval();
+    assert_eq!(
+        interval(&serial("link", "")),
+        Some(Duration::from_secs(600))
+    );
+    assert_eq!(
+        interval(&serial("link", "time_sync_interval_s = 2\n")),
+        Some(Duration::from_secs(2))
+    );
+    assert_eq!(
+        interval(&serial("link", "time_sync_interval_s = 0\n")),
+        None,
+        "0 turns it off"
+    );
+    assert_eq!(
+        interval(&serial("line", "")),
+        None,
+        "text lines have no TimeSync"
+    );
+    for (framing, value) in [("line", "60"), ("link", "86401")] {
+        let text = serial(framing, &format!("time_sync_interval_s = {value}\n"));
+        let error = error_of(&text);
+        assert!(
+            matches!(
+                error.problem(),
+                Some(Invalid::BadSerial {
+                    field: "time_sync_interval_s",
+                    ..
+                })
+            ),
+            "{error}"
+        );
+        let line = text
+            .lines()
+            .position(|l| l.starts_with("time_sync"))
+            .map(|i| i + 1);
+        assert_eq!(error.location().map(|l| l.line), line, "{error}");
+    }
 }
 
 #[test]

@@ -38,6 +38,7 @@ pub fn validate(config: &Config) -> Result<(), Failure> {
     }
     config.mqtt.iter().try_for_each(mqtt)?;
     config.modbus.iter().try_for_each(super::validate_modbus)?;
+    config.serial.iter().try_for_each(serial)?;
     shared_serial_ports(config)?;
     for mapping in &config.sensor {
         sensor(config, mapping)?;
@@ -219,6 +220,23 @@ fn mqtt_version(source: &MqttSource) -> Result<(), Failure> {
 
 /// Placeholders every MQTT rule has: a user property cannot take their names.
 const RESERVED_PLACEHOLDERS: [&str; 2] = ["source", "payload"];
+
+/// `time_sync_interval_s` is for link framing and at most a day.
+fn serial(source: &super::SerialSource) -> Result<(), Failure> {
+    let Some(interval) = &source.time_sync_interval_s else {
+        return Ok(());
+    };
+    let field = "time_sync_interval_s";
+    if source.framing == super::SerialFraming::Line {
+        let reason = "is for `framing = \"link\"` (text lines get no TimeSync)";
+        return Err(at(interval, Invalid::BadSerial { field, reason }));
+    }
+    if *interval.get_ref() > super::MAX_TIME_SYNC_INTERVAL_S {
+        let reason = "must be at most 86400 (a day; 0 turns the periodic TimeSync off)";
+        return Err(at(interval, Invalid::BadSerial { field, reason }));
+    }
+    Ok(())
+}
 
 /// One task owns a serial port: a Modbus RTU device on a port that another `[[modbus]]` or a
 /// `[[serial]]` source also uses is refused (several units on one RS-485 line are not supported

@@ -21,7 +21,9 @@
 //!   process's [`Registry`] (`crate::telemetry::Telemetry::sources`) so they survive reloads;
 //! - its **metric descriptions**: [`Kind::families`], one counter family per field, each with one
 //!   sample per source labelled `source="name"` (rendered by [`render_families`] in the kind's
-//!   list position; `deploy/OPERATIONS.md` lists them);
+//!   list position; `deploy/OPERATIONS.md` lists them); a gauge is a field outside the
+//!   families, rendered by the kind's own function after them (serial's `clock::render`,
+//!   reading its counters through [`Registry::of_kind`]);
 //! - its **health**: [`Kind::health`] makes a state machine per source (no I/O) that turns
 //!   samples of the source's counters into a [`SourceState`]: what `/readyz`, the
 //!   `edge_source_state` gauge and the watchdog's sampler ([`crate::ops::health`]) read.
@@ -232,6 +234,18 @@ impl Registry {
         });
     }
 
+    /// The counters of every source of `kind`, as their concrete type (for a kind's gauges,
+    /// which are not counter families), sorted by name.
+    pub fn of_kind<C: SourceCounters>(&self, kind: &Kind) -> Vec<(String, Arc<C>)> {
+        let map = self.map();
+        let of_kind = map.iter().filter(|((k, _), _)| *k == kind.name);
+        of_kind
+            .filter_map(|((_, name), c)| {
+                Some((name.clone(), c.clone().into_any().downcast().ok()?))
+            })
+            .collect()
+    }
+
     /// Every source's kind, name and counter values now (sorted by kind, then name).
     pub fn sample(&self) -> Vec<(&'static str, String, Vec<u64>)> {
         self.map()
@@ -247,7 +261,8 @@ pub fn kind(name: &str) -> Option<&'static Kind> {
 }
 
 /// Every kind's counter families, each with one sample per source of that kind (families are
-/// written even when no source of the kind is configured), then the Sparkplug B families.
+/// written even when no source of the kind is configured), then the serial sources' clock
+/// offset gauge ([`serial::clock`]), then the Sparkplug B families.
 pub fn render_families(o: &mut Out, registry: &Registry) {
     let sample = registry.sample();
     for kind in KINDS {
@@ -259,6 +274,7 @@ pub fn render_families(o: &mut Out, registry: &Registry) {
             }
         }
     }
+    serial::clock::render(o, registry);
     registry.sparkplug.render(o);
 }
 

@@ -1,10 +1,12 @@
 //! The serial source: one line (tokio-serial), speaking the link protocol or line text.
 //!
 //! - `framing = "link"`: `edge_protocol::link` frames. `Hello` is answered with `Ack` (per
-//!   [`AckState`]) and a `TimeSync`; each `Readings` frame becomes one [`Submission`] whose
-//!   readings map through `(device, channel)` and dedupe by `(device, boot, seq, index)`; its ack,
-//!   run by the ingest writer after the commit, reports the frame durable and the cumulative
-//!   `Ack` goes out.
+//!   [`AckState`]) and a `TimeSync`, and a `TimeSync` goes out every `time_sync_interval_s`
+//!   besides (a timer of the task's loop; the devices' clocks drift over long uptimes, see
+//!   [`clock`] for the offset gauge that shows it); each `Readings` frame becomes one
+//!   [`Submission`] whose readings map through `(device, channel)` and dedupe by
+//!   `(device, boot, seq, index)`; its ack, run by the ingest writer after the commit, reports
+//!   the frame durable and the cumulative `Ack` goes out.
 //! - `framing = "line"`: text lines `sensor,ts_ms,value` (`{payload}` is the sensor). Lines
 //!   have no acks; when the writer pushes back the task stops reading, so the OS buffer and the
 //!   line's flow control hold the data.
@@ -20,6 +22,10 @@
 //!   with its reason; the next frame or line is read as usual.
 //! - A device timestamp below 2000-01-01 is uptime (the device has not had a `TimeSync` yet) and
 //!   is replaced by the receive time.
+//! - The periodic `TimeSync` is a tokio interval in the task's own loop, with
+//!   `MissedTickBehavior::Delay`: a loop held up (a slow write) sends one late sync, never a
+//!   burst; there is no other timer and no polling. Its first tick is one period after the port
+//!   opened.
 //! - A port that fails to open or errors is retried with backoff (100 ms .. 30 s); other sources
 //!   are not affected.
 
@@ -30,6 +36,7 @@ use std::time::Duration;
 use edge_protocol::link::{self, Decoder, Frame, LinkError, TimeSync};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
+use tokio::time::{Interval, MissedTickBehavior};
 use tokio_serial::SerialPortBuilderExt;
 use tokio_util::sync::CancellationToken;
 
@@ -43,6 +50,8 @@ use crate::clock::unix_ms;
 use crate::config::{Config, SerialFraming, SerialSource};
 use crate::ingest::{DeadLetter, Dedupe, Submission};
 use crate::mapping::{Mapper, Origin};
+
+pub mod clock;
 
 /// Longest accepted text line, in bytes.
 pub const MAX_LINE: usize = 1024;
@@ -62,6 +71,10 @@ pub struct SerialCounters {
     /// Readings the devices reported discarding (ring overflow): upstream loss.
     pub upstream_dropped: AtomicU64,
     pub port_errors: AtomicU64,
+    /// `TimeSync` frames sent: answers to `Hello`s and periodic ones.
+    pub time_syncs: AtomicU64,
+    /// The newest device clock offset (a gauge, rendered by [`clock::render`]).
+    pub clock_offset: clock::ClockOffset,
 }
 
 /// The serial source kind: `[[serial]]` tables, the `edge_serial_*` families, the health rule
@@ -93,6 +106,10 @@ pub static KIND: Kind = Kind {
             name: "edge_serial_port_errors_total",
             help: "Serial port errors (reopened with backoff).",
         },
+        Family {
+            name: "edge_serial_time_syncs_total",
+            help: "TimeSync frames sent (answers to Hello and periodic).",
+        },
     ],
     names: |config| {
         let names = config.serial.iter().map(|s| s.name.get_ref().clone());
@@ -111,7 +128,8 @@ source_counters!(SerialCounters {
     bad_frames,
     busy,
     upstream_dropped,
-    port_errors
+    port_errors,
+    time_syncs
 });
 
 /// How long a port error keeps the source `disconnected`: longer than the longest reopen
@@ -234,6 +252,11 @@ impl SerialSourceTask {
         let mut decoder = Decoder::new();
         let mut buf = [0u8; 1024];
         let mut frames = Vec::new();
+        let mut time_sync = self.config.time_sync_interval().map(|period| {
+            let mut timer = tokio::time::interval_at(Instant::now() + period, period);
+            timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            timer
+        });
         loop {
             tokio::select! {
                 biased;
@@ -243,6 +266,7 @@ impl SerialSourceTask {
                         send(&mut writer, &Frame::Ack(ack)).await?;
                     }
                 }
+                () = next_tick(&mut time_sync) => self.send_time_sync(&mut writer).await?,
                 n = reader.read(&mut buf) => {
                     let n = n?;
                     if n == 0 {
@@ -278,7 +302,7 @@ impl SerialSourceTask {
                 if let Some(ack) = state.on_hello(&hello) {
                     send(writer, &Frame::Ack(ack)).await?;
                 }
-                send(writer, &Frame::TimeSync(TimeSync { unix_ms: now })).await?;
+                self.send_time_sync(writer).await?;
             }
             Ok(Frame::Readings(frame)) => {
                 self.counters.frames.fetch_add(1, Ordering::Relaxed);
@@ -302,9 +326,12 @@ impl SerialSourceTask {
                                 "device discarded readings"
                             );
                         }
+                        let offset = clock::offset_ms(&frame.readings, now);
                         let submission = self.submission(&frame, now, durable.clone());
                         if self.submissions.try_send(submission).is_err() {
                             self.counters.busy.fetch_add(1, Ordering::Relaxed);
+                        } else if let Some(offset) = offset {
+                            self.counters.clock_offset.set(offset);
                         }
                     }
                 }
@@ -312,6 +339,17 @@ impl SerialSourceTask {
             Ok(other) => self.dead_letter(now, &UnexpectedFrame(other), &[]),
             Err(error) => self.dead_letter(now, &error, &[]),
         }
+        Ok(())
+    }
+
+    /// Sends the gateway's clock, read as the frame is written.
+    async fn send_time_sync<W: AsyncWrite + Unpin>(
+        &self,
+        writer: &mut W,
+    ) -> Result<(), SerialError> {
+        let frame = Frame::TimeSync(TimeSync { unix_ms: unix_ms() });
+        send(writer, &frame).await?;
+        self.counters.time_syncs.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
@@ -445,6 +483,16 @@ fn dead_submission(
         dead_letters: vec![DeadLetter::new(now, source, reason, bytes)],
         state: Vec::new(),
         ack: None,
+    }
+}
+
+/// The periodic `TimeSync` timer's next tick; never, without one.
+async fn next_tick(timer: &mut Option<Interval>) {
+    match timer {
+        Some(timer) => {
+            timer.tick().await;
+        }
+        None => std::future::pending().await,
     }
 }
 

@@ -265,6 +265,40 @@ fn time_sync_turns_timestamps_into_unix_ms() {
 }
 
 #[test]
+fn later_time_syncs_are_taken_forward_at_once_and_backward_without_going_back() {
+    let unix = 1_700_000_000_000;
+    let mut dev: Device<8> = booted();
+    dev.on_frame(0, &Frame::TimeSync(TimeSync { unix_ms: unix }));
+    dev.sample(1_000, 0, 1.0).unwrap();
+    // The device's clock ran 100 ms slow: the next sync steps it forward.
+    dev.on_frame(
+        2_000,
+        &Frame::TimeSync(TimeSync {
+            unix_ms: unix + 2_100,
+        }),
+    );
+    dev.sample(2_000, 0, 2.0).unwrap();
+    // Then 100 ms fast: slewed in at half speed, never stamped backwards.
+    dev.on_frame(
+        3_000,
+        &Frame::TimeSync(TimeSync {
+            unix_ms: unix + 3_000,
+        }),
+    );
+    dev.sample(3_000, 0, 3.0).unwrap();
+    dev.sample(3_100, 0, 4.0).unwrap();
+    dev.sample(3_400, 0, 5.0).unwrap();
+    dev.flush(3_400);
+    let sent = drain(&mut dev, 3_400);
+    let ts: Vec<u64> = readings(&sent)
+        .iter()
+        .flat_map(|r| r.readings.iter().map(|x| x.ts_ms - unix))
+        .collect();
+    assert_eq!(ts, [1_000, 2_100, 3_100, 3_150, 3_400]);
+    assert_eq!(dev.clock().surplus_ms(), 0);
+}
+
+#[test]
 fn a_restart_starts_a_new_boot_with_hello_and_seq_one() {
     let mut dev: Device<4> = booted();
     dev.sample(0, 0, 1.0).unwrap();

@@ -9,6 +9,7 @@
 //! | `--duplicate-rate P` | a frame is written twice with probability `P` | a reading is published twice with probability `P` (one ledger record) |
 //! | `--reorder-rate P` | a frame is held back and written after the next one with probability `P` | the same for messages |
 //! | `--clock-skew-ms MS` | each device's clock is off by a fixed amount drawn uniformly from `[-MS, MS]` | the same |
+//! | `--clock-drift-ppm N` | every device's oscillator runs `N` parts per million fast (slow when negative): its uptime, and so its wall clock between two `TimeSync`s, gains `N` us per second ([`FaultConfig::drifted_ms`]) | - |
 //! | `--burst-every S --burst-secs L --burst-factor F` | for `L` seconds out of every `S` the sample rate is multiplied by `F` | the same |
 //! | `--disconnect-every S --disconnect-secs L` | for `L` seconds out of every `S` the line is cut: nothing is written or read | the connection is dropped (`EventLoop::clean`) and not re-established for `L` seconds |
 //! | `--reboot-every S` | every `S` seconds one device, chosen at random, reboots: new `boot_id`, unacknowledged frames lost (ledger `reboot`) | - |
@@ -36,6 +37,11 @@ pub struct FaultConfig {
     /// Largest clock offset of a device, in milliseconds (each device draws its own).
     #[arg(long, default_value_t = 0)]
     pub clock_skew_ms: u64,
+    /// Parts per million by which every device's clock runs fast (negative: slow), serial only;
+    /// from -999,999 (nearly stopped) to 1,000,000 (twice as fast).
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true,
+          value_parser = clap::value_parser!(i64).range(-999_999..=1_000_000))]
+    pub clock_drift_ppm: i64,
     /// Seconds between the starts of two bursts (0: no bursts).
     #[arg(long, default_value_t = 0.0, value_parser = non_negative)]
     pub burst_every: f64,
@@ -102,6 +108,15 @@ impl FaultConfig {
         } else {
             (elapsed.as_secs_f64() / self.reboot_every) as u64
         }
+    }
+
+    /// A drifting device's uptime after `real_ms` milliseconds of the host's: `real_ms * (1 +
+    /// ppm / 10^6)`, rounded down. Never decreases as `real_ms` grows (the command line keeps
+    /// the rate above zero; a rate at or below it stops the clock at 0 rather than reversing it).
+    pub fn drifted_ms(&self, real_ms: u64) -> u64 {
+        let rate = (1_000_000 + i128::from(self.clock_drift_ppm)).max(0);
+        let ms = i128::from(real_ms) * rate / 1_000_000;
+        u64::try_from(ms).unwrap_or(u64::MAX)
     }
 
     /// A device's fixed clock offset in milliseconds, drawn from `rng`.
@@ -247,6 +262,28 @@ mod tests {
         };
         for _ in 0..100 {
             assert!(skewed.draw_skew_ms(&mut rng).abs() <= 50);
+        }
+    }
+
+    #[test]
+    fn a_drifting_clock_gains_its_ppm_and_never_runs_backwards() {
+        let drift = |ppm| FaultConfig {
+            clock_drift_ppm: ppm,
+            ..FaultConfig::default()
+        };
+        assert_eq!(drift(0).drifted_ms(123_456), 123_456);
+        assert_eq!(drift(20_000).drifted_ms(10_000), 10_200, "2% fast");
+        assert_eq!(drift(-50).drifted_ms(3_600_000), 3_599_820, "50 ppm slow");
+        assert_eq!(drift(1_000_000).drifted_ms(u64::MAX), u64::MAX, "saturates");
+        assert_eq!(drift(-2_000_000).drifted_ms(5_000), 0, "never reverses");
+        for ppm in [-999_999, -7, 0, 3, 20_000, 1_000_000] {
+            let clock = drift(ppm);
+            let mut last = 0;
+            for real in (0..5_000).step_by(7) {
+                let now = clock.drifted_ms(real);
+                assert!(now >= last, "{ppm} ppm at {real}");
+                last = now;
+            }
         }
     }
 }

@@ -19,14 +19,16 @@
 //!
 //! Values are `f32`, printed in their shortest round-trip form (compare as `f32`). Timestamps
 //! are milliseconds on the device's clock, skew included: over MQTT always Unix milliseconds;
-//! over serial the device core's own stamp, Unix milliseconds once its boot has taken a
-//! `TimeSync` and, before that, the device clock (milliseconds since the runner started).
+//! over serial the device core's own stamp, exactly as the frame carries it: Unix milliseconds
+//! once its boot has taken a `TimeSync` (drift since the latest sync included, a resync
+//! stepped or slewed in: see `crate::device::clock`) and, before that, the device clock
+//! (milliseconds since the runner started, drift included).
 //!
 //! # Identity and accounting
 //!
 //! A reading's identity is `(device, channel, ts_ms)`: the runner keeps each channel's
 //! timestamps strictly increasing (Unix-stamped and clock-stamped ones each, also across
-//! reboots and under clock skew), so the key is unique in a run.
+//! reboots, later `TimeSync`s, clock skew and drift), so the key is unique in a run.
 //!
 //! Over serial, every reading of every `frame` record reaches the agent exactly once
 //! (deduplicated by `(device, boot_id, seq)`), unless its frame has an `evicted` record (then it

@@ -16,11 +16,15 @@
 //!
 //! # Device clocks
 //!
-//! A device's clock (`now_ms` for the core) counts milliseconds from the runner's start and is
-//! not reset by a reboot fault; it is bumped so that two readings of one channel never share a
-//! millisecond. A device takes the first `TimeSync` of each boot (later ones on the shared bus,
-//! answers to other devices' `Hello`s, are ignored) with `--clock-skew-ms` added, and never
-//! lets its offset go backwards across boots. So every channel's timestamps strictly increase
+//! A device's clock (`now_ms` for the core) counts milliseconds from the runner's start, runs
+//! `--clock-drift-ppm` fast ([`super::faults::FaultConfig::drifted_ms`]) and is not reset by a
+//! reboot fault; it is bumped so that two readings of one channel never share a millisecond.
+//! A device takes every `TimeSync` on the line, with `--clock-skew-ms` added: the agent's
+//! periodic ones, and on the shared bus also the answers to other devices' `Hello`s (`TimeSync`
+//! names no device; its time is as true for every device). The core steps its clock forward
+//! and slews it back ([`crate::device::clock`]), so stamps never go backwards within a boot;
+//! across a reboot the new boot's first sync starts no lower than the offset the old boot ended
+//! with, and the true time is then slewed in. So every channel's timestamps strictly increase
 //! for the whole run and `(device, channel, ts_ms)` identifies a reading (ledger doc).
 //!
 //! # The ledger
@@ -126,7 +130,8 @@ struct Slot {
     schedule: Schedule,
     clock_ms: u64,
     last_sample_ms: Vec<u64>,
-    /// Largest clock offset any boot used (`unix_ms - clock_ms`).
+    /// The clock offset (`unix_ms - clock_ms`) the latest synced boot ended with: a new boot
+    /// starts no lower.
     offset_floor: u64,
     /// Sealed frames not yet acked or evicted, as recorded: (seq, readings).
     ring: VecDeque<(u32, u32)>,
@@ -261,7 +266,8 @@ where
             break;
         }
         let elapsed = start.elapsed();
-        let real_ms = elapsed.as_millis() as u64;
+        // The devices' clocks: host time since start, drifting when asked to.
+        let device_ms = config.faults.drifted_ms(elapsed.as_millis() as u64);
         let cut = config.faults.disconnected(elapsed);
 
         // Stop sampling: on count, duration or cancellation, then drain.
@@ -273,7 +279,7 @@ where
             if time_up || count_done || cancel.is_cancelled() {
                 draining = Some(Instant::now());
                 for slot in &mut slots {
-                    slot.clock_ms = slot.clock_ms.max(real_ms);
+                    slot.clock_ms = slot.clock_ms.max(device_ms);
                     slot.device.flush(slot.clock_ms);
                     record(slot, &mut ledger)?;
                 }
@@ -294,7 +300,7 @@ where
             while reboots_done < due && !slots.is_empty() {
                 reboots_done += 1;
                 let index = fault_rng.below(slots.len() as u64) as usize;
-                reboot(&mut slots[index], real_ms, serial, &mut ledger)?;
+                reboot(&mut slots[index], device_ms, serial, &mut ledger)?;
             }
         }
 
@@ -306,7 +312,7 @@ where
                     due = due.min(n.saturating_sub(slot.sampler.sampled));
                 }
                 for _ in 0..due {
-                    sample(slot, real_ms, &mut ledger)?;
+                    sample(slot, device_ms, &mut ledger)?;
                     readings += 1;
                 }
             }
@@ -318,7 +324,7 @@ where
                 continue;
             }
             for slot in &mut slots {
-                deliver(slot, &frame, real_ms);
+                deliver(slot, &frame, device_ms);
                 record(slot, &mut ledger)?;
             }
         }
@@ -329,7 +335,7 @@ where
         while stats.backlog.load(Ordering::Relaxed) < fifo && idle < count {
             let slot = &mut slots[next_device % count];
             next_device = (next_device + 1) % count;
-            slot.clock_ms = slot.clock_ms.max(real_ms);
+            slot.clock_ms = slot.clock_ms.max(device_ms);
             let polled = slot.device.poll(slot.clock_ms);
             record(slot, &mut ledger)?;
             let Some(frame) = polled else {
@@ -423,8 +429,8 @@ async fn queue(
 }
 
 /// Samples one reading into the device.
-fn sample(slot: &mut Slot, real_ms: u64, ledger: &mut Ledger) -> Result<(), RunError> {
-    slot.clock_ms = slot.clock_ms.max(real_ms);
+fn sample(slot: &mut Slot, device_ms: u64, ledger: &mut Ledger) -> Result<(), RunError> {
+    slot.clock_ms = slot.clock_ms.max(device_ms);
     let (channel, value) = slot.sampler.next_value(slot.clock_ms);
     let index = usize::from(channel);
     // Two readings of one channel never share a millisecond: bump the device's clock.
@@ -487,21 +493,22 @@ fn record(slot: &mut Slot, ledger: &mut Ledger) -> Result<(), RunError> {
 }
 
 /// Hands a frame from the agent to a device.
-fn deliver(slot: &mut Slot, frame: &Frame, real_ms: u64) {
-    slot.clock_ms = slot.clock_ms.max(real_ms);
+fn deliver(slot: &mut Slot, frame: &Frame, device_ms: u64) {
+    slot.clock_ms = slot.clock_ms.max(device_ms);
     let now = slot.clock_ms;
     match frame {
         Frame::TimeSync(sync) => {
-            if slot.device.time_synced() {
-                return; // one sync per boot; later ones answered other devices' Hellos
-            }
             let unix_ms = sync.unix_ms.saturating_add_signed(slot.sampler.skew_ms());
-            let offset = unix_ms.saturating_sub(now).max(slot.offset_floor);
-            slot.offset_floor = offset;
-            let adjusted = Frame::TimeSync(TimeSync {
-                unix_ms: now.wrapping_add(offset),
-            });
-            slot.device.on_frame(now, &adjusted);
+            if !slot.device.time_synced() {
+                // A boot's first sync starts no lower than where the last boot's clock ended ...
+                let floor = Frame::TimeSync(TimeSync {
+                    unix_ms: unix_ms.max(now.wrapping_add(slot.offset_floor)),
+                });
+                slot.device.on_frame(now, &floor);
+            }
+            // ... and the true time is stepped or slewed to like any later sync.
+            slot.device
+                .on_frame(now, &Frame::TimeSync(TimeSync { unix_ms }));
         }
         other => slot.device.on_frame(now, other),
     }
@@ -510,11 +517,11 @@ fn deliver(slot: &mut Slot, frame: &Frame, real_ms: u64) {
 /// A power cycle of one device: a new boot id, the ring and the open frame lost.
 fn reboot(
     slot: &mut Slot,
-    real_ms: u64,
+    device_ms: u64,
     serial: &SerialConfig,
     ledger: &mut Ledger,
 ) -> Result<(), RunError> {
-    slot.clock_ms = slot.clock_ms.max(real_ms);
+    slot.clock_ms = slot.clock_ms.max(device_ms);
     let old_boot_id = slot.device.boot_id();
     let mut new_boot_id = slot.sampler.random_u32();
     if new_boot_id == old_boot_id {
@@ -528,6 +535,9 @@ fn reboot(
         unsealed: slot.device.open_readings().len() as u32,
     })?;
     slot.totals = slot.boot_totals();
+    if let Some(offset) = slot.device.clock().offset() {
+        slot.offset_floor = offset;
+    }
     slot.device.restart(new_boot_id, slot.clock_ms);
     slot.ring.clear();
     slot.seen_acked = 0;

@@ -105,9 +105,11 @@ fn telemetry() -> (Telemetry, Health) {
             &c.busy,
             &c.upstream_dropped,
             &c.port_errors,
+            &c.time_syncs,
         ],
         70,
     );
+    c.clock_offset.set(-77);
     let b: Arc<ModbusCounters> = t.sources.counters(&modbus::KIND, "plc");
     fill(
         &[

@@ -50,7 +50,12 @@ fn limits() -> Limits {
 
 /// A writer on a fresh log and the source `index` of CONFIG serving one end of a duplex pipe.
 fn rig(index: usize) -> (Rig, DuplexStream) {
-    let config = config(CONFIG);
+    rig_with(CONFIG, index)
+}
+
+/// [`rig`] for the source `index` of the configuration `text`.
+fn rig_with(text: &str, index: usize) -> (Rig, DuplexStream) {
+    let config = config(text);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ingest.redb");
     let log = IngestLog::open(&path, limits()).unwrap();
@@ -170,6 +175,106 @@ async fn hello_is_answered_with_ack_zero_and_a_time_sync() {
             boot_id: 42,
             seq: 0
         })
+    );
+    rig.stop().await;
+}
+
+/// CONFIG with `time_sync_interval_s = seconds` on the link line.
+fn with_time_sync_interval(seconds: u64) -> String {
+    let link = "framing = \"link\"\n";
+    CONFIG.replacen(
+        link,
+        &format!("{link}time_sync_interval_s = {seconds}\n"),
+        1,
+    )
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_time_sync_goes_out_every_interval_besides_the_answers_to_hellos() {
+    let (rig, mut device) = rig_with(&with_time_sync_interval(2), 0);
+    let start = tokio::time::Instant::now();
+    for n in 1..=3 {
+        let frames = read_until(&mut device, |f| matches!(f, Frame::TimeSync(_))).await;
+        assert_eq!(start.elapsed(), Duration::from_secs(2 * n), "tick {n}");
+        let Some(Frame::TimeSync(sync)) = frames.last() else {
+            panic!("{frames:?}")
+        };
+        assert!(
+            sync.unix_ms.abs_diff(unix_ms()) < 1_000,
+            "the gateway's clock"
+        );
+    }
+    let hello = Hello {
+        device_id: 7,
+        firmware_version: 3,
+        boot_id: 42,
+    };
+    device
+        .write_all(&frame_bytes(&Frame::Hello(hello)))
+        .await
+        .unwrap();
+    read_until(&mut device, |f| matches!(f, Frame::TimeSync(_))).await;
+    assert_eq!(
+        start.elapsed(),
+        Duration::from_secs(6),
+        "a Hello is answered at once"
+    );
+    read_until(&mut device, |f| matches!(f, Frame::TimeSync(_))).await;
+    assert_eq!(
+        start.elapsed(),
+        Duration::from_secs(8),
+        "and the period goes on"
+    );
+    assert_eq!(rig.counters.time_syncs.load(Ordering::Relaxed), 5);
+    rig.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_interval_of_zero_sends_time_syncs_only_to_answer_hellos() {
+    let (rig, mut device) = rig_with(&with_time_sync_interval(0), 0);
+    let mut buf = [0u8; 64];
+    let quiet = tokio::time::timeout(Duration::from_secs(3_600), device.read(&mut buf)).await;
+    assert!(quiet.is_err(), "nothing in an hour: {quiet:?}");
+    assert_eq!(rig.counters.time_syncs.load(Ordering::Relaxed), 0);
+    rig.stop().await;
+}
+
+#[tokio::test]
+async fn a_stored_frame_sets_the_clock_offset_and_uptime_stamps_leave_it() {
+    let (rig, mut device) = rig(0);
+    let frame = |seq: u32, ts_ms: u64| {
+        let reading = LinkReading {
+            channel: 0,
+            ts_ms,
+            value: 1.0,
+        };
+        Frame::Readings(Readings {
+            device_id: 7,
+            boot_id: 42,
+            seq,
+            oldest_unacked: 1,
+            dropped: 0,
+            readings: heapless::Vec::from_slice(&[reading]).unwrap(),
+        })
+    };
+    assert_eq!(rig.counters.clock_offset.get(), None);
+    let ahead = unix_ms() + 5_000;
+    device
+        .write_all(&frame_bytes(&frame(1, ahead)))
+        .await
+        .unwrap();
+    read_until(&mut device, is_ack(1)).await;
+    let offset = rig.counters.clock_offset.get().expect("an offset");
+    assert!((4_000..=5_000).contains(&offset), "{offset}");
+    device
+        .write_all(&frame_bytes(&frame(2, 12_345)))
+        .await
+        .unwrap();
+    read_until(&mut device, is_ack(2)).await;
+    assert_eq!(
+        rig.counters.clock_offset.get(),
+        Some(offset),
+        "uptime: kept"
     );
     rig.stop().await;
 }
