@@ -91,7 +91,8 @@ fi
 advisory_source=${EDGE_ADVISORY_DB_SOURCE:-/work/.mirror/rustsec+advisory-db/repo}
 if ((!runtime_only)) && [[ -d $advisory_source ]]; then
   cache="${EDGE_CACHE:-$HOME/.cache/edge-ingest}"
-  db="$cache/advisory-db/advisory-db"
+  # cargo-deny's directory name for the default database URL (github.com/rustsec/advisory-db).
+  db="$cache/advisory-db/advisory-db-3157b0e258782691"
   if [[ ! -d $db/.git ]] || [[ $(git -C "$db" rev-parse HEAD) != $(git -C "$advisory_source" rev-parse HEAD) ]]; then
     echo "install-deps: RustSec advisory database from $advisory_source" >&2
     rm -rf "$db"
