@@ -351,7 +351,7 @@ modbus = [{ name = "plc", tcp = "127.0.0.1:1", block = [{ kind = "holding", addr
             names,
             [("mqtt", "plant".to_owned()), ("serial", "rs485".to_owned())]
         );
-        assert_eq!(r.sample()[0].2, [5, 0, 0, 0]);
+        assert_eq!(r.sample()[0].2, [5, 0, 0, 0, 0]);
         let _: Arc<modbus::ModbusCounters> = r.counters(&modbus::KIND, "plc");
         assert_eq!(r.sample()[0].0, "modbus", "sorted by kind");
         assert_eq!(r.sample()[0].2, [0; 7]);

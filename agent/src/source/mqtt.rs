@@ -39,11 +39,16 @@
 //!   rumqttc reconnects and resends the session. A failing source never stops other sources.
 //! - Payloads larger than `max_payload_bytes` are dead-lettered; rumqttc's own packet limit is
 //!   set above that so such a publish does not break the connection.
+//! - A filter removed from `[[mqtt.subscribe]]` is unsubscribed at the next connect, and the
+//!   messages the session had queued for it are acked, counted and dropped, never
+//!   dead-lettered ([`subscriptions`]: the durable record of what was subscribed, and why a
+//!   topic never subscribed by this source is still dead-lettered).
 
 pub mod session;
 pub mod stop;
+pub mod subscriptions;
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -54,8 +59,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use toml::Spanned;
 
-use session::{Client, Event, EventLoop, Publish, Settings, Version};
+use session::{Client, Event, EventLoop, Publish, RequestError, Settings, Version};
 use stop::{AckLedger, Outcome, StopReport};
+use subscriptions::{Delivery, Record, Requests, Subscriptions};
 
 use edge_protocol::backoff::Backoff;
 use tokio::time::Instant;
@@ -63,13 +69,16 @@ use tokio::time::Instant;
 use super::{Context, Family, Kind, SourceHealth, SourceState, Task};
 use crate::clock::unix_ms;
 use crate::config::{Config, Idempotency, MqttSource};
-use crate::ingest::{DeadLetter, Dedupe, Submission};
+use crate::ingest::{DeadLetter, Dedupe, StateWrite, Submission};
 use crate::mapping::{BrokerUrl, Mapper, Origin};
 use crate::source::payload::PayloadParser;
 use crate::source::sparkplug::Sparkplug;
 
 /// QoS 0 publishes allowed to wait for the writer before new ones are dropped.
 pub const QOS0_WAITING_MAX: usize = 10_000;
+/// Topics whose dropped late messages (unsubscribed filters) are logged, once each, per run;
+/// past that they are only counted.
+pub const UNSUBSCRIBED_LOGGED_MAX: usize = 1_024;
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// The longest a stop waits for the writer's last commit, the acks it releases and the broker's
@@ -79,6 +88,10 @@ pub const STOP_FLUSH_MAX: Duration = Duration::from_secs(5);
 /// The broker's session lifetime after a disconnect when `session_expiry_s` is not set (MQTT 5,
 /// persistent session): 7 days, a long weekend of a gateway switched off with margin.
 pub const SESSION_EXPIRY_DEFAULT_S: u32 = 7 * 24 * 3600;
+
+/// The ingest writer's channel is closed: the agent is stopping.
+#[derive(Debug)]
+struct WriterGone;
 
 /// An MQTT 5 publish whose topic name is not UTF-8 (the protocol requires UTF-8).
 #[derive(Debug, thiserror::Error)]
@@ -109,6 +122,9 @@ pub struct MqttCounters {
     pub connects: AtomicU64,
     pub connection_errors: AtomicU64,
     pub qos0_dropped: AtomicU64,
+    /// Publishes on a filter this source unsubscribed, acked and dropped
+    /// ([`subscriptions`], "Late messages").
+    pub unsubscribed_dropped: AtomicU64,
 }
 
 /// The MQTT source kind: `[[mqtt]]` tables, the `edge_mqtt_*` families, the health rule below.
@@ -131,6 +147,10 @@ pub static KIND: Kind = Kind {
             name: "edge_mqtt_qos0_dropped_total",
             help: "QoS 0 publishes dropped under backpressure.",
         },
+        Family {
+            name: "edge_mqtt_unsubscribed_dropped_total",
+            help: "Publishes on a topic filter removed from the configuration, acked and dropped.",
+        },
     ],
     names: |config| {
         config
@@ -151,7 +171,8 @@ source_counters!(MqttCounters {
     received,
     connects,
     connection_errors,
-    qos0_dropped
+    qos0_dropped,
+    unsubscribed_dropped
 });
 
 /// The MQTT health rule: `connecting` until the first ConnAck; then `connected` after a sample
@@ -201,6 +222,7 @@ fn spawn(config: &Config, cx: &Context<'_>) -> Vec<Task> {
         let task = MqttSourceTask {
             sparkplug: Sparkplug::for_source(source, cx, max_payload_bytes),
             parser: PayloadParser::new(&source.payload, max_payload_bytes),
+            subscribed_before: stored_subscriptions(cx, source.name.get_ref()),
             config: source.clone(),
             mapper: cx.mapper.clone(),
             max_payload_bytes,
@@ -219,9 +241,28 @@ fn spawn(config: &Config, cx: &Context<'_>) -> Vec<Task> {
     tasks.collect()
 }
 
+/// `source`'s stored subscriptions record; `None` (logged) when it cannot be read, so the
+/// source starts as on its first run and records afresh.
+fn stored_subscriptions(cx: &Context<'_>, source: &str) -> Option<Record> {
+    match subscriptions::load(&cx.database, source) {
+        Ok(Some(Ok(record))) => Some(record),
+        Ok(None) => None,
+        Ok(Some(Err(error))) => {
+            tracing::error!(source, %error, "MQTT subscriptions record unreadable; filters removed from the configuration since it was written stay subscribed");
+            None
+        }
+        Err(error) => {
+            tracing::error!(source, %error, "MQTT subscriptions record not loaded; filters removed from the configuration since it was written stay subscribed");
+            None
+        }
+    }
+}
+
 /// Everything one MQTT source needs.
 pub struct MqttSourceTask {
     pub config: MqttSource,
+    /// The subscriptions record as stored at spawn (`None`: never written or unreadable).
+    pub subscribed_before: Option<Record>,
     pub parser: PayloadParser,
     /// `format = "sparkplug_b"`: the stateful decoder used instead of `parser`.
     pub sparkplug: Option<Arc<Sparkplug>>,
@@ -233,7 +274,8 @@ pub struct MqttSourceTask {
 }
 
 enum Command {
-    Subscribe,
+    /// The connect sequence of one ConnAck: UNSUBSCRIBEs, then the SUBSCRIBE.
+    Connect(Requests),
     Ack(Publish),
     /// The last request of a stop: queued behind every ack.
     Disconnect,
@@ -339,10 +381,13 @@ impl MqttSourceTask {
             .iter()
             .map(|s| (s.topic.get_ref().clone(), *s.qos.get_ref()))
             .collect();
+        let mut subscriptions = Subscriptions::new(&filters, self.subscribed_before.clone());
         let name = self.config.name.get_ref().clone();
-        let acker = tokio::spawn(acker(client, command_rx, filters, name.clone()));
+        let acker = tokio::spawn(acker(client, command_rx, name.clone()));
         let ledger = Arc::new(AckLedger::default());
-        let connected = self.poll(&mut eventloop, &commands, &ledger).await;
+        let connected = self
+            .poll(&mut eventloop, &commands, &ledger, &mut subscriptions)
+            .await;
         let deadline = tokio::time::Instant::now() + STOP_FLUSH_MAX;
         let report =
             stop::flush_and_disconnect(&mut eventloop, &commands, &ledger, connected, deadline)
@@ -362,6 +407,7 @@ impl MqttSourceTask {
         eventloop: &mut EventLoop,
         commands: &mpsc::UnboundedSender<Command>,
         ledger: &Arc<AckLedger>,
+        subscriptions: &mut Subscriptions,
     ) -> bool {
         let name = self.config.name.get_ref().as_str();
         let dedupe = match self.config.idempotency {
@@ -371,6 +417,7 @@ impl MqttSourceTask {
         let mut waiting: VecDeque<Submission> = VecDeque::new();
         let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
         let mut connected = false;
+        let mut logged_topics: HashSet<String> = HashSet::new();
         loop {
             tokio::select! {
                 biased;
@@ -390,32 +437,57 @@ impl MqttSourceTask {
                         connected = true;
                         self.counters.connects.fetch_add(1, Ordering::Relaxed);
                         tracing::info!(source = name, session_present, "MQTT connected");
-                        let _ = commands.send(Command::Subscribe);
+                        let (requests, row) = subscriptions.connected();
+                        if !requests.unsubscribe.is_empty() {
+                            tracing::info!(source = name, filters = ?requests.unsubscribe, "unsubscribing from filters no longer configured");
+                        }
+                        let _ = commands.send(Command::Connect(requests));
+                        if let Some(row) = row {
+                            if self.offer(&mut waiting, self.record(row)).is_err() {
+                                return connected;
+                            }
+                        }
                     }
                     Ok(Event::Publish(publish)) => {
                         self.counters.received.fetch_add(1, Ordering::Relaxed);
+                        let delivery = publish.topic().map(|t| subscriptions.delivery(t));
+                        if delivery == Some(Delivery::Unsubscribed) {
+                            self.drop_unsubscribed(publish, commands, &mut logged_topics);
+                            continue;
+                        }
                         if publish.at_most_once() && waiting.len() >= QOS0_WAITING_MAX {
                             self.counters.qos0_dropped.fetch_add(1, Ordering::Relaxed);
                             continue;
                         }
                         let submission = self.submission(publish, dedupe, commands, ledger);
-                        if !waiting.is_empty() {
-                            // Keep arrival order behind those already waiting.
-                            waiting.push_back(submission);
-                            continue;
-                        }
-                        match self.submissions.try_send(submission) {
-                            Ok(()) => {}
-                            Err(mpsc::error::TrySendError::Full(s)) => waiting.push_back(s),
-                            Err(mpsc::error::TrySendError::Closed(_)) => return connected,
+                        if self.offer(&mut waiting, submission).is_err() {
+                            return connected;
                         }
                     }
-                    Ok(Event::SubscribeRefused(codes)) => {
-                        tracing::error!(source = name, codes, "broker refused a subscription");
+                    Ok(Event::SubAck { refused }) => {
+                        if let Some(codes) = refused {
+                            tracing::error!(source = name, codes, "broker refused a subscription");
+                        }
+                        if let Some(row) = subscriptions.subscribed() {
+                            if self.offer(&mut waiting, self.record(row)).is_err() {
+                                return connected;
+                            }
+                        }
+                    }
+                    Ok(Event::UnsubAck { refused }) => {
+                        if let Some(codes) = refused {
+                            tracing::warn!(source = name, codes, "broker refused to unsubscribe a filter no longer configured; its messages are dropped as they arrive");
+                        }
+                        if let Some(row) = subscriptions.unsubscribed() {
+                            if self.offer(&mut waiting, self.record(row)).is_err() {
+                                return connected;
+                            }
+                        }
                     }
                     Ok(_) => {}
                     Err(error) => {
                         connected = false;
+                        subscriptions.disconnected();
                         self.counters.connection_errors.fetch_add(1, Ordering::Relaxed);
                         let delay = backoff.next_delay();
                         tracing::warn!(source = name, %error, retry_in_ms = delay.as_millis() as u64, "MQTT connection failed");
@@ -429,9 +501,73 @@ impl MqttSourceTask {
         }
     }
 
-    /// Parses and maps one publish. Whatever fails becomes a dead letter in the same
-    /// submission, so a bad message is acked only once its dead letter is durable. A QoS 1/2
-    /// submission is owed in `ledger` until its ack runs or it is dropped.
+    /// Hands `submission` to the writer behind those already waiting (arrival order), or keeps
+    /// it waiting while the writer's channel is full. `Err` when the writer is gone.
+    fn offer(
+        &self,
+        waiting: &mut VecDeque<Submission>,
+        submission: Submission,
+    ) -> Result<(), WriterGone> {
+        if !waiting.is_empty() {
+            waiting.push_back(submission);
+            return Ok(());
+        }
+        match self.submissions.try_send(submission) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(s)) => {
+                waiting.push_back(s);
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(WriterGone),
+        }
+    }
+
+    /// The submission writing `row` as this source's subscriptions record: no readings, nothing
+    /// to ack; it commits in order behind the messages submitted before it.
+    fn record(&self, row: Record) -> Submission {
+        let name = self.config.name.get_ref();
+        tracing::info!(
+            source = name.as_str(),
+            subscribed = row.subscribed.len(),
+            unsubscribed = row.unsubscribed.len(),
+            "MQTT subscriptions confirmed by the broker; recording them"
+        );
+        Submission {
+            readings: Vec::new(),
+            dead_letters: Vec::new(),
+            state: vec![StateWrite {
+                key: subscriptions::key(name),
+                value: row.encode(),
+            }],
+            ack: None,
+        }
+    }
+
+    /// A publish on a filter this source unsubscribed: acked at once (nothing of it is kept, so
+    /// nothing needs to be durable first), counted, its topic logged once.
+    fn drop_unsubscribed(
+        &self,
+        publish: Publish,
+        commands: &mpsc::UnboundedSender<Command>,
+        logged: &mut HashSet<String>,
+    ) {
+        self.counters
+            .unsubscribed_dropped
+            .fetch_add(1, Ordering::Relaxed);
+        let topic = publish.topic().unwrap_or_default();
+        if logged.len() < UNSUBSCRIBED_LOGGED_MAX && !logged.contains(topic) {
+            logged.insert(topic.to_owned());
+            tracing::info!(
+                source = self.config.name.get_ref().as_str(),
+                topic,
+                "dropping messages on a topic whose filter was removed from the configuration (queued before the unsubscribe; counted in edge_mqtt_unsubscribed_dropped_total)"
+            );
+        }
+        if !publish.at_most_once() {
+            let _ = commands.send(Command::Ack(publish));
+        }
+    }
+
     /// The message's user properties that this source lists, for the id templates (the first
     /// value of a property sent twice).
     fn properties(&self, publish: &Publish) -> Vec<(String, String)> {
@@ -448,6 +584,9 @@ impl MqttSourceTask {
         found
     }
 
+    /// Parses and maps one publish. Whatever fails becomes a dead letter in the same
+    /// submission, so a bad message is acked only once its dead letter is durable. A QoS 1/2
+    /// submission is owed in `ledger` until its ack runs or it is dropped.
     fn submission(
         &self,
         publish: Publish,
@@ -514,21 +653,15 @@ impl MqttSourceTask {
     }
 }
 
-/// Sends acks, subscriptions and the final DISCONNECT through the client, in the order asked;
-/// never runs on the polling task. It does not stop on cancellation: acks released by the
-/// writer's last commit still arrive then, and the stop needs them sent ([`stop`]). The source
-/// aborts it once the event loop is done.
-async fn acker(
-    client: Client,
-    mut commands: mpsc::UnboundedReceiver<Command>,
-    filters: Vec<(String, u8)>,
-    name: String,
-) {
+/// Sends acks, the connect sequences (unsubscribe, subscribe) and the final DISCONNECT through
+/// the client, in the order asked; never runs on the polling task. It does not stop on
+/// cancellation: acks released by the writer's last commit still arrive then, and the stop needs
+/// them sent ([`stop`]). The source aborts it once the event loop is done.
+async fn acker(client: Client, mut commands: mpsc::UnboundedReceiver<Command>, name: String) {
     while let Some(command) = commands.recv().await {
         let result = match command {
             Command::Ack(publish) => client.ack(&publish).await,
-            Command::Subscribe if filters.is_empty() => Ok(()),
-            Command::Subscribe => client.subscribe(&filters).await,
+            Command::Connect(requests) => connect_requests(&client, &requests).await,
             Command::Disconnect => client.disconnect().await,
         };
         if let Err(error) = result {
@@ -536,6 +669,17 @@ async fn acker(
             tracing::debug!(source = name, %error, "MQTT request not sent");
         }
     }
+}
+
+/// The connect sequence: each UNSUBSCRIBE, then the SUBSCRIBE ([`subscriptions`]).
+async fn connect_requests(client: &Client, requests: &Requests) -> Result<(), RequestError> {
+    for filter in &requests.unsubscribe {
+        client.unsubscribe(filter).await?;
+    }
+    if requests.subscribe.is_empty() {
+        return Ok(());
+    }
+    client.subscribe(&requests.subscribe).await
 }
 
 /// One line per stop: info when the broker was shown every ack, a warning otherwise.

@@ -194,6 +194,7 @@ fn every_golden_vector_in_format_md_is_under_test() {
         "outbox",
         "forward_meta",
         "source_state_sparkplug",
+        "source_state_mqtt_subscriptions",
     ];
     for line in FORMAT.lines() {
         if let Some(rest) = line.trim().strip_prefix("golden ") {
@@ -319,6 +320,20 @@ fn a_sparkplug_node_record_matches_its_golden_vector() {
     assert_eq!(record.encode(), golden("source_state_sparkplug"));
     assert_eq!(
         NodeRecord::decode(&golden("source_state_sparkplug")),
+        Ok(record)
+    );
+}
+
+#[test]
+fn an_mqtt_subscriptions_record_matches_its_golden_vector() {
+    use crate::source::mqtt::subscriptions::Record;
+    let record = Record {
+        subscribed: vec!["a/+".into()],
+        unsubscribed: vec!["b/#".into()],
+    };
+    assert_eq!(record.encode(), golden("source_state_mqtt_subscriptions"));
+    assert_eq!(
+        Record::decode(&golden("source_state_mqtt_subscriptions")),
         Ok(record)
     );
 }

@@ -93,6 +93,7 @@ fn telemetry() -> (Telemetry, Health) {
             &m.connects,
             &m.connection_errors,
             &m.qos0_dropped,
+            &m.unsubscribed_dropped,
         ],
         60,
     );

@@ -3,7 +3,7 @@
 //!
 //! The two clients have the same shape (an `AsyncClient` that queues requests, an `EventLoop`
 //! that must be polled) but separate types. The source needs only: connect with a persistent
-//! session, poll for events, ack a publish, subscribe, disconnect. [`EventLoop::poll`] folds
+//! session, poll for events, ack a publish, subscribe, unsubscribe, disconnect. [`EventLoop::poll`] folds
 //! both versions' events into [`Event`], the handful the source and its stop act on, so the
 //! poller, the acker and the stop sequence are written once.
 //!
@@ -152,8 +152,15 @@ pub enum Event {
         session_present: bool,
     },
     Publish(Publish),
-    /// A SUBACK refusing at least one filter, with the reason codes.
-    SubscribeRefused(String),
+    /// A SUBACK; `refused` holds the reason codes when it refused at least one filter.
+    SubAck {
+        refused: Option<String>,
+    },
+    /// An UNSUBACK (one per UNSUBSCRIBE); `refused` holds the MQTT 5 reason codes when the
+    /// broker refused (an absent subscription is not a refusal).
+    UnsubAck {
+        refused: Option<String>,
+    },
     /// A PUBACK (QoS 1) or PUBREC (QoS 2) was written to the socket.
     AckWritten,
     /// Our DISCONNECT was written to the socket.
@@ -183,13 +190,16 @@ impl EventLoop {
                     session_present: c.session_present,
                 }),
                 Ok(E::Incoming(Packet::Publish(p))) => Ok(Event::Publish(Publish::V311(p))),
-                Ok(E::Incoming(Packet::SubAck(s)))
-                    if s.return_codes
+                Ok(E::Incoming(Packet::SubAck(s))) => Ok(Event::SubAck {
+                    refused: s
+                        .return_codes
                         .iter()
-                        .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure)) =>
-                {
-                    Ok(Event::SubscribeRefused(format!("{:?}", s.return_codes)))
-                }
+                        .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure))
+                        .then(|| format!("{:?}", s.return_codes)),
+                }),
+                // A 3.1.1 UNSUBACK carries no reason: the broker removed the subscription or had
+                // none.
+                Ok(E::Incoming(Packet::UnsubAck(_))) => Ok(Event::UnsubAck { refused: None }),
                 Ok(E::Outgoing(o)) => Ok(outgoing(o)),
                 Ok(_) => Ok(Event::Other),
                 Err(e) => Err(ConnectionError(e.to_string())),
@@ -201,13 +211,26 @@ impl EventLoop {
                 Ok(E5::Incoming(mqtt5::Packet::Publish(p))) => {
                     Ok(Event::Publish(Publish::V5(Box::new(p))))
                 }
-                Ok(E5::Incoming(mqtt5::Packet::SubAck(s)))
-                    if s.return_codes
+                Ok(E5::Incoming(mqtt5::Packet::SubAck(s))) => Ok(Event::SubAck {
+                    refused: s
+                        .return_codes
                         .iter()
-                        .any(|c| !matches!(c, mqtt5::SubscribeReasonCode::Success(_))) =>
-                {
-                    Ok(Event::SubscribeRefused(format!("{:?}", s.return_codes)))
-                }
+                        .any(|c| !matches!(c, mqtt5::SubscribeReasonCode::Success(_)))
+                        .then(|| format!("{:?}", s.return_codes)),
+                }),
+                Ok(E5::Incoming(mqtt5::Packet::UnsubAck(u))) => Ok(Event::UnsubAck {
+                    refused: u
+                        .reasons
+                        .iter()
+                        .any(|r| {
+                            !matches!(
+                                r,
+                                mqtt5::UnsubAckReason::Success
+                                    | mqtt5::UnsubAckReason::NoSubscriptionExisted
+                            )
+                        })
+                        .then(|| format!("{:?}", u.reasons)),
+                }),
                 Ok(E5::Outgoing(o)) => Ok(outgoing(o)),
                 Ok(_) => Ok(Event::Other),
                 Err(e) => Err(ConnectionError(e.to_string())),
@@ -264,6 +287,14 @@ impl Client {
                 )
                 .await
                 .map_err(request),
+        }
+    }
+
+    /// Unsubscribes from one filter (one UNSUBSCRIBE, answered by one UNSUBACK).
+    pub async fn unsubscribe(&self, filter: &str) -> Result<(), RequestError> {
+        match self {
+            Client::V311(c) => c.unsubscribe(filter).await.map_err(request),
+            Client::V5(c) => c.unsubscribe(filter).await.map_err(request),
         }
     }
 
