@@ -366,7 +366,10 @@ async fn a_wrong_password_is_reported_with_the_listener_and_the_mechanism() {
     );
     // The call that failed says only that the transport failed; the forwarder adds the reason
     // librdkafka logged, so /readyz names the mechanism too.
-    wait_unready(&setup, "invalid credentials with SASL mechanism SCRAM-SHA-512");
+    wait_unready(
+        &setup,
+        "invalid credentials with SASL mechanism SCRAM-SHA-512",
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
