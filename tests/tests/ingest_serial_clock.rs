@@ -1,8 +1,10 @@
-//! Device clocks over the serial link, end to end: firmware-sim's devices run 2% fast
-//! (`--clock-drift-ppm 20000`: 20 ms gained every second) on a pty, read by the agent binary.
+//! Device clocks over the serial link, end to end: firmware-sim's devices run 5% fast
+//! (`--clock-drift-ppm 50000`: 50 ms gained every second) on a pty, read by the agent binary.
 //! With `time_sync_interval_s = 2` the agent resyncs them and its `edge_serial_clock_offset_ms`
-//! gauge stays within 200 ms while `edge_serial_time_syncs_total` grows; with `= 0` (only the
-//! answers to `Hello`) the same devices run past 200 ms. Either way every reading of the
+//! gauge stays within 300 ms while `edge_serial_time_syncs_total` grows; with `= 0` (only the
+//! answers to `Hello`) the same devices run past 300 ms (about 750 ms by the end). The bound
+//! leaves room both ways for the time a reading takes to arrive (the gauge is the clock error
+//! minus that time): up to 200 ms resynced (100 ms of drift), up to 450 ms unsynced. Either way every reading of the
 //! firmware-sim ledger is in the ingest log exactly once, and every wall-clock stamp the ledger
 //! says a reading carried is the stamp the log holds. No broker is needed.
 
@@ -21,8 +23,8 @@ use ingest_support::{each_reading, expected_from_ledger, log_multiset, open_log}
 
 /// How long the devices sample: 7 resync intervals of 2 s; 300 ms of drift without them.
 const RUN_S: u64 = 15;
-const DRIFT_PPM: u64 = 20_000;
-const BOUND_MS: i64 = 200;
+const DRIFT_PPM: u64 = 50_000;
+const BOUND_MS: i64 = 300;
 /// Timestamps below this (2000-01-01) are device uptime (`source/serial.rs`).
 const UPTIME_LIMIT_MS: u64 = 946_684_800_000;
 
@@ -151,7 +153,7 @@ fn offsets(scrapes: &[Scrape]) -> Vec<i64> {
 }
 
 #[test]
-fn drifting_devices_resynced_every_two_seconds_stay_within_200_ms_of_the_agent() {
+fn drifting_devices_resynced_every_two_seconds_stay_within_300_ms_of_the_agent() {
     let scrapes = drifting_devices_against_the_agent(2);
     let offsets = offsets(&scrapes);
     let (min, max) = (offsets.iter().min(), offsets.iter().max());
@@ -184,12 +186,12 @@ fn drifting_devices_resynced_every_two_seconds_stay_within_200_ms_of_the_agent()
 }
 
 #[test]
-fn drifting_devices_synced_only_at_boot_run_past_200_ms() {
+fn drifting_devices_synced_only_at_boot_run_past_300_ms() {
     let scrapes = drifting_devices_against_the_agent(0);
     let offsets = offsets(&scrapes);
     let max = offsets.iter().copied().max().unwrap_or(0);
     println!("{} offsets, up to {max} ms", offsets.len());
-    assert!(max > BOUND_MS, "20 ms a second for {RUN_S} s: {offsets:?}");
+    assert!(max > BOUND_MS, "50 ms a second for {RUN_S} s: {offsets:?}");
     let first = scrapes
         .iter()
         .find(|s| s.offset_ms.is_some())
