@@ -1,12 +1,12 @@
 //! Device clocks over the serial link, end to end: firmware-sim's devices run 5% fast
 //! (`--clock-drift-ppm 50000`: 50 ms gained every second) on a pty, read by the agent binary.
 //! With `time_sync_interval_s = 2` the agent resyncs them and its `edge_serial_clock_offset_ms`
-//! gauge stays within 300 ms while `edge_serial_time_syncs_total` grows; with `= 0` (only the
-//! answers to `Hello`) the same devices run past 300 ms (about 750 ms by the end). The bound
-//! leaves room both ways for the time a reading takes to arrive (the gauge is the clock error
-//! minus that time): up to 200 ms resynced (100 ms of drift), up to 450 ms unsynced. Either way every reading of the
-//! firmware-sim ledger is in the ingest log exactly once, and every wall-clock stamp the ledger
-//! says a reading carried is the stamp the log holds. No broker is needed.
+//! gauge stays below 300 ms ahead while `edge_serial_time_syncs_total` grows; with `= 0` (only
+//! the answers to `Hello`) the same devices run past 300 ms (about 750 ms by the end, less the
+//! time a reading takes to arrive: the gauge is the clock error minus that time, so a loaded
+//! machine pulls it down, never up; only the ahead side is bounded). Either way every reading
+//! of the firmware-sim ledger is in the ingest log exactly once, and every wall-clock stamp the
+//! ledger says a reading carried is the stamp the log holds. No broker is needed.
 
 mod ingest_support;
 
@@ -159,9 +159,12 @@ fn drifting_devices_resynced_every_two_seconds_stay_within_300_ms_of_the_agent()
     let (min, max) = (offsets.iter().min(), offsets.iter().max());
     println!("{} offsets, {min:?} ..= {max:?} ms", offsets.len());
     assert!(offsets.len() >= 30, "the gauge was scraped: {scrapes:?}");
+    // The devices run fast: a clock that is not resynced shows as an offset growing above the
+    // bound. Below zero is the time readings took to arrive (the gauge subtracts it), which a
+    // loaded machine stretches; it is not the clock's and is not bounded here.
     for s in &scrapes {
         let offset = s.offset_ms.unwrap_or(0);
-        assert!(offset.abs() < BOUND_MS, "{offset} ms at {:.1} s", s.at_s);
+        assert!(offset < BOUND_MS, "{offset} ms ahead at {:.1} s", s.at_s);
     }
     let syncs: Vec<u64> = scrapes.iter().map(|s| s.time_syncs).collect();
     assert!(
