@@ -91,6 +91,7 @@ async fn writer_only(n: u64, linger_ms: u64) {
             counters: counters.clone(),
             submissions: rx,
             cancel: cancel.clone(),
+            committed: None,
         }
         .run(),
     );

@@ -95,6 +95,7 @@ use route::Routes;
 use crate::clock::unix_ms;
 use crate::config::{Config, KafkaSection};
 use crate::outbox::{self, OutboxRecord};
+use crate::wake::Wake;
 
 /// Upper bound of one `commit_transaction` (and of `init_transactions`).
 pub const COMMIT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -102,6 +103,9 @@ pub const COMMIT_TIMEOUT: Duration = Duration::from_secs(30);
 const ABORT_TIMEOUT: Duration = Duration::from_secs(10);
 /// An idle forwarder commits a marker-only transaction this often, to notice fencing.
 pub const IDLE_HEARTBEAT: Duration = Duration::from_secs(10);
+/// The longest an idle forwarder sleeps before it checks for cancellation (the service also
+/// wakes it when cancelled).
+const IDLE_WAIT_MAX: Duration = Duration::from_secs(1);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
@@ -136,6 +140,9 @@ pub struct Forwarder {
     pub pipelines: Vec<String>,
     pub db: Arc<Database>,
     pub metrics: Arc<ForwardMetrics>,
+    /// Notified by the windowing stage after each commit that appended outbox records: an idle
+    /// forwarder waits on it ([`crate::wake`]); `None`: it looks again every `poll_interval_ms`.
+    pub outbox_appended: Option<Arc<Wake>>,
 }
 
 impl Forwarder {
@@ -155,6 +162,7 @@ impl Forwarder {
                 .collect(),
             db,
             metrics,
+            outbox_appended: None,
         })
     }
 
@@ -270,6 +278,8 @@ impl Session<'_> {
             if cancel.is_cancelled() {
                 return Ok(());
             }
+            // Read before looking at the outbox ([`crate::wake`]: no lost wake-up).
+            let seen = f.outbox_appended.as_ref().map(|w| w.generation());
             let batch = outbox::read_after(&f.db, last, max_records, max_bytes)?;
             let Some(&(through, _)) = batch.last() else {
                 // An idle producer cannot notice that it was fenced; a marker-only transaction
@@ -278,7 +288,18 @@ impl Session<'_> {
                     self.deliver(&producer, &[], last)?;
                     last_commit = Instant::now();
                 }
-                sleep(idle, cancel);
+                match (&f.outbox_appended, seen) {
+                    // Asleep until the stage appends (then `idle` more, so the records of the
+                    // next few commits go in one transaction), the heartbeat is due, or a
+                    // cancellation check is.
+                    (Some(wake), Some(seen)) => {
+                        let heartbeat = IDLE_HEARTBEAT.saturating_sub(last_commit.elapsed());
+                        if wake.wait_past(seen, heartbeat.min(IDLE_WAIT_MAX)) {
+                            sleep(idle, cancel);
+                        }
+                    }
+                    _ => sleep(idle, cancel),
+                }
                 continue;
             };
             self.ensure_batch_topics(&batch)?;

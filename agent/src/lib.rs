@@ -18,6 +18,7 @@
 //! | [`stage`] | the windowing task: ingest log -> windows -> outbox in one transaction per batch, with cursors, window state and trimming (exactly-once reasoning) |
 //! | [`window`] | event-time windows per pipeline: the pure state machine (watermark per series, idle close, late output, revisions, open-window cap) |
 //! | [`outbox`] | dense-sequence records waiting for Kafka |
+//! | [`wake`] | a stage tells the next one it committed rows (writer -> stage -> forwarder), so an idle agent sleeps instead of polling |
 //! | [`forward`] | transactional Kafka producer, progress marker in a compacted topic, trim after commit |
 //! | [`telemetry`] | the live counters and flags the stages write and ops reads (`Telemetry`, the sources' registry); survives reloads |
 //! | [`ops`] | signals (drain within a bound, SIGHUP reload), Prometheus metrics, `/healthz` `/readyz` `/inspect`, systemd notify and watchdog; depends on telemetry, service and source, never the other way |
@@ -50,6 +51,7 @@ pub mod source;
 pub mod stage;
 pub mod store;
 pub mod telemetry;
+pub mod wake;
 pub mod window;
 
 /// The agent's version, as reported by `--version` and in logs.

@@ -36,6 +36,7 @@ use crate::mapping::Mapper;
 use crate::source::{self, Context};
 use crate::stage::{Stage, StageCounters, StageError};
 use crate::telemetry::Telemetry;
+use crate::wake::Wake;
 
 /// Why the agent stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -110,8 +111,13 @@ pub async fn run_with_telemetry(
             crate::clock::unix_ms(),
         )?),
     };
+    // Each stage wakes the next after a commit (`crate::wake`): writer -> stage -> forwarder.
+    let readings_committed = Arc::new(Wake::default());
+    let outbox_appended = Arc::new(Wake::default());
     let stage = stage.map(|mut stage| {
         stage.counters = telemetry.stage.clone();
+        stage.readings_committed = Some(readings_committed.clone());
+        stage.outbox_appended = Some(outbox_appended.clone());
         stage
     });
     let stage_counters: Option<Arc<StageCounters>> = stage.as_ref().map(|s| s.counters.clone());
@@ -127,6 +133,7 @@ pub async fn run_with_telemetry(
         counters: counters.clone(),
         submissions: submissions_rx,
         cancel: cancel.clone(),
+        committed: Some(readings_committed.clone()),
     };
     let writer = tracker.spawn(writer.run());
 
@@ -158,9 +165,20 @@ pub async fn run_with_telemetry(
     telemetry
         .stage_enabled
         .store(stage_task.is_some(), Ordering::Relaxed);
-    let forwarder = Forwarder::from_config(&config, database, telemetry.forward.clone()).map(|f| {
+    let forwarder =
+        Forwarder::from_config(&config, database, telemetry.forward.clone()).map(|mut f| {
+            f.outbox_appended = Some(outbox_appended.clone());
+            let cancel = cancel.clone();
+            tracker.spawn_blocking(move || f.run(cancel))
+        });
+    // A cancellation wakes the sleeping stage and forwarder at once.
+    tracker.spawn({
         let cancel = cancel.clone();
-        tracker.spawn_blocking(move || f.run(cancel))
+        async move {
+            cancel.cancelled().await;
+            readings_committed.notify();
+            outbox_appended.notify();
+        }
     });
     drop(submissions);
     tracker.close();

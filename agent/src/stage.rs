@@ -81,6 +81,7 @@ use crate::store::meta::{
 use crate::store::rows::WindowShape;
 use crate::store::tables::{META, WINDOW_SERIES, WINDOW_SHAPE};
 use crate::store::{redb_errors_into, StoreError};
+use crate::wake::Wake;
 use crate::window::{Counts, Output, WindowError, Windows};
 
 /// Wall clock, ms since the Unix epoch (the one [`crate::clock::unix_ms`], kept here for
@@ -163,6 +164,11 @@ pub struct Stage {
     batch: usize,
     pending: Vec<OutboxRecord>,
     pub counters: Arc<StageCounters>,
+    /// Notified by the ingest writer after each commit: a caught-up stage waits on it
+    /// ([`crate::wake`]); `None`: it looks again every [`POLL`].
+    pub readings_committed: Option<Arc<Wake>>,
+    /// Notified after each commit that appended outbox records (the forwarder waits on it).
+    pub outbox_appended: Option<Arc<Wake>>,
 }
 
 /// What one step did.
@@ -198,6 +204,8 @@ impl Stage {
             batch: batch.max(1),
             pending: Vec::new(),
             counters: Arc::new(StageCounters::default()),
+            readings_committed: None,
+            outbox_appended: None,
         };
         stage.reload(now_ms)?;
         Ok(stage)
@@ -372,6 +380,11 @@ impl Stage {
         }
         IngestLog::trim_in(&txn, last_reading, last_dead)?;
         txn.commit()?;
+        if !records.is_empty() {
+            if let Some(wake) = &self.outbox_appended {
+                wake.notify();
+            }
+        }
         if let Some(seq) = last_reading {
             self.next_reading = seq.saturating_add(1);
         }
@@ -462,6 +475,9 @@ impl Stage {
 }
 
 const POLL: std::time::Duration = std::time::Duration::from_millis(20);
+/// How long a caught-up stage that is woken by the writer sleeps without a commit: the
+/// granularity of idle window closes (wall clock) and of noticing cancellation.
+const IDLE_TICK: std::time::Duration = std::time::Duration::from_millis(250);
 const BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Stage {
@@ -471,11 +487,18 @@ impl Stage {
     pub fn run(mut self, cancel: &tokio_util::sync::CancellationToken) -> Result<(), StageError> {
         let mut backoff = Backoff::new(POLL, BACKOFF_MAX);
         while !cancel.is_cancelled() {
+            // Read before the step looks at the log ([`crate::wake`]: no lost wake-up).
+            let seen = self.readings_committed.as_ref().map(|w| w.generation());
             match self.step(unix_ms()) {
                 Ok(step) => {
                     backoff.reset();
                     if step.caught_up && step.dead_letters < self.batch {
-                        std::thread::sleep(POLL);
+                        match (&self.readings_committed, seen) {
+                            (Some(wake), Some(seen)) => {
+                                wake.wait_past(seen, IDLE_TICK);
+                            }
+                            _ => std::thread::sleep(POLL),
+                        }
                     }
                 }
                 Err(error) if error.is_retryable() => {

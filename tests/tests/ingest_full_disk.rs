@@ -108,6 +108,7 @@ async fn a_full_disk_stops_acks_without_crashing_and_everything_commits_once_spa
             counters: counters.clone(),
             submissions: rx,
             cancel: cancel.clone(),
+            committed: None,
         }
         .run(),
     );

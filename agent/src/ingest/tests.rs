@@ -265,6 +265,7 @@ fn start(log: IngestLog, dir: &tempfile::TempDir, capacity: usize) -> Running {
         counters: Arc::new(Counters::default()),
         submissions: rx,
         cancel: cancel.clone(),
+        committed: None,
     };
     Running {
         submissions,

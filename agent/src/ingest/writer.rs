@@ -35,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Counters, IngestError, IngestLog, Submission};
 use crate::clock::unix_ms;
+use crate::wake::Wake;
 
 /// Group-commit limits.
 #[derive(Debug, Clone, Copy)]
@@ -52,6 +53,8 @@ pub struct Writer {
     pub counters: Arc<Counters>,
     pub submissions: mpsc::Receiver<Submission>,
     pub cancel: CancellationToken,
+    /// Notified after every commit (the windowing stage waits on it); `None`: nobody waits.
+    pub committed: Option<Arc<Wake>>,
 }
 
 const BACKOFF_MIN: Duration = Duration::from_millis(10);
@@ -105,6 +108,9 @@ impl Writer {
                 Ok(done) => {
                     backoff.reset();
                     self.counters.add(&done);
+                    if let Some(wake) = &self.committed {
+                        wake.notify();
+                    }
                     let rest = batch.split_off(done.submissions.min(batch.len()));
                     for sub in batch {
                         if let Some(ack) = sub.ack {

@@ -71,6 +71,7 @@ fn rig_with(text: &str, index: usize) -> (Rig, DuplexStream) {
         counters: Arc::new(Counters::default()),
         submissions: rx,
         cancel: cancel.clone(),
+        committed: None,
     };
     let counters = Arc::new(SerialCounters::default());
     let task = SerialSourceTask {
