@@ -49,7 +49,9 @@ pub struct KafkaSection {
     /// ... and at most about this many payload bytes (one record more at most; default 8 MiB).
     #[serde(default = "defaults::usize::<8_388_608>")]
     pub batch_max_bytes: Spanned<usize>,
-    /// How often an empty outbox is looked at again, in ms (default 10).
+    /// How long the forwarder waits, once the windowing stage says the outbox got records,
+    /// before it reads them, so the records of the next few commits go in one transaction, in
+    /// ms (default 10). Idle, the forwarder sleeps until the stage wakes it.
     #[serde(default = "plain::u64::<10>")]
     pub poll_interval_ms: u64,
     /// How partials are written to the partials topic: `"postcard"` (default: the compact
