@@ -9,8 +9,11 @@
 //!
 //! ```text
 //! . .services/env
-//! cargo run --release -p edge-agent --example bench_forward_latency -- [rate] [seconds]
+//! cargo run --release -p edge-agent --example bench_forward_latency -- [rate] [seconds] [idle_s]
 //! ```
+//!
+//! With `idle_s` > 0 it then leaves the agent idle (connected, nothing to do) for `idle_s` s and
+//! prints the CPU this process used meanwhile, in % of one core (target < 0.05).
 //!
 //! Beside its human output it prints one `BENCH {json}` line per figure for the suite runner
 //! (`scripts/bench.sh`; the line format is documented in `bench/src/line.rs`). Quick run:
@@ -42,6 +45,7 @@ const WARM_UP_MS: u64 = 2000;
 fn main() -> anyhow::Result<()> {
     let rate = arg(1, 1000).max(1);
     let seconds = arg(2, 20).max(3);
+    let idle_s = arg(3, 0);
     let bootstrap =
         std::env::var("KAFKA_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:19092".to_owned());
     let mqtt = std::env::var("MQTT_URL").unwrap_or_else(|_| "mqtt://127.0.0.1:18830".to_owned());
@@ -172,6 +176,14 @@ bootstrap_servers = "{bootstrap}"
     let raw = consumer_thread
         .join()
         .map_err(|_| anyhow::anyhow!("consumer panicked"))??;
+    // Idle: the publisher and the reader are gone, the outbox is drained; what this process
+    // spends now is the agent's (its tasks, rumqttc's keep-alive, librdkafka's threads).
+    let idle = (idle_s > 0).then(|| {
+        std::thread::sleep(Duration::from_secs(2));
+        let before = cpu_ns();
+        std::thread::sleep(Duration::from_secs(idle_s));
+        100.0 * cpu_ns().saturating_sub(before) as f64 / (idle_s as f64 * 1e9)
+    });
     cancel.cancel();
     runtime.block_on(agent)??;
 
@@ -210,6 +222,16 @@ bootstrap_servers = "{bootstrap}"
         "ms",
         &params,
     );
+    if let Some(percent) = idle {
+        println!("agent idle for {idle_s} s: {percent:.3} % of one core");
+        FIGURES.print_with_target(
+            "idle_cpu",
+            percent,
+            "% of a core",
+            &format!("agent idle for {idle_s} s after the run, MQTT and Kafka connected"),
+            "< 0.05",
+        );
+    }
     FIGURES.print(
         "read_back_of_published",
         100.0 * raw.len() as f64 / published.max(1) as f64,
@@ -217,4 +239,17 @@ bootstrap_servers = "{bootstrap}"
         &params,
     );
     Ok(())
+}
+
+/// CPU time this process's live threads have used, in ns (`/proc/self/task/*/schedstat`, first
+/// field: time on a CPU; finer than the 10 ms ticks of `/proc/self/stat`).
+fn cpu_ns() -> u64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
+    tasks
+        .filter_map(Result::ok)
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
 }

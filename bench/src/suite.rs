@@ -230,12 +230,14 @@ pub fn jobs(quick: bool, brokers: &Brokers) -> Vec<Job> {
             &["1000000", "50000"],
         ));
     }
-    let latency_secs = if quick { "5" } else { "20" };
+    let (latency_secs, idle_secs) = if quick { ("5", "5") } else { ("20", "30") };
     jobs.push(job(
         "latency",
-        format!("end-to-end latency, 1,000 readings/s for {latency_secs} s"),
+        format!(
+            "end-to-end latency, 1,000 readings/s for {latency_secs} s, then {idle_secs} s idle"
+        ),
         LATENCY,
-        &["1000", latency_secs],
+        &["1000", latency_secs, idle_secs],
     ));
     if !quick {
         jobs.push(job(
