@@ -27,7 +27,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use edge_agent::clock::unix_ms;
 use edge_agent::config::Config;
 use edge_bench::line::Family;
-use edge_bench::program::{arg, client_settings_from_env};
+use edge_bench::program::{arg, client_settings_from_env, process_cpu};
 use edge_tests::config::kafka_topics;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -180,9 +180,9 @@ bootstrap_servers = "{bootstrap}"
     // spends now is the agent's (its tasks, rumqttc's keep-alive, librdkafka's threads).
     let idle = (idle_s > 0).then(|| {
         std::thread::sleep(Duration::from_secs(2));
-        let before = cpu_ns();
+        let before = process_cpu();
         std::thread::sleep(Duration::from_secs(idle_s));
-        100.0 * cpu_ns().saturating_sub(before) as f64 / (idle_s as f64 * 1e9)
+        100.0 * process_cpu().saturating_sub(before).as_secs_f64() / idle_s as f64
     });
     cancel.cancel();
     runtime.block_on(agent)??;
@@ -239,17 +239,4 @@ bootstrap_servers = "{bootstrap}"
         &params,
     );
     Ok(())
-}
-
-/// CPU time this process's live threads have used, in ns (`/proc/self/task/*/schedstat`, first
-/// field: time on a CPU; finer than the 10 ms ticks of `/proc/self/stat`).
-fn cpu_ns() -> u64 {
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return 0;
-    };
-    tasks
-        .filter_map(Result::ok)
-        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
-        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-        .sum()
 }

@@ -1,6 +1,7 @@
 //! Small helpers the benchmark programs share (they take this crate as a dev-dependency, for
 //! [`crate::line::Family`] as well): positional arguments with defaults, extra librdkafka
-//! settings from `BENCH_CLIENT`, and memory figures from `/proc/<pid>/status`.
+//! settings from `BENCH_CLIENT`, memory figures from `/proc/<pid>/status`, and the CPU time the
+//! process has used ([`process_cpu`]).
 
 /// The `i`-th command-line argument as a number, or `default` when it is missing or not one.
 pub fn arg(i: usize, default: u64) -> u64 {
@@ -53,9 +54,39 @@ fn parse_status(status: &str, key: &str) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// User plus system CPU time this process has used (all its threads, exited ones included),
+/// from `getrusage(RUSAGE_SELF)`: microseconds, where `/proc/self/stat` counts 10 ms ticks.
+pub fn process_cpu() -> std::time::Duration {
+    // SAFETY: getrusage writes one `rusage` into the zeroed value we own; RUSAGE_SELF is valid.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        if libc::getrusage(libc::RUSAGE_SELF, &mut usage) != 0 {
+            return std::time::Duration::ZERO;
+        }
+        usage
+    };
+    let micros = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
+    std::time::Duration::from_micros(micros(usage.ru_utime) + micros(usage.ru_stime))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn process_cpu_counts_a_busy_loop() {
+        let before = process_cpu();
+        let started = std::time::Instant::now();
+        let mut x = 0u64;
+        while started.elapsed() < std::time::Duration::from_millis(50) {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+        }
+        let used = process_cpu().saturating_sub(before);
+        assert!(
+            used >= std::time::Duration::from_millis(10),
+            "{used:?} ({x})"
+        );
+    }
 
     #[test]
     fn a_status_line_gives_its_kib() {
