@@ -165,7 +165,7 @@ pub struct Stage {
     pending: Vec<OutboxRecord>,
     pub counters: Arc<StageCounters>,
     /// Notified by the ingest writer after each commit: a caught-up stage waits on it
-    /// ([`crate::wake`]); `None`: it looks again every [`POLL`].
+    /// ([`crate::wake`]); `None`: it looks again every `POLL` (20 ms).
     pub readings_committed: Option<Arc<Wake>>,
     /// Notified after each commit that appended outbox records (the forwarder waits on it).
     pub outbox_appended: Option<Arc<Wake>>,

@@ -37,7 +37,7 @@
 //! 3. **Salvage** the damaged `<name>` into a fresh `<name>.salvage`, reading through a
 //!    read-only view that never writes the damaged file ([`scan`]): every table, row by row,
 //!    skipping unreadable ranges, keeping a row only when it is in range and decodes
-//!    ([`copy`]). Then `meta` is made consistent with what survived: every sequence stays
+//!    (`salvage::copy`). Then `meta` is made consistent with what survived: every sequence stays
 //!    above every surviving key, `log_bytes` is recounted.
 //! 4. **Swap**, each step a rename followed by an fsync of the directory: `<name>.salvage` ->
 //!    `<name>.salvaged` (complete), `<name>` -> `<name>.damaged-<unix seconds>` (kept for
