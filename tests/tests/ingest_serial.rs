@@ -5,13 +5,12 @@
 
 mod ingest_support;
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use edge_tests::bins::spawn_agent;
-use ingest_support::{expected_from_ledger, log_multiset};
+use ingest_support::{expected_from_ledger, log_multiset, serial_path};
 
 /// `target/<profile>/<bin>` of workspace package `package`, built on demand.
 fn binary(package: &str, bin: &str) -> PathBuf {
@@ -58,15 +57,7 @@ fn agent_killed_with_sigkill_while_firmware_streams_loses_and_duplicates_nothing
         .stdout(Stdio::piped())
         .spawn()
         .expect("spawn firmware-sim");
-    let mut first = String::new();
-    BufReader::new(firmware.stdout.take().expect("stdout"))
-        .read_line(&mut first)
-        .expect("read SERIAL_PATH");
-    let port = first
-        .trim()
-        .strip_prefix("SERIAL_PATH=")
-        .expect("SERIAL_PATH=... first")
-        .to_owned();
+    let port = serial_path(&mut firmware);
 
     let config_path = dir.path().join("agent.toml");
     std::fs::write(

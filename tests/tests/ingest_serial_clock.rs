@@ -11,7 +11,6 @@
 mod ingest_support;
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -19,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use edge_tests::bins::{spawn_agent_logged, workspace_binary};
 use edge_tests::http::{free_port, get};
-use ingest_support::{each_reading, expected_from_ledger, log_multiset, open_log};
+use ingest_support::{each_reading, expected_from_ledger, log_multiset, open_log, serial_path};
 
 /// How long the devices sample: 7 resync intervals of 2 s; 300 ms of drift without them.
 const RUN_S: u64 = 15;
@@ -71,15 +70,7 @@ fn drifting_devices_against_the_agent(interval_s: u64) -> Vec<Scrape> {
         .stdout(Stdio::piped())
         .spawn()
         .expect("spawn firmware-sim");
-    let mut first = String::new();
-    BufReader::new(firmware.stdout.take().expect("stdout"))
-        .read_line(&mut first)
-        .expect("read SERIAL_PATH");
-    let port = first
-        .trim()
-        .strip_prefix("SERIAL_PATH=")
-        .expect("SERIAL_PATH=... first")
-        .to_owned();
+    let port = serial_path(&mut firmware);
 
     let metrics = free_port();
     let config = dir.path().join("agent.toml");

@@ -1,13 +1,30 @@
 //! Shared by the `ingest_*` suites: the ingest log read back, whole, after a run, and the
-//! accounting of a firmware-sim serial ledger against it.
+//! accounting of a firmware-sim serial ledger against it, and the pty a `firmware-sim serial
+//! --pty` run opened.
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader};
 use std::path::Path;
+use std::process::Child;
 
 use edge_agent::config::Config;
 use edge_agent::ingest::IngestLog;
 use edge_agent::reading::Reading;
+
+/// The pty `firmware-sim serial --pty` opened: the `SERIAL_PATH=<path>` line it prints first
+/// (its stdout must be piped; the rest of stdout is left unread).
+pub fn serial_path(firmware: &mut Child) -> String {
+    let mut first = String::new();
+    BufReader::new(firmware.stdout.take().expect("stdout"))
+        .read_line(&mut first)
+        .expect("read SERIAL_PATH");
+    first
+        .trim()
+        .strip_prefix("SERIAL_PATH=")
+        .expect("SERIAL_PATH=... first")
+        .to_owned()
+}
 
 /// Opens the ingest log of the agent configured at `config_path` (the agent must have stopped:
 /// redb locks the file).

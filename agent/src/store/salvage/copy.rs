@@ -17,7 +17,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use redb::{Database, Durability, Key, ReadableTable, TableDefinition, Value};
+use redb::{Database, Durability, Key, ReadableTable, TableDefinition, Value, WriteTransaction};
 
 use super::scan::{scan_ends, scan_seq, Scanned, Source};
 use crate::ingest::DeadLetter;
@@ -300,9 +300,7 @@ impl Dense {
                 return Ok(());
             }
             first_read = first_read.or(rows.first().map(|r| r.0));
-            let mut txn = fresh.begin_write()?;
-            txn.set_durability(Durability::None)?;
-            {
+            write_batch(fresh, |txn| {
                 let mut table = txn.open_table(self.table)?;
                 for (k, v) in rows {
                     if in_range(k) && decodes(&v) {
@@ -317,9 +315,8 @@ impl Dense {
                         refused += 1;
                     }
                 }
-            }
-            txn.commit()?;
-            Ok::<_, redb::Error>(())
+                Ok(())
+            })
         })?;
         if let Some(k) = last_kept {
             totals.max_key.insert(self.name, k);
@@ -364,9 +361,7 @@ fn copy_keyed<K: Key + 'static, V: Value + 'static>(
         if rows.is_empty() {
             return Ok(());
         }
-        let mut txn = fresh.begin_write()?;
-        txn.set_durability(Durability::None)?;
-        {
+        write_batch(fresh, |txn| {
             let mut t = txn.open_table(table)?;
             for (k, v) in rows {
                 if keep(&k, &v) {
@@ -376,9 +371,8 @@ fn copy_keyed<K: Key + 'static, V: Value + 'static>(
                     refused += 1;
                 }
             }
-        }
-        txn.commit()?;
-        Ok::<_, redb::Error>(())
+            Ok(())
+        })
     })?;
     Ok(TableReport {
         table: name,
@@ -404,9 +398,7 @@ fn copy_dedupe(
         if rows.is_empty() {
             return Ok(());
         }
-        let mut txn = fresh.begin_write()?;
-        txn.set_durability(Durability::None)?;
-        {
+        write_batch(fresh, |txn| {
             let mut ages = txn.open_table(DEDUPE_AGE)?;
             let mut t = txn.open_table(DEDUPE)?;
             for (k, v) in rows {
@@ -438,9 +430,8 @@ fn copy_dedupe(
                 t.insert(k.as_slice(), seq)?;
                 kept += 1;
             }
-        }
-        txn.commit()?;
-        Ok::<_, redb::Error>(())
+            Ok(())
+        })
     })?;
     Ok(TableReport {
         table: "dedupe",
@@ -449,6 +440,19 @@ fn copy_dedupe(
         unreadable_ranges: scanned.unreadable_ranges,
         lost: None,
     })
+}
+
+/// Writes one scanned batch into the fresh database in a transaction of its own, without an
+/// fsync (`Durability::None`, as every batch of the copy).
+fn write_batch(
+    fresh: &Database,
+    write: impl FnOnce(&WriteTransaction) -> Result<(), redb::Error>,
+) -> Result<(), redb::Error> {
+    let mut txn = fresh.begin_write()?;
+    txn.set_durability(Durability::None)?;
+    write(&txn)?;
+    txn.commit()?;
+    Ok(())
 }
 
 /// Whether `key` has the shape of a dedupe key (`store/FORMAT.md`): tag 1 and 14 bytes of
