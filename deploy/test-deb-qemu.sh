@@ -39,8 +39,10 @@ for f in usr/bin/edge-agent etc/edge-agent/agent.toml usr/lib/sysusers.d/edge-ag
 done
 [ -f "$unit" ] || { echo "the package lacks the unit" >&2; exit 1; }
 cmp "$unit" deploy/systemd/edge-agent.service
-file "$unpacked/usr/bin/edge-agent" | tee /dev/stderr | grep -q "$elf" \
-    || { echo "the packaged binary is not $elf" >&2; exit 1; }
+# (Not `tee /dev/stderr`: that reopens a log file CI redirects into, truncating it.)
+kind="$(file "$unpacked/usr/bin/edge-agent")"
+echo "$kind"
+grep -q "$elf" <<<"$kind" || { echo "the packaged binary is not $elf" >&2; exit 1; }
 [ "$(stat -c %a "$unpacked/usr/bin/edge-agent")" = 755 ]
 [ "$(stat -c %a "$unpacked/etc/edge-agent/agent.toml")" = 640 ]
 
