@@ -10,7 +10,7 @@ use edge_kafka::{admin_options, applies_to, create_topics, partition_count, Role
 use rdkafka::admin::{NewTopic, TopicReplication};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use serde::Deserialize;
 
 use crate::config::Config;
@@ -40,13 +40,30 @@ impl KafkaCallError {
     pub fn is_retryable(&self) -> bool {
         matches!(self, KafkaCallError::Retryable { .. })
     }
+
+    /// The group coordinator fenced our consumer: a member with the same `group.instance.id`
+    /// joined. A broker restart can cause this once (seen with Kafka 4.1 in a CI run: the
+    /// coordinator fenced the only member while shutting down); another process configured
+    /// with our `instance_id` causes it again and again ([`crate::run`] tells them apart).
+    pub fn is_instance_fenced(&self) -> bool {
+        match self {
+            KafkaCallError::Retryable { source, .. } | KafkaCallError::Fatal { source, .. } => {
+                source.rdkafka_error_code() == Some(RDKafkaErrorCode::FencedInstanceId)
+            }
+            KafkaCallError::Topic { .. } => false,
+        }
+    }
 }
 
-/// A poll's error event: fails when fatal; a retryable one (a lost broker, which librdkafka
-/// reconnects to and resumes fetching from by itself) is logged and ridden out.
+/// A poll's error event: fails when fatal, and when librdkafka says the consumer itself is dead
+/// (`MessageConsumptionFatal`, say fenced by a member with our `group.instance.id`): it fetches
+/// nothing more, so only a new session (a new consumer) goes on. A retryable one (a lost
+/// broker, which librdkafka reconnects to and resumes fetching from by itself) is logged and
+/// ridden out.
 pub fn poll_error(during: &'static str, e: KafkaError) -> Result<(), KafkaCallError> {
+    let consumer_dead = matches!(e, KafkaError::MessageConsumptionFatal(_));
     let e = classify(during, e);
-    if !e.is_retryable() {
+    if !e.is_retryable() || consumer_dead {
         return Err(e);
     }
     tracing::warn!(error = %e, "{during}: error event (librdkafka retries)");

@@ -77,6 +77,14 @@ pub enum RunError {
     Kafka(#[from] KafkaCallError),
     #[error(transparent)]
     Restore(#[from] RestoreError),
+    /// Fenced by a member with our `group.instance.id` [`FENCES_FOR_A_TWIN`] times within
+    /// [`FENCE_WINDOW`]: another live process runs with our `[kafka] instance_id`.
+    #[error(
+        "another consumer runs with group.instance.id {instance_id:?}: it fenced this one \
+         {fences} times within {}s; give each instance its own [kafka] instance_id",
+        FENCE_WINDOW.as_secs()
+    )]
+    DuplicateInstance { instance_id: String, fences: usize },
 }
 
 impl RunError {
@@ -87,7 +95,36 @@ impl RunError {
             RunError::Restore(RestoreError::Kafka(e)) => e.is_retryable(),
             RunError::Restore(RestoreError::Timeout { .. }) => true,
             RunError::Restore(RestoreError::Changelog(_)) => false,
+            RunError::DuplicateInstance { .. } => false,
         }
+    }
+
+    fn is_instance_fenced(&self) -> bool {
+        matches!(self, RunError::Kafka(e) if e.is_instance_fenced())
+    }
+}
+
+/// How many fences by a member with our `group.instance.id` within [`FENCE_WINDOW`] mean a
+/// twin process rather than a broker restart (which fences once, if at all).
+const FENCES_FOR_A_TWIN: usize = 3;
+const FENCE_WINDOW: Duration = Duration::from_secs(120);
+
+/// Remembers when our consumer was fenced by a member with our `group.instance.id`.
+#[derive(Default)]
+struct Fences(std::collections::VecDeque<Instant>);
+
+impl Fences {
+    /// Records a fence at `now`; how many fell within [`FENCE_WINDOW`] up to it.
+    fn record(&mut self, now: Instant) -> usize {
+        while self
+            .0
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > FENCE_WINDOW)
+        {
+            self.0.pop_front();
+        }
+        self.0.push_back(now);
+        self.0.len()
     }
 }
 
@@ -196,6 +233,7 @@ pub fn run(config: &Config, stop: &AtomicBool, metrics: &Metrics) -> Result<(), 
 }
 
 fn sessions(config: &Config, stop: &AtomicBool, metrics: &Metrics) -> Result<(), RunError> {
+    let mut fences = Fences::default();
     loop {
         metrics.sessions.fetch_add(1, Ordering::Relaxed);
         metrics.set_phase(Phase::Starting);
@@ -211,6 +249,16 @@ fn sessions(config: &Config, stop: &AtomicBool, metrics: &Metrics) -> Result<(),
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clear();
+        let result = match result {
+            Err(e) if e.is_instance_fenced() => match fences.record(Instant::now()) {
+                n if n >= FENCES_FOR_A_TWIN => Err(RunError::DuplicateInstance {
+                    instance_id: config.kafka.instance_id.get_ref().clone(),
+                    fences: n,
+                }),
+                _ => Err(e),
+            },
+            other => other,
+        };
         match result {
             Ok(()) => return Ok(()),
             Err(e) if e.is_retryable() => {
@@ -771,4 +819,53 @@ fn send(
     }
     p.send(record, TXN_TIMEOUT)
         .map_err(|e| classify("producing", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn three_fences_within_the_window_mean_a_twin_and_older_ones_are_forgotten() {
+        let mut fences = Fences::default();
+        let t0 = Instant::now();
+        assert_eq!(fences.record(t0), 1);
+        assert_eq!(fences.record(t0 + Duration::from_secs(60)), 2);
+        // The first fence has left the window by the third: a broker restart now and then.
+        assert_eq!(fences.record(t0 + Duration::from_secs(121)), 2);
+        assert_eq!(
+            fences.record(t0 + Duration::from_secs(130)),
+            FENCES_FOR_A_TWIN
+        );
+    }
+
+    #[test]
+    fn a_twin_is_named_by_the_instance_id_and_ends_the_process() {
+        let e = RunError::DuplicateInstance {
+            instance_id: "a".into(),
+            fences: 3,
+        };
+        assert!(!e.is_retryable());
+        assert_eq!(
+            e.to_string(),
+            "another consumer runs with group.instance.id \"a\": it fenced this one 3 times \
+             within 120s; give each instance its own [kafka] instance_id"
+        );
+    }
+
+    #[test]
+    fn a_fatal_consumption_error_ends_the_session_and_a_lost_broker_does_not() {
+        let fenced = kafka::poll_error(
+            "polling",
+            KafkaError::MessageConsumptionFatal(RDKafkaErrorCode::FencedInstanceId),
+        )
+        .unwrap_err();
+        assert!(fenced.is_retryable() && fenced.is_instance_fenced());
+        assert!(RunError::from(fenced).is_instance_fenced());
+        assert!(kafka::poll_error(
+            "polling",
+            KafkaError::MessageConsumption(RDKafkaErrorCode::AllBrokersDown)
+        )
+        .is_ok());
+    }
 }
