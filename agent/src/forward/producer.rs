@@ -29,7 +29,10 @@ pub const PRODUCER_DEFAULTS: [(&str, &str); 9] = [
     ("batch.size", "1000000"),
     ("batch.num.messages", "10000"),
     ("queue.buffering.max.messages", "200000"),
-    ("queue.buffering.max.kbytes", "262144"),
+    // A cap on librdkafka's copy of unsent payloads: twice the default `batch_max_bytes`, so a
+    // transaction never waits on it, and a bound on memory whatever `[kafka.client]` batches
+    // (a full queue makes `send` serve delivery reports and retry, never fail).
+    ("queue.buffering.max.kbytes", "16384"),
 ];
 
 /// Settings of the progress topic when the agent creates it: compacted (one marker per agent
