@@ -77,8 +77,8 @@ pub enum RunError {
     Kafka(#[from] KafkaCallError),
     #[error(transparent)]
     Restore(#[from] RestoreError),
-    /// Fenced by a member with our `group.instance.id` [`FENCES_FOR_A_TWIN`] times within
-    /// [`FENCE_WINDOW`]: another live process runs with our `[kafka] instance_id`.
+    /// Fenced by a member with our `group.instance.id` 3 times within 120 s: another live
+    /// process runs with our `[kafka] instance_id`.
     #[error(
         "another consumer runs with group.instance.id {instance_id:?}: it fenced this one \
          {fences} times within {}s; give each instance its own [kafka] instance_id",
