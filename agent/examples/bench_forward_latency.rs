@@ -28,6 +28,7 @@ use edge_agent::clock::unix_ms;
 use edge_agent::config::Config;
 use edge_bench::line::Family;
 use edge_bench::program::{arg, client_settings_from_env, process_cpu};
+use edge_ops_http::prometheus::{Histogram, LATENCY_BOUNDS_S};
 use edge_tests::config::kafka_topics;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -88,7 +89,14 @@ bootstrap_servers = "{bootstrap}"
     let config = Config::from_toml(Path::new("latency.toml"), &text)?;
     let runtime = tokio::runtime::Runtime::new()?;
     let cancel = CancellationToken::new();
-    let agent = runtime.spawn(edge_agent::service::run(config, cancel.clone()));
+    // The agent's counters, kept here to read its per-hop histograms after the run.
+    let telemetry = Arc::new(edge_agent::telemetry::Telemetry::default());
+    let agent = runtime.spawn(edge_agent::service::run_with_telemetry(
+        config,
+        cancel.clone(),
+        telemetry.clone(),
+        || {},
+    ));
 
     // The consumer: waits for the topic (the forwarder creates it), then reads committed.
     let done = Arc::new(AtomicBool::new(false));
@@ -176,6 +184,12 @@ bootstrap_servers = "{bootstrap}"
     let raw = consumer_thread
         .join()
         .map_err(|_| anyhow::anyhow!("consumer panicked"))??;
+    // The agent's own account of the run: its per-hop histograms (warm-up included).
+    let hops = [
+        ("ingest", Hop::of(&telemetry.ingest.latency)),
+        ("window", Hop::of(&telemetry.stage.latency)),
+        ("kafka", Hop::of(&telemetry.forward.latency)),
+    ];
     // Idle: the publisher and the reader are gone, the outbox is drained; what this process
     // spends now is the agent's (its tasks, rumqttc's keep-alive, librdkafka's threads).
     let idle = (idle_s > 0).then(|| {
@@ -232,6 +246,22 @@ bootstrap_servers = "{bootstrap}"
             "< 0.05",
         );
     }
+    for (hop, h) in &hops {
+        println!(
+            "hop {hop} (edge_hop_latency_seconds): mean {:.1} ms, p50 <= {} ms, p99 <= {} ms over {} readings",
+            h.mean_ms(),
+            h.bound_ms(0.50),
+            h.bound_ms(0.99),
+            h.count
+        );
+        FIGURES.print(&format!("hop_{hop}_mean"), h.mean_ms(), "ms", &params);
+        FIGURES.print(
+            &format!("hop_{hop}_p99_bucket"),
+            h.bound_ms(0.99),
+            "ms (bucket bound)",
+            &params,
+        );
+    }
     FIGURES.print(
         "read_back_of_published",
         100.0 * raw.len() as f64 / published.max(1) as f64,
@@ -239,4 +269,38 @@ bootstrap_servers = "{bootstrap}"
         &params,
     );
     Ok(())
+}
+
+/// One hop's histogram (`edge_hop_latency_seconds{hop}` on the agent's `/metrics`).
+struct Hop {
+    /// Cumulative counts per bound of `LATENCY_BOUNDS_S`, then +Inf.
+    cumulative: Vec<u64>,
+    sum_s: f64,
+    count: u64,
+}
+
+impl Hop {
+    fn of(h: &Histogram) -> Hop {
+        let (cumulative, sum_s) = h.snapshot();
+        let count = cumulative.last().copied().unwrap_or(0);
+        Hop {
+            cumulative,
+            sum_s,
+            count,
+        }
+    }
+
+    fn mean_ms(&self) -> f64 {
+        1000.0 * self.sum_s / self.count.max(1) as f64
+    }
+
+    /// The upper bound (ms) of the bucket holding quantile `q` (10 s past the last bound).
+    fn bound_ms(&self, q: f64) -> f64 {
+        let want = (self.count as f64 * q).ceil() as u64;
+        let i = self.cumulative.iter().position(|n| *n >= want);
+        1000.0
+            * i.and_then(|i| LATENCY_BOUNDS_S.get(i))
+                .copied()
+                .unwrap_or(10.0)
+    }
 }

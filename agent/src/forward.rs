@@ -130,6 +130,10 @@ pub struct ForwardMetrics {
     /// The last of those errors, as logged (`/readyz` says it while the forwarder is failing:
     /// a missing ACL, a wrong password, an unreachable broker).
     pub last_error: std::sync::Mutex<String>,
+    /// Hop `kafka`: from the windowing step that appended a record to the outbox (its
+    /// `created_ms`, wall clock) to the commit of the Kafka transaction that carried it, once
+    /// per record.
+    pub latency: edge_ops_http::prometheus::Histogram,
 }
 
 /// The forwarder's inputs.
@@ -421,6 +425,11 @@ impl Session<'_> {
                 m.commit_latency_us_last.store(us, Ordering::Relaxed);
                 m.commit_latency_us_sum.fetch_add(us, Ordering::Relaxed);
                 m.commit_latency_us_max.fetch_max(us, Ordering::Relaxed);
+                let now = unix_ms();
+                for run in batch.chunk_by(|a, b| a.1.created_ms == b.1.created_ms) {
+                    let waited = Duration::from_millis(now.saturating_sub(run[0].1.created_ms));
+                    m.latency.observe_n(waited, run.len() as u64);
+                }
                 Ok(())
             }
             Err((during, e)) => {

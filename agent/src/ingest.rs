@@ -332,6 +332,10 @@ pub struct Counters {
     pub upstream_gaps: AtomicU64,
     /// Failed commits (retried); not persisted.
     pub write_errors: AtomicU64,
+    /// Hop `ingest`: from a commit group's first submission reaching the writer to the commit
+    /// that made it durable (and acked it), weighted by each submission's readings and dead
+    /// letters; not persisted.
+    pub latency: edge_ops_http::prometheus::Histogram,
 }
 
 /// A snapshot of `meta`.

@@ -138,6 +138,9 @@ pub struct StageCounters {
     pub late_dropped: AtomicU64,
     pub rejected: AtomicU64,
     pub commits: AtomicU64,
+    /// Hop `window`: from the ingest commit the stage was woken for (the oldest one it had not
+    /// yet taken in) to the stage's commit of those readings, once per reading.
+    pub latency: edge_ops_http::prometheus::Histogram,
 }
 
 struct Route {
@@ -486,12 +489,24 @@ impl Stage {
     /// any other error is returned (fatal).
     pub fn run(mut self, cancel: &tokio_util::sync::CancellationToken) -> Result<(), StageError> {
         let mut backoff = Backoff::new(POLL, BACKOFF_MAX);
+        // When the oldest ingest commit not yet windowed was notified (hop `window`).
+        let mut oldest: Option<std::time::Instant> = None;
         while !cancel.is_cancelled() {
             // Read before the step looks at the log ([`crate::wake`]: no lost wake-up).
             let seen = self.readings_committed.as_ref().map(|w| w.generation());
+            if let Some(wake) = &self.readings_committed {
+                oldest = oldest.or(wake.take_since());
+            }
             match self.step(unix_ms()) {
                 Ok(step) => {
                     backoff.reset();
+                    if let Some(t) = oldest.filter(|_| step.readings > 0) {
+                        let n = step.readings as u64;
+                        self.counters.latency.observe_n(t.elapsed(), n);
+                    }
+                    if step.caught_up {
+                        oldest = None;
+                    }
                     if step.caught_up && step.dead_letters < self.batch {
                         match (&self.readings_committed, seen) {
                             (Some(wake), Some(seen)) => {

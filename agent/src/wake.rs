@@ -17,35 +17,56 @@ use std::time::{Duration, Instant};
 /// A generation counter with a condition variable.
 #[derive(Debug, Default)]
 pub struct Wake {
-    generation: Mutex<u64>,
+    state: Mutex<State>,
     moved: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    generation: u64,
+    /// When the first notify since the last [`Wake::take_since`] came (a latency's start).
+    since: Option<Instant>,
 }
 
 impl Wake {
     /// Called after a commit: wakes every waiter.
     pub fn notify(&self) {
-        let mut generation = self.generation.lock().unwrap_or_else(|e| e.into_inner());
-        *generation = generation.wrapping_add(1);
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.generation = state.generation.wrapping_add(1);
+        state.since.get_or_insert_with(Instant::now);
         self.moved.notify_all();
     }
 
     /// The current generation: read it before looking for work.
     pub fn generation(&self) -> u64 {
-        *self.generation.lock().unwrap_or_else(|e| e.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .generation
+    }
+
+    /// When the oldest notify not yet taken came, and forgets it: the waiter's measure of how
+    /// long committed work waited for it (one waiter per `Wake`).
+    pub fn take_since(&self) -> Option<Instant> {
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .since
+            .take()
     }
 
     /// Sleeps until the generation is no longer `seen` or `timeout` passed; `true` when it moved.
     pub fn wait_past(&self, seen: u64, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
-        let mut generation = self.generation.lock().unwrap_or_else(|e| e.into_inner());
-        while *generation == seen {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        while state.generation == seen {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return false;
             }
-            generation = self
+            state = self
                 .moved
-                .wait_timeout(generation, left)
+                .wait_timeout(state, left)
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
@@ -75,6 +96,19 @@ mod tests {
         let started = Instant::now();
         assert!(!wake.wait_past(seen, Duration::from_millis(30)));
         assert!(started.elapsed() >= Duration::from_millis(30));
+    }
+
+    #[test]
+    fn take_since_gives_the_oldest_notify_not_taken_yet_once() {
+        let wake = Wake::default();
+        assert_eq!(wake.take_since(), None);
+        let before = Instant::now();
+        wake.notify();
+        std::thread::sleep(Duration::from_millis(5));
+        wake.notify(); // Later: the first one is the start of the wait.
+        let since = wake.take_since().expect("a notify");
+        assert!(since >= before && since + Duration::from_millis(5) <= Instant::now());
+        assert_eq!(wake.take_since(), None);
     }
 
     #[test]

@@ -76,6 +76,8 @@ impl Writer {
         let mut blocked = false;
         let mut log = Some(self.log);
         let mut inputs_closed = false;
+        // When the oldest submission now pending reached the writer (hop `ingest`).
+        let mut first = Instant::now();
         loop {
             if pending.is_empty() {
                 if inputs_closed {
@@ -89,6 +91,7 @@ impl Writer {
                         None => return Ok(()),
                     },
                 }
+                first = Instant::now();
                 inputs_closed = gather(&mut self.submissions, &mut pending, self.batch).await;
             }
             let Some(current) = log.take() else {
@@ -112,6 +115,10 @@ impl Writer {
                         wake.notify();
                     }
                     let rest = batch.split_off(done.submissions.min(batch.len()));
+                    let entries: usize = batch.iter().map(weight).sum();
+                    self.counters
+                        .latency
+                        .observe_n(first.elapsed(), entries as u64);
                     for sub in batch {
                         if let Some(ack) = sub.ack {
                             ack();

@@ -33,6 +33,7 @@ pub fn render(t: &Telemetry, health: &Health) -> String {
     ingest(&mut o, &t.ingest);
     window(&mut o, &t.stage);
     kafka(&mut o, &t.forward, health);
+    hops(&mut o, t);
     buffer(&mut o, health);
     store(&mut o, &t.salvage);
     crate::source::render_states(&mut o, &health.sources);
@@ -241,6 +242,21 @@ fn kafka(o: &mut Out, f: &ForwardMetrics, health: &Health) {
             let stalled = u8::from(health.stalled.contains(&stage));
             (format!("stage=\"{stage}\""), stalled)
         }),
+    );
+}
+
+/// Where a reading's time goes, one histogram series per hop: `ingest` (reaching the writer to
+/// its durable commit and ack), `window` (that commit to the windowing stage's commit), `kafka`
+/// (the stage's step to the Kafka commit). A reading's trip is about the sum of the three.
+fn hops(o: &mut Out, t: &Telemetry) {
+    o.histogram(
+        "edge_hop_latency_seconds",
+        "Time a reading spends in each hop of the agent.",
+        [
+            ("hop=\"ingest\"", &t.ingest.latency),
+            ("hop=\"window\"", &t.stage.latency),
+            ("hop=\"kafka\"", &t.forward.latency),
+        ],
     );
 }
 

@@ -83,6 +83,11 @@ fn telemetry() -> (Telemetry, Health) {
     set(&f.commit_latency_us_last, 1_500);
     set(&f.commit_latency_us_sum, 2_500_000);
     set(&f.commit_latency_us_max, 7_000);
+    // One hop per bucket range, so the page shows which histogram feeds which series.
+    let ms = std::time::Duration::from_millis;
+    t.ingest.latency.observe_n(ms(2), 1);
+    t.stage.latency.observe_n(ms(40), 2);
+    f.latency.observe_n(ms(400), 3);
     let v = &t.salvage;
     set(&v.salvages, 1);
     fill(&v.salvaged.iter().chain(&v.lost).collect::<Vec<_>>(), 50);
@@ -187,7 +192,10 @@ fn every_family_has_help_and_type_and_every_counter_ends_in_total() {
     for line in text.lines() {
         if let Some(rest) = line.strip_prefix("# TYPE ") {
             let (name, kind) = rest.split_once(' ').expect("name and kind");
-            assert!(["counter", "gauge", "summary"].contains(&kind), "{line}");
+            assert!(
+                ["counter", "gauge", "summary", "histogram"].contains(&kind),
+                "{line}"
+            );
             assert!(kind != "counter" || name.ends_with("_total"), "{line}");
             assert!(!typed.contains(&name), "{name} typed twice");
             typed.push(name);
