@@ -246,6 +246,15 @@ pub fn jobs(quick: bool, brokers: &Brokers) -> Vec<Job> {
             LATENCY,
             &["10000", "20"],
         ));
+        jobs.push(variant(
+            job(
+                "latency_build",
+                "end-to-end latency, 1,000 readings/s for 20 s while a cargo build runs".to_owned(),
+                LATENCY,
+                &["1000", "20", "0", "build"],
+            ),
+            &["p50", "p99", "max", "hop_kafka_p99_bucket"],
+        ));
     }
     let (series, windows) = if quick { (500u64, 10u64) } else { (2000, 20) };
     jobs.push(job(
