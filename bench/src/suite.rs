@@ -177,9 +177,9 @@ pub fn jobs(quick: bool, brokers: &Brokers) -> Vec<Job> {
     let steady_secs = if quick { "5" } else { "30" };
     jobs.push(job(
         "ingest_steady",
-        format!("agent peak RSS, 10,000 readings/s for {steady_secs} s"),
+        format!("agent peak RSS, 10,000 readings/s from 10,000 sensors for {steady_secs} s"),
         INGEST,
-        &["steady", mqtt, "10000", steady_secs],
+        &["steady", mqtt, "10000", steady_secs, "10000"],
     ));
     let modbus_secs = if quick { "10" } else { "30" };
     jobs.push(job(
