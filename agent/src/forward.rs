@@ -473,7 +473,7 @@ impl Session<'_> {
             send(producer, out)?;
             bytes += record.payload.len() as u64;
             if i % 1024 == 1023 {
-                producer.poll(Duration::ZERO);
+                producer.serve();
             }
         }
         let marker = Marker {
