@@ -14,7 +14,7 @@
 //! rdkafka's `BaseProducer::poll(t)` keeps polling until `t` has passed, and hands librdkafka
 //! the time left in whole milliseconds, rounded down: the last millisecond of every call is a
 //! busy loop (`clock_gettime` and the queue's mutex), so `poll(1 ms)` spins for all of it. The
-//! waits here ([`serve_for`]) poll without waiting and sleep in between: a 10 s marker-only
+//! waits here ([`TxnProducer::serve_for`]) poll without waiting and sleep in between: a 10 s marker-only
 //! heartbeat of the agent's idle forwarder cost 10-25 ms of CPU spinning in `wait_delivered`.
 //!
 //! # Fencing
