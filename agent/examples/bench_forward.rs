@@ -26,38 +26,12 @@ use edge_agent::config::Config;
 use edge_agent::forward::{ForwardMetrics, Forwarder};
 use edge_agent::outbox::{self, OutboxRecord, RecordKind};
 use edge_bench::line::Family;
-use edge_bench::program::{arg, client_settings_from_env, status_kib, Process};
+use edge_bench::program::{arg, client_settings_from_env, process_cpu, status_kib, Process};
 use edge_tests::config::kafka_topics;
 use tokio_util::sync::CancellationToken;
 
 /// This program's `BENCH` lines for the suite runner (`edge-bench`).
 const FIGURES: Family = Family("forward_drain");
-
-/// (user + system CPU seconds) of this process, from /proc/self/stat.
-fn cpu_seconds(ticks_per_s: f64) -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the command name (which is in parentheses and may hold spaces).
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let get = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // utime and stime are fields 14 and 15 of stat(5); here 0-based after the name: 11, 12.
-    (get(11) + get(12)) / ticks_per_s
-}
-
-fn clock_ticks() -> f64 {
-    std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0)
-}
 
 fn main() -> anyhow::Result<()> {
     let records = arg(1, 1_000_000);
@@ -121,7 +95,6 @@ partitions = {partitions}
         fill.elapsed().as_secs_f64()
     );
 
-    let ticks = clock_ticks();
     let metrics = Arc::new(ForwardMetrics::default());
     let cancel = CancellationToken::new();
     let forwarder = Forwarder::from_config(&config, db.clone(), metrics.clone())
@@ -137,7 +110,7 @@ partitions = {partitions}
             }
         })
     };
-    let cpu0 = cpu_seconds(ticks);
+    let cpu0 = process_cpu();
     let rss0 = status_kib(Process::This, "VmRSS:");
     let start = Instant::now();
     let token = cancel.clone();
@@ -162,7 +135,7 @@ partitions = {partitions}
         std::thread::sleep(Duration::from_millis(5));
     }
     let total = start.elapsed().as_secs_f64();
-    let cpu = cpu_seconds(ticks) - cpu0;
+    let cpu = process_cpu().saturating_sub(cpu0).as_secs_f64();
     sampling.store(false, Ordering::Relaxed);
     let _ = sampler.join();
     cancel.cancel();

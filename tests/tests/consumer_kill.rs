@@ -27,10 +27,7 @@ fn consumer_killed_at_ten_random_points_gives_the_finals_of_an_undisturbed_run()
     let now = now_ms();
     let base = (now / 60_000 - 200) * 60_000;
     let data = cells(&mut Rng(0xdead_beef), &gateways, &series, 40, base, 10_000);
-    let mut agents: Vec<FakeAgent> = gateways
-        .iter()
-        .map(|g| FakeAgent::new(bootstrap, g))
-        .collect();
+    let mut agents = FakeAgent::fleet(bootstrap, &gateways);
     produce_by_window(bootstrap, &straight.input, &data, &mut agents);
     println!("produced {} partials ({:?})", data.len(), started.elapsed());
     let expected = reference(&data, None);

@@ -53,10 +53,7 @@ fn kafka_stopped_mid_merge_the_consumer_commits_again_within_30_s_and_every_fina
             .collect()
     };
     let (before, during, after) = (part(0, 16), part(16, 32), part(32, 48));
-    let mut agents: Vec<FakeAgent> = gateways
-        .iter()
-        .map(|g| FakeAgent::new(&bootstrap, g))
-        .collect();
+    let mut agents = FakeAgent::fleet(&bootstrap, &gateways);
     produce_by_window(&bootstrap, &setup.input, &before, &mut agents);
     drop(agents);
 
@@ -75,10 +72,7 @@ fn kafka_stopped_mid_merge_the_consumer_commits_again_within_30_s_and_every_fina
     println!("Kafka back ({:?})", started.elapsed());
 
     // The third part, from gateways that reconnect: the consumer has work after the outage.
-    let mut agents: Vec<FakeAgent> = gateways
-        .iter()
-        .map(|g| FakeAgent::new(&bootstrap, g))
-        .collect();
+    let mut agents = FakeAgent::fleet(&bootstrap, &gateways);
     produce_by_window(&bootstrap, &setup.input, &after, &mut agents);
     let resumed = loop {
         if last_commit_s(addr).is_some_and(|t| t >= back_s) {

@@ -37,10 +37,7 @@ fn an_instance_joining_mid_run_and_the_first_leaving_count_every_partial_once() 
             .cloned()
             .collect()
     };
-    let mut agents: Vec<FakeAgent> = gateways
-        .iter()
-        .map(|g| FakeAgent::new(bootstrap, g))
-        .collect();
+    let mut agents = FakeAgent::fleet(bootstrap, &gateways);
     let expected = reference(&data, None);
 
     let mut first = setup.spawn(&setup.config("one", 60_000, "", "", ""), "one");

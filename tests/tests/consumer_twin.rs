@@ -75,10 +75,7 @@ fn a_second_process_with_the_same_instance_id_is_stopped_with_a_message_and_fina
     let series = ["t.s1", "t.s2"];
     let base = (now_ms() / 60_000 - 200) * 60_000;
     let data = cells(&mut Rng(0x7_717), &gateways, &series, 12, base, 10_000);
-    let mut agents: Vec<FakeAgent> = gateways
-        .iter()
-        .map(|g| FakeAgent::new(bootstrap, g))
-        .collect();
+    let mut agents = FakeAgent::fleet(bootstrap, &gateways);
     produce_by_window(bootstrap, &setup.input, &data, &mut agents);
     let expected = reference(&data, None);
     let finals = setup.wait_for_finals(&expected, Duration::from_secs(120));

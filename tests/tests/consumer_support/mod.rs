@@ -488,6 +488,14 @@ pub struct FakeAgent {
 }
 
 impl FakeAgent {
+    /// One fake agent per gateway id, in order.
+    pub fn fleet(bootstrap: &str, gateways: &[&str]) -> Vec<FakeAgent> {
+        gateways
+            .iter()
+            .map(|g| FakeAgent::new(bootstrap, g))
+            .collect()
+    }
+
     pub fn new(bootstrap: &str, id: &str) -> FakeAgent {
         let producer: BaseProducer = base_config(bootstrap)
             .set(
