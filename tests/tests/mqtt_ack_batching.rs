@@ -127,7 +127,11 @@ async fn v311_writes_the_waiting_pubacks_in_one_poll() {
     let _ = eventloop.poll().await.expect("one poll");
     go.send(()).expect("go");
     let acked = pubacks(&seen.recv().expect("bytes"));
-    assert_eq!(acked, (1..=N).collect::<Vec<_>>(), "every PUBACK in one poll");
+    assert_eq!(
+        acked,
+        (1..=N).collect::<Vec<_>>(),
+        "every PUBACK in one poll"
+    );
 }
 
 #[tokio::test]
@@ -155,7 +159,11 @@ async fn v5_writes_the_waiting_pubacks_in_one_poll() {
     let _ = eventloop.poll().await.expect("one poll");
     go.send(()).expect("go");
     let acked = pubacks(&seen.recv().expect("bytes"));
-    assert_eq!(acked, (1..=N).collect::<Vec<_>>(), "every PUBACK in one poll");
+    assert_eq!(
+        acked,
+        (1..=N).collect::<Vec<_>>(),
+        "every PUBACK in one poll"
+    );
 }
 
 #[test]
