@@ -21,6 +21,10 @@
 //!    while QoS 1 readings from `SENSORS` sensors (default 1,000) arrive at `RATE`/s (default
 //!    10,000) for `SECONDS` (default 30); prints the agent's peak RSS (`VmHWM`) and how many readings it committed.
 //!
+//! Environment: `LINGER_MS` sets the writer's `batch_max_ms` (default 0), and `BUFFER` adds
+//! `[buffer]` keys to the agent's config in part 2, `;`-separated (e.g.
+//! `BUFFER='batch_max_readings = 4000;channel_capacity = 4096'`), to compare group sizes.
+//!
 //! Beside its human output it prints one `BENCH {json}` line per figure for the suite runner
 //! (`scripts/bench.sh`; the line format is documented in `bench/src/line.rs`). Quick runs:
 //! `ingest_bench 100000 MQTT_URL`, `ingest_bench steady MQTT_URL 10000 5`.
@@ -275,8 +279,12 @@ id = "bench"
 data_dir = {:?}
 [buffer]
 batch_max_ms = {linger_ms}
+{}
 {}"#,
         dir.path().display().to_string(),
+        std::env::var("BUFFER")
+            .map(|b| b.replace(';', "\n"))
+            .unwrap_or_default(),
         mqtt_source(url, &agent_id, &format!("{topic}/agent"), "dev"),
     );
     let config = Config::from_toml(std::path::Path::new("bench.toml"), &text).expect("config");

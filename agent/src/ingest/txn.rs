@@ -115,12 +115,16 @@ impl<'t> Tables<'t> {
             }
             for (reading, how) in &sub.readings {
                 if let Some(key) = how.key(reading) {
-                    if self.dedupe.get(key.as_slice())?.is_some() {
+                    // One descent of the index instead of a lookup and then an insert: insert,
+                    // and put the first copy's seq back when the key was there (a duplicate:
+                    // rare, so the second descent is too).
+                    let seq = self.get(NEXT_SEQ);
+                    let before = self.dedupe.insert(key.as_slice(), seq)?.map(|v| v.value());
+                    if let Some(first) = before {
+                        self.dedupe.insert(key.as_slice(), first)?;
                         done.duplicate += 1;
                         continue;
                     }
-                    let seq = self.get(NEXT_SEQ);
-                    self.dedupe.insert(key.as_slice(), seq)?;
                     let aged = DedupeAge {
                         inserted_ms: now_ms,
                         key: &key,
