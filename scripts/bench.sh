@@ -40,7 +40,7 @@ cargo build --locked --release --message-format=json-render-diagnostics \
   --bin edge-bench --bin edge-agent \
   --example ingest_bench --example bench_window --example bench_forward \
   --example bench_forward_latency --example bench_consumer --example bench_recovery \
-  --example bench_modbus --bench link \
+  --example bench_modbus --example bench_restart --bench link \
   >target/bench/artifacts.jsonl
 
 EDGE_BENCH_COMMAND="scripts/bench.sh${*:+ $*}" exec target/release/edge-bench "$@"

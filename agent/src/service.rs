@@ -8,6 +8,9 @@
 //! One shutdown path: a [`CancellationToken`] cloned into every task and a [`TaskTracker`]
 //! awaited until they drain. The writer stops between commits and the sources stop polling;
 //! whatever was not committed was not acked, so the brokers redeliver it on the next start.
+//! When the run ends without an error and the last database handle is closed, the clean-close
+//! mark is written (`store::salvage::clean`), so the next start opens the file without reading
+//! all of it; any other end leaves no mark and the next start checks the whole file.
 //!
 //! With a `[kafka]` table the forwarder ([`crate::forward`]) drains the outbox on a blocking
 //! thread of its own; a fatal forwarder error (fenced, another instance's progress, a missing
@@ -21,8 +24,10 @@
 //! its quota.
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
+
+use redb::Database;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -35,6 +40,7 @@ use crate::ingest::{Counters, IngestError, IngestLog, Limits};
 use crate::mapping::Mapper;
 use crate::source::{self, Context};
 use crate::stage::{Stage, StageCounters, StageError};
+use crate::store::salvage;
 use crate::telemetry::Telemetry;
 use crate::wake::Wake;
 
@@ -102,6 +108,7 @@ pub async fn run_with_telemetry(
         telemetry.salvage.record(report);
     }
     let database = log.database();
+    let closed = Arc::downgrade(&database);
     let stage = match config.pipeline.is_empty() {
         true => None,
         false => Some(Stage::open(
@@ -239,5 +246,33 @@ pub async fn run_with_telemetry(
             "windowing stage stopped"
         );
     }
-    result.and(stage_result)
+    let result = result.and(stage_result);
+    if result.is_ok() {
+        mark_clean(config.ingest_path(), closed).await;
+    }
+    result
+}
+
+/// After a clean stop, once the last handle of the database is gone (a health sample or
+/// `/inspect` may hold one for a moment), writes the clean-close mark so the next start may skip
+/// the full integrity check ([`crate::store::salvage::clean`]). Best effort: without the mark
+/// the next start checks the whole file, as after a crash.
+async fn mark_clean(path: std::path::PathBuf, db: Weak<Database>) {
+    for _ in 0..200 {
+        if db.strong_count() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    if db.strong_count() > 0 {
+        tracing::warn!("the database is still open: the next start checks it in full");
+        return;
+    }
+    match tokio::task::spawn_blocking(move || salvage::mark_clean(&path)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "no clean-close mark: the next start checks the database in full")
+        }
+        Err(_) => tracing::warn!("no clean-close mark: its thread failed"),
+    }
 }

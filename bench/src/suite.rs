@@ -122,6 +122,10 @@ const RECOVERY: Program = Program::Example {
     package: "edge-consumer",
     name: "bench_recovery",
 };
+const RESTART: Program = Program::Example {
+    package: "edge-agent",
+    name: "bench_restart",
+};
 
 /// `1234567` as `1,234,567`.
 pub fn thousands(n: u64) -> String {
@@ -230,6 +234,18 @@ pub fn jobs(quick: bool, brokers: &Brokers) -> Vec<Job> {
             &["1000000", "50000"],
         ));
     }
+    // Restart with a backlog (issue 18): as many ingested readings as outbox records.
+    let backlog: u64 = if quick { 100_000 } else { 1_000_000 };
+    jobs.push(job(
+        "restart",
+        format!(
+            "restart on {} ingested readings + {} outbox records",
+            thousands(backlog),
+            thousands(backlog)
+        ),
+        RESTART,
+        &[&backlog.to_string()],
+    ));
     let (latency_secs, idle_secs) = if quick { ("5", "5") } else { ("20", "30") };
     jobs.push(job(
         "latency",
@@ -380,7 +396,7 @@ mod tests {
         let quick = jobs(true, &brokers());
         let full = jobs(false, &brokers());
         assert_eq!(programs(&quick), programs(&full));
-        assert_eq!(programs(&full).len(), 8);
+        assert_eq!(programs(&full).len(), 9);
         assert!(full.len() > quick.len());
         for js in [&quick, &full] {
             let mut ids: Vec<_> = js.iter().map(|j| j.id.as_str()).collect();
@@ -406,6 +422,10 @@ mod tests {
         assert_eq!(
             cmd("forward_drain"),
             "cargo run --release -p edge-agent --example bench_forward -- 1000000"
+        );
+        assert_eq!(
+            cmd("restart"),
+            "cargo run --release -p edge-agent --example bench_restart -- 1000000"
         );
         assert_eq!(
             cmd("ingest"),

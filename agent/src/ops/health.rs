@@ -271,6 +271,13 @@ pub fn observe(t: &Telemetry) -> Observation {
 
 /// How often the sampler looks at the agent, unless the watchdog asks for more often.
 const SAMPLE_EVERY: Duration = Duration::from_secs(1);
+/// How often it looks during start-up, until the first ready verdict (at most for
+/// [`STARTUP_FAST_FOR`]): `/readyz` turns ready within this of the agent being ready, not a
+/// whole [`SAMPLE_EVERY`] later (issue 18: time to ready after a restart).
+const STARTUP_TICK: Duration = Duration::from_millis(50);
+/// The longest start-up sampled at [`STARTUP_TICK`] (a broker down at start keeps the agent
+/// unready for longer; it is then sampled at the usual pace).
+const STARTUP_FAST_FOR: Duration = Duration::from_secs(60);
 
 /// Paces `WATCHDOG=1` pings at `every` (half of `WatchdogSec`) on a sampler ticking at `tick`.
 ///
@@ -309,8 +316,9 @@ impl Watchdog {
     }
 }
 
-/// Samples once a second (or at the watchdog's pace, when faster) until `stop` fires; feeds the
-/// systemd watchdog while healthy.
+/// Samples once a second (or at the watchdog's pace, when faster; every [`STARTUP_TICK`] during
+/// start-up until the first ready verdict) until `stop` fires; feeds the systemd watchdog while
+/// healthy.
 pub async fn run(shared: Arc<Shared>, stall: Duration, stop: CancellationToken) {
     let mut tracker = Tracker::new(stall.max(Duration::from_secs(1)));
     let every = edge_ops_http::notify::watchdog_interval();
@@ -320,10 +328,15 @@ pub async fn run(shared: Arc<Shared>, stall: Duration, stop: CancellationToken) 
     let mut watchdog = every.map(|e| Watchdog::new(e, period));
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut startup = tokio::time::interval(STARTUP_TICK);
+    startup.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let started = Instant::now();
+    let mut starting = true;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
+            _ = startup.tick(), if starting => {}
         }
         let t = shared.telemetry.clone();
         // The database read may block on the disk: keep it off the runtime's workers.
@@ -332,6 +345,9 @@ pub async fn run(shared: Arc<Shared>, stall: Duration, stop: CancellationToken) 
         };
         let now = Instant::now();
         let health = tracker.observe(now, o);
+        starting = starting
+            && !health.unready(now).is_empty()
+            && now.saturating_duration_since(started) < STARTUP_FAST_FOR;
         let sick = health.unhealthy(now);
         shared.set_health(health);
         let armed = shared.telemetry.ready_sent.load(Ordering::Relaxed);

@@ -5,20 +5,41 @@
 //!
 //! The database is opened with redb's integrity check on open
 //! (`Builder::set_check_integrity_on_open`): every page checksum of the committed trees is
-//! verified at every start, not only after a crash. Without it a file altered since redb wrote
-//! it (bit rot, a bad sector rewritten, a stray write) opens as if healthy and the first read of
-//! a damaged page panics inside redb, and then again at every restart. Damage is then:
+//! verified, unless the clean-close mark proves the file unchanged since a clean close (next
+//! section). Without the check a file altered since redb wrote it (a stray write, a restore, a
+//! bad sector rewritten) opens as if healthy and the first read of a damaged page panics inside
+//! redb, and then again at every restart. Damage is then:
 //!
 //! - the open returns `StorageError::Corrupted` (a page fails its checksum in both commit slots,
 //!   a header field is impossible), or an I/O error of kind `InvalidData` (redb's "not a redb
 //!   database: magic number mismatch": the header itself was overwritten), or
 //! - the open panics inside redb.
 //!
-//! The check reads the committed pages once at start: redb does the same full read after every
-//! unclean stop anyway. Measured (release build, redb 4.6, this project's 2-core VM): a 68 MB
-//! file of 500,000 outbox rows opens in 0.26 s with a cold page cache (7 ms without the check);
-//! on an SD card it is about the file size over the card's read speed (some seconds at 20 MB/s),
-//! well inside systemd's start timeout.
+//! # When the full check runs
+//!
+//! The check reads every committed page, so its cost grows with the backlog. Measured (release
+//! build, redb 4.6, this project's 2-core VM, `bench_restart`): a 291 MB file (1,000,000
+//! readings + 1,000,000 outbox records) with a cold page cache is ready after 1.67 s with the
+//! check and 0.07 s without (an empty database: 0.07 s); 68 MB of outbox took 0.26 s. On an SD
+//! card it is about the file size over the card's read speed (some seconds at 20 MB/s). So it
+//! runs only when the file may differ from what redb last committed and closed:
+//!
+//! - **After an unclean stop** (`kill -9`, power loss, a panic, an error stop): redb's own crash
+//!   recovery verifies every checksum anyway, at the same cost, and the check finds the same.
+//! - **When no clean-close mark proves the file unchanged** (`<name>.clean`, [`clean`]). A
+//!   clean stop (the agent's run ended without error and the last handle closed,
+//!   `service::run_with_telemetry`) writes the file's `stat` (device, inode, size, mtime,
+//!   ctime) into the mark; [`open`] removes the mark before it opens the file and skips the check
+//!   only when the `stat` still matches. Any write through the file system since the close (a
+//!   stray write, a restore from a backup, a copy over the file, the tests' overwritten pages)
+//!   changes the ctime or the inode, and a run that never reaches a clean stop leaves no mark.
+//!
+//! What a matching mark cannot rule out is damage below the file system after the clean close:
+//! a medium that returns other bytes than were written (bit rot; a card that fails quietly).
+//! Such a page is met when a stage first reads it; redb then panics or returns `Corrupted`, the
+//! agent stops with an error (no clean stop, so no mark), and the next start runs the full check
+//! and salvages. That is the one case the check at every start caught earlier: one failed run
+//! instead of none, in exchange for a start time that does not grow with the backlog.
 //!
 //! Everything else keeps the old behaviour (a clear error and exit, so systemd retries): I/O
 //! errors (a full disk, a permission, an SD card that fails reads), another process holding the
@@ -33,7 +54,8 @@
 //!    only as `<name>.salvaged`; if one is there, the damaged file (if still at `<name>`) is
 //!    moved aside and `<name>.salvaged` renamed into place. A partial `<name>.salvage` is
 //!    deleted.
-//! 2. **Open with the integrity check.** Healthy: done.
+//! 2. **Open**, with the integrity check unless the clean-close mark proves the file unchanged
+//!    (the mark is removed first, in every case). Healthy: done.
 //! 3. **Salvage** the damaged `<name>` into a fresh `<name>.salvage`, reading through a
 //!    read-only view that never writes the damaged file ([`scan`]): every table, row by row,
 //!    skipping unreadable ranges, keeping a row only when it is in range and decodes
@@ -75,6 +97,7 @@
 //! (what storage failures look like) are refused. Counts go to the log and to `/metrics`
 //! (`edge_store_salvaged_rows_total`, `edge_store_salvage_lost_rows_total`).
 
+pub mod clean;
 mod copy;
 pub mod scan;
 
@@ -145,6 +168,8 @@ pub enum SalvageError {
 pub struct Opened {
     pub db: Database,
     pub salvage: Option<SalvageReport>,
+    /// Whether the open ran the full integrity check (no clean-close mark proved the file).
+    pub checked: bool,
 }
 
 /// `<name><suffix>` beside `path`.
@@ -165,27 +190,40 @@ pub fn complete_path(path: &Path) -> PathBuf {
 }
 
 /// Opens (or creates) the database at `path`, salvaging it first when it is damaged (module
-/// doc). `cache_bytes` is redb's page cache.
+/// doc). `cache_bytes` is redb's page cache. The full integrity check runs unless the
+/// clean-close mark ([`clean`]) proves the file unchanged since a clean close.
 pub fn open(path: &Path, cache_bytes: usize) -> Result<Opened, SalvageError> {
     finish_interrupted(path)?;
-    match open_checked(path, cache_bytes) {
-        Ok(db) => Ok(Opened { db, salvage: None }),
+    let checked = !clean::take(path)?;
+    match open_db(path, cache_bytes, checked) {
+        Ok(db) => Ok(Opened {
+            db,
+            salvage: None,
+            checked,
+        }),
         Err(Damage::Not(e)) => Err(e.into()),
         Err(Damage::Found(why)) => {
             tracing::error!(path = %path.display(), damage = why,
                 "database damaged: salvaging every readable row into a new file");
             let report = salvage(path, cache_bytes)?;
             report.log();
-            let db = open_checked(path, cache_bytes).map_err(|d| match d {
+            let db = open_db(path, cache_bytes, true).map_err(|d| match d {
                 Damage::Not(e) => e,
                 Damage::Found(why) => DatabaseError::Storage(StorageError::Corrupted(why)),
             })?;
             Ok(Opened {
                 db,
                 salvage: Some(report),
+                checked: true,
             })
         }
     }
+}
+
+/// Records, after the last handle of the database at `path` was dropped at a clean stop, that
+/// the file is as redb left it, so the next [`open`] may skip the full check ([`clean`]).
+pub fn mark_clean(path: &Path) -> Result<(), SalvageError> {
+    clean::write(path)
 }
 
 /// How an open failed.
@@ -196,11 +234,13 @@ enum Damage {
     Not(DatabaseError),
 }
 
-fn open_checked(path: &Path, cache_bytes: usize) -> Result<Database, Damage> {
+/// Opens with redb's integrity check when `check`, else trusting a cleanly closed file (redb
+/// still verifies every checksum when the file was not closed cleanly: its crash recovery).
+fn open_db(path: &Path, cache_bytes: usize, check: bool) -> Result<Database, Damage> {
     let opened = std::panic::catch_unwind(|| {
         Builder::new()
             .set_cache_size(cache_bytes)
-            .set_check_integrity_on_open(true)
+            .set_check_integrity_on_open(check)
             .create(path)
     });
     match opened {
@@ -271,7 +311,12 @@ fn move_aside(path: &Path) -> Result<PathBuf, SalvageError> {
 /// `from` -> `to`, then fsync of the directory so the rename survives power loss.
 fn rename(from: &Path, to: &Path) -> Result<(), SalvageError> {
     std::fs::rename(from, to).map_err(file_error(to))?;
-    let dir = to.parent().filter(|d| !d.as_os_str().is_empty());
+    sync_dir(to)
+}
+
+/// fsync of the directory holding `entry`, so a rename or removal there survives power loss.
+fn sync_dir(entry: &Path) -> Result<(), SalvageError> {
+    let dir = entry.parent().filter(|d| !d.as_os_str().is_empty());
     let dir = dir.unwrap_or(Path::new("."));
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())

@@ -426,3 +426,61 @@ fn the_view_clears_only_the_recovery_flags_of_the_header_byte() {
         "the file is not written"
     );
 }
+
+#[test]
+fn a_file_with_its_clean_close_mark_opens_without_the_full_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ingest.redb");
+    let (outbox, _) = write_database(&path);
+    mark_clean(&path).unwrap();
+    assert!(clean::mark_path(&path).exists());
+    let opened = open(&path, CACHE).unwrap();
+    assert!(!opened.checked, "the mark proved the file unchanged");
+    assert!(opened.salvage.is_none());
+    assert_eq!(rows(&opened.db, OUTBOX), outbox);
+    assert!(
+        !clean::mark_path(&path).exists(),
+        "the open consumes the mark"
+    );
+}
+
+#[test]
+fn a_file_damaged_after_its_clean_close_is_still_checked_and_salvaged() {
+    // No pause between the mark and the damage: the mark waited out the clock's granularity,
+    // so even an immediate write gives the file another ctime.
+    let report = salvage_after(false, |path| {
+        mark_clean(path).unwrap();
+        damage(path, &[0.5]);
+    });
+    assert!(report.lost_rows() > 0, "{report:?}");
+}
+
+#[test]
+fn a_start_after_a_crash_finds_no_mark_and_checks_in_full() {
+    // The mark is taken at open, so a run that never reaches a clean stop leaves none, and
+    // damage it met (a panic on a bad page) is looked for at the next start.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ingest.redb");
+    write_database(&path);
+    mark_clean(&path).unwrap();
+    drop(open(&path, CACHE).unwrap());
+    let opened = open(&path, CACHE).unwrap();
+    assert!(opened.checked);
+}
+
+#[test]
+fn a_mark_of_another_file_or_state_proves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ingest.redb");
+    write_database(&path);
+    mark_clean(&path).unwrap();
+    // The same bytes under a new inode (a restore from a backup, a copy over the file).
+    let copy = dir.path().join("copy.redb");
+    std::fs::copy(&path, &copy).unwrap();
+    std::fs::rename(&copy, &path).unwrap();
+    assert!(open(&path, CACHE).unwrap().checked);
+    // A mark that does not parse.
+    std::fs::write(clean::mark_path(&path), "edge-clean v1 junk\n").unwrap();
+    assert!(open(&path, CACHE).unwrap().checked);
+    assert!(!clean::mark_path(&path).exists());
+}
