@@ -8,6 +8,11 @@
 //! performance table. A benchmark that fails is shown as failed in the table with its error;
 //! the others still run and the exit code is non-zero.
 //!
+//! `--peers` adds the peer run: the script builds Telegraf from its Go module into
+//! `target/peers/` and passes `--peers PATH` to `edge-bench`, which runs the same CPU per
+//! reading benchmark (`bench_cpu`) on Telegraf right after the agent's (jobs `cpu` and
+//! `peer_telegraf`); without Go the script says so and runs the rest.
+//!
 //! Benchmarks are programs that print figures; nothing here asserts a speed.
 //!
 //! # Modules

@@ -32,6 +32,10 @@ struct Args {
     /// Run only these benchmarks (ids, comma-separated; see the progress lines).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// Also run the peer benchmarks: the CPU per reading of Telegraf, the binary at this path
+    /// (scripts/bench.sh --peers builds it into target/peers/), right after the agent's.
+    #[arg(long, value_name = "TELEGRAF")]
+    peers: Option<PathBuf>,
     /// The README to update.
     #[arg(long, default_value = "README.md")]
     readme: PathBuf,
@@ -42,7 +46,8 @@ fn main() -> anyhow::Result<()> {
     if args.update_readme && (args.quick || !args.only.is_empty()) {
         bail!("--update-readme needs the full suite (no --quick, no --only)");
     }
-    let mut jobs = suite::jobs(args.quick, &Brokers::from_env());
+    let telegraf = args.peers.as_ref().map(|p| p.display().to_string());
+    let mut jobs = suite::jobs(args.quick, &Brokers::from_env(), telegraf.as_deref());
     if !args.only.is_empty() {
         let ids: Vec<String> = jobs.iter().map(|j| j.id.clone()).collect();
         if let Some(unknown) = args.only.iter().find(|id| !ids.contains(id)) {

@@ -126,6 +126,10 @@ const RESTART: Program = Program::Example {
     package: "edge-agent",
     name: "bench_restart",
 };
+const CPU: Program = Program::Example {
+    package: "edge-agent",
+    name: "bench_cpu",
+};
 
 /// `1234567` as `1,234,567`.
 pub fn thousands(n: u64) -> String {
@@ -156,8 +160,10 @@ fn variant(mut job: Job, metrics: &'static [&'static str]) -> Job {
     job
 }
 
-/// The suite, in the order it runs: cheap, broker-free work first.
-pub fn jobs(quick: bool, brokers: &Brokers) -> Vec<Job> {
+/// The suite, in the order it runs: cheap, broker-free work first. With `telegraf` (the path of
+/// a Telegraf binary, `--peers`), the same CPU measurement of Telegraf runs right after the
+/// agent's, so the table shows them side by side.
+pub fn jobs(quick: bool, brokers: &Brokers, telegraf: Option<&str>) -> Vec<Job> {
     let (mqtt, kafka) = (brokers.mqtt.as_str(), brokers.kafka.as_str());
     let mut jobs = Vec::new();
     let link_secs = if quick { "2" } else { "10" };
@@ -270,6 +276,23 @@ pub fn jobs(quick: bool, brokers: &Brokers) -> Vec<Job> {
                 &["1000", "20", "0", "build"],
             ),
             &["p50", "p99", "max", "hop_kafka_p99_bucket"],
+        ));
+    }
+    let cpu_secs = if quick { "5" } else { "30" };
+    jobs.push(job(
+        "cpu",
+        format!("agent CPU per reading, 10,000 readings/s from 1,000 sensors for {cpu_secs} s"),
+        CPU,
+        &["agent", "10000", cpu_secs],
+    ));
+    if let Some(telegraf) = telegraf {
+        jobs.push(job(
+            "peer_telegraf",
+            format!(
+                "Telegraf ({telegraf}) CPU per reading, 10,000 readings/s from 1,000 sensors for {cpu_secs} s"
+            ),
+            CPU,
+            &["telegraf", telegraf, "10000", cpu_secs],
         ));
     }
     let (series, windows) = if quick { (500u64, 10u64) } else { (2000, 20) };
@@ -393,10 +416,10 @@ mod tests {
             p.dedup();
             p
         };
-        let quick = jobs(true, &brokers());
-        let full = jobs(false, &brokers());
+        let quick = jobs(true, &brokers(), None);
+        let full = jobs(false, &brokers(), None);
         assert_eq!(programs(&quick), programs(&full));
-        assert_eq!(programs(&full).len(), 9);
+        assert_eq!(programs(&full).len(), 10);
         assert!(full.len() > quick.len());
         for js in [&quick, &full] {
             let mut ids: Vec<_> = js.iter().map(|j| j.id.as_str()).collect();
@@ -408,7 +431,7 @@ mod tests {
 
     #[test]
     fn the_shown_command_is_the_cargo_command_with_the_same_arguments() {
-        let full = jobs(false, &brokers());
+        let full = jobs(false, &brokers(), None);
         let cmd = |id: &str| {
             full.iter()
                 .find(|j| j.id == id)
@@ -430,6 +453,30 @@ mod tests {
         assert_eq!(
             cmd("ingest"),
             "cargo run --release -p edge-agent --example ingest_bench -- 400000 mqtt://127.0.0.1:18830"
+        );
+    }
+
+    #[test]
+    fn peers_run_telegraf_right_after_the_agent_with_the_same_load() {
+        let telegraf = "target/peers/telegraf-1.37.2";
+        for quick in [true, false] {
+            let without = jobs(quick, &brokers(), None);
+            assert!(without.iter().all(|j| j.id != "peer_telegraf"));
+            let with = jobs(quick, &brokers(), Some(telegraf));
+            assert_eq!(with.len(), without.len() + 1);
+            let at = with.iter().position(|j| j.id == "cpu").expect("cpu job");
+            let (agent, peer) = (&with[at], &with[at + 1]);
+            assert_eq!(peer.id, "peer_telegraf");
+            assert_eq!(peer.program, agent.program);
+            assert_eq!(agent.args[0], "agent");
+            assert_eq!(peer.args[..2], ["telegraf", telegraf]);
+            assert_eq!(peer.args[2..], agent.args[1..], "same rate and seconds");
+        }
+        let full = jobs(false, &brokers(), Some(telegraf));
+        let peer = full.iter().find(|j| j.id == "peer_telegraf").expect("peer");
+        assert_eq!(
+            peer.command(),
+            "cargo run --release -p edge-agent --example bench_cpu -- telegraf target/peers/telegraf-1.37.2 10000 30"
         );
     }
 
