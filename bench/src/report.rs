@@ -105,8 +105,13 @@ pub fn format_value(v: f64) -> String {
         format!("{v:.0}")
     } else if a >= 10.0 {
         format!("{v:.1}")
-    } else {
+    } else if a >= 0.1 {
         format!("{v:.2}")
+    } else {
+        // Three significant figures (0.0537, 0.00412): two decimals would show 0.05 against a
+        // target of 0.028.
+        let decimals = (2 - a.log10().floor() as i32).clamp(3, 9) as usize;
+        format!("{v:.decimals$}")
     }
 }
 
@@ -357,6 +362,8 @@ mod tests {
         assert_eq!(format_value(22.0), "22");
         assert_eq!(format_value(99.95), "100.0");
         assert_eq!(format_value(-1500.0), "-1,500");
+        assert_eq!(format_value(0.0537), "0.0537");
+        assert_eq!(format_value(0.00412), "0.00412");
     }
 
     #[test]
