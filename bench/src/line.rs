@@ -10,8 +10,8 @@
 //!
 //! - the line starts with `BENCH ` (the word, one space) at column 0, and the rest of the
 //!   line is one JSON object (serde_json's compact output, so it never spans lines);
-//! - `bench` (string): the benchmark family (`link`, `ingest`, `window`, `forward_drain`,
-//!   `latency`, `consumer`);
+//! - `bench` (string): the benchmark family (`link`, `ingest`, `modbus`, `window`,
+//!   `forward_drain`, `restart`, `latency`, `cpu`, `peer_telegraf`, `consumer`, `recovery`);
 //! - `metric` (string, snake_case): the figure within the family; the table shows it with
 //!   spaces for underscores;
 //! - `value` (number): finite; `null` (what serde_json writes for NaN and infinities) is an
