@@ -46,7 +46,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context};
 use edge_agent::clock::unix_ms;
 use edge_bench::line::Family;
-use edge_bench::program::{client_settings_from_env, status_kib, Process};
+use edge_bench::program::{client_settings_from_env, status_kib, toml_keys_from_env, Process};
 use edge_tests::config::kafka_topics;
 use rdkafka::admin::{NewTopic, TopicReplication};
 use rdkafka::config::ClientConfig;
@@ -276,7 +276,8 @@ fn start_agent(dir: &Path, id: &str, mqtt: &str, bootstrap: &str) -> anyhow::Res
             bin.display()
         );
     }
-    // Extra librdkafka settings for experiments: BENCH_CLIENT="key=value,key=value".
+    // Experiments: extra librdkafka settings (BENCH_CLIENT="key=value,key=value"), `[kafka]`
+    // and `[buffer]` keys (BENCH_KAFKA="poll_interval_ms = 50", `;` between keys).
     let client = client_settings_from_env();
     let text = format!(
         r#"[agent]
@@ -297,11 +298,16 @@ name = "raw"
 sensors = ["*"]
 [kafka]
 bootstrap_servers = "{bootstrap}"
+{kafka}
 [kafka.client]
 {client}
-{topics}"#,
+{topics}
+[buffer]
+{buffer}"#,
         topics = kafka_topics(&format!("{id}.readings"), id, &format!("{id}.progress")),
         data = dir.display().to_string(),
+        kafka = toml_keys_from_env("BENCH_KAFKA"),
+        buffer = toml_keys_from_env("BENCH_BUFFER"),
     );
     let config = dir.join("agent.toml");
     std::fs::write(&config, text)?;

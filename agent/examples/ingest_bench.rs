@@ -21,9 +21,9 @@
 //!    while QoS 1 readings from `SENSORS` sensors (default 1,000) arrive at `RATE`/s (default
 //!    10,000) for `SECONDS` (default 30); prints the agent's peak RSS (`VmHWM`) and how many readings it committed.
 //!
-//! Environment: `LINGER_MS` sets the writer's `batch_max_ms` (default 0), and `BUFFER` adds
+//! Environment: `LINGER_MS` sets the writer's `batch_max_ms` (default 0), and `BENCH_BUFFER` adds
 //! `[buffer]` keys to the agent's config in part 2, `;`-separated (e.g.
-//! `BUFFER='batch_max_readings = 4000;channel_capacity = 4096'`), to compare group sizes.
+//! `BENCH_BUFFER='batch_max_readings = 4000;channel_capacity = 4096'`), to compare group sizes.
 //!
 //! Beside its human output it prints one `BENCH {json}` line per figure for the suite runner
 //! (`scripts/bench.sh`; the line format is documented in `bench/src/line.rs`). Quick runs:
@@ -38,7 +38,7 @@ use edge_agent::ingest::writer::{BatchLimits, Writer};
 use edge_agent::ingest::{Counters, Dedupe, IngestLog, Limits, Submission};
 use edge_agent::reading::Reading;
 use edge_bench::line::Family;
-use edge_bench::program::{status_kib, Process};
+use edge_bench::program::{status_kib, toml_keys_from_env, Process};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -282,9 +282,7 @@ batch_max_ms = {linger_ms}
 {}
 {}"#,
         dir.path().display().to_string(),
-        std::env::var("BUFFER")
-            .map(|b| b.replace(';', "\n"))
-            .unwrap_or_default(),
+        toml_keys_from_env("BENCH_BUFFER"),
         mqtt_source(url, &agent_id, &format!("{topic}/agent"), "dev"),
     );
     let config = Config::from_toml(std::path::Path::new("bench.toml"), &text).expect("config");

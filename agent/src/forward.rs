@@ -278,13 +278,20 @@ impl Session<'_> {
         let max_bytes = *kafka.batch_max_bytes.get_ref();
         let idle = Duration::from_millis(kafka.poll_interval_ms.max(1));
         let mut last_commit = Instant::now();
+        // When the last transaction with records began: one that is not full begins at least
+        // `idle` later ([`gather_for`]).
+        let mut last_start: Option<Instant> = None;
         loop {
             if cancel.is_cancelled() {
                 return Ok(());
             }
             // Read before looking at the outbox ([`crate::wake`]: no lost wake-up).
             let seen = f.outbox_appended.as_ref().map(|w| w.generation());
-            let batch = outbox::read_after(&f.db, last, max_records, max_bytes)?;
+            let mut batch = outbox::read_after(&f.db, last, max_records, max_bytes)?;
+            if let Some(wait) = gather_for(&batch, last_start, idle, max_records, max_bytes) {
+                sleep(wait, cancel);
+                batch = outbox::read_after(&f.db, last, max_records, max_bytes)?;
+            }
             let Some(&(through, _)) = batch.last() else {
                 // An idle producer cannot notice that it was fenced; a marker-only transaction
                 // now and then does (and changes nothing: the marker names the same seq).
@@ -307,6 +314,7 @@ impl Session<'_> {
                 continue;
             };
             self.ensure_batch_topics(&batch)?;
+            last_start = Some(Instant::now());
             self.deliver(&producer, &batch, through)?;
             last_commit = Instant::now();
             backoff.reset();
@@ -520,6 +528,31 @@ fn send(
 }
 
 /// Sleeps `d`, waking early when `cancel` fires.
+/// Transactions are sized by records, bytes and time: a full batch (`max_records` or
+/// `max_bytes`) goes at once, so a backlog drains at full speed; a smaller one waits until
+/// `interval` has passed since the previous transaction with records began, so a steady stream
+/// makes at most one transaction per `interval` instead of one per commit of the stage. Returns
+/// how much longer to wait, if at all.
+fn gather_for(
+    batch: &[(u64, OutboxRecord)],
+    last_start: Option<Instant>,
+    interval: Duration,
+    max_records: usize,
+    max_bytes: usize,
+) -> Option<Duration> {
+    if batch.is_empty() || batch.len() >= max_records {
+        return None;
+    }
+    // Payload bytes: a little less than the encoded rows `read_after` counts, so a batch cut by
+    // bytes may wait once more; never a record lost or late by more than `interval`.
+    let bytes: usize = batch.iter().map(|(_, r)| r.payload.len()).sum();
+    if bytes >= max_bytes {
+        return None;
+    }
+    let left = interval.checked_sub(last_start?.elapsed())?;
+    (!left.is_zero()).then_some(left)
+}
+
 fn sleep(d: Duration, cancel: &CancellationToken) {
     let until = Instant::now() + d;
     while !cancel.is_cancelled() {

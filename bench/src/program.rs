@@ -17,6 +17,15 @@ pub fn client_settings_from_env() -> String {
     client_settings(&std::env::var("BENCH_CLIENT").unwrap_or_default())
 }
 
+/// TOML keys for an experiment from the environment variable `var`, `;` between keys
+/// (`BENCH_KAFKA="poll_interval_ms = 50;batch_max_records = 20000"`), one per line (empty when
+/// unset).
+pub fn toml_keys_from_env(var: &str) -> String {
+    std::env::var(var)
+        .map(|v| v.replace(';', "\n"))
+        .unwrap_or_default()
+}
+
 fn client_settings(spec: &str) -> String {
     spec.split(',')
         .filter_map(|kv| kv.split_once('='))

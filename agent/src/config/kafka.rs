@@ -49,10 +49,12 @@ pub struct KafkaSection {
     /// ... and at most about this many payload bytes (one record more at most; default 8 MiB).
     #[serde(default = "defaults::usize::<8_388_608>")]
     pub batch_max_bytes: Spanned<usize>,
-    /// How long the forwarder waits, once the windowing stage says the outbox got records,
-    /// before it reads them, so the records of the next few commits go in one transaction, in
-    /// ms (default 10). Idle, the forwarder sleeps until the stage wakes it.
-    #[serde(default = "plain::u64::<10>")]
+    /// Transactions sized by time, in ms (default 25): a transaction that is not full (fewer
+    /// than `batch_max_records` records and `batch_max_bytes` bytes) starts at least this long
+    /// after the previous one started, and an idle forwarder woken by the windowing stage waits
+    /// this long before it reads the outbox. A full batch goes at once, so a backlog drains at
+    /// full speed. Idle, the forwarder sleeps until the stage wakes it.
+    #[serde(default = "plain::u64::<25>")]
     pub poll_interval_ms: u64,
     /// How partials are written to the partials topic: `"postcard"` (default: the compact
     /// version-1 envelope, `protocol/FORMAT.md`) or `"json"` (the JSON form,

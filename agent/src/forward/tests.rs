@@ -241,3 +241,43 @@ fn the_instance_id_is_made_once_and_kept() {
     let other = redb::Database::create(dir.path().join("other.redb")).expect("db");
     assert_ne!(instance_id(&other).expect("made"), first);
 }
+
+fn outbox_batch(records: usize, payload: usize) -> Vec<(u64, crate::outbox::OutboxRecord)> {
+    (0..records as u64)
+        .map(|seq| {
+            let record = crate::outbox::OutboxRecord {
+                kind: RecordKind::Reading,
+                created_ms: 0,
+                route: "raw".into(),
+                key: Vec::new(),
+                payload: vec![0; payload],
+            };
+            (seq + 1, record)
+        })
+        .collect()
+}
+
+#[test]
+fn transactions_are_sized_by_records_bytes_and_time() {
+    use std::time::{Duration, Instant};
+    let interval = Duration::from_millis(25);
+    let just_now = Some(Instant::now());
+    let small = outbox_batch(3, 10);
+    // A partial batch soon after the last transaction began waits for the rest of the interval.
+    let wait = super::gather_for(&small, just_now, interval, 100, 1000).expect("waits");
+    assert!(
+        wait <= interval && wait > Duration::from_millis(5),
+        "{wait:?}"
+    );
+    // Nothing to wait for: no transaction yet, the interval passed, or nothing to send.
+    assert_eq!(super::gather_for(&small, None, interval, 100, 1000), None);
+    let long_ago = Instant::now().checked_sub(Duration::from_millis(30));
+    assert_eq!(
+        super::gather_for(&small, long_ago, interval, 100, 1000),
+        None
+    );
+    assert_eq!(super::gather_for(&[], just_now, interval, 100, 1000), None);
+    // A full batch, by records or by bytes, goes at once: a backlog drains without waiting.
+    assert_eq!(super::gather_for(&small, just_now, interval, 3, 1000), None);
+    assert_eq!(super::gather_for(&small, just_now, interval, 100, 30), None);
+}
