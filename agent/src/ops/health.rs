@@ -316,7 +316,7 @@ impl Watchdog {
     }
 }
 
-/// Samples once a second (or at the watchdog's pace, when faster; every [`STARTUP_TICK`] during
+/// Samples once a second (or at the watchdog's pace, when faster; every `STARTUP_TICK` during
 /// start-up until the first ready verdict) until `stop` fires; feeds the systemd watchdog while
 /// healthy.
 pub async fn run(shared: Arc<Shared>, stall: Duration, stop: CancellationToken) {

@@ -18,7 +18,7 @@
 //! Any write to the file through the file system (redb's own, a stray one, a restore from a
 //! backup, a copy over it) sets its ctime to the kernel's clock, and no system call sets ctime
 //! to a chosen value; a replaced file has another inode. ctime has the granularity of the
-//! kernel's coarse clock (a few milliseconds), so [`write`] waits until [`SETTLE`] has passed
+//! kernel's coarse clock (a few milliseconds), so [`write()`] waits until [`SETTLE`] has passed
 //! since the file's last change before it takes the `stat` it records: a write after the mark
 //! then gets a later ctime. What a mark cannot see is damage below the file system (a medium
 //! returning other bytes than were written); see the module doc of [`super`].
