@@ -103,67 +103,50 @@ fn pubacks(bytes: &[u8]) -> Vec<u16> {
         .collect()
 }
 
+/// One test body for both protocol versions: rumqttc's 3.1.1 and MQTT 5 clients have the same
+/// shape under different module paths.
+macro_rules! acks_in_one_poll {
+    ($v5:expr, $client_id:expr) => {{
+        let (port, go, seen) = start($v5);
+        let mut options = MqttOptions::new($client_id, "127.0.0.1", port);
+        options
+            .set_manual_acks(true)
+            .set_keep_alive(Duration::from_secs(60));
+        let (client, mut eventloop) = AsyncClient::new(options, 128);
+        let mut received = Vec::new();
+        while received.len() < usize::from(N) {
+            match tokio::time::timeout(Duration::from_secs(10), eventloop.poll()).await {
+                Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) => go.send(()).expect("go"),
+                Ok(Ok(Event::Incoming(Packet::Publish(p)))) => received.push(p),
+                Ok(Ok(_)) => {}
+                other => panic!("no publish from the fake broker: {other:?}"),
+            }
+        }
+        for p in &received {
+            client.try_ack(p).expect("ack queued");
+        }
+        let _ = eventloop.poll().await.expect("one poll");
+        go.send(()).expect("go");
+        let acked = pubacks(&seen.recv().expect("bytes"));
+        assert_eq!(
+            acked,
+            (1..=N).collect::<Vec<_>>(),
+            "every PUBACK in one poll"
+        );
+    }};
+}
+
 #[tokio::test]
 async fn v311_writes_the_waiting_pubacks_in_one_poll() {
     use rumqttc::{AsyncClient, Event, MqttOptions, Packet};
-    let (port, go, seen) = start(false);
-    let mut options = MqttOptions::new("batching", "127.0.0.1", port);
-    options
-        .set_manual_acks(true)
-        .set_keep_alive(Duration::from_secs(60));
-    let (client, mut eventloop) = AsyncClient::new(options, 128);
-    let mut received = Vec::new();
-    while received.len() < usize::from(N) {
-        match tokio::time::timeout(Duration::from_secs(10), eventloop.poll()).await {
-            Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) => go.send(()).expect("go"),
-            Ok(Ok(Event::Incoming(Packet::Publish(p)))) => received.push(p),
-            Ok(Ok(_)) => {}
-            other => panic!("no publish from the fake broker: {other:?}"),
-        }
-    }
-    for p in &received {
-        client.try_ack(p).expect("ack queued");
-    }
-    let _ = eventloop.poll().await.expect("one poll");
-    go.send(()).expect("go");
-    let acked = pubacks(&seen.recv().expect("bytes"));
-    assert_eq!(
-        acked,
-        (1..=N).collect::<Vec<_>>(),
-        "every PUBACK in one poll"
-    );
+    acks_in_one_poll!(false, "batching");
 }
 
 #[tokio::test]
 async fn v5_writes_the_waiting_pubacks_in_one_poll() {
     use rumqttc::v5::mqttbytes::v5::Packet;
     use rumqttc::v5::{AsyncClient, Event, MqttOptions};
-    let (port, go, seen) = start(true);
-    let mut options = MqttOptions::new("batching5", "127.0.0.1", port);
-    options
-        .set_manual_acks(true)
-        .set_keep_alive(Duration::from_secs(60));
-    let (client, mut eventloop) = AsyncClient::new(options, 128);
-    let mut received = Vec::new();
-    while received.len() < usize::from(N) {
-        match tokio::time::timeout(Duration::from_secs(10), eventloop.poll()).await {
-            Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) => go.send(()).expect("go"),
-            Ok(Ok(Event::Incoming(Packet::Publish(p)))) => received.push(p),
-            Ok(Ok(_)) => {}
-            other => panic!("no publish from the fake broker: {other:?}"),
-        }
-    }
-    for p in &received {
-        client.try_ack(p).expect("ack queued");
-    }
-    let _ = eventloop.poll().await.expect("one poll");
-    go.send(()).expect("go");
-    let acked = pubacks(&seen.recv().expect("bytes"));
-    assert_eq!(
-        acked,
-        (1..=N).collect::<Vec<_>>(),
-        "every PUBACK in one poll"
-    );
+    acks_in_one_poll!(true, "batching5");
 }
 
 #[test]
