@@ -103,9 +103,6 @@ pub const COMMIT_TIMEOUT: Duration = Duration::from_secs(30);
 const ABORT_TIMEOUT: Duration = Duration::from_secs(10);
 /// An idle forwarder commits a marker-only transaction this often, to notice fencing.
 pub const IDLE_HEARTBEAT: Duration = Duration::from_secs(10);
-/// The longest an idle forwarder sleeps before it checks for cancellation (the service also
-/// wakes it when cancelled).
-const IDLE_WAIT_MAX: Duration = Duration::from_secs(1);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
@@ -145,7 +142,9 @@ pub struct Forwarder {
     pub db: Arc<Database>,
     pub metrics: Arc<ForwardMetrics>,
     /// Notified by the windowing stage after each commit that appended outbox records: an idle
-    /// forwarder waits on it ([`crate::wake`]); `None`: it looks again every `poll_interval_ms`.
+    /// forwarder waits on it ([`crate::wake`]) up to [`IDLE_HEARTBEAT`], so whoever sets it also
+    /// notifies it on cancellation (the service does); `None`: it looks again every
+    /// `poll_interval_ms`.
     pub outbox_appended: Option<Arc<Wake>>,
 }
 
@@ -301,11 +300,11 @@ impl Session<'_> {
                 }
                 match (&f.outbox_appended, seen) {
                     // Asleep until the stage appends (then `idle` more, so the records of the
-                    // next few commits go in one transaction), the heartbeat is due, or a
-                    // cancellation check is.
+                    // next few commits go in one transaction) or the heartbeat is due. The
+                    // service's cancellation wakes it too (issue 18: no idle polling).
                     (Some(wake), Some(seen)) => {
                         let heartbeat = IDLE_HEARTBEAT.saturating_sub(last_commit.elapsed());
-                        if wake.wait_past(seen, heartbeat.min(IDLE_WAIT_MAX)) {
+                        if wake.wait_past(seen, heartbeat) {
                             sleep(idle, cancel);
                         }
                     }

@@ -168,7 +168,8 @@ pub struct Stage {
     pending: Vec<OutboxRecord>,
     pub counters: Arc<StageCounters>,
     /// Notified by the ingest writer after each commit: a caught-up stage waits on it
-    /// ([`crate::wake`]); `None`: it looks again every `POLL` (20 ms).
+    /// ([`crate::wake`]) up to 10 s when no window is open, so whoever sets it also notifies it
+    /// on cancellation (the service does); `None`: it looks again every `POLL` (20 ms).
     pub readings_committed: Option<Arc<Wake>>,
     /// Notified after each commit that appended outbox records (the forwarder waits on it).
     pub outbox_appended: Option<Arc<Wake>>,
@@ -468,6 +469,19 @@ impl Stage {
             .map_or(PartialFormat::default(), |k| k.partial_format)
     }
 
+    /// How long a caught-up stage may sleep without a commit: [`IDLE_TICK`] while a window is
+    /// open (an idle close is due by the wall clock) or a record waits, else [`IDLE_WAIT_MAX`].
+    fn idle_wait(&self) -> std::time::Duration {
+        let open = self
+            .routes
+            .iter()
+            .any(|r| r.windows.as_ref().is_some_and(|w| w.open_windows() > 0));
+        match open || !self.pending.is_empty() {
+            true => IDLE_TICK,
+            false => IDLE_WAIT_MAX,
+        }
+    }
+
     /// Open windows per pipeline, for metrics.
     pub fn open_windows(&self) -> Vec<(String, usize)> {
         self.routes
@@ -478,9 +492,13 @@ impl Stage {
 }
 
 const POLL: std::time::Duration = std::time::Duration::from_millis(20);
-/// How long a caught-up stage that is woken by the writer sleeps without a commit: the
-/// granularity of idle window closes (wall clock) and of noticing cancellation.
+/// How long a caught-up stage with open windows sleeps without a commit: the granularity of
+/// idle window closes (wall clock).
 const IDLE_TICK: std::time::Duration = std::time::Duration::from_millis(250);
+/// How long a caught-up stage with nothing open sleeps without a commit. Only a safety net:
+/// the writer's commit and the service's cancellation wake it ([`crate::wake`]), and a wake-up
+/// that found nothing to do costs two read transactions (issue 18: idle CPU).
+const IDLE_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(10);
 const BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Stage {
@@ -510,7 +528,7 @@ impl Stage {
                     if step.caught_up && step.dead_letters < self.batch {
                         match (&self.readings_committed, seen) {
                             (Some(wake), Some(seen)) => {
-                                wake.wait_past(seen, IDLE_TICK);
+                                wake.wait_past(seen, self.idle_wait());
                             }
                             _ => std::thread::sleep(POLL),
                         }

@@ -261,3 +261,22 @@ fn partial_format_json_writes_the_json_form_of_the_same_partials() {
         assert_eq!(j.key, p.key);
     }
 }
+
+#[test]
+fn a_caught_up_stage_sleeps_long_only_while_no_window_waits_for_an_idle_close() {
+    let (_dir, log) = log_with(&[], 0);
+    let mut stage = Stage::open(log.database(), config(CONFIG), 100, 0).unwrap();
+    stage.step(0).unwrap();
+    assert_eq!(stage.idle_wait(), IDLE_WAIT_MAX, "nothing open");
+    let (_dir, log) = log_with(&[("w.a", 5, 1.0)], 0);
+    let mut stage = Stage::open(log.database(), config(CONFIG), 100, 0).unwrap();
+    stage.step(0).unwrap();
+    assert_eq!(
+        stage.idle_wait(),
+        IDLE_TICK,
+        "a window waits for its idle close"
+    );
+    stage.step(1000).unwrap();
+    assert_eq!(partials(&outbox_all(&log.database())).len(), 1);
+    assert_eq!(stage.idle_wait(), IDLE_WAIT_MAX, "closed");
+}
