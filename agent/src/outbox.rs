@@ -37,7 +37,10 @@
 //! 3. **Trim only what Kafka has.** [`trim_through`] is called by the forwarder after the Kafka
 //!    transaction holding those records (and the progress marker naming their last seq) has
 //!    committed. It is idempotent, and it only ever removes a prefix, so the outbox is always
-//!    the contiguous range `(outbox_trimmed_through, outbox_next_seq)`.
+//!    the contiguous range `(outbox_trimmed_through, outbox_next_seq)`. A trim may commit
+//!    without an fsync (`Durability::None`): a crash can only bring back records Kafka already
+//!    has, and the forwarder's next session trims them again through the marker it reads from
+//!    Kafka before it sends anything (`crate::forward`, invariant 2).
 //! 4. **Quota.** Each row counts `8 + value length + ROW_OVERHEAD` bytes into the shared
 //!    `log_bytes` (the same estimate as the ingest log), added on append and subtracted on trim
 //!    in the same transaction, so the buffer quota covers ingest log and outbox together.
@@ -47,7 +50,9 @@
 
 use std::ops::RangeInclusive;
 
-use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, WriteTransaction};
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, WriteTransaction,
+};
 
 use crate::store::codec::{ByteReader, ByteWriter, Truncated};
 use crate::store::meta::{
@@ -262,9 +267,15 @@ pub fn read_after(
 
 /// Removes every record with a sequence number `<= through` (capped at the last appended one),
 /// in one transaction, and returns how many. Idempotent. Call only after the Kafka transaction
-/// holding them committed.
-pub fn trim_through(db: &Database, through: u64) -> Result<u64, OutboxError> {
-    let txn = db.begin_write()?;
+/// holding them committed. With `Durability::None` the trim is visible at once but reaches the
+/// disk with the next durable commit (invariant 3).
+pub fn trim_through(
+    db: &Database,
+    through: u64,
+    durability: Durability,
+) -> Result<u64, OutboxError> {
+    let mut txn = db.begin_write()?;
+    txn.set_durability(durability)?;
     let removed = {
         let mut table = txn.open_table(OUTBOX)?;
         let mut meta = txn.open_table(META)?;

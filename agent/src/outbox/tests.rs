@@ -41,7 +41,7 @@ fn log_bytes(db: &Database) -> u64 {
 fn sequence_numbers_start_at_one_and_stay_dense_after_a_full_trim() {
     let (_dir, db) = db();
     assert_eq!(append_committed(&db, &[record(0), record(1)]), Some(1..=2));
-    assert_eq!(trim_through(&db, 2).unwrap(), 2);
+    assert_eq!(trim_through(&db, 2, Durability::Immediate).unwrap(), 2);
     assert_eq!(append_committed(&db, &[record(2)]), Some(3..=3));
     let s = stats(&db).unwrap();
     assert_eq!(
@@ -92,16 +92,16 @@ fn trimming_is_idempotent_and_frees_the_quota_it_took() {
     let (_dir, db) = db();
     append_committed(&db, &(0..5).map(record).collect::<Vec<_>>());
     assert!(log_bytes(&db) > 0);
-    assert_eq!(trim_through(&db, 5).unwrap(), 5);
-    assert_eq!(trim_through(&db, 5).unwrap(), 0);
+    assert_eq!(trim_through(&db, 5, Durability::Immediate).unwrap(), 5);
+    assert_eq!(trim_through(&db, 5, Durability::Immediate).unwrap(), 0);
     assert_eq!(
-        trim_through(&db, 3).unwrap(),
+        trim_through(&db, 3, Durability::Immediate).unwrap(),
         0,
         "an older trim changes nothing"
     );
     assert_eq!(stats(&db).unwrap().trimmed_through, 5);
     assert_eq!(log_bytes(&db), 0);
-    assert_eq!(trim_through(&db, 99).unwrap(), 0);
+    assert_eq!(trim_through(&db, 99, Durability::Immediate).unwrap(), 0);
     assert_eq!(
         stats(&db).unwrap().trimmed_through,
         5,
@@ -176,7 +176,7 @@ proptest! {
                     let through = (trimmed + u64::from(k)).min(next - 1);
                     let before = model.len();
                     model.retain(|(s, _)| *s > through);
-                    prop_assert_eq!(trim_through(&db, through).unwrap(), (before - model.len()) as u64);
+                    prop_assert_eq!(trim_through(&db, through, Durability::Immediate).unwrap(), (before - model.len()) as u64);
                     trimmed = trimmed.max(through);
                 }
                 Op::Read(n) => {
@@ -194,4 +194,18 @@ proptest! {
     fn decoding_arbitrary_bytes_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..64)) {
         let _ = OutboxRecord::decode(&bytes);
     }
+}
+
+#[test]
+fn a_trim_without_fsync_is_seen_at_once_and_kept_once_a_durable_commit_follows() {
+    let (dir, db) = db();
+    append_committed(&db, &[record(1), record(2), record(3)]);
+    assert_eq!(trim_through(&db, 2, Durability::None).unwrap(), 2);
+    assert_eq!(stats(&db).unwrap().depth, 1, "seen before any fsync");
+    assert_eq!(log_bytes(&db), row_bytes(record(3).encode().unwrap().len()));
+    assert_eq!(trim_through(&db, 2, Durability::Immediate).unwrap(), 0);
+    drop(db);
+    let db = Database::create(dir.path().join("agent.redb")).unwrap();
+    let s = stats(&db).unwrap();
+    assert_eq!((s.depth, s.trimmed_through), (1, 2));
 }
