@@ -7,6 +7,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::writer::{BatchLimits, Writer};
 use super::*;
+use redb::{ReadableDatabase, ReadableTable};
 
 fn limits(quota_bytes: u64, on_full: OnFull) -> Limits {
     Limits {
@@ -117,6 +118,8 @@ fn dedupe_keys_are_big_endian_and_tagged() {
     .unwrap();
     assert_eq!(key, [1, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 3, 0, 4]);
     let key = Dedupe::SensorTs.key(&reading("ab", 258)).unwrap();
+    assert_eq!(key, [4, 0, 0, 0, 0, 0, 0, 1, 2, 0, 2, b'a', b'b']);
+    let key = Dedupe::SensorTs.legacy_key(&reading("ab", 258)).unwrap();
     assert_eq!(key, [2, 0, 2, b'a', b'b', 0, 0, 0, 0, 0, 0, 1, 2]);
     assert_eq!(Dedupe::None.key(&reading("ab", 1)), None);
 }
@@ -140,6 +143,67 @@ fn the_dedupe_index_forgets_the_oldest_keys_past_its_bounds() {
     // Past the age bound, everything old goes; the new key stays.
     log.commit(&[one("b", 1)], 20_000).unwrap();
     assert_eq!(log.dedupe_len().unwrap(), 1);
+}
+
+#[test]
+fn time_major_keys_keep_a_commits_new_keys_together_in_the_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(&dir, limits(1 << 20, OnFull::Backpressure));
+    let batch: Vec<_> = (0..50).map(|s| one(&format!("s{s:02}"), 7)).collect();
+    log.commit(&batch, 0).unwrap();
+    log.commit(&[one("s00", 6), one("s49", 8)], 0).unwrap();
+    let txn = log.database().begin_read().unwrap();
+    let index = txn.open_table(DEDUPE).unwrap();
+    let keys: Vec<Vec<u8>> = index
+        .iter()
+        .unwrap()
+        .map(|row| row.unwrap().0.value().to_vec())
+        .collect();
+    let order: Vec<(u64, String)> = keys
+        .iter()
+        .map(|k| {
+            let ts = u64::from_be_bytes(k[1..9].try_into().unwrap());
+            (ts, String::from_utf8(k[11..].to_vec()).unwrap())
+        })
+        .collect();
+    let mut expected: Vec<(u64, String)> = (0..50).map(|s| (7, format!("s{s:02}"))).collect();
+    expected.insert(0, (6, "s00".into()));
+    expected.push((8, "s49".into()));
+    assert_eq!(order, expected, "sorted by time, then sensor");
+}
+
+#[test]
+fn a_redelivery_of_a_reading_an_older_agent_took_is_a_duplicate_until_its_key_ages_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut l = limits(1 << 20, OnFull::Backpressure);
+    l.dedupe_max_entries = 2;
+    let mut log = open(&dir, l);
+    // What an agent before v0.2 left: reading ("a", 1) as seq 0 under its sensor-major key.
+    let db = log.database();
+    let txn = db.begin_write().unwrap();
+    {
+        let old = Dedupe::SensorTs.legacy_key(&reading("a", 1)).unwrap();
+        txn.open_table(DEDUPE)
+            .unwrap()
+            .insert(old.as_slice(), 0)
+            .unwrap();
+        let aged = crate::store::rows::DedupeAge {
+            inserted_ms: 0,
+            key: &old,
+        };
+        let mut age = txn.open_table(crate::store::tables::DEDUPE_AGE).unwrap();
+        age.insert(0, aged.encode().as_slice()).unwrap();
+        let mut meta = txn.open_table(crate::store::tables::META).unwrap();
+        meta.insert(crate::store::meta::NEXT_SEQ, 1).unwrap();
+    }
+    txn.commit().unwrap();
+    let done = log.commit(&[one("a", 1), one("a", 2)], 0).unwrap();
+    assert_eq!((done.accepted, done.duplicate), (1, 1));
+    assert_eq!(log.dedupe_len().unwrap(), 2, "no new key for the duplicate");
+    // Two newer keys push the old one out of the index (`dedupe_max_entries = 2`): its
+    // redelivery is then accepted, as any key past the bounds is.
+    log.commit(&[one("b", 1)], 0).unwrap();
+    assert_eq!(log.commit(&[one("a", 1)], 0).unwrap().accepted, 1);
 }
 
 /// A log whose quota holds three readings (`per` bytes each), and a batch of five.

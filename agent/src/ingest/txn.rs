@@ -4,8 +4,9 @@
 
 use redb::{ReadableTable, ReadableTableMetadata, Table, WriteTransaction};
 
-use super::{Committed, IngestError, Limits, Submission};
+use super::{Committed, Dedupe, IngestError, Limits, Submission, LEGACY_SENSOR_TS_TAG};
 use crate::config::OnFull;
+use crate::reading::Reading;
 use crate::store::meta::{
     ACCEPTED, DROPPED, DUPLICATE, LOG_BYTES, NEXT_DEAD_LETTER, NEXT_SEQ, REJECTED, UPSTREAM_GAPS,
 };
@@ -43,6 +44,9 @@ pub struct Tables<'t> {
     meta: Table<'t, &'static str, u64>,
     /// Values of `KEYS`, in order.
     values: [u64; 8],
+    /// The index still holds keys of the pre-v0.2 layout ([`Dedupe::legacy_key`]): look those up
+    /// too. One descent per transaction to find out; false for good once they aged out.
+    legacy_keys: bool,
 }
 
 impl<'t> Tables<'t> {
@@ -52,15 +56,23 @@ impl<'t> Tables<'t> {
         for (value, key) in values.iter_mut().zip(KEYS) {
             *value = crate::store::meta::get(&meta, key)?;
         }
+        let dedupe = txn.open_table(DEDUPE)?;
+        let tag = [LEGACY_SENSOR_TS_TAG];
+        let next = [LEGACY_SENSOR_TS_TAG + 1];
+        let legacy_keys = dedupe
+            .range(tag.as_slice()..next.as_slice())?
+            .next()
+            .is_some();
         Ok(Tables {
             readings: txn.open_table(READINGS)?,
             dead: txn.open_table(DEAD_LETTERS)?,
-            dedupe: txn.open_table(DEDUPE)?,
+            dedupe,
             dedupe_age: txn.open_table(DEDUPE_AGE)?,
             upstream: txn.open_table(UPSTREAM_SEQ)?,
             source_state: txn.open_table(SOURCE_STATE)?,
             meta,
             values,
+            legacy_keys,
         })
     }
 
@@ -125,6 +137,11 @@ impl<'t> Tables<'t> {
                         done.duplicate += 1;
                         continue;
                     }
+                    if self.seen_by_an_older_agent(how, reading)? {
+                        self.dedupe.remove(key.as_slice())?;
+                        done.duplicate += 1;
+                        continue;
+                    }
                     let aged = DedupeAge {
                         inserted_ms: now_ms,
                         key: &key,
@@ -158,6 +175,14 @@ impl<'t> Tables<'t> {
         self.add(REJECTED, done.rejected);
         self.add(DROPPED, done.dropped);
         Ok(done)
+    }
+
+    /// Whether the index holds the reading's key in the layout of an agent before v0.2.
+    fn seen_by_an_older_agent(&self, how: &Dedupe, reading: &Reading) -> Result<bool, IngestError> {
+        let Some(old) = how.legacy_key(reading).filter(|_| self.legacy_keys) else {
+            return Ok(false);
+        };
+        Ok(self.dedupe.get(old.as_slice())?.is_some())
     }
 
     /// Stores `bytes` under the next sequence number of `log`, counting it into `log_bytes`.

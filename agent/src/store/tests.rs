@@ -81,7 +81,16 @@ fn dedupe_keys_match_their_golden_vectors() {
     assert_eq!(frame.key(&reading), Some(golden("dedupe_frame")));
     assert_eq!(
         Dedupe::SensorTs.key(&reading),
+        Some(golden("dedupe_ts_sensor"))
+    );
+    assert_eq!(
+        Dedupe::SensorTs.legacy_key(&reading),
         Some(golden("dedupe_sensor_ts"))
+    );
+    assert_eq!(
+        Dedupe::SensorSeq.key(&reading),
+        Some(golden("dedupe_ts_sensor")),
+        "no seq: by time"
     );
     reading.seq = Some(5);
     assert_eq!(
@@ -187,6 +196,7 @@ fn every_golden_vector_in_format_md_is_under_test() {
         "dedupe_frame",
         "dedupe_sensor_ts",
         "dedupe_sensor_seq",
+        "dedupe_ts_sensor",
         "dedupe_age",
         "window_shape",
         "window_series_key",
