@@ -206,6 +206,27 @@ fn a_redelivery_of_a_reading_an_older_agent_took_is_a_duplicate_until_its_key_ag
     assert_eq!(log.commit(&[one("a", 1)], 0).unwrap().accepted, 1);
 }
 
+#[test]
+fn a_redelivery_into_a_database_v0_1_0_wrote_is_a_duplicate() {
+    // The checked-in database of the previous release (`tests/fixtures/v0.1.0/README.md`):
+    // reading i is sensor d{i % 5} at 1700000000000 + 20 i ms, i < 500.
+    let fixture =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/v0.1.0/ingest.redb");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(fixture, dir.path().join("ingest.redb")).unwrap();
+    let mut l = limits(1 << 30, OnFull::Backpressure);
+    l.dedupe_max_entries = 1_000_000;
+    let mut log = open(&dir, l);
+    let ts = |i: u64| 1_700_000_000_000 + 20 * i;
+    let again = [one("d3", ts(3)), one("d4", ts(499)), one("d0", ts(500))];
+    let done = log.commit(&again, 0).unwrap();
+    assert_eq!(
+        (done.accepted, done.duplicate),
+        (1, 2),
+        "3 and 499 were taken by v0.1.0"
+    );
+}
+
 /// A log whose quota holds three readings (`per` bytes each), and a batch of five.
 fn five_for_a_quota_of_three(
     on_full: OnFull,
