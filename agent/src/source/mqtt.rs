@@ -113,6 +113,13 @@ pub enum MqttError {
         #[source]
         error: std::io::Error,
     },
+    /// A `password_file` every user may read ([`edge_config_toml::secret`]'s shared wording).
+    #[error("source `{source_name}`: {error}")]
+    Secret {
+        source_name: String,
+        #[source]
+        error: edge_config_toml::secret::SecretFileError,
+    },
 }
 
 /// Live counters of one source.
@@ -297,7 +304,13 @@ impl MqttSourceTask {
                     })?,
                 )
             }
-            (None, Some(path)) => Some(
+            (None, Some(path)) => Some({
+                edge_config_toml::secret::check_private(path, "password_file").map_err(
+                    |error| MqttError::Secret {
+                        source_name: source_name.clone(),
+                        error,
+                    },
+                )?;
                 std::fs::read_to_string(path)
                     .map_err(|error| MqttError::File {
                         source_name: source_name.clone(),
@@ -306,8 +319,8 @@ impl MqttSourceTask {
                         error,
                     })?
                     .trim_end_matches(['\r', '\n'])
-                    .to_owned(),
-            ),
+                    .to_owned()
+            }),
             (None, None) => None,
         };
         let credentials = (config.username.is_some() || password.is_some()).then(|| {
