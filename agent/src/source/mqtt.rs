@@ -9,7 +9,9 @@
 //!   writer after its commit, hands the publish to
 //! - the **acker**, which owns the `AsyncClient` side and awaits `ack()` (and `subscribe`,
 //!   and the final `disconnect`), one request at a time, in the order it was asked.
-//!   `docs/DESIGN.md` section 9: awaiting `ack()` on the polling task deadlocks under a flood, so it never does.
+//!   Awaiting `ack()` on the polling task deadlocks under a flood, so it never does
+//!   (`docs/DESIGN.md` section 9, "Facts we rely on": "rumqttc, never await `ack()` on the
+//!   polling task").
 //!
 //! # Invariants and crash reasoning
 //!
