@@ -6,7 +6,7 @@
 //! | check | when it fails |
 //! | --- | --- |
 //! | `password_env` | the variable is unset or empty (the source would not start) |
-//! | `password_file`, `ca_file`, `cert_file`, `key_file` | the file cannot be read; a CA or certificate file holds no PEM certificate, a key file no PEM key; a key file every user may read |
+//! | `password_file`, `ca_file`, `cert_file`, `key_file` | the file cannot be read; a CA or certificate file holds no PEM certificate, a key file no PEM key; a password or key file every user may read |
 //! | `[ops] token_file` | unreadable, empty, or readable by every user |
 //! | `data_dir` | it is not a writable directory and cannot be created (the agent would not start) |
 //! | serial and Modbus RTU ports | the device node is missing: a **warning** only (a USB adapter may be plugged in later; the source retries) |
@@ -122,6 +122,8 @@ fn machine(config: &Config) -> Vec<Finding> {
                     "source `{name}`: cannot read password_file `{}`: {e}",
                     path.display()
                 )));
+            } else if let Err(e) = edge_config_toml::secret::check_private(path, "password_file") {
+                findings.push(Finding::error(format!("source `{name}`: {e}")));
             }
         }
         for problem in edge_kafka::pem_files(
@@ -221,6 +223,38 @@ mod tests {
             f[0].error && f[0].message.contains("/nonexistent/pw"),
             "{f:?}"
         );
+        // A password file every user may read: refused like the Kafka one, naming the fix.
+        use std::os::unix::fs::PermissionsExt;
+        let open = dir.path().join("mqtt-password");
+        std::fs::write(&open, "s3cret\n").unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let f = findings(
+            &format!(
+                "password_file = {:?}\nusername = \"u\"\n",
+                open.display().to_string()
+            ),
+            "",
+            true,
+        );
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert!(
+            f[0].error
+                && f[0].message.contains(&format!(
+                    "password_file `{}` is readable by every user (mode 644): `chmod o-r` it",
+                    open.display()
+                )),
+            "{f:?}"
+        );
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let f = findings(
+            &format!(
+                "password_file = {:?}\nusername = \"u\"\n",
+                open.display().to_string()
+            ),
+            "",
+            true,
+        );
+        assert_eq!(f, Vec::new());
         let tls = |ca: &str| {
             fixtures::MINIMAL
                 .replace("mqtt://127.0.0.1:1883", "mqtts://127.0.0.1:8883")
@@ -241,7 +275,6 @@ mod tests {
         assert!(f[0].message.contains("cannot read ca_file"), "{f:?}");
 
         // A client certificate whose key every user may read.
-        use std::os::unix::fs::PermissionsExt;
         let key = dir.path().join("client.key");
         std::fs::write(&key, "-----BEGIN PRIVATE KEY-----\n").expect("write");
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).expect("chmod");

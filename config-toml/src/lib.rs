@@ -10,9 +10,12 @@
 //! | [`defaults`] | `#[serde(default = "...")]` helpers for [`toml::Spanned`] fields with a constant default |
 //! | [`glob`] | [`Glob`]: `*` matches any run of characters; captures, shortest run first |
 //! | [`template`] | [`Template`] and [`segments`]: literal text with `{name}` placeholders |
+//! | [`secret`] | [`secret::check_private`]: a secret file (password, key, token) that every user may read is refused |
 //!
 //! Each service keeps its own error enum and its own messages (they are pinned by tests and read
-//! by operators): this crate gives them the parts, not the wording.
+//! by operators): this crate gives them the parts, not the wording. The one exception is
+//! [`secret`]: a secret file readable by every user is refused in the same words wherever it is
+//! named (`[kafka.security]`, an MQTT source, `[ops] token_file`).
 //!
 //! # Why no `globset`
 //!
@@ -26,6 +29,7 @@ pub mod defaults;
 pub mod glob;
 pub mod load;
 pub mod location;
+pub mod secret;
 pub mod template;
 
 pub use defaults::{default_true, unspanned};

@@ -244,9 +244,9 @@ pub fn prepare_topics(
     config: &Config,
     timeout: Duration,
 ) -> Result<BTreeMap<String, i32>, KafkaCallError> {
-    let probe: BaseConsumer = base(config, Role::Consumer)
-        .create()
-        .map_err(|e| classify("creating a metadata client", e))?;
+    let probe: BaseConsumer<edge_kafka::BrokerLog> =
+        edge_kafka::broker_log::create(&base(config, Role::Consumer))
+            .map_err(|e| classify("creating a metadata client", e))?;
     let count = |topic: &str| -> Result<Option<i32>, KafkaCallError> {
         let n = partition_count(probe.client(), topic, timeout)
             .map_err(|e| classify("fetching topic metadata", e))?;

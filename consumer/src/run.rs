@@ -51,9 +51,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
-use edge_kafka::{Throttle, TxnProducer};
+use edge_kafka::{BrokerLog, Throttle, TxnProducer};
 use edge_protocol::contract::header;
 use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Message, OwnedHeaders};
@@ -101,6 +102,34 @@ impl RunError {
 
     fn is_instance_fenced(&self) -> bool {
         matches!(self, RunError::Kafka(e) if e.is_instance_fenced())
+    }
+
+    /// For a failed Kafka call or a restore that timed out: why librdkafka's last broker
+    /// connection failed, if it logged that within [`BROKER_FAILURE_WINDOW`] (a refused
+    /// connection, a SASL authentication error, a TLS handshake failure; the call itself says
+    /// only `BrokerTransportFailure` or timed out).
+    fn broker_failure(&self) -> Option<String> {
+        match self {
+            RunError::Kafka(KafkaCallError::Retryable { .. } | KafkaCallError::Fatal { .. })
+            | RunError::Restore(RestoreError::Kafka(_) | RestoreError::Timeout { .. }) => {
+                edge_kafka::recent_failure(BROKER_FAILURE_WINDOW)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// How far back a broker failure logged by librdkafka is taken as the reason of a failed
+/// session: longer than the longest call that waits on a broker (60 s), shorter than an old
+/// outage. The agent's forwarder takes the same bound.
+const BROKER_FAILURE_WINDOW: Duration = Duration::from_secs(60);
+
+/// What a failed session reports (its log line, `/readyz`'s last session error): the error,
+/// and the broker's reason beside it when librdkafka logged one, in the agent's words.
+fn session_report(error: &RunError, broker_failure: Option<String>) -> String {
+    match broker_failure {
+        Some(why) => format!("{error}; the last broker connection failed: {why}"),
+        None => error.to_string(),
     }
 }
 
@@ -155,6 +184,11 @@ struct Ctx {
 }
 
 impl ClientContext for Ctx {
+    /// As every client of both services: to `tracing`, a broker failure remembered for the
+    /// session's report ([`edge_kafka::BrokerLog`]).
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        BrokerLog.log(level, fac, message);
+    }
     fn error(&self, error: KafkaError, reason: &str) {
         quiet_error(error, reason);
     }
@@ -193,6 +227,9 @@ pub(crate) fn quiet_error(error: KafkaError, reason: &str) {
 pub(crate) struct Quiet;
 
 impl ClientContext for Quiet {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        BrokerLog.log(level, fac, message);
+    }
     fn error(&self, error: KafkaError, reason: &str) {
         quiet_error(error, reason);
     }
@@ -262,12 +299,13 @@ fn sessions(config: &Config, stop: &AtomicBool, metrics: &Metrics) -> Result<(),
         match result {
             Ok(()) => return Ok(()),
             Err(e) if e.is_retryable() => {
-                tracing::warn!(error = %e, "session failed; starting a new one");
+                let report = session_report(&e, e.broker_failure());
+                tracing::warn!(error = %report, "session failed; starting a new one");
                 metrics.session_errors.fetch_add(1, Ordering::Relaxed);
                 metrics.set_phase(Phase::Retrying);
                 metrics.progressed();
                 *metrics.last_error.lock().unwrap_or_else(|p| p.into_inner()) =
-                    Some((metrics.started.elapsed().as_millis() as u64, e.to_string()));
+                    Some((metrics.started.elapsed().as_millis() as u64, report));
                 for _ in 0..10 {
                     if stop.load(Ordering::Relaxed) {
                         return Ok(());
@@ -867,5 +905,64 @@ mod tests {
             KafkaError::MessageConsumption(RDKafkaErrorCode::AllBrokersDown)
         )
         .is_ok());
+    }
+
+    /// `/readyz` said "session failed" and "Kafka: fetching topic metadata: ... transport
+    /// failure" while the broker refused us; why (librdkafka's `FAIL` line, logged from its
+    /// broker thread to the consumer's own client contexts) was in no answer.
+    #[test]
+    fn a_failed_session_reports_the_brokers_reason_beside_its_error() {
+        let e = RunError::from(classify(
+            "fetching topic metadata",
+            KafkaError::MetadataFetch(RDKafkaErrorCode::BrokerTransportFailure),
+        ));
+        assert!(e.is_retryable());
+        let why = "sasl_ssl://b:9095/bootstrap: SASL authentication error: invalid credentials";
+        assert_eq!(
+            session_report(&e, Some(why.to_owned())),
+            format!("{e}; the last broker connection failed: {why}")
+        );
+        assert_eq!(session_report(&e, None), e.to_string());
+
+        // The consumer's and the changelog reader's contexts remember the line, and a failed
+        // Kafka call takes it; an error of ours (a twin instance) does not.
+        Ctx::default().log(RDKafkaLogLevel::Error, "FAIL", why);
+        assert_eq!(e.broker_failure().as_deref(), Some(why));
+        Quiet.log(
+            RDKafkaLogLevel::Error,
+            "FAIL",
+            "b:9092/1: Connection refused",
+        );
+        assert_eq!(
+            e.broker_failure().as_deref(),
+            Some("b:9092/1: Connection refused")
+        );
+        let twin = RunError::DuplicateInstance {
+            instance_id: "a".into(),
+            fences: 3,
+        };
+        assert_eq!(twin.broker_failure(), None);
+
+        // What `/readyz` answers while the next session is pending.
+        let view = crate::ops::health::View {
+            phase: Phase::Retrying,
+            progress_age: Duration::from_secs(1),
+            stall: Duration::from_secs(300),
+            last_error: Some((
+                Duration::from_secs(4),
+                session_report(&e, e.broker_failure()),
+            )),
+        };
+        assert_eq!(
+            view.unready(),
+            [
+                "session failed; a new one starts shortly".to_owned(),
+                format!(
+                    "last session error 4 s ago: Kafka: fetching topic metadata: {}; the last \
+                     broker connection failed: b:9092/1: Connection refused",
+                    KafkaError::MetadataFetch(RDKafkaErrorCode::BrokerTransportFailure)
+                ),
+            ]
+        );
     }
 }

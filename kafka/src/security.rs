@@ -22,7 +22,6 @@
 //!   lacks) is found by [`missing_features`] before start, never at the first connection.
 
 use std::fmt;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use rdkafka::config::ClientConfig;
@@ -289,20 +288,10 @@ pub fn pem_files(ca: Option<&Path>, cert: Option<&Path>, key: Option<&Path>) -> 
     problems
 }
 
-/// Refuses a secret file that any user of the machine may read.
-fn private(path: &Path, key: &str) -> Result<(), String> {
-    let meta = std::fs::metadata(path)
-        .map_err(|e| format!("cannot read {key} `{}`: {e}", path.display()))?;
-    let mode = meta.permissions().mode();
-    if mode & 0o004 != 0 {
-        return Err(format!(
-            "{key} `{}` is readable by every user (mode {:o}): `chmod o-r` it (0600, or 0640 \
-             with the service's group)",
-            path.display(),
-            mode & 0o777
-        ));
-    }
-    Ok(())
+/// Refuses a secret file that any user of the machine may read
+/// ([`edge_config_toml::secret::check_private`], the wording every service shares).
+fn private(path: &Path, key: &'static str) -> Result<(), String> {
+    edge_config_toml::secret::check_private(path, key).map_err(|e| e.to_string())
 }
 
 /// The librdkafka build features (`builtin.features`) that `config`'s security settings need
@@ -359,6 +348,7 @@ pub fn builtin_features() -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     fn parse(text: &str) -> Security {
         toml::from_str(text).unwrap_or_else(|e| panic!("{e}"))

@@ -11,7 +11,6 @@
 //!   without credentials, and they show no data (reasons only).
 
 use std::fmt;
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 /// Paths answered without the token.
@@ -31,13 +30,7 @@ impl Token {
     /// Reads the token from `path` (`[ops] token_file`).
     pub fn read(path: &Path) -> Result<Token, String> {
         let shown = path.display();
-        let meta = std::fs::metadata(path)
-            .map_err(|e| format!("cannot read token_file `{shown}`: {e}"))?;
-        if meta.permissions().mode() & 0o004 != 0 {
-            return Err(format!(
-                "token_file `{shown}` is readable by every user: `chmod o-r` it"
-            ));
-        }
+        edge_config_toml::secret::check_private(path, "token_file").map_err(|e| e.to_string())?;
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("cannot read token_file `{shown}`: {e}"))?;
         match text.trim() {
@@ -74,6 +67,7 @@ impl Token {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     fn token_file(text: &str, mode: u32) -> (tempfile::TempDir, std::path::PathBuf) {
         let dir = tempfile::tempdir().expect("tempdir");

@@ -572,7 +572,7 @@ mqtt_start() {
   mqtt_tls
   ((secure == 0)) || mqtt_mtls_certs
   command -v mosquitto_passwd >/dev/null || die "mosquitto_passwd not found: apt-get install mosquitto"
-  od -An -N12 -tx1 /dev/urandom | tr -d ' \n' > "$dir/password"
+  (umask 077 && od -An -N12 -tx1 /dev/urandom | tr -d ' \n' > "$dir/password")
   rm -f "$dir/passwd"
   mosquitto_passwd -b -c "$dir/passwd" edge-test "$(cat "$dir/password")" >/dev/null 2>&1 \
     || die "mosquitto_passwd could not write $dir/passwd"

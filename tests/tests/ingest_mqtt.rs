@@ -749,6 +749,9 @@ async fn against_a_broker_that_checks_passwords_the_right_one_ingests_and_a_wron
     };
     let wrong = tempfile::NamedTempFile::new().expect("temp file");
     std::fs::write(wrong.path(), "not-the-password\n").expect("write");
+    // The agent refuses a password file every user may read; the services' own copy may be one.
+    let right = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(right.path(), format!("{password}\n")).expect("write");
     let setup = setup_version(
         Version::V311,
         &auth.url,
@@ -787,10 +790,7 @@ async fn against_a_broker_that_checks_passwords_the_right_one_ingests_and_a_wron
     let text = std::fs::read_to_string(&setup.config_path).expect("config");
     std::fs::write(
         &setup.config_path,
-        text.replace(
-            &credentials(wrong.path()),
-            &credentials(&auth.password_file),
-        ),
+        text.replace(&credentials(wrong.path()), &credentials(right.path())),
     )
     .expect("config");
     run_in_process(&setup, |c| c.accepted.load(Ordering::Relaxed) >= N).await;

@@ -9,7 +9,9 @@
 //!   writer after its commit, hands the publish to
 //! - the **acker**, which owns the `AsyncClient` side and awaits `ack()` (and `subscribe`,
 //!   and the final `disconnect`), one request at a time, in the order it was asked.
-//!   `docs/DESIGN.md` section 9: awaiting `ack()` on the polling task deadlocks under a flood, so it never does.
+//!   Awaiting `ack()` on the polling task deadlocks under a flood, so it never does
+//!   (`docs/DESIGN.md` section 9, "Facts we rely on": "rumqttc, never await `ack()` on the
+//!   polling task").
 //!
 //! # Invariants and crash reasoning
 //!
@@ -112,6 +114,13 @@ pub enum MqttError {
         path: std::path::PathBuf,
         #[source]
         error: std::io::Error,
+    },
+    /// A `password_file` every user may read ([`edge_config_toml::secret`]'s shared wording).
+    #[error("source `{source_name}`: {error}")]
+    Secret {
+        source_name: String,
+        #[source]
+        error: edge_config_toml::secret::SecretFileError,
     },
 }
 
@@ -297,7 +306,13 @@ impl MqttSourceTask {
                     })?,
                 )
             }
-            (None, Some(path)) => Some(
+            (None, Some(path)) => Some({
+                edge_config_toml::secret::check_private(path, "password_file").map_err(
+                    |error| MqttError::Secret {
+                        source_name: source_name.clone(),
+                        error,
+                    },
+                )?;
                 std::fs::read_to_string(path)
                     .map_err(|error| MqttError::File {
                         source_name: source_name.clone(),
@@ -306,8 +321,8 @@ impl MqttSourceTask {
                         error,
                     })?
                     .trim_end_matches(['\r', '\n'])
-                    .to_owned(),
-            ),
+                    .to_owned()
+            }),
             (None, None) => None,
         };
         let credentials = (config.username.is_some() || password.is_some()).then(|| {

@@ -29,7 +29,9 @@ pub struct View {
     pub progress_age: Duration,
     /// `[ops] health_stall_s`.
     pub stall: Duration,
-    /// The last retryable session error, and how long ago it happened.
+    /// The last retryable session error, and how long ago it happened. A failed Kafka call
+    /// carries the broker's reason when librdkafka logged one within a minute of it
+    /// ("...; the last broker connection failed: ...", `run::session_report`).
     pub last_error: Option<(Duration, String)>,
 }
 

@@ -297,9 +297,11 @@ fn a_missing_password_variable_or_ca_file_is_a_start_error_naming_it() {
 
 #[test]
 fn a_password_file_loses_its_trailing_newline() {
+    use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("pw");
     std::fs::write(&file, "s3cret\n").unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
     let text = CONFIG
         .replace(
             "password_env = \"EDGE_TEST_MQTT_PASSWORD_UNSET_7f3a\"",
@@ -313,6 +315,36 @@ fn a_password_file_loses_its_trailing_newline() {
     assert_eq!(
         (login.username.as_str(), login.password.as_str()),
         ("edge", "s3cret")
+    );
+}
+
+/// The Kafka password file and the key files were refused when every user could read them; the
+/// MQTT `password_file` was read whatever its mode.
+#[test]
+fn a_password_file_every_user_may_read_is_a_start_error_naming_it_and_the_fix() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("pw");
+    std::fs::write(&file, "s3cret\n").unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let text = CONFIG
+        .replace(
+            "password_env = \"EDGE_TEST_MQTT_PASSWORD_UNSET_7f3a\"",
+            &format!("password_file = {:?}", file.display().to_string()),
+        )
+        .replace("mqtts://", "mqtt://");
+    let err = MqttSourceTask::settings(&config(&text).mqtt[0], 1024)
+        .err()
+        .expect("a start error");
+    assert!(matches!(err, MqttError::Secret { .. }), "{err:?}");
+    let name = config(&text).mqtt[0].name.get_ref().clone();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "source `{name}`: password_file `{}` is readable by every user (mode 644): \
+             `chmod o-r` it (0600, or 0640 with the service's group)",
+            file.display()
+        )
     );
 }
 
