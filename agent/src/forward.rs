@@ -13,7 +13,7 @@
 //! transaction calls block. The producer's life cycle (bounded init, begin, send, delivery
 //! wait, commit, abort, fencing detection), the base client settings and the topic calls are
 //! `edge_kafka`'s, shared with the consumer; the header and schema names are
-//! `edge_protocol::contract`'s. Trims are fsynced at most once per [`TRIM_SYNC_EVERY`] and at a
+//! `edge_protocol::contract`'s. Trims are fsynced at most once a second and at a
 //! clean stop (see `outbox` invariant 3 for why the others need none).
 //!
 //! # Where the progress marker lives: a compacted topic
