@@ -1,9 +1,11 @@
 //! A damaged database at start (issue 19): the `edge-agent` binary builds an outbox backlog
-//! while Kafka is unreachable, is stopped, pages in the middle of its file are overwritten, and
-//! it is started again with the real broker. It starts by itself (no one deletes anything), the
-//! damaged file is kept beside the new one, and Kafka holds each surviving record exactly once:
-//! every record the damaged file still holds readably, nothing else, nothing twice; and the
-//! salvaged and lost counts on `/metrics` add up to the backlog. Every record is counted.
+//! while Kafka is unreachable, is stopped cleanly (which writes the clean-close mark that skips
+//! the start-up integrity check of an unchanged file), pages in the middle of its file are
+//! overwritten, and it is started again with the real broker. It starts by itself (no one
+//! deletes anything), the damaged file is kept beside the new one, and Kafka holds each
+//! surviving record exactly once: every record the damaged file still holds readably, nothing
+//! else, nothing twice; and the salvaged and lost counts on `/metrics` add up to the backlog.
+//! Every record is counted.
 
 mod forward_support;
 
@@ -95,6 +97,10 @@ fn a_damaged_database_is_salvaged_at_start_and_kafka_gets_each_surviving_record_
         "first run (Kafka unreachable): {:?}, its stop {stop:?}",
         t0.elapsed()
     );
+    // The clean stop left the mark that lets a start skip the integrity check of an unchanged
+    // file; the damage below changes the file, so the next start must check it all the same.
+    let mark = edge_agent::store::salvage::clean::mark_path(&db_path);
+    assert!(mark.exists(), "a clean stop writes {}", mark.display());
 
     damage(&db_path, &[0.35, 0.6]);
     let config = std::fs::read_to_string(&agent.config_path).expect("config");
