@@ -405,6 +405,9 @@ pub struct IngestLog {
     db: Arc<Database>,
     limits: Limits,
     salvage: Option<SalvageReport>,
+    /// The dedupe index may still hold keys an agent before v0.2 wrote: each commit probes for
+    /// them until one finds none (`store/FORMAT.md`, tag 2; only this process writes the file).
+    legacy_keys: bool,
 }
 
 mod txn;
@@ -432,6 +435,7 @@ impl IngestLog {
             db: Arc::new(db),
             limits,
             salvage: opened.salvage,
+            legacy_keys: true,
         })
     }
 
@@ -454,14 +458,16 @@ impl IngestLog {
     pub fn commit(&mut self, batch: &[Submission], now_ms: u64) -> Result<Committed, IngestError> {
         let mut txn = self.db.begin_write()?;
         txn.set_durability(Durability::Immediate)?;
-        let done = {
+        let (done, legacy_keys) = {
             let mut t = txn::Tables::open(&txn)?;
+            let legacy_keys = self.legacy_keys && t.probe_legacy_keys()?;
             let done = t.apply(batch, &self.limits, now_ms)?;
             t.evict_dedupe(&self.limits, now_ms)?;
             t.store_meta()?;
-            done
+            (done, legacy_keys)
         };
         txn.commit()?;
+        self.legacy_keys = legacy_keys;
         Ok(done)
     }
 

@@ -44,8 +44,8 @@ pub struct Tables<'t> {
     meta: Table<'t, &'static str, u64>,
     /// Values of `KEYS`, in order.
     values: [u64; 8],
-    /// The index still holds keys of the pre-v0.2 layout ([`Dedupe::legacy_key`]): look those up
-    /// too. One descent per transaction to find out; false for good once they aged out.
+    /// The index holds keys of the pre-v0.2 layout ([`Dedupe::legacy_key`]): `apply` looks
+    /// those up too. False unless [`Tables::probe_legacy_keys`] found one.
     legacy_keys: bool,
 }
 
@@ -56,24 +56,26 @@ impl<'t> Tables<'t> {
         for (value, key) in values.iter_mut().zip(KEYS) {
             *value = crate::store::meta::get(&meta, key)?;
         }
-        let dedupe = txn.open_table(DEDUPE)?;
-        let tag = [LEGACY_SENSOR_TS_TAG];
-        let next = [LEGACY_SENSOR_TS_TAG + 1];
-        let legacy_keys = dedupe
-            .range(tag.as_slice()..next.as_slice())?
-            .next()
-            .is_some();
         Ok(Tables {
             readings: txn.open_table(READINGS)?,
             dead: txn.open_table(DEAD_LETTERS)?,
-            dedupe,
+            dedupe: txn.open_table(DEDUPE)?,
             dedupe_age: txn.open_table(DEDUPE_AGE)?,
             upstream: txn.open_table(UPSTREAM_SEQ)?,
             source_state: txn.open_table(SOURCE_STATE)?,
             meta,
             values,
-            legacy_keys,
+            legacy_keys: false,
         })
+    }
+
+    /// Looks (one descent) whether the index still holds a key of the pre-v0.2 layout; while it
+    /// does, [`Tables::apply`] looks those up too. Returns what it found.
+    pub fn probe_legacy_keys(&mut self) -> Result<bool, IngestError> {
+        let (tag, next) = ([LEGACY_SENSOR_TS_TAG], [LEGACY_SENSOR_TS_TAG + 1]);
+        let mut legacy = self.dedupe.range(tag.as_slice()..next.as_slice())?;
+        self.legacy_keys = legacy.next().is_some();
+        Ok(self.legacy_keys)
     }
 
     fn get(&self, key: &str) -> u64 {
