@@ -228,14 +228,14 @@ mod tests {
         let open = dir.path().join("mqtt-password");
         std::fs::write(&open, "s3cret\n").unwrap();
         std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let f = findings(
-            &format!(
+        let with_open = || {
+            let source = format!(
                 "password_file = {:?}\nusername = \"u\"\n",
                 open.display().to_string()
-            ),
-            "",
-            true,
-        );
+            );
+            findings(&source, "", true)
+        };
+        let f = with_open();
         assert_eq!(f.len(), 1, "{f:?}");
         assert!(
             f[0].error
@@ -246,15 +246,7 @@ mod tests {
             "{f:?}"
         );
         std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o640)).unwrap();
-        let f = findings(
-            &format!(
-                "password_file = {:?}\nusername = \"u\"\n",
-                open.display().to_string()
-            ),
-            "",
-            true,
-        );
-        assert_eq!(f, Vec::new());
+        assert_eq!(with_open(), Vec::new());
         let tls = |ca: &str| {
             fixtures::MINIMAL
                 .replace("mqtt://127.0.0.1:1883", "mqtts://127.0.0.1:8883")

@@ -295,19 +295,25 @@ fn a_missing_password_variable_or_ca_file_is_a_start_error_naming_it() {
     assert!(err.to_string().contains("/nonexistent/ca.pem"), "{err}");
 }
 
-#[test]
-fn a_password_file_loses_its_trailing_newline() {
+/// `CONFIG` over plain MQTT with its password in `pw` (`s3cret` and a newline) of `mode`.
+fn with_password_file(dir: &tempfile::TempDir, mode: u32) -> (std::path::PathBuf, String) {
     use std::os::unix::fs::PermissionsExt;
-    let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("pw");
     std::fs::write(&file, "s3cret\n").unwrap();
-    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap();
     let text = CONFIG
         .replace(
             "password_env = \"EDGE_TEST_MQTT_PASSWORD_UNSET_7f3a\"",
             &format!("password_file = {:?}", file.display().to_string()),
         )
         .replace("mqtts://", "mqtt://");
+    (file, text)
+}
+
+#[test]
+fn a_password_file_loses_its_trailing_newline() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, text) = with_password_file(&dir, 0o600);
     let settings = MqttSourceTask::settings(&config(&text).mqtt[0], 1024).unwrap();
     let login = session::options_v311(settings)
         .credentials()
@@ -322,17 +328,8 @@ fn a_password_file_loses_its_trailing_newline() {
 /// MQTT `password_file` was read whatever its mode.
 #[test]
 fn a_password_file_every_user_may_read_is_a_start_error_naming_it_and_the_fix() {
-    use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("pw");
-    std::fs::write(&file, "s3cret\n").unwrap();
-    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let text = CONFIG
-        .replace(
-            "password_env = \"EDGE_TEST_MQTT_PASSWORD_UNSET_7f3a\"",
-            &format!("password_file = {:?}", file.display().to_string()),
-        )
-        .replace("mqtts://", "mqtt://");
+    let (file, text) = with_password_file(&dir, 0o644);
     let err = MqttSourceTask::settings(&config(&text).mqtt[0], 1024)
         .err()
         .expect("a start error");
