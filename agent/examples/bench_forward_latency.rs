@@ -14,7 +14,12 @@
 //!
 //! With a fourth argument `build`, a `cargo build --release -p edge-consumer` into a temporary
 //! target directory runs beside it (started 15 s before the first publish, killed after the
-//! last read): the latency of a gateway whose CPU is taken by something else.
+//! last read): the latency of a gateway whose CPU is taken by something else. The build runs in
+//! a session of its own (`setsid`), as a build started from a login shell does beside a service:
+//! the kernel then shares the CPU between the two (autogroups; under systemd, the
+//! `system.slice` and `user.slice` cgroups do the same), where a build spawned in the agent's
+//! own session would compete with each of its threads one by one. The run fails when the build
+//! ended before it did, and it prints how busy the machine's CPUs were while it published.
 //!
 //! With `idle_s` > 0 it then leaves the agent idle (connected, nothing to do) for `idle_s` s and
 //! prints the CPU this process used meanwhile, in % of one core (target < 0.05).
@@ -31,6 +36,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use edge_agent::clock::unix_ms;
 use edge_agent::config::Config;
 use edge_bench::line::Family;
+use edge_bench::machine::{busy_share, cpu_jiffies};
 use edge_bench::program::{arg, client_settings_from_env, process_cpu};
 use edge_ops_http::prometheus::{Histogram, LATENCY_BOUNDS_S};
 use edge_tests::config::kafka_topics;
@@ -156,7 +162,8 @@ bootstrap_servers = "{bootstrap}"
 
     // Let the agent connect and subscribe (its persistent session then holds everything).
     std::thread::sleep(Duration::from_secs(3));
-    let load = under_build.then(Load::start).transpose()?;
+    let mut load = under_build.then(Load::start).transpose()?;
+    let machine_before = cpu_jiffies();
     let published = runtime.block_on(async {
         let mut options = MqttOptions::new(format!("{id}-pub"), host, port);
         options.set_keep_alive(Duration::from_secs(10));
@@ -187,6 +194,13 @@ bootstrap_servers = "{bootstrap}"
         poller.abort();
         anyhow::Ok(sent)
     })?;
+    let machine_busy = busy_share(machine_before, cpu_jiffies());
+    if let Some(load) = load.as_mut() {
+        anyhow::ensure!(
+            load.running(),
+            "the cargo build ended before the run did: the run was not under load"
+        );
+    }
     done.store(true, Ordering::Relaxed);
     let raw = consumer_thread
         .join()
@@ -245,6 +259,8 @@ bootstrap_servers = "{bootstrap}"
     );
     FIGURES.print("p50", pct(0.50) as f64, "ms", &params);
     if under_build {
+        println!("machine CPU busy while publishing: {machine_busy:.0} % of all cores");
+        FIGURES.print("machine_busy", machine_busy, "% of all cores", &params);
         FIGURES.print_with_target("p99", pct(0.99) as f64, "ms", &params, "< 250");
     } else {
         FIGURES.print("p99", pct(0.99) as f64, "ms", &params);
@@ -333,17 +349,16 @@ struct Load {
 
 impl Load {
     fn start() -> anyhow::Result<Load> {
-        use std::os::unix::process::CommandExt;
         let dir = tempfile::tempdir()?;
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-        let child = std::process::Command::new(cargo)
+        let child = std::process::Command::new("setsid")
+            .arg(cargo)
             .args(["build", "--release", "--locked", "-p", "edge-consumer"])
             .arg("--target-dir")
             .arg(dir.path())
             .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
-            .process_group(0)
             .spawn()?;
         println!(
             "load: cargo build (pid {}) started; measuring in 15 s",
@@ -351,6 +366,11 @@ impl Load {
         );
         std::thread::sleep(Duration::from_secs(15));
         Ok(Load { child, _dir: dir })
+    }
+
+    /// Whether the build is still going (it takes minutes; a run must end before it does).
+    fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 }
 

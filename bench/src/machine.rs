@@ -116,6 +116,38 @@ pub fn load_average() -> [f64; 3] {
         .unwrap_or_default()
 }
 
+/// Busy and total jiffies of all CPUs from the first line of `/proc/stat` (`cpu user nice
+/// system idle iowait irq softirq steal ...`); idle and iowait are the idle ones.
+pub fn parse_cpu_jiffies(stat: &str) -> Option<(u64, u64)> {
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .ok()?;
+    let total: u64 = fields.iter().sum();
+    let idle = fields.get(3)? + fields.get(4).copied().unwrap_or(0);
+    Some((total - idle, total))
+}
+
+/// The machine's CPU counters now, for [`busy_share`]; zeros when `/proc/stat` cannot be read.
+pub fn cpu_jiffies() -> (u64, u64) {
+    read("/proc/stat")
+        .and_then(|t| parse_cpu_jiffies(&t))
+        .unwrap_or_default()
+}
+
+/// The share of all CPUs that was busy between two [`cpu_jiffies`] readings, in percent.
+pub fn busy_share(before: (u64, u64), after: (u64, u64)) -> f64 {
+    let total = after.1.saturating_sub(before.1);
+    if total == 0 {
+        return 0.0;
+    }
+    100.0 * after.0.saturating_sub(before.0) as f64 / total as f64
+}
+
 /// Seconds since the Unix epoch.
 pub fn unix_now() -> u64 {
     SystemTime::now()
@@ -147,6 +179,16 @@ mod tests {
         assert_eq!(utc_timestamp(1_764_158_400), "2025-11-26T12:00:00Z");
         assert_eq!(utc_timestamp(1_795_709_710), "2026-11-26T16:15:10Z");
         assert_eq!(utc_timestamp(253_402_300_799), "9999-12-31T23:59:59Z");
+    }
+
+    #[test]
+    fn cpu_jiffies_count_idle_and_iowait_as_idle_and_ignore_guest_time() {
+        // user nice system idle iowait irq softirq steal guest guest_nice
+        let stat = "cpu  100 5 50 800 40 3 2 0 7 0\ncpu0 50 2 25 400 20 1 1 0 3 0\n";
+        assert_eq!(parse_cpu_jiffies(stat), Some((160, 1000)));
+        assert_eq!(parse_cpu_jiffies("cpu0 1 2 3 4\n"), None);
+        assert_eq!(busy_share((160, 1000), (310, 1200)), 75.0);
+        assert_eq!(busy_share((160, 1000), (160, 1000)), 0.0);
     }
 
     #[test]
