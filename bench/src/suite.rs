@@ -275,7 +275,7 @@ pub fn jobs(quick: bool, brokers: &Brokers, telegraf: Option<&str>) -> Vec<Job> 
                 LATENCY,
                 &["1000", "20", "0", "build"],
             ),
-            &["p50", "p99", "max", "hop_kafka_p99_bucket"],
+            &["p50", "p99", "max", "hop_kafka_p99_bucket", "machine_busy"],
         ));
     }
     let cpu_secs = if quick { "5" } else { "30" };
