@@ -41,10 +41,13 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 
 # --peers is this script's: edge-bench gets `--peers PATH` (the Telegraf binary) instead.
+# --quick goes on to edge-bench and also chooses the build profile below.
 peers=false
+quick=false
 args=()
 for arg in "$@"; do
   if [[ "$arg" == --peers ]]; then peers=true; else args+=("$arg"); fi
+  if [[ "$arg" == --quick ]]; then quick=true; fi
 done
 
 # The newest 1.37.x the Go module proxy served on 2026-12-07 (pinned: the cached binary and the
@@ -85,13 +88,11 @@ mkdir -p target/bench
 # crates then build in about 2 minutes instead of 6 on the 2-core CI machine. (Cargo keeps these
 # artifacts beside the full profile's, so neither rebuilds the other's dependencies.)
 profile_note="release"
-for arg in "${args[@]}"; do
-  if [[ "$arg" == --quick ]]; then
-    export CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 \
-      CARGO_PROFILE_BENCH_LTO=false CARGO_PROFILE_BENCH_CODEGEN_UNITS=16
-    profile_note="release without LTO, 16 codegen units: quick run"
-  fi
-done
+if $quick; then
+  export CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 \
+    CARGO_PROFILE_BENCH_LTO=false CARGO_PROFILE_BENCH_CODEGEN_UNITS=16
+  profile_note="release without LTO, 16 codegen units: quick run"
+fi
 echo "bench: building the benchmark programs ($profile_note)" >&2
 cargo build --locked --release --message-format=json-render-diagnostics \
   -p edge-bench -p edge-agent -p edge-consumer -p firmware-sim \
