@@ -46,7 +46,7 @@ use crate::reading::{DecodeError, Reading};
 use crate::store::codec::{ByteReader, ByteWriter, Truncated};
 use crate::store::salvage::{self, SalvageReport};
 use crate::store::tables::{
-    DEAD_LETTERS, DEDUPE, DEDUPE_AGE, META, READINGS, SOURCE_STATE, UPSTREAM_SEQ,
+    DEAD_LETTERS, DEDUPE, DEDUPE_AGE, DEDUPE_GROUP, META, READINGS, SOURCE_STATE, UPSTREAM_SEQ,
 };
 use crate::store::{meta as keys, redb_errors_into, row_bytes, StoreError};
 
@@ -423,7 +423,7 @@ impl IngestLog {
         let opened = salvage::open(path, CACHE_BYTES)?;
         let db = opened.db;
         let txn = db.begin_write()?;
-        for table in [READINGS, DEAD_LETTERS, DEDUPE_AGE] {
+        for table in [READINGS, DEAD_LETTERS, DEDUPE_AGE, DEDUPE_GROUP] {
             txn.open_table(table)?;
         }
         txn.open_table(DEDUPE)?;

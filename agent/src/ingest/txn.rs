@@ -11,9 +11,9 @@ use crate::store::meta::{
     ACCEPTED, DROPPED, DUPLICATE, LOG_BYTES, NEXT_DEAD_LETTER, NEXT_SEQ, REJECTED, UPSTREAM_GAPS,
 };
 use crate::store::row_bytes;
-use crate::store::rows::DedupeAge;
+use crate::store::rows::{DedupeAge, DedupeGroup};
 use crate::store::tables::{
-    DEAD_LETTERS, DEDUPE, DEDUPE_AGE, META, READINGS, SOURCE_STATE, UPSTREAM_SEQ,
+    DEAD_LETTERS, DEDUPE, DEDUPE_AGE, DEDUPE_GROUP, META, READINGS, SOURCE_STATE, UPSTREAM_SEQ,
 };
 
 const KEYS: [&str; 8] = [
@@ -39,6 +39,7 @@ pub struct Tables<'t> {
     dead: Table<'t, u64, &'static [u8]>,
     dedupe: Table<'t, &'static [u8], u64>,
     dedupe_age: Table<'t, u64, &'static [u8]>,
+    dedupe_group: Table<'t, u64, &'static [u8]>,
     upstream: Table<'t, &'static str, u64>,
     source_state: Table<'t, &'static str, &'static [u8]>,
     meta: Table<'t, &'static str, u64>,
@@ -61,6 +62,7 @@ impl<'t> Tables<'t> {
             dead: txn.open_table(DEAD_LETTERS)?,
             dedupe: txn.open_table(DEDUPE)?,
             dedupe_age: txn.open_table(DEDUPE_AGE)?,
+            dedupe_group: txn.open_table(DEDUPE_GROUP)?,
             upstream: txn.open_table(UPSTREAM_SEQ)?,
             source_state: txn.open_table(SOURCE_STATE)?,
             meta,
@@ -111,6 +113,9 @@ impl<'t> Tables<'t> {
         now_ms: u64,
     ) -> Result<Committed, IngestError> {
         let mut done = Committed::default();
+        // The keys this commit inserts, and the seq the first points at: one `dedupe_group` row.
+        let mut group = DedupeGroup::new(now_ms);
+        let mut group_first = None;
         for sub in batch {
             let need = sub.estimated_bytes();
             let log_bytes = self.get(LOG_BYTES);
@@ -144,11 +149,8 @@ impl<'t> Tables<'t> {
                         done.duplicate += 1;
                         continue;
                     }
-                    let aged = DedupeAge {
-                        inserted_ms: now_ms,
-                        key: &key,
-                    };
-                    self.dedupe_age.insert(seq, aged.encode().as_slice())?;
+                    group_first.get_or_insert(seq);
+                    group.push(&key, seq);
                 }
                 if let Some(seq) = reading.seq {
                     let last = self
@@ -171,6 +173,9 @@ impl<'t> Tables<'t> {
                     .insert(row.key.as_str(), row.value.as_slice())?;
             }
             done.submissions += 1;
+        }
+        if let Some(first) = group_first {
+            self.dedupe_group.insert(first, group.encode().as_slice())?;
         }
         self.add(ACCEPTED, done.accepted);
         self.add(DUPLICATE, done.duplicate);
@@ -222,26 +227,68 @@ impl<'t> Tables<'t> {
         Ok(evicted)
     }
 
-    /// Forgets dedupe keys past the entry bound or older than the age bound, oldest first.
+    /// Forgets dedupe keys past the entry bound or older than the age bound, oldest first: the
+    /// per-key rows agents before v0.2 left (`dedupe_age`, all older than any group) one key at
+    /// a time, then the commit groups (`dedupe_group`) key by key in their order, rewriting a
+    /// group the entry bound takes only part of.
     pub fn evict_dedupe(&mut self, limits: &Limits, now_ms: u64) -> Result<(), IngestError> {
         let horizon = now_ms.saturating_sub(limits.dedupe_max_age_ms);
         loop {
-            let over = self.dedupe_age.len()? > limits.dedupe_max_entries;
+            let over = self.dedupe.len()? > limits.dedupe_max_entries;
             let (ordinal, key) = match self.dedupe_age.first()? {
                 Some((k, v)) => {
                     let aged = DedupeAge::decode(v.value());
                     if !over && aged.inserted_ms >= horizon {
-                        break;
+                        return Ok(());
                     }
                     (k.value(), aged.key.to_vec())
                 }
                 None => break,
             };
             self.dedupe_age.remove(ordinal)?;
-            let points_here = self.dedupe.get(key.as_slice())?.map(|v| v.value()) == Some(ordinal);
-            if points_here {
-                self.dedupe.remove(key.as_slice())?;
+            self.forget(&key, ordinal..=ordinal)?;
+        }
+        loop {
+            let (first, group) = match self.dedupe_group.first()? {
+                Some((k, v)) => (k.value(), DedupeGroup::decode(v.value())),
+                None => return Ok(()),
+            };
+            let young = group.as_ref().is_ok_and(|g| g.inserted_ms >= horizon);
+            if young && self.dedupe.len()? <= limits.dedupe_max_entries {
+                return Ok(());
             }
+            self.dedupe_group.remove(first)?;
+            // Unreadable (a damaged page): dropped; its keys stay until a salvage.
+            let Ok(group) = group else { continue };
+            let mut keys = group.keys();
+            for key in keys.by_ref() {
+                self.forget(key, first..=group.last_seq)?;
+                if young && self.dedupe.len()? <= limits.dedupe_max_entries {
+                    break;
+                }
+            }
+            // Evicted for the entry bound part way: the rest of the group stays, as it was.
+            let mut rest = DedupeGroup::new(group.inserted_ms);
+            for key in keys {
+                rest.push(key, group.last_seq);
+            }
+            if !rest.is_empty() {
+                self.dedupe_group.insert(first, rest.encode().as_slice())?;
+                return Ok(());
+            }
+        }
+    }
+
+    /// Removes `key` from the index if it still points at a seq in `seqs` (a key evicted and
+    /// inserted again points at a newer seq, and stays).
+    fn forget(
+        &mut self,
+        key: &[u8],
+        seqs: std::ops::RangeInclusive<u64>,
+    ) -> Result<(), IngestError> {
+        let here = self.dedupe.get(key)?.map(|v| v.value());
+        if here.is_some_and(|seq| seqs.contains(&seq)) {
+            self.dedupe.remove(key)?;
         }
         Ok(())
     }

@@ -14,7 +14,7 @@
 pub struct Truncated;
 
 /// Appends little-endian fields to a byte vector.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ByteWriter(Vec<u8>);
 
 impl ByteWriter {
@@ -67,6 +67,11 @@ impl ByteWriter {
 
     pub fn into_vec(self) -> Vec<u8> {
         self.0
+    }
+
+    /// The bytes written so far.
+    pub fn as_slice(&self) -> &[u8] {
+        &self.0
     }
 }
 

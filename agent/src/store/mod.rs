@@ -11,7 +11,7 @@
 //! | [`meta`] | the keys of the `meta` table, who writes each, and the `forward_meta` key |
 //! | [`error`] | [`StoreError`]: every redb failure, and the one retry rule ([`StoreError::is_retryable`]) |
 //! | [`codec`] | the little-endian [`ByteWriter`] / [`ByteReader`] every stored record is written and read with |
-//! | [`rows`] | the small row values the store encodes itself (`window_shape`, `dedupe_age`) |
+//! | [`rows`] | the small row values the store encodes itself (`window_shape`, `dedupe_age`, `dedupe_group`) |
 //! | [`salvage`] | opening the file, with redb's integrity check unless a clean-close mark proves it unchanged; a damaged file is moved aside and every readable row salvaged into a new one |
 //! | `FORMAT.md` | every table's key and value bytes, versions, stability, golden vectors (checked by `tests.rs`) |
 //!

@@ -10,8 +10,12 @@ pub const READINGS: TableDefinition<u64, &[u8]> = TableDefinition::new("readings
 pub const DEAD_LETTERS: TableDefinition<u64, &[u8]> = TableDefinition::new("dead_letters");
 /// Dedupe key bytes -> `u64` seq of the reading that first carried it. Ingest writer.
 pub const DEDUPE: TableDefinition<&[u8], u64> = TableDefinition::new("dedupe");
-/// `u64` seq -> `inserted_unix_ms` ++ dedupe key: the index's eviction order. Ingest writer.
+/// `u64` seq -> `inserted_unix_ms` ++ dedupe key: the index's eviction order as agents before
+/// v0.2 wrote it, one row per key. The ingest writer evicts its rows first and writes none.
 pub const DEDUPE_AGE: TableDefinition<u64, &[u8]> = TableDefinition::new("dedupe_age");
+/// `u64` first seq -> dedupe group v1: the keys one ingest commit inserted, when: the index's
+/// eviction order since v0.2, one row per commit. Ingest writer.
+pub const DEDUPE_GROUP: TableDefinition<u64, &[u8]> = TableDefinition::new("dedupe_group");
 /// Sensor id -> last device seq seen (upstream gap counting). Ingest writer.
 pub const UPSTREAM_SEQ: TableDefinition<&str, u64> = TableDefinition::new("upstream_seq");
 /// Source-owned key -> bytes: state a source keeps durable beside its readings, written only

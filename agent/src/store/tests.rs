@@ -5,7 +5,7 @@
 
 use redb::Value;
 
-use super::rows::{DedupeAge, WindowShape};
+use super::rows::{DedupeAge, DedupeGroup, WindowShape};
 use crate::ingest::{DeadLetter, Dedupe};
 use crate::outbox::{OutboxRecord, RecordKind};
 use crate::reading::Reading;
@@ -111,6 +111,27 @@ fn a_dedupe_age_row_matches_its_golden_vector() {
 }
 
 #[test]
+fn a_dedupe_group_row_matches_its_golden_vector() {
+    let mut group = DedupeGroup::new(TS);
+    group.push(&golden("dedupe_frame"), 5);
+    group.push(&golden("dedupe_ts_sensor"), 7);
+    assert_eq!(group.encode(), golden("dedupe_group"));
+    let decoded = DedupeGroup::decode(&golden("dedupe_group")).unwrap();
+    assert_eq!(decoded, group);
+    assert_eq!(decoded.last_seq, 7);
+    let keys: Vec<&[u8]> = decoded.keys().collect();
+    assert_eq!(keys, [golden("dedupe_frame"), golden("dedupe_ts_sensor")]);
+    // Cut short anywhere, or with a byte after the last key: refused, never misread.
+    let bytes = golden("dedupe_group");
+    for len in 0..bytes.len() {
+        assert!(DedupeGroup::decode(&bytes[..len]).is_err(), "cut at {len}");
+    }
+    let mut longer = bytes.clone();
+    longer.push(0);
+    assert!(DedupeGroup::decode(&longer).is_err());
+}
+
+#[test]
 fn a_window_shape_row_matches_its_golden_vector() {
     let shape = WindowShape {
         size_ms: 60_000,
@@ -198,6 +219,7 @@ fn every_golden_vector_in_format_md_is_under_test() {
         "dedupe_sensor_seq",
         "dedupe_ts_sensor",
         "dedupe_age",
+        "dedupe_group",
         "window_shape",
         "window_series_key",
         "window_series",

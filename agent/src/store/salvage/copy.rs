@@ -6,8 +6,9 @@
 //! decoder, and in the dense tables its key lies in the range `meta` states
 //! (`readings` below `next_seq`, `dead_letters` below `next_dead_letter`, `outbox` in
 //! `(outbox_trimmed_through, outbox_next_seq)`). A `dedupe` row must have the shape of a
-//! dedupe key and agree with its `dedupe_age` row; one whose age row was lost gets a new one,
-//! so the index stays bounded (eviction walks `dedupe_age`) and still recognises redeliveries.
+//! dedupe key and agree with its eviction row (`dedupe_group`, or `dedupe_age` of an older
+//! agent); one whose eviction row was lost gets a new one, so the index stays bounded
+//! (eviction walks those rows) and still recognises redeliveries.
 //!
 //! Rows are written in batches of [`super::scan::BATCH`], one transaction each with
 //! `Durability::None`; the last transaction (`meta`) is `Durability::Immediate` and makes all of
@@ -26,15 +27,15 @@ use crate::reading::Reading;
 use crate::source::sparkplug::aliases::NodeRecord;
 use crate::store::meta as keys;
 use crate::store::row_bytes;
-use crate::store::rows::{DedupeAge, WindowShape};
+use crate::store::rows::{DedupeAge, DedupeGroup, WindowShape};
 use crate::store::tables::{
-    DEAD_LETTERS, DEDUPE, DEDUPE_AGE, FORWARD_META, META, OUTBOX, READINGS, SOURCE_STATE,
-    UPSTREAM_SEQ, WINDOW_SERIES, WINDOW_SHAPE,
+    DEAD_LETTERS, DEDUPE, DEDUPE_AGE, DEDUPE_GROUP, FORWARD_META, META, OUTBOX, READINGS,
+    SOURCE_STATE, UPSTREAM_SEQ, WINDOW_SERIES, WINDOW_SHAPE,
 };
 
 /// Every table this version salvages (all of `store/tables.rs`); any other table found in the
 /// damaged file is named in the log as not salvaged.
-pub const TABLES: [&str; 11] = [
+pub const TABLES: [&str; 12] = [
     "meta",
     "forward_meta",
     "window_shape",
@@ -45,6 +46,7 @@ pub const TABLES: [&str; 11] = [
     "dead_letters",
     "outbox",
     "dedupe_age",
+    "dedupe_group",
     "dedupe",
 ];
 
@@ -250,6 +252,12 @@ pub fn copy_all(damaged: &Path, fresh: &Database) -> Result<SalvageReport, redb:
     let mut age_report = ages.copy(&mut source, fresh, &mut totals, |v| v.len() >= 8)?;
     age_report.lost = None;
     t.push(age_report);
+    t.push(copy_keyed(
+        &mut source,
+        fresh,
+        ("dedupe_group", DEDUPE_GROUP),
+        |k, v| plausible_group(k, v, next_seq),
+    )?);
     t.push(copy_dedupe(
         &mut source,
         fresh,
@@ -384,9 +392,11 @@ fn copy_keyed<K: Key + 'static, V: Value + 'static>(
 }
 
 /// `dedupe` rows (each a key the ingest writer could have made, naming a seq below
-/// `next_seq`). A row whose `dedupe_age` row was copied is kept when that row names this very
-/// key; a row whose age row was lost gets a new one, inserted now, so the index stays complete
-/// (a redelivery is still recognised) and bounded (eviction walks `dedupe_age`).
+/// `next_seq`). A row is kept when the eviction row that covers its seq was copied and names
+/// this very key: the `dedupe_age` row of an agent before v0.2, or the `dedupe_group` row whose
+/// range holds the seq. A row whose eviction row was lost gets a new one (a group of its own,
+/// inserted now), so the index stays complete (a redelivery is still recognised) and bounded
+/// (eviction walks those rows).
 fn copy_dedupe(
     source: &mut Source,
     fresh: &Database,
@@ -394,12 +404,15 @@ fn copy_dedupe(
     now_ms: u64,
 ) -> Result<TableReport, redb::Error> {
     let (mut kept, mut refused) = (0u64, 0u64);
+    // The group last looked in: keys are scanned in key order, which mostly follows seq order.
+    let mut cached: Option<(u64, DedupeGroup)> = None;
     let scanned = scan_ends(source, DEDUPE, &mut |rows| {
         if rows.is_empty() {
             return Ok(());
         }
         write_batch(fresh, |txn| {
-            let mut ages = txn.open_table(DEDUPE_AGE)?;
+            let ages = txn.open_table(DEDUPE_AGE)?;
+            let mut groups = txn.open_table(DEDUPE_GROUP)?;
             let mut t = txn.open_table(DEDUPE)?;
             for (k, v) in rows {
                 let seq = <[u8; 8]>::try_from(&v[..]).map(u64::from_le_bytes).ok();
@@ -409,22 +422,35 @@ fn copy_dedupe(
                     refused += 1;
                     continue;
                 };
-                let age = ages
+                let mut names_key = ages
                     .get(seq)?
                     .map(|a| DedupeAge::decode(a.value()).key == k.as_slice());
-                match age {
+                if names_key.is_none() {
+                    let covers =
+                        |(first, g): &(u64, DedupeGroup)| (*first..=g.last_seq).contains(&seq);
+                    if !cached.as_ref().is_some_and(covers) {
+                        cached = match groups.range(..=seq)?.next_back().transpose()? {
+                            Some((first, g)) => DedupeGroup::decode(g.value())
+                                .ok()
+                                .map(|g| (first.value(), g)),
+                            None => None,
+                        };
+                    }
+                    names_key = cached
+                        .as_ref()
+                        .filter(|c| covers(c))
+                        .map(|(_, g)| g.keys().any(|key| key == k.as_slice()));
+                }
+                match names_key {
                     Some(false) => {
                         refused += 1;
                         continue;
                     }
                     Some(true) => {}
                     None => {
-                        let age = DedupeAge {
-                            inserted_ms: now_ms,
-                            key: &k,
-                        }
-                        .encode();
-                        ages.insert(seq, age.as_slice())?;
+                        let mut own = DedupeGroup::new(now_ms);
+                        own.push(&k, seq);
+                        groups.insert(seq, own.encode().as_slice())?;
                     }
                 }
                 t.insert(k.as_slice(), seq)?;
@@ -442,6 +468,17 @@ fn copy_dedupe(
     })
 }
 
+/// Whether a `dedupe_group` row could be what the ingest writer wrote: a readable v1 value
+/// whose seq range (the key through `last_seq`) lies below `next_seq`.
+fn plausible_group(key: &[u8], value: &[u8], next_seq: Option<u64>) -> bool {
+    let Ok(first) = <[u8; 8]>::try_from(key).map(u64::from_le_bytes) else {
+        return false;
+    };
+    DedupeGroup::decode(value).is_ok_and(|g| {
+        !g.is_empty() && first <= g.last_seq && next_seq.is_none_or(|n| g.last_seq < n)
+    })
+}
+
 /// Writes one scanned batch into the fresh database in a transaction of its own, without an
 /// fsync (`Durability::None`, as every batch of the copy).
 fn write_batch(
@@ -456,11 +493,15 @@ fn write_batch(
 }
 
 /// Whether `key` has the shape of a dedupe key (`store/FORMAT.md`): tag 1 and 14 bytes of
-/// device, boot, seq and index; or tag 2 or 3, a big-endian sensor length, the sensor, 8 bytes.
+/// device, boot, seq and index; tag 2 or 3, a big-endian sensor length, the sensor, 8 bytes; or
+/// tag 4, 8 bytes of time, a big-endian sensor length, the sensor.
 fn plausible_dedupe_key(key: &[u8]) -> bool {
     match key {
         [1, rest @ ..] => rest.len() == 14,
         [2 | 3, hi, lo, rest @ ..] => rest.len() == usize::from(u16::from_be_bytes([*hi, *lo])) + 8,
+        [4, _, _, _, _, _, _, _, _, hi, lo, rest @ ..] => {
+            rest.len() == usize::from(u16::from_be_bytes([*hi, *lo]))
+        }
         _ => false,
     }
 }

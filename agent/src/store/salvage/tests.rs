@@ -14,9 +14,9 @@ use super::*;
 use crate::outbox::{OutboxRecord, RecordKind};
 use crate::reading::Reading;
 use crate::store::meta as keys;
-use crate::store::rows::DedupeAge;
+use crate::store::rows::{DedupeAge, DedupeGroup};
 use crate::store::tables::{
-    DEDUPE, DEDUPE_AGE, FORWARD_META, META, OUTBOX, READINGS, WINDOW_SERIES,
+    DEDUPE, DEDUPE_AGE, DEDUPE_GROUP, FORWARD_META, META, OUTBOX, READINGS, WINDOW_SERIES,
 };
 
 const OUTBOX_ROWS: u64 = 3000;
@@ -48,10 +48,24 @@ fn reading_value(seq: u64) -> Vec<u8> {
     .encode()
 }
 
+/// The first half of the readings were taken by an agent before v0.2 (sensor-major keys, tag
+/// 2, one `dedupe_age` row each); the rest by this one (time-major keys, tag 4, one
+/// `dedupe_group` row per commit).
+fn legacy(seq: u64) -> bool {
+    seq <= READING_ROWS / 2
+}
+
 fn dedupe_key(seq: u64) -> Vec<u8> {
-    let mut k = vec![2, 0, 2, b's', b'x'];
-    k.extend_from_slice(&seq.to_be_bytes());
-    k
+    if legacy(seq) {
+        let mut k = vec![2, 0, 2, b's', b'x'];
+        k.extend_from_slice(&seq.to_be_bytes());
+        k
+    } else {
+        let mut k = vec![4];
+        k.extend_from_slice(&seq.to_be_bytes());
+        k.extend_from_slice(&[0, 2, b's', b'x']);
+        k
+    }
 }
 
 /// A database with an outbox backlog `(TRIMMED, TRIMMED + OUTBOX_ROWS]`, readings
@@ -77,17 +91,27 @@ fn write_database(path: &Path) -> (BTreeMap<u64, Vec<u8>>, BTreeMap<u64, Vec<u8>
             let mut r = txn.open_table(READINGS).unwrap();
             let mut d = txn.open_table(DEDUPE).unwrap();
             let mut a = txn.open_table(DEDUPE_AGE).unwrap();
+            let mut g = txn.open_table(DEDUPE_GROUP).unwrap();
+            let mut group = (None, DedupeGroup::new(chunk));
             let per = READING_ROWS / 30 + 1;
             for seq in (1 + chunk * per..=(chunk + 1) * per).filter(|s| *s <= READING_ROWS) {
                 r.insert(seq, reading_value(seq).as_slice()).unwrap();
                 readings.insert(seq, reading_value(seq));
                 d.insert(dedupe_key(seq).as_slice(), seq).unwrap();
-                let age = DedupeAge {
-                    inserted_ms: seq,
-                    key: &dedupe_key(seq),
+                if legacy(seq) {
+                    let age = DedupeAge {
+                        inserted_ms: seq,
+                        key: &dedupe_key(seq),
+                    }
+                    .encode();
+                    a.insert(seq, age.as_slice()).unwrap();
+                } else {
+                    group.0.get_or_insert(seq);
+                    group.1.push(&dedupe_key(seq), seq);
                 }
-                .encode();
-                a.insert(seq, age.as_slice()).unwrap();
+            }
+            if let (Some(first), group) = group {
+                g.insert(first, group.encode().as_slice()).unwrap();
             }
         }
         txn.commit().unwrap();
@@ -130,8 +154,24 @@ fn damage(path: &Path, fractions: &[f64]) {
 /// survive, the entries' offsets and bytes are garbage, so redb reads garbage, not a bad page.
 fn garble_entries(path: &Path, fraction: f64) {
     let len = std::fs::metadata(path).unwrap().len();
-    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
-    let offset = ((len as f64 * fraction) as u64) / 4096 * 4096;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    // The first leaf page (redb's page type byte 1) from `fraction` on: a garbled branch page
+    // is another case (its garbage child pointers may still lead a point lookup, the oracle of
+    // "readable", to a right leaf, while no scan can order its entries).
+    let mut offset = ((len as f64 * fraction) as u64) / 4096 * 4096;
+    let mut kind = [0u8];
+    loop {
+        f.read_exact_at(&mut kind, offset).unwrap();
+        if kind[0] == 1 {
+            break;
+        }
+        offset += 4096;
+        assert!(offset < len, "no leaf page after {fraction}");
+    }
     let garbage: Vec<u8> = (0..4080u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();
@@ -268,16 +308,30 @@ fn salvage_after(crashed: bool, damage: impl FnOnce(&Path)) -> SalvageReport {
         ids.get(keys::INSTANCE_ID).unwrap().unwrap().value(),
         INSTANCE
     );
-    // Every dedupe row kept is one written, with its age row (rebuilt when lost).
+    // Every dedupe row kept is one written, with the eviction row that names it (rebuilt when
+    // lost): its age row (an older agent's keys) or the group whose range holds its seq.
     let ages = txn.open_table(DEDUPE_AGE).unwrap();
+    let groups = txn.open_table(DEDUPE_GROUP).unwrap();
     let dedupe = txn.open_table(DEDUPE).unwrap();
+    let mut tracked = [0u64; 2];
     for row in dedupe.iter().unwrap() {
         let (k, seq) = row.unwrap();
-        assert_eq!(k.value(), dedupe_key(seq.value()).as_slice());
-        let age = ages.get(seq.value()).unwrap().expect("age row");
-        assert_eq!(DedupeAge::decode(age.value()).key, k.value());
+        let seq = seq.value();
+        assert_eq!(k.value(), dedupe_key(seq).as_slice());
+        if let Some(age) = ages.get(seq).unwrap() {
+            assert_eq!(DedupeAge::decode(age.value()).key, k.value());
+        } else {
+            let (first, group) = groups.range(..=seq).unwrap().next_back().unwrap().unwrap();
+            let group = DedupeGroup::decode(group.value()).unwrap();
+            assert!((first.value()..=group.last_seq).contains(&seq), "seq {seq}");
+            assert!(group.keys().any(|key| key == k.value()), "seq {seq}");
+        }
+        tracked[usize::from(legacy(seq))] += 1;
     }
-    assert!(dedupe.len().unwrap() <= ages.len().unwrap());
+    assert!(
+        tracked.iter().all(|n| *n > READING_ROWS / 4),
+        "keys of both layouts kept (new, legacy): {tracked:?}"
+    );
     report
 }
 
