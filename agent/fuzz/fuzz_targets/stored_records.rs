@@ -1,6 +1,6 @@
 //! Fuzzes the decoders of what the agent reads back from its own database (a damaged file must
 //! give an error, never a panic): ingest log readings and dead letters, outbox records, MQTT
-//! subscriptions records, and the forwarder's progress marker as read back from Kafka. Whatever
+//! subscriptions records, dedupe groups, and the forwarder's progress marker as read back from Kafka. Whatever
 //! decodes re-encodes to the same bytes.
 #![no_main]
 
@@ -9,6 +9,7 @@ use edge_agent::ingest::DeadLetter;
 use edge_agent::outbox::OutboxRecord;
 use edge_agent::reading::Reading;
 use edge_agent::source::mqtt::subscriptions::Record as SubscriptionsRecord;
+use edge_agent::store::rows::DedupeGroup;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -23,6 +24,10 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Ok(record) = SubscriptionsRecord::decode(data) {
         assert_eq!(record.encode(), data, "a subscriptions record re-encodes to its bytes");
+    }
+    if let Ok(group) = DedupeGroup::decode(data) {
+        assert_eq!(group.encode(), data, "a dedupe group re-encodes to its bytes");
+        assert_eq!(group.keys().count(), group.len() as usize, "every key is there");
     }
     if let Ok(marker) = Marker::decode(data) {
         assert_eq!(marker.encode(), data, "a progress marker re-encodes to its bytes");

@@ -146,6 +146,43 @@ fn the_dedupe_index_forgets_the_oldest_keys_past_its_bounds() {
 }
 
 #[test]
+fn a_commit_records_its_new_keys_in_one_group_row_and_duplicates_in_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(&dir, limits(1 << 20, OnFull::Backpressure));
+    log.commit(&[one("a", 1), one("b", 1)], 5).unwrap();
+    // Seqs 2 and 3; ("a", 1) again is a duplicate and takes no seq.
+    log.commit(&[one("a", 1), one("c", 1), one("a", 2)], 6)
+        .unwrap();
+    let txn = log.database().begin_read().unwrap();
+    let groups = txn.open_table(crate::store::tables::DEDUPE_GROUP).unwrap();
+    let rows: Vec<(u64, crate::store::rows::DedupeGroup)> = groups
+        .iter()
+        .unwrap()
+        .map(|row| {
+            let (k, v) = row.unwrap();
+            let group = crate::store::rows::DedupeGroup::decode(v.value()).unwrap();
+            (k.value(), group)
+        })
+        .collect();
+    let key = |sensor: &str, ts: u64| Dedupe::SensorTs.key(&reading(sensor, ts)).unwrap();
+    let described: Vec<(u64, u64, u64, Vec<Vec<u8>>)> = rows
+        .iter()
+        .map(|(first, g)| {
+            let keys = g.keys().map(<[u8]>::to_vec).collect();
+            (*first, g.last_seq, g.inserted_ms, keys)
+        })
+        .collect();
+    assert_eq!(
+        described,
+        [
+            (0, 1, 5, vec![key("a", 1), key("b", 1)]),
+            (2, 3, 6, vec![key("c", 1), key("a", 2)]),
+        ]
+    );
+    assert_eq!(log.dedupe_len().unwrap(), 4);
+}
+
+#[test]
 fn time_major_keys_keep_a_commits_new_keys_together_in_the_index() {
     let dir = tempfile::tempdir().unwrap();
     let mut log = open(&dir, limits(1 << 20, OnFull::Backpressure));
