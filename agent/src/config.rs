@@ -115,7 +115,8 @@ pub struct BufferSection {
     pub batch_max_ms: u64,
     /// Capacity (in messages) of the channel from the sources to the writer.
     pub channel_capacity: Spanned<usize>,
-    /// The dedupe index keeps at most this many keys ...
+    /// The dedupe index keeps this many keys (plus at most one commit's: it evicts a commit's
+    /// keys at a time) ...
     pub dedupe_max_entries: Spanned<u64>,
     /// ... and forgets keys older than this.
     pub dedupe_max_age_s: u64,

@@ -131,11 +131,9 @@ fn the_dedupe_index_forgets_the_oldest_keys_past_its_bounds() {
     l.dedupe_max_entries = 3;
     l.dedupe_max_age_ms = 1_000;
     let mut log = open(&dir, l);
-    log.commit(
-        &[one("a", 1), one("a", 2), one("a", 3), one("a", 4)],
-        10_000,
-    )
-    .unwrap();
+    for ts in 1..=4 {
+        log.commit(&[one("a", ts)], 10_000).unwrap();
+    }
     assert_eq!(log.dedupe_len().unwrap(), 3);
     // The oldest key was forgotten, so its redelivery is accepted again (documented bound).
     assert_eq!(log.commit(&[one("a", 1)], 10_000).unwrap().accepted, 1);
@@ -143,6 +141,24 @@ fn the_dedupe_index_forgets_the_oldest_keys_past_its_bounds() {
     // Past the age bound, everything old goes; the new key stays.
     log.commit(&[one("b", 1)], 20_000).unwrap();
     assert_eq!(log.dedupe_len().unwrap(), 1);
+}
+
+#[test]
+fn a_commit_larger_than_the_dedupe_bound_is_remembered_whole_until_a_newer_one_replaces_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut l = limits(1 << 20, OnFull::Backpressure);
+    l.dedupe_max_entries = 3;
+    let mut log = open(&dir, l);
+    let burst: Vec<_> = (1..=5).map(|ts| one("a", ts)).collect();
+    log.commit(&burst, 0).unwrap();
+    // Within the bound plus one commit's keys; none of the burst is forgotten yet.
+    assert_eq!(log.dedupe_len().unwrap(), 5);
+    assert_eq!(log.commit(&[one("a", 1)], 0).unwrap().duplicate, 1);
+    // Three newer keys hold the bound without the burst: it goes whole.
+    log.commit(&[one("b", 1), one("b", 2), one("b", 3)], 0)
+        .unwrap();
+    assert_eq!(log.dedupe_len().unwrap(), 3);
+    assert_eq!(log.commit(&[one("a", 5)], 0).unwrap().accepted, 1);
 }
 
 #[test]

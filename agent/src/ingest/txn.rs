@@ -229,8 +229,9 @@ impl<'t> Tables<'t> {
 
     /// Forgets dedupe keys past the entry bound or older than the age bound, oldest first: the
     /// per-key rows agents before v0.2 left (`dedupe_age`, all older than any group) one key at
-    /// a time, then the commit groups (`dedupe_group`) key by key in their order, rewriting a
-    /// group the entry bound takes only part of.
+    /// a time, then whole commit groups (`dedupe_group`): the entry bound evicts a group only
+    /// when the index holds the bound's number of keys without it, so the index may hold up to
+    /// one commit's keys (`batch_max_readings`) more than `dedupe_max_entries`.
     pub fn evict_dedupe(&mut self, limits: &Limits, now_ms: u64) -> Result<(), IngestError> {
         let horizon = now_ms.saturating_sub(limits.dedupe_max_age_ms);
         loop {
@@ -253,28 +254,22 @@ impl<'t> Tables<'t> {
                 Some((k, v)) => (k.value(), DedupeGroup::decode(v.value())),
                 None => return Ok(()),
             };
-            let young = group.as_ref().is_ok_and(|g| g.inserted_ms >= horizon);
-            if young && self.dedupe.len()? <= limits.dedupe_max_entries {
+            let old = !group.as_ref().is_ok_and(|g| g.inserted_ms >= horizon);
+            // Over the entry bound by the whole group at least: it goes. Less is left over (the
+            // index stays within the bound plus one commit's keys), so a group is never
+            // rewritten: a group is as large as a burst's commit, a commit as small as one key.
+            let len = self.dedupe.len()?;
+            let keys = group.as_ref().map_or(0, |g| u64::from(g.len()));
+            let over = len > limits.dedupe_max_entries
+                && len.saturating_sub(keys) >= limits.dedupe_max_entries;
+            if !old && !over {
                 return Ok(());
             }
             self.dedupe_group.remove(first)?;
             // Unreadable (a damaged page): dropped; its keys stay until a salvage.
             let Ok(group) = group else { continue };
-            let mut keys = group.keys();
-            for key in keys.by_ref() {
+            for key in group.keys() {
                 self.forget(key, first..=group.last_seq)?;
-                if young && self.dedupe.len()? <= limits.dedupe_max_entries {
-                    break;
-                }
-            }
-            // Evicted for the entry bound part way: the rest of the group stays, as it was.
-            let mut rest = DedupeGroup::new(group.inserted_ms);
-            for key in keys {
-                rest.push(key, group.last_seq);
-            }
-            if !rest.is_empty() {
-                self.dedupe_group.insert(first, rest.encode().as_slice())?;
-                return Ok(());
             }
         }
     }
