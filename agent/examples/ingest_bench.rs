@@ -260,6 +260,7 @@ async fn mqtt_side_by_side(url: &str, n: u64, linger_ms: u64) {
         }
     });
     let started = Instant::now();
+    let cpu = Cpu::start();
     let mut got = 0;
     while got < n {
         if let Ok(Event::Incoming(Packet::Publish(p))) = ev.poll().await {
@@ -268,6 +269,7 @@ async fn mqtt_side_by_side(url: &str, n: u64, linger_ms: u64) {
         }
     }
     let bare = n as f64 / started.elapsed().as_secs_f64();
+    let bare_cpu = cpu.per_item_us(n);
 
     let dir = tempfile::tempdir().expect("tempdir");
     let agent_id = format!("bench-agent-{run}");
@@ -289,6 +291,7 @@ batch_max_ms = {linger_ms}
     let counters = Arc::new(Counters::default());
     let cancel = CancellationToken::new();
     let started = Instant::now();
+    let cpu = Cpu::start();
     let agent = tokio::spawn(edge_agent::service::run_with_counters(
         config,
         cancel.clone(),
@@ -298,13 +301,22 @@ batch_max_ms = {linger_ms}
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let durable = n as f64 / started.elapsed().as_secs_f64();
+    let agent_cpu = cpu.per_item_us(n);
     cancel.cancel();
     let _ = agent.await;
     println!("MQTT QoS 1, {n} messages queued in a persistent session, drained:");
     println!("  bare rumqttc subscriber (ack on receipt): {bare:.0} msg/s");
     println!("  edge-agent (parse, map, commit with fsync, then ack): {durable:.0} readings/s = {:.2} of bare", durable / bare);
+    println!(
+        "  CPU per message, this process / the rest of the machine (the broker): bare {:.2} / {:.2} us, agent {:.2} / {:.2} us",
+        bare_cpu.0, bare_cpu.1, agent_cpu.0, agent_cpu.1
+    );
     let params = format!("{n} QoS 1 messages queued");
     FIGURES.print("mqtt_bare_subscriber", bare, "msg/s", &params);
+    FIGURES.print("mqtt_bare_cpu_per_msg", bare_cpu.0, "us", &params);
+    FIGURES.print("mqtt_agent_cpu_per_reading", agent_cpu.0, "us", &params);
+    FIGURES.print("mqtt_broker_cpu_per_msg_bare", bare_cpu.1, "us", &params);
+    FIGURES.print("mqtt_broker_cpu_per_msg_agent", agent_cpu.1, "us", &params);
     FIGURES.print("mqtt_agent", durable, "readings/s", &params);
     FIGURES.print_with_target(
         "mqtt_agent_of_bare",
@@ -313,6 +325,33 @@ batch_max_ms = {linger_ms}
         &params,
         ">= 0.8",
     );
+}
+
+/// CPU spent over one drain: this process's (`getrusage`), and the rest of the machine's (all
+/// CPUs' busy time from `/proc/stat` minus this process's: the broker, on a quiet machine).
+struct Cpu {
+    own: Duration,
+    machine_busy: u64,
+}
+
+impl Cpu {
+    fn start() -> Cpu {
+        Cpu {
+            own: edge_bench::program::process_cpu(),
+            machine_busy: edge_bench::machine::cpu_jiffies().0,
+        }
+    }
+
+    /// Microseconds per item since [`Cpu::start`]: (this process, the rest of the machine).
+    fn per_item_us(&self, items: u64) -> (f64, f64) {
+        let own = edge_bench::program::process_cpu().saturating_sub(self.own);
+        let (busy, _) = edge_bench::machine::cpu_jiffies();
+        // Busy jiffies of all CPUs: /proc/stat counts USER_HZ (100) per second per CPU.
+        let machine_s = busy.saturating_sub(self.machine_busy) as f64 / 100.0;
+        let rest_s = (machine_s - own.as_secs_f64()).max(0.0);
+        let per = |s: f64| s * 1e6 / items.max(1) as f64;
+        (per(own.as_secs_f64()), per(rest_s))
+    }
 }
 
 /// The agent binary as a child under a steady MQTT load; prints its peak RSS.
