@@ -19,6 +19,11 @@
 //!   is the same figure); an empty database does nothing in it. Both are compared with the empty
 //!   database (`_of_empty`, the issue's +-10 %).
 //!
+//! - **rss_open**: the VmHWM of a process of this program's own that only opens a cleanly
+//!   closed copy of the database as the agent does (`IngestLog::open`) and reads its counters:
+//!   the start's own cost, without the pipeline's first batches (`_of_empty`: against the same
+//!   open of the empty database).
+//!
 //! The same is measured on an empty database (`_empty` figures), and the backlog run is made
 //! three times: after a clean stop (the copy gets the clean-close mark a stopped agent writes,
 //! `store::salvage::clean`) with the database file dropped from the page cache first (`dd
@@ -64,6 +69,9 @@ const CHUNK: u64 = 10_000;
 const QUOTA: u64 = 8 << 30;
 
 fn main() -> anyhow::Result<()> {
+    if std::env::args().nth(1).as_deref() == Some(OPEN_ONLY) {
+        return open_only();
+    }
     let records = arg(1, 1_000_000);
     let bootstrap =
         std::env::var("KAFKA_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:19092".to_owned());
@@ -119,6 +127,14 @@ fn main() -> anyhow::Result<()> {
         false,
     )?;
 
+    let open_kib = open_peak_kib(work.path(), "open-backlog", &seed)?;
+    let open_empty_kib = open_peak_kib(work.path(), "open-empty", &empty_seed)?;
+    println!(
+        "the open alone (IngestLog::open after a clean stop, in a process of its own): VmHWM {:.1} MiB on the backlog, {:.1} MiB on the empty database",
+        open_kib as f64 / 1024.0,
+        open_empty_kib as f64 / 1024.0
+    );
+
     let params = format!(
         "{} readings + {} outbox records ({:.0} MB), cold page cache",
         thousands(records),
@@ -157,6 +173,20 @@ fn main() -> anyhow::Result<()> {
         &format!("{params}; {at_ready}"),
         "90 to 110",
     );
+    let opened =
+        "VmHWM of a process that only opens the database (the restart itself, no pipeline)";
+    FIGURES.print(
+        "rss_open",
+        open_kib as f64 / 1024.0,
+        "MiB",
+        &format!("{params}; {opened}"),
+    );
+    FIGURES.print(
+        "rss_open_of_empty",
+        100.0 * open_kib as f64 / open_empty_kib.max(1) as f64,
+        "%",
+        &format!("{params}; {opened}"),
+    );
     FIGURES.print("rss", cold.peak_mib, "MiB", &format!("{params}; {peak}"));
     FIGURES.print(
         "rss_empty",
@@ -193,13 +223,7 @@ fn agent_binary() -> anyhow::Result<PathBuf> {
 /// Writes `records` readings into the ingest log and `records` records into the outbox, then
 /// closes the database (cleanly, as a stopped agent does).
 fn prepare(path: &Path, records: u64) -> anyhow::Result<()> {
-    let limits = Limits {
-        quota_bytes: QUOTA,
-        on_full: OnFull::Backpressure,
-        dedupe_max_entries: 1_000_000,
-        dedupe_max_age_ms: 7 * 24 * 3600 * 1000,
-    };
-    let mut log = IngestLog::open(path, limits)?;
+    let mut log = IngestLog::open(path, limits())?;
     let now_ms = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as u64;
     let t0 = now_ms - 3_600_000;
     let mut seq = 0;
@@ -251,6 +275,16 @@ fn prepare(path: &Path, records: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The limits of the prepared database.
+fn limits() -> Limits {
+    Limits {
+        quota_bytes: QUOTA,
+        on_full: OnFull::Backpressure,
+        dedupe_max_entries: 1_000_000,
+        dedupe_max_age_ms: 7 * 24 * 3600 * 1000,
+    }
+}
+
 /// What one start measured.
 struct Start {
     ready_s: f64,
@@ -258,6 +292,44 @@ struct Start {
     ready_mib: f64,
     /// VmHWM [`AFTER_READY`] after ready.
     peak_mib: f64,
+}
+
+/// The first argument of this program's own child that only opens a database (`open_only`).
+const OPEN_ONLY: &str = "--open-only";
+
+/// The child: opens the database at the second argument as the agent does on start
+/// (`IngestLog::open`: the clean-close check, redb's open, the table set-up commit), reads the
+/// log's counters, and prints its own VmHWM in KiB.
+fn open_only() -> anyhow::Result<()> {
+    let path = PathBuf::from(
+        std::env::args()
+            .nth(2)
+            .ok_or_else(|| anyhow::anyhow!("{OPEN_ONLY} PATH"))?,
+    );
+    let log = IngestLog::open(&path, limits())?;
+    let stats = log.stats()?;
+    anyhow::ensure!(stats.next_seq == stats.readings, "a fresh fill: {stats:?}");
+    println!("{}", status_kib(Process::This, "VmHWM:"));
+    Ok(())
+}
+
+/// Peak RSS (KiB) of a child that only opens a cleanly closed copy of `seed`.
+fn open_peak_kib(work: &Path, name: &str, seed: &Path) -> anyhow::Result<u64> {
+    let dir = work.join(name);
+    std::fs::create_dir_all(&dir)?;
+    let db = dir.join("ingest.redb");
+    std::fs::copy(seed, &db)?;
+    salvage::mark_clean(&db)?;
+    let out = Command::new(std::env::current_exe()?)
+        .arg(OPEN_ONLY)
+        .arg(&db)
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "the open-only child failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8(out.stdout)?.trim().parse()?)
 }
 
 /// Whether the database file is in the page cache at the start.
