@@ -177,7 +177,7 @@ pub fn jobs(quick: bool, brokers: &Brokers, telegraf: Option<&str>) -> Vec<Job> 
     jobs.push(job(
         "ingest",
         format!(
-            "durable ingest, {} readings writer-only + {} from Mosquitto",
+            "durable ingest, {} readings writer-only + 5 x {} from Mosquitto (median)",
             thousands(readings),
             thousands(readings / 4)
         ),
