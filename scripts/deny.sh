@@ -37,6 +37,9 @@ if ! command -v cargo-deny >/dev/null 2>&1; then
 fi
 db=$cache/advisory-db
 export EDGE_ADVISORY_DB_PATH=$db
+# cargo-deny reads the metadata of every platform's dependencies (windows-sys too) offline; a
+# build only downloads the host's, so on a fresh machine fetch the rest from crates.io first.
+cargo fetch --locked --quiet
 cargo deny --offline --locked check licenses bans sources || status=1
 
 if [[ -d $db/advisory-db-3157b0e258782691/.git ]]; then
