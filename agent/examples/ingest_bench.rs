@@ -88,19 +88,21 @@ async fn writer_only(n: u64, linger_ms: u64) {
     let (tx, rx) = mpsc::channel(1024);
     let counters = Arc::new(Counters::default());
     let cancel = CancellationToken::new();
-    let writer = Writer {
-        log,
-        path: path.clone(),
-        batch: BatchLimits {
-            max_readings: 1000,
-            max_wait: Duration::from_millis(linger_ms),
-        },
-        counters: counters.clone(),
-        submissions: rx,
-        cancel: cancel.clone(),
-        committed: None,
-    }
-    .spawn();
+    let writer = tokio::spawn(
+        Writer {
+            log,
+            path: path.clone(),
+            batch: BatchLimits {
+                max_readings: 1000,
+                max_wait: Duration::from_millis(linger_ms),
+            },
+            counters: counters.clone(),
+            submissions: rx,
+            cancel: cancel.clone(),
+            committed: None,
+        }
+        .run(),
+    );
     let latencies = Arc::new(Mutex::new(Vec::with_capacity(n as usize)));
     let started = Instant::now();
     let producers: Vec<_> = (0..4u64)

@@ -142,7 +142,7 @@ pub async fn run_with_telemetry(
         cancel: cancel.clone(),
         committed: Some(readings_committed.clone()),
     };
-    let writer = tracker.spawn_blocking(move || writer.run_blocking());
+    let writer = tracker.spawn(writer.run());
 
     // Every configured source of every kind, from the kinds' own list (`source::KINDS`).
     let cx = Context {

@@ -97,19 +97,21 @@ async fn a_full_disk_stops_acks_without_crashing_and_everything_commits_once_spa
     let (tx, rx) = mpsc::channel(256);
     let counters = Arc::new(Counters::default());
     let cancel = CancellationToken::new();
-    let writer = Writer {
-        log,
-        path: db_path.clone(),
-        batch: BatchLimits {
-            max_readings: 500,
-            max_wait: Duration::from_millis(2),
-        },
-        counters: counters.clone(),
-        submissions: rx,
-        cancel: cancel.clone(),
-        committed: None,
-    }
-    .spawn();
+    let writer = tokio::spawn(
+        Writer {
+            log,
+            path: db_path.clone(),
+            batch: BatchLimits {
+                max_readings: 500,
+                max_wait: Duration::from_millis(2),
+            },
+            counters: counters.clone(),
+            submissions: rx,
+            cancel: cancel.clone(),
+            committed: None,
+        }
+        .run(),
+    );
     let acked = Arc::new(AtomicU64::new(0));
     let producer = {
         let acked = acked.clone();

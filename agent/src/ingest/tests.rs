@@ -408,7 +408,7 @@ fn start(log: IngestLog, dir: &tempfile::TempDir, capacity: usize) -> Running {
     Running {
         submissions,
         cancel,
-        task: writer.spawn(),
+        task: tokio::spawn(writer.run()),
     }
 }
 

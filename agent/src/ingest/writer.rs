@@ -1,14 +1,8 @@
 //! The group-committing writer task: the only code that writes the ingest log.
 //!
 //! Loop: wait for one [`Submission`]; gather more until `batch_max_readings` readings are
-//! waiting or `batch_max` has passed; commit them in one fsync'd transaction; then run the acks
-//! of exactly the submissions that committed, in order.
-//!
-//! The writer has a thread of its own ([`Writer::spawn`]: a thread of tokio's blocking pool
-//! driving the writer's future) and commits on it. A commit is therefore no hop to another
-//! thread and back, and the acks run on the thread that committed: a source whose broker allows
-//! few unacknowledged messages in flight (Mosquitto's default is 20) waits one commit, not one
-//! commit and two thread switches, before its next messages come (issue 18).
+//! waiting or `batch_max` has passed; commit them in one fsync'd transaction (on a blocking
+//! thread); then run the acks of exactly the submissions that committed, in order.
 //!
 //! # Invariants and crash reasoning
 //!
@@ -75,24 +69,7 @@ fn weight(s: &Submission) -> usize {
 }
 
 impl Writer {
-    /// Starts the writer on a thread of its own (see the module doc); the handle resolves when
-    /// it stops. Must be called inside a tokio runtime, whose timers the writer uses.
-    pub fn spawn(self) -> tokio::task::JoinHandle<Result<(), IngestError>> {
-        tokio::task::spawn_blocking(move || self.run_blocking())
-    }
-
-    /// Runs the writer on the calling thread, which it blocks until the writer stops: a thread
-    /// of tokio's blocking pool (this is what [`Writer::spawn`] runs there), never a runtime
-    /// worker.
-    pub fn run_blocking(self) -> Result<(), IngestError> {
-        tokio::runtime::Handle::current().block_on(self.run())
-    }
-
     /// Runs until cancelled or every sender is gone. Returns an error only when it is fatal.
-    /// Commits block the thread that polls this future: the agent runs it with
-    /// [`Writer::spawn`]. Polled as a task it blocks a runtime thread for each commit, which
-    /// only a single-threaded test can afford; such a test does so when it runs on tokio's
-    /// paused clock, which does not advance while a blocking-pool thread is busy.
     pub async fn run(mut self) -> Result<(), IngestError> {
         let mut pending: VecDeque<Submission> = VecDeque::new();
         let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
@@ -117,11 +94,20 @@ impl Writer {
                 first = Instant::now();
                 inputs_closed = gather(&mut self.submissions, &mut pending, self.batch).await;
             }
-            let Some(current) = log.as_mut() else {
+            let Some(current) = log.take() else {
                 return Ok(());
             };
-            let mut batch: Vec<Submission> = pending.drain(..).collect();
-            match current.commit(&batch, unix_ms()) {
+            let batch: Vec<Submission> = pending.drain(..).collect();
+            let now = unix_ms();
+            let (current, mut batch, result) = tokio::task::spawn_blocking(move || {
+                let mut current = current;
+                let result = current.commit(&batch, now);
+                (current, batch, result)
+            })
+            .await
+            .map_err(|_| IngestError::WriterThread)?;
+            log = Some(current);
+            match result {
                 Ok(done) => {
                     backoff.reset();
                     self.counters.add(&done);

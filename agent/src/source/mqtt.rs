@@ -6,13 +6,12 @@
 //! - the **poller** owns the `EventLoop` and polls it without pause, whatever happens
 //!   downstream, so keepalive pings never lapse. Each incoming publish is parsed and mapped
 //!   into a [`Submission`] (readings plus dead letters) whose ack, when run by the ingest
-//!   writer after its commit, puts the PUBACK into rumqttc's request channel without waiting
-//!   ([`route`]), or, when that channel is full, hands the publish to
-//! - the **acker**, which awaits `ack()` (and `subscribe`, `unsubscribe` and the final
-//!   `disconnect`), one request at a time, in the order it was asked. Awaiting `ack()` on the
-//!   polling task deadlocks under a flood, so it never does (`docs/DESIGN.md` section 9,
-//!   "Facts we rely on": "rumqttc, never await `ack()` on the polling task"), and neither does
-//!   the writer.
+//!   writer after its commit, hands the publish to
+//! - the **acker**, which owns the `AsyncClient` side and awaits `ack()` (and `subscribe`,
+//!   and the final `disconnect`), one request at a time, in the order it was asked.
+//!   Awaiting `ack()` on the polling task deadlocks under a flood, so it never does
+//!   (`docs/DESIGN.md` section 9, "Facts we rely on": "rumqttc, never await `ack()` on the
+//!   polling task").
 //!
 //! # Invariants and crash reasoning
 //!
@@ -47,7 +46,6 @@
 //!   dead-lettered ([`subscriptions`]: the durable record of what was subscribed, and why a
 //!   topic never subscribed by this source is still dead-lettered).
 
-pub mod route;
 pub mod session;
 pub mod stop;
 pub mod subscriptions;
@@ -63,7 +61,6 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use toml::Spanned;
 
-use route::AckRoute;
 use session::{Client, Event, EventLoop, Publish, RequestError, Settings, Version};
 use stop::{AckLedger, Outcome, StopReport};
 use subscriptions::{Delivery, Record, Requests, Subscriptions};
@@ -401,27 +398,19 @@ impl MqttSourceTask {
             .collect();
         let mut subscriptions = Subscriptions::new(&filters, self.subscribed_before.clone());
         let name = self.config.name.get_ref().clone();
-        let route = Arc::new(AckRoute::new(client, commands.clone()));
-        let acker = tokio::spawn(acker(route.clone(), command_rx, name.clone()));
+        let acker = tokio::spawn(acker(client, command_rx, name.clone()));
         let ledger = Arc::new(AckLedger::default());
         let connected = self
-            .poll(
-                &mut eventloop,
-                &commands,
-                &route,
-                &ledger,
-                &mut subscriptions,
-            )
+            .poll(&mut eventloop, &commands, &ledger, &mut subscriptions)
             .await;
         let deadline = tokio::time::Instant::now() + STOP_FLUSH_MAX;
         let report =
             stop::flush_and_disconnect(&mut eventloop, &commands, &ledger, connected, deadline)
                 .await;
         log_stop(&name, &report, ledger.dropped());
-        // Only now: the route holds the client, and rumqttc ends the session early when every
+        // Only now: the acker holds the client, and rumqttc ends the session early when every
         // client handle is gone.
         acker.abort();
-        drop(route);
         Ok(())
     }
 
@@ -432,7 +421,6 @@ impl MqttSourceTask {
         &self,
         eventloop: &mut EventLoop,
         commands: &mpsc::UnboundedSender<Command>,
-        route: &Arc<AckRoute>,
         ledger: &Arc<AckLedger>,
         subscriptions: &mut Subscriptions,
     ) -> bool {
@@ -479,14 +467,14 @@ impl MqttSourceTask {
                         self.counters.received.fetch_add(1, Ordering::Relaxed);
                         let delivery = publish.topic().map(|t| subscriptions.delivery(t));
                         if delivery == Some(Delivery::Unsubscribed) {
-                            self.drop_unsubscribed(publish, route, &mut logged_topics);
+                            self.drop_unsubscribed(publish, commands, &mut logged_topics);
                             continue;
                         }
                         if publish.at_most_once() && waiting.len() >= QOS0_WAITING_MAX {
                             self.counters.qos0_dropped.fetch_add(1, Ordering::Relaxed);
                             continue;
                         }
-                        let submission = self.submission(publish, dedupe, route, ledger);
+                        let submission = self.submission(publish, dedupe, commands, ledger);
                         if self.offer(&mut waiting, submission).is_err() {
                             return connected;
                         }
@@ -572,7 +560,12 @@ impl MqttSourceTask {
 
     /// A publish on a filter this source unsubscribed: acked at once (nothing of it is kept, so
     /// nothing needs to be durable first), counted, its topic logged once.
-    fn drop_unsubscribed(&self, publish: Publish, route: &AckRoute, logged: &mut HashSet<String>) {
+    fn drop_unsubscribed(
+        &self,
+        publish: Publish,
+        commands: &mpsc::UnboundedSender<Command>,
+        logged: &mut HashSet<String>,
+    ) {
         self.counters
             .unsubscribed_dropped
             .fetch_add(1, Ordering::Relaxed);
@@ -586,7 +579,7 @@ impl MqttSourceTask {
             );
         }
         if !publish.at_most_once() {
-            route.ack(publish);
+            let _ = commands.send(Command::Ack(publish));
         }
     }
 
@@ -613,7 +606,7 @@ impl MqttSourceTask {
         &self,
         publish: Publish,
         dedupe: Dedupe,
-        route: &Arc<AckRoute>,
+        commands: &mpsc::UnboundedSender<Command>,
         ledger: &Arc<AckLedger>,
     ) -> Submission {
         let name = self.config.name.get_ref().as_str();
@@ -659,10 +652,10 @@ impl MqttSourceTask {
         let ack: Option<Box<dyn FnOnce() + Send>> = if publish.at_most_once() {
             None
         } else {
-            let route = route.clone();
+            let commands = commands.clone();
             let owed = ledger.owe();
             Some(Box::new(move || {
-                route.ack(publish);
+                let _ = commands.send(Command::Ack(publish));
                 owed.ran();
             }))
         };
@@ -679,19 +672,11 @@ impl MqttSourceTask {
 /// the client, in the order asked; never runs on the polling task. It does not stop on
 /// cancellation: acks released by the writer's last commit still arrive then, and the stop needs
 /// them sent ([`stop`]). The source aborts it once the event loop is done.
-async fn acker(route: Arc<AckRoute>, mut commands: mpsc::UnboundedReceiver<Command>, name: String) {
-    let client = route.client();
-    loop {
-        let command = match route.next_queued(&mut commands) {
-            Some(command) => command,
-            None => match commands.recv().await {
-                Some(command) => command,
-                None => return,
-            },
-        };
+async fn acker(client: Client, mut commands: mpsc::UnboundedReceiver<Command>, name: String) {
+    while let Some(command) = commands.recv().await {
         let result = match command {
             Command::Ack(publish) => client.ack(&publish).await,
-            Command::Connect(requests) => connect_requests(client, &requests).await,
+            Command::Connect(requests) => connect_requests(&client, &requests).await,
             Command::Disconnect => client.disconnect().await,
         };
         if let Err(error) = result {

@@ -268,16 +268,6 @@ impl Client {
         }
     }
 
-    /// Queues the ack if the request channel has room; never waits. `Err` when it is full or
-    /// the event loop is gone (the two are not told apart by rumqttc).
-    pub fn try_ack(&self, publish: &Publish) -> Result<(), RequestError> {
-        match (self, publish) {
-            (Client::V311(c), Publish::V311(p)) => c.try_ack(p).map_err(request),
-            (Client::V5(c), Publish::V5(p)) => c.try_ack(p).map_err(request),
-            _ => Err(RequestError("publish of the other MQTT version".into())),
-        }
-    }
-
     /// Subscribes to `(filter, qos)` pairs in one SUBSCRIBE.
     pub async fn subscribe(&self, filters: &[(String, u8)]) -> Result<(), RequestError> {
         match self {

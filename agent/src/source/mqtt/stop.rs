@@ -14,11 +14,9 @@
 //! 2. The poller keeps polling the event loop (acks are written only while it is polled) until
 //!    the [`AckLedger`] shows no ack owed: every submission handed to the writer has either run
 //!    its ack (committed) or been dropped unrun (not committed).
-//! 3. It then asks the acker for a DISCONNECT. Every ack already sits in rumqttc's request
-//!    channel or ahead of it in the acker's queue ([`super::route`]); the acker sends its
-//!    requests in order and rumqttc writes and flushes requests in order, so when rumqttc
-//!    reports the DISCONNECT written, every PUBACK (PUBREC for QoS 2) before it is on the
-//!    socket.
+//! 3. It then asks the acker for a DISCONNECT. The acker sends its requests in order and rumqttc
+//!    writes and flushes requests in order, so when rumqttc reports the DISCONNECT written,
+//!    every PUBACK (PUBREC for QoS 2) before it is on the socket.
 //! 4. It waits for the broker to close the connection (an MQTT 3.1.1 broker closes on
 //!    DISCONNECT; Mosquitto does at once). TCP delivers in order and the broker reads packets in
 //!    order, so the close proves it processed every ack. Closing our socket first could send a
@@ -43,7 +41,7 @@ use super::Command;
 pub const CLOSE_WAIT_MAX: Duration = Duration::from_secs(1);
 
 /// The acks a source owes: one per QoS 1/2 submission from the moment it is built until its
-/// ack has run (and handed the publish on, [`super::route`]) or the submission was dropped unrun.
+/// ack has run (and handed the publish to the acker) or the submission was dropped unrun.
 #[derive(Debug, Default)]
 pub struct AckLedger {
     owed: AtomicUsize,
@@ -92,7 +90,7 @@ pub struct OwedAck {
 }
 
 impl OwedAck {
-    /// The ack ran. Call it after handing the ack on (to rumqttc or the acker), so that a stop that sees nothing
+    /// The ack ran. Call it after handing the ack to the acker, so that a stop that sees nothing
     /// owed queues its DISCONNECT behind every ack.
     pub fn ran(mut self) {
         self.ran = true;

@@ -40,22 +40,6 @@ fn task(config: &Config) -> (MqttSourceTask, mpsc::Receiver<Submission>) {
     (task, rx)
 }
 
-/// An ack route into a 3.1.1 request channel the test reads (no event loop), with room.
-fn route311() -> (Arc<AckRoute>, flume::Receiver<rumqttc::Request>) {
-    let (requests, channel) = flume::bounded(16);
-    let (commands, _) = mpsc::unbounded_channel();
-    let client = Client::V311(rumqttc::AsyncClient::from_senders(requests));
-    (Arc::new(AckRoute::new(client, commands)), channel)
-}
-
-/// The same for MQTT 5.
-fn route5() -> (Arc<AckRoute>, flume::Receiver<rumqttc::v5::Request>) {
-    let (requests, channel) = flume::bounded(16);
-    let (commands, _) = mpsc::unbounded_channel();
-    let client = Client::V5(rumqttc::v5::AsyncClient::from_senders(requests));
-    (Arc::new(AckRoute::new(client, commands)), channel)
-}
-
 fn publish(topic: &str, qos: QoS, body: &str) -> Publish {
     let mut p = rumqttc::Publish::new(topic, qos, body.as_bytes().to_vec());
     p.pkid = 9;
@@ -63,10 +47,10 @@ fn publish(topic: &str, qos: QoS, body: &str) -> Publish {
 }
 
 #[test]
-fn a_good_message_becomes_a_reading_whose_puback_is_queued_when_its_ack_runs() {
+fn a_good_message_becomes_a_reading_whose_ack_goes_to_the_acker() {
     let config = config(CONFIG);
     let (task, _rx) = task(&config);
-    let (commands, acks) = route311();
+    let (commands, mut command_rx) = mpsc::unbounded_channel();
     let ledger = Arc::new(AckLedger::default());
     let s = task.submission(
         publish("s/d1/v", QoS::AtLeastOnce, r#"{"v":5,"ts":7}"#),
@@ -81,12 +65,12 @@ fn a_good_message_becomes_a_reading_whose_puback_is_queued_when_its_ack_runs() {
     );
     assert!(s.dead_letters.is_empty());
     assert!(
-        acks.try_recv().is_err(),
+        command_rx.try_recv().is_err(),
         "nothing is acked before the commit"
     );
     assert_eq!(ledger.owed(), 1, "owed from the moment it is built");
     (s.ack.expect("QoS 1 owes an ack"))();
-    assert!(matches!(acks.try_recv(), Ok(rumqttc::Request::PubAck(a)) if a.pkid == 9));
+    assert!(matches!(command_rx.try_recv(), Ok(Command::Ack(Publish::V311(p))) if p.pkid == 9));
     assert_eq!((ledger.owed(), ledger.ran()), (0, 1));
 }
 
@@ -94,7 +78,7 @@ fn a_good_message_becomes_a_reading_whose_puback_is_queued_when_its_ack_runs() {
 fn unparsable_or_unmappable_messages_become_dead_letters_with_an_ack() {
     let config = config(CONFIG);
     let (task, _rx) = task(&config);
-    let (commands, _acks) = route311();
+    let (commands, _command_rx) = mpsc::unbounded_channel();
     let ledger = Arc::new(AckLedger::default());
     for (topic, body, reason) in [
         ("s/d1/v", "{oops", "not JSON"),
@@ -126,7 +110,7 @@ fn unparsable_or_unmappable_messages_become_dead_letters_with_an_ack() {
 fn qos0_messages_owe_no_ack() {
     let config = config(CONFIG);
     let (task, _rx) = task(&config);
-    let (commands, _acks) = route311();
+    let (commands, _c) = mpsc::unbounded_channel();
     let ledger = Arc::new(AckLedger::default());
     let s = task.submission(
         publish("s/d1/v", QoS::AtMostOnce, r#"{"v":5,"ts":7}"#),
@@ -224,7 +208,7 @@ fn listed_mqtt5_user_properties_fill_the_id_template_and_a_missing_one_is_a_dead
         .replace("id = \"{dev}\"", "id = \"{site}.{line}.{dev}\"");
     let config = config(&text);
     let (task, _rx) = task(&config);
-    let (commands, acks) = route5();
+    let (commands, mut command_rx) = mpsc::unbounded_channel();
     let ledger = Arc::new(AckLedger::default());
     let body = r#"{"v":5,"ts":7}"#;
     // A property sent twice counts once (the first); unlisted ones are ignored.
@@ -243,7 +227,7 @@ fn listed_mqtt5_user_properties_fill_the_id_template_and_a_missing_one_is_a_dead
     assert!(s.dead_letters.is_empty(), "{:?}", s.dead_letters);
     assert_eq!(s.readings[0].0.sensor, "north.l2.d1");
     (s.ack.expect("QoS 1 owes an ack"))();
-    assert!(matches!(acks.try_recv(), Ok(rumqttc::v5::Request::PubAck(a)) if a.pkid == 3));
+    assert!(matches!(command_rx.try_recv(), Ok(Command::Ack(Publish::V5(p))) if p.pkid == 3));
 
     let s = task.submission(
         publish5("s/d1/v", body, &[("site", "north")]),
@@ -268,7 +252,7 @@ fn an_mqtt5_topic_that_is_not_utf8_is_a_dead_letter() {
         "version = 5\n",
     ));
     let (task, _rx) = task(&config);
-    let (commands, _acks) = route5();
+    let (commands, _c) = mpsc::unbounded_channel();
     let ledger = Arc::new(AckLedger::default());
     let mut p = P5::new(
         "s/x/v",

@@ -83,8 +83,6 @@ fn rig_with(text: &str, index: usize) -> (Rig, DuplexStream) {
     };
     let (ours, theirs) = tokio::io::duplex(4096);
     let source = tokio::spawn(async move { task.serve(ours).await });
-    // As a task, not on a thread of its own: two of these tests run on the paused clock, which
-    // a busy blocking-pool thread would stop from advancing.
     let writer = tokio::spawn(writer.run());
     (
         Rig {
