@@ -267,37 +267,17 @@ async fn mqtt_side_by_side(url: &str, n: u64, linger_ms: u64, runs: usize) {
     let ratio = median(&Drain::ratio);
     println!("  median ratio {ratio:.2} of bare");
     let params = format!("{n} QoS 1 messages queued, median of {} runs", drains.len());
-    FIGURES.print(
-        "mqtt_bare_subscriber",
-        median(&|d| d.bare),
-        "msg/s",
-        &params,
-    );
-    FIGURES.print(
-        "mqtt_bare_cpu_per_msg",
-        median(&|d| d.bare_cpu.0),
-        "us",
-        &params,
-    );
-    FIGURES.print(
-        "mqtt_agent_cpu_per_reading",
-        median(&|d| d.agent_cpu.0),
-        "us",
-        &params,
-    );
-    FIGURES.print(
-        "mqtt_broker_cpu_per_msg_bare",
-        median(&|d| d.bare_cpu.1),
-        "us",
-        &params,
-    );
-    FIGURES.print(
-        "mqtt_broker_cpu_per_msg_agent",
-        median(&|d| d.agent_cpu.1),
-        "us",
-        &params,
-    );
-    FIGURES.print("mqtt_agent", median(&|d| d.durable), "readings/s", &params);
+    let medians: [(&str, Figure, &str); 6] = [
+        ("mqtt_bare_subscriber", |d| d.bare, "msg/s"),
+        ("mqtt_bare_cpu_per_msg", |d| d.bare_cpu.0, "us"),
+        ("mqtt_agent_cpu_per_reading", |d| d.agent_cpu.0, "us"),
+        ("mqtt_broker_cpu_per_msg_bare", |d| d.bare_cpu.1, "us"),
+        ("mqtt_broker_cpu_per_msg_agent", |d| d.agent_cpu.1, "us"),
+        ("mqtt_agent", |d| d.durable, "readings/s"),
+    ];
+    for (metric, figure, unit) in medians {
+        FIGURES.print(metric, median(&figure), unit, &params);
+    }
     FIGURES.print_with_target("mqtt_agent_of_bare", ratio, "ratio", &params, ">= 0.8");
     let spread = format!("{n} QoS 1 messages queued, {} runs", drains.len());
     let ratios = drains.iter().map(Drain::ratio);
@@ -314,6 +294,9 @@ async fn mqtt_side_by_side(url: &str, n: u64, linger_ms: u64, runs: usize) {
         &spread,
     );
 }
+
+/// One figure of a drain, of which the side-by-side prints the median.
+type Figure = fn(&Drain) -> f64;
 
 /// What one side-by-side drain measured; CPU as (this process, the rest of the machine) in us
 /// per message.
