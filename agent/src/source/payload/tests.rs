@@ -161,3 +161,144 @@ proptest! {
         }
     }
 }
+
+/// JSON text with keys the pointers below look for, duplicate keys, escapes, every kind of
+/// number (and out-of-range ones, which the parse must refuse), nested a few levels.
+fn json_text() -> impl Strategy<Value = String> {
+    let key = prop::sample::select(vec![
+        r#""v""#,
+        r#""ts""#,
+        r#""id""#,
+        r#""seq""#,
+        r#""a""#,
+        r#""b""#,
+        r#""0""#,
+        r#""1""#,
+        r#""~""#,
+        r#""/""#,
+        r#""a/b""#,
+        r#""\u0076""#,
+        r#""\/""#,
+        r#""é""#,
+    ]);
+    let scalar = prop::sample::select(vec![
+        "null",
+        "true",
+        "false",
+        "0",
+        "-0",
+        "7",
+        "-7",
+        "21.5",
+        "-0.0",
+        "1e3",
+        "1.5E-7",
+        "18446744073709551615",
+        "18446744073709551616",
+        "-9223372036854775808",
+        "1e308",
+        "1e400",
+        "-1e400",
+        "1700000000123",
+        r#""t1""#,
+        r#""""#,
+        r#""a\"b\\c\u00e9""#,
+        r#""\ud83d\ude00""#,
+        r#""\ud800""#,
+    ])
+    .prop_map(str::to_owned);
+    scalar.prop_recursive(4, 48, 6, move |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..5).prop_map(|v| format!("[{}]", v.join(","))),
+            prop::collection::vec((key.clone(), inner), 0..6).prop_map(|v| {
+                let fields: Vec<String> = v.into_iter().map(|(k, v)| format!("{k}:{v}")).collect();
+                format!("{{{}}}", fields.join(","))
+            }),
+        ]
+    })
+}
+
+fn pointer() -> impl Strategy<Value = String> {
+    prop::sample::select(vec![
+        "", "/v", "/ts", "/id", "/seq", "/a", "/a/v", "/a/0", "/a/1/v", "/0", "/01", "/+1", "/1",
+        "/a~1b", "/~0", "/~1", "/", "v", "/a/b/v", "/é",
+    ])
+    .prop_map(str::to_owned)
+}
+
+/// The same outcome: equal readings, or errors that print the same.
+fn same(a: Result<RawReading, PayloadError>, b: Result<RawReading, PayloadError>) -> bool {
+    match (a, b) {
+        (Ok(a), Ok(b)) => a == b,
+        (Err(a), Err(b)) => a.to_string() == b.to_string(),
+        _ => false,
+    }
+}
+
+#[test]
+fn picked_pointers_answer_as_value_does_on_known_traps() {
+    let p = |v: &str, id: &str| parser("json", &format!("value = \"{v}\"\nsensor = \"{id}\""));
+    let cases = [
+        (
+            p("/v", "/id"),
+            r#"{"v":1,"id":"x","v":2}"#,
+            Some((2.0, "x")),
+        ),
+        (
+            p("/a/v", "/id"),
+            r#"{"a":{"v":1},"id":"x","a":{"w":2}}"#,
+            None,
+        ),
+        (p("/a/1", "/id"), r#"{"a":[0,5],"id":7}"#, Some((5.0, "7"))),
+        (p("/a/01", "/id"), r#"{"a":[0,5],"id":7}"#, None),
+        (p("/a~1b", "/~0"), r#"{"a/b":3,"~":"t"}"#, Some((3.0, "t"))),
+        (p("", "/id"), r#"4.5"#, None),
+        (p("/v", "/id"), r#"{"v":1,"id":"x","w":1e400}"#, None),
+        (p("/v", "/id"), r#"{"v":1.0,"id":1.5} x"#, None),
+    ];
+    for (parser, body, want) in cases {
+        let new = parser.parse(body.as_bytes(), 0).map(|mut r| r.remove(0));
+        let old = parse_json_by_value(&parser, body.as_bytes());
+        if let Some((value, id)) = want {
+            let r = new.as_ref().unwrap_or_else(|e| panic!("{body}: {e}"));
+            assert_eq!((r.value, r.sensor.as_deref()), (value, Some(id)), "{body}");
+        } else {
+            assert!(new.is_err(), "{body}: {new:?}");
+        }
+        assert!(same(new, old), "{body}");
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(4000))]
+
+    /// The one-pass picker finds what `serde_json::Value::pointer` finds on the parsed document,
+    /// and refuses what its parse refuses with the same error; whole bodies, and bodies cut
+    /// short or with bytes appended.
+    #[test]
+    fn picked_pointers_answer_as_value_does(
+        text in json_text(),
+        (value, ts, id, seq) in (pointer(), pointer(), pointer(), pointer()),
+        unit_s in any::<bool>(),
+        cut in any::<prop::sample::Index>(),
+        tail in prop::sample::select(vec!["", " ", "x", ",1", "]", "}", "\u{0}"]),
+    ) {
+        let unit = if unit_s { "s" } else { "ms" };
+        let p = parser(
+            "json",
+            &format!("value = \"{value}\"\ntimestamp = \"{ts}\"\ntimestamp_unit = \"{unit}\"\nsensor = \"{id}\"\nseq = \"{seq}\""),
+        );
+        // Cut anywhere, even inside a character.
+        let cut_short = &text.as_bytes()[..cut.index(text.len() + 1)];
+        for body in [text.as_bytes(), format!("{text}{tail}").as_bytes(), cut_short] {
+            let new = p.parse(body, 0).map(|mut r| r.remove(0));
+            let old = parse_json_by_value(&p, body);
+            prop_assert!(
+                same(new, old),
+                "{} with {:?}",
+                String::from_utf8_lossy(body),
+                (&value, &ts, &id, &seq)
+            );
+        }
+    }
+}
