@@ -127,7 +127,12 @@ impl PayloadParser {
     }
 
     fn parse_json(&self, body: &[u8]) -> Result<RawReading, PayloadError> {
-        let [value, ts, sensor, seq] = pick::pick(body, &self.pointers)?;
+        self.reading(pick::pick(body, &self.pointers)?)
+    }
+
+    /// The reading from what the pointers `value`, `timestamp`, `sensor`, `seq` found.
+    fn reading(&self, found: [Option<Found>; 4]) -> Result<RawReading, PayloadError> {
+        let [value, ts, sensor, seq] = found;
         let value = number(value, &self.value)?.ok_or_else(|| missing(&self.value))?;
         if !value.is_finite() {
             return Err(PayloadError::NotFinite);
@@ -279,52 +284,26 @@ fn parse_senml(body: &[u8], now_ms: u64) -> Result<Vec<RawReading>, PayloadError
     Ok(out)
 }
 
-/// The `Value`-based `json` parse this module had before [`pick`]: the oracle its tests compare
-/// with.
+/// What the pointers find in the document parsed into a `serde_json::Value`, as this module
+/// read JSON before [`pick`]: the oracle its tests compare with.
 #[cfg(test)]
 fn parse_json_by_value(p: &PayloadParser, body: &[u8]) -> Result<RawReading, PayloadError> {
-    let number_at = |doc: &Value, pointer: &str| match doc.pointer(pointer) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => n.as_f64().map(Some).ok_or(PayloadError::NotFinite),
-        Some(_) => Err(wrong(pointer, "a number")),
-    };
     let doc: Value = serde_json::from_slice(body)?;
-    let value = number_at(&doc, &p.value)?.ok_or_else(|| missing(&p.value))?;
-    if !value.is_finite() {
-        return Err(PayloadError::NotFinite);
-    }
-    let ts_ms = match &p.timestamp {
-        Some(ptr) => match number_at(&doc, ptr)? {
-            Some(t) => Some(to_ms(t, p.unit == TimestampUnit::S)?),
-            None => None,
-        },
-        None => None,
+    let at = |pointer: Option<&str>| {
+        Some(match doc.pointer(pointer?)? {
+            Value::Null => Found::Null,
+            Value::Bool(_) => Found::Bool,
+            Value::Number(n) => Found::Number(n.clone()),
+            Value::String(s) => Found::String(s.clone()),
+            Value::Array(_) | Value::Object(_) => Found::Container,
+        })
     };
-    let sensor = match &p.sensor {
-        Some(ptr) => Some(match doc.pointer(ptr) {
-            Some(Value::String(s)) => s.clone(),
-            Some(Value::Number(n)) => n.to_string(),
-            Some(_) => return Err(wrong(ptr, "a string or number")),
-            None => return Err(missing(ptr)),
-        }),
-        None => None,
-    };
-    let seq = match &p.seq {
-        Some(ptr) => match doc.pointer(ptr) {
-            Some(v) => Some(
-                v.as_u64()
-                    .ok_or_else(|| wrong(ptr, "an unsigned integer"))?,
-            ),
-            None => None,
-        },
-        None => None,
-    };
-    Ok(RawReading {
-        sensor,
-        ts_ms,
-        value,
-        seq,
-    })
+    p.reading([
+        at(Some(&p.value)),
+        at(p.timestamp.as_deref()),
+        at(p.sensor.as_deref()),
+        at(p.seq.as_deref()),
+    ])
 }
 
 #[cfg(test)]

@@ -84,18 +84,13 @@ pub fn pick(
     pointers: &[Pointer; MAX_POINTERS],
 ) -> Result<[Option<Found>; MAX_POINTERS], serde_json::Error> {
     let mut found: [Option<Found>; MAX_POINTERS] = Default::default();
-    let mut all: Mask = 0;
-    for (k, p) in pointers.iter().enumerate() {
-        if p.tokens().is_some() {
-            all |= 1 << k;
-        }
-    }
     let mut de = serde_json::Deserializer::from_slice(body);
     Node {
         pointers,
         found: &mut found,
         depth: 0,
-        active: all,
+        // A pointer that matches nothing has no tokens, so it never lands nor goes deeper.
+        active: Mask::MAX,
     }
     .deserialize(&mut de)?;
     de.end()?;
@@ -139,11 +134,6 @@ impl Node<'_> {
             depth: self.depth + 1,
             active: mask,
         }
-    }
-
-    /// The active pointers whose token at this depth `hit` accepts.
-    fn matching(&self, hit: impl Fn(&Token) -> bool) -> Mask {
-        matching(self.pointers, self.depth, self.active, hit)
     }
 }
 
@@ -215,7 +205,9 @@ impl<'de> Visitor<'de> for Node<'_> {
         self.land(|| Found::Container);
         let mut index = 0usize;
         loop {
-            let mask = self.matching(|t| t.index == Some(index));
+            let mask = matching(self.pointers, self.depth, self.active, |t| {
+                t.index == Some(index)
+            });
             if seq.next_element_seed(self.enter(mask))?.is_none() {
                 return Ok(());
             }
